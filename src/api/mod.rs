@@ -1,0 +1,170 @@
+//! The HTTP API (DESIGN 3.3): routes, bearer authentication, health checks.
+//!
+//! Every response an API client can get, success or error, is JSON; see
+//! [`error`] for how framework-generated errors are brought into line.
+
+pub mod error;
+mod extract;
+pub mod resource;
+pub mod videos;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Store, Writer};
+pub use error::ApiError;
+
+/// Largest body accepted by the single-video endpoints.
+pub const SINGLE_BODY_LIMIT: usize = 64 * 1024;
+/// Largest body accepted by the batch endpoint.
+pub const BATCH_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Reads.
+    pub store: Store,
+    /// Writes (group commit).
+    pub writer: Writer,
+    /// Bearer token required on `/v1/*`, when configured.
+    pub token: Option<Arc<SecretString>>,
+    /// Delay from enqueue to the first poll.
+    pub first_poll_after: Duration,
+    /// Cancelled when the process starts shutting down: enqueues then get 503
+    /// and `/readyz` reports not ready.
+    pub shutdown: CancellationToken,
+}
+
+/// Builds the router with every route, limit and middleware.
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/videos",
+            post(videos::enqueue)
+                .get(videos::list)
+                .layer(DefaultBodyLimit::max(SINGLE_BODY_LIMIT)),
+        )
+        .route(
+            "/videos/batch",
+            post(videos::enqueue_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+        )
+        .route(
+            "/videos/{video_id}",
+            get(videos::show)
+                .delete(videos::cancel)
+                .layer(DefaultBodyLimit::max(SINGLE_BODY_LIMIT)),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(error::json_errors))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(state)
+}
+
+/// Rejects `/v1/*` requests without the configured bearer token.
+async fn require_token(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(presented.as_bytes(), expected.expose_secret().as_bytes()) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token",
+            ));
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// Compares two byte strings in time that depends only on their lengths, so
+/// response timing does not reveal how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /healthz`: the process is alive and serving.
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: the relay can do its job.
+async fn readyz(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::shutting_down());
+    }
+    if !state.store.is_usable().await {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database does not answer",
+        ));
+    }
+    Ok(axum::Json(json!({"status": "ready"})))
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not support that method",
+    )
+}
+
+/// A handler panic is a bug; answer it like any other error instead of
+/// dropping the connection.
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("request handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+}

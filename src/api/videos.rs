@@ -1,0 +1,295 @@
+//! `/v1/videos` handlers and the validation of enqueue requests.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use reqwest::Url;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::instrument;
+
+use super::ApiState;
+use super::error::ApiError;
+use super::extract::{JsonBody, VideoIdPath};
+use super::resource::VideoResource;
+use crate::domain::{Millis, VideoId, VideoState};
+use crate::store::{CancelOutcome, EnqueueOutcome, NewVideo};
+
+/// Most items in one batch request.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+/// Largest serialized metadata object.
+pub const MAX_METADATA_BYTES: usize = 4096;
+/// Default and largest page size of `GET /v1/videos`.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+/// Validates one enqueue item (`{"video_id", "callback_url"?, "metadata"?}`).
+///
+/// Shared by the single and batch endpoints and the `enqueue` command, so
+/// every entry point accepts exactly the same input.
+pub fn parse_new_video(item: &Value, first_poll_at: Millis) -> Result<NewVideo, ApiError> {
+    let Value::Object(fields) = item else {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "each video must be a JSON object with a \"video_id\"",
+        ));
+    };
+    if let Some(unknown) = fields
+        .keys()
+        .find(|key| !matches!(key.as_str(), "video_id" | "callback_url" | "metadata"))
+    {
+        return Err(ApiError::bad_request(
+            "unknown_field",
+            format!("unknown field {unknown:?}; expected video_id, callback_url, metadata"),
+        ));
+    }
+    let video_id = match fields.get("video_id") {
+        Some(Value::String(raw)) => VideoId::parse(raw)
+            .map_err(|err| ApiError::bad_request("invalid_video_id", err.to_string()))?,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_video_id",
+                "video_id must be a string",
+            ));
+        }
+        None => {
+            return Err(ApiError::bad_request(
+                "invalid_video_id",
+                "video_id is required",
+            ));
+        }
+    };
+    let callback_url = match fields.get("callback_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(raw)) => Some(parse_callback_url(raw)?),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_callback_url",
+                "callback_url must be a string",
+            ));
+        }
+    };
+    let metadata = match fields.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(object @ Value::Object(_)) => {
+            let text = object.to_string();
+            if text.len() > MAX_METADATA_BYTES {
+                return Err(ApiError::bad_request(
+                    "invalid_metadata",
+                    format!("metadata must be at most {MAX_METADATA_BYTES} bytes serialized"),
+                ));
+            }
+            Some(text)
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_metadata",
+                "metadata must be a JSON object",
+            ));
+        }
+    };
+    Ok(NewVideo {
+        video_id,
+        callback_url,
+        metadata,
+        first_poll_at,
+    })
+}
+
+/// A per-video callback URL must be an absolute http(s) URL with a host and
+/// without credentials (they would be stored and shown in clear).
+fn parse_callback_url(raw: &str) -> Result<String, ApiError> {
+    let invalid = |why: &str| ApiError::bad_request("invalid_callback_url", why.to_owned());
+    let url = Url::parse(raw).map_err(|err| invalid(&format!("not a valid URL: {err}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("callback_url must use http or https"));
+    }
+    if url.host().is_none() {
+        return Err(invalid("callback_url must have a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("callback_url must not contain credentials"));
+    }
+    Ok(url.into())
+}
+
+/// `POST /v1/videos`: track one video; `201` when new, `200` when known.
+#[instrument(skip_all)]
+pub async fn enqueue(
+    State(state): State<ApiState>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::shutting_down());
+    }
+    let video = parse_new_video(&body, first_poll_at(&state))?;
+    let video_id = video.video_id.clone();
+    let outcome = state.writer.enqueue(vec![video]).await?;
+    let status = match outcome.first() {
+        Some(EnqueueOutcome::Created) => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    let details = state
+        .store
+        .video_details(&video_id)
+        .await?
+        .ok_or_else(|| ApiError::video_not_found(video_id.as_str()))?;
+    Ok((status, Json(VideoResource::detailed(details))).into_response())
+}
+
+/// `POST /v1/videos/batch`: track up to [`MAX_BATCH_ITEMS`] videos; each
+/// item gets its own outcome and invalid items do not stop valid ones.
+#[instrument(skip_all)]
+pub async fn enqueue_batch(
+    State(state): State<ApiState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::shutting_down());
+    }
+    let Some(Value::Array(items)) = body.get("videos") else {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the body must be {\"videos\": [...]}",
+        ));
+    };
+    if body.as_object().is_some_and(|fields| fields.len() > 1) {
+        return Err(ApiError::bad_request(
+            "unknown_field",
+            "the batch body takes only \"videos\"",
+        ));
+    }
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::bad_request(
+            "too_many_items",
+            format!("a batch holds at most {MAX_BATCH_ITEMS} videos"),
+        ));
+    }
+    let first_poll_at = first_poll_at(&state);
+    let parsed: Vec<Result<NewVideo, ApiError>> = items
+        .iter()
+        .map(|item| parse_new_video(item, first_poll_at))
+        .collect();
+    let valid: Vec<NewVideo> = parsed
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    let mut outcomes = if valid.is_empty() {
+        Vec::new()
+    } else {
+        state.writer.enqueue(valid).await?
+    }
+    .into_iter();
+
+    let results: Vec<Value> = parsed
+        .iter()
+        .zip(items)
+        .map(|(result, item)| match result {
+            Ok(video) => {
+                let outcome = match outcomes.next() {
+                    Some(EnqueueOutcome::Created) => "created",
+                    _ => "existing",
+                };
+                json!({"video_id": video.video_id, "outcome": outcome})
+            }
+            Err(err) => json!({
+                "video_id": item.get("video_id").cloned().unwrap_or(Value::Null),
+                "outcome": "invalid",
+                "error": {"code": err.code, "message": err.message},
+            }),
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+/// `GET /v1/videos/{id}`.
+#[instrument(skip_all, fields(video_id = %video_id))]
+pub async fn show(
+    State(state): State<ApiState>,
+    VideoIdPath(video_id): VideoIdPath,
+) -> Result<Json<VideoResource>, ApiError> {
+    let details = state
+        .store
+        .video_details(&video_id)
+        .await?
+        .ok_or_else(|| ApiError::video_not_found(video_id.as_str()))?;
+    Ok(Json(VideoResource::detailed(details)))
+}
+
+/// `DELETE /v1/videos/{id}`: stop tracking; `204`, idempotent.
+#[instrument(skip_all, fields(video_id = %video_id))]
+pub async fn cancel(
+    State(state): State<ApiState>,
+    VideoIdPath(video_id): VideoIdPath,
+) -> Result<StatusCode, ApiError> {
+    match state.writer.cancel(video_id.clone()).await? {
+        CancelOutcome::Cancelled | CancelOutcome::AlreadyCancelled => Ok(StatusCode::NO_CONTENT),
+        CancelOutcome::NotFound => Err(ApiError::video_not_found(video_id.as_str())),
+        CancelOutcome::Terminal(state) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_terminal",
+            format!("video {video_id} is already {state}; terminal states never change"),
+        )),
+    }
+}
+
+/// Query of `GET /v1/videos`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/videos?state=&limit=&cursor=`: a page in insertion order.
+#[instrument(skip_all)]
+pub async fn list(
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) =
+        query.map_err(|err| ApiError::bad_request("invalid_query", err.body_text()))?;
+    let filter = query
+        .state
+        .as_deref()
+        .map(str::parse::<VideoState>)
+        .transpose()
+        .map_err(|err| ApiError::bad_request("invalid_state", err.to_string()))?;
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_PAGE,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|limit| (1..=MAX_PAGE).contains(limit))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be an integer from 1 to {MAX_PAGE}"),
+                )
+            })?,
+    };
+    let after = match query.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|cursor| *cursor >= 0)
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_cursor", "cursor must be a next_cursor value")
+            })?,
+    };
+    let rows = state.store.list_videos(filter, after, limit).await?;
+    // A full page may have more after it; a short page is the last.
+    let next_cursor = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|row| row.id.to_string()))
+        .flatten();
+    let videos: Vec<VideoResource> = rows.into_iter().map(VideoResource::summary).collect();
+    Ok(Json(json!({"videos": videos, "next_cursor": next_cursor})))
+}
+
+fn first_poll_at(state: &ApiState) -> Millis {
+    Millis::now().plus(state.first_poll_after)
+}

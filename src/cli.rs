@@ -1,0 +1,276 @@
+//! The command line (DESIGN 3.1) and its exit codes: 0 success, 64 bad usage
+//! or invalid configuration (naming the key), 1 any other fatal error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::resource::VideoResource;
+use crate::api::videos::parse_new_video;
+use crate::config::{Config, ConfigError, Settings};
+use crate::domain::{Millis, VideoId, VideoState};
+use crate::store::{EnqueueOutcome, Store, Writer};
+use crate::{app, telemetry};
+
+/// Exit code for bad usage and invalid configuration (`EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+
+/// jogg-relay: polls JoggAI for avatar video status and delivers signed callbacks.
+#[derive(Debug, Parser)]
+#[command(name = "jogg-relay", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "JOGG_RELAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: HTTP API, poller and callback delivery.
+    Serve,
+    /// Start tracking video ids (directly in the database).
+    Enqueue {
+        /// Video ids to track.
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+        /// Per-video callback URL, in addition to the configured ones.
+        #[arg(long, value_name = "URL")]
+        callback_url: Option<String>,
+        /// JSON object echoed back in the callback.
+        #[arg(long, value_name = "JSON")]
+        metadata: Option<String>,
+    },
+    /// Show a video's state, transitions and deliveries as JSON.
+    Status {
+        /// Video id.
+        id: String,
+    },
+    /// List tracked videos, oldest first.
+    List {
+        /// Only videos in this state (active, completed, failed, abandoned, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Validate the configuration and print it, secrets redacted.
+    CheckConfig,
+}
+
+/// How a command failed, which decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad usage or invalid configuration: exit 64.
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else: exit 1.
+    #[error("{0:#}")]
+    Fatal(#[from] anyhow::Error),
+}
+
+impl From<ConfigError> for CliError {
+    fn from(err: ConfigError) -> Self {
+        CliError::Usage(err.to_string())
+    }
+}
+
+/// Parses the command line, runs the command and maps the result to an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Usage(message)) => {
+            eprintln!("jogg-relay: {message}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(CliError::Fatal(err)) => {
+            eprintln!("jogg-relay: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the configuration and runs the command on a Tokio runtime.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let settings = Settings::load(cli.config.as_deref(), std::env::vars())?;
+    let config = settings.validate()?;
+    telemetry::init(config.log.format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(config).await,
+            Command::Enqueue {
+                ids,
+                callback_url,
+                metadata,
+            } => enqueue(&config, ids, callback_url, metadata).await,
+            Command::Status { id } => status(&config, &id).await,
+            Command::List { state } => list(&config, state.as_deref()).await,
+            Command::CheckConfig => {
+                eprintln!("configuration is valid");
+                print!("{}", settings.to_redacted_toml());
+                Ok(())
+            }
+        }
+    })
+}
+
+/// `serve`: the daemon, until SIGTERM or SIGINT.
+async fn serve(config: Config) -> Result<(), CliError> {
+    if config.jogg.api_key.is_none() {
+        return Err(CliError::Usage(
+            "invalid configuration: jogg.api_key: required by serve; \
+             set jogg.api_key or jogg.api_key_file"
+                .into(),
+        ));
+    }
+    let listener = TcpListener::bind(config.server.bind)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    app::run(config, listener, shutdown)
+        .await
+        .context("the relay stopped")?;
+    Ok(())
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = sigterm.recv() => {}
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the relay");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+    shutdown.cancel();
+}
+
+/// `enqueue`: validates every id first (so a typo stores nothing), then
+/// writes them in one transaction.
+async fn enqueue(
+    config: &Config,
+    ids: Vec<String>,
+    callback_url: Option<String>,
+    metadata: Option<String>,
+) -> Result<(), CliError> {
+    let metadata: Option<Value> = metadata
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|err| CliError::Usage(format!("--metadata is not valid JSON: {err}")))?;
+    let first_poll_at = Millis::now().plus(config.polling.first_after);
+    let videos = ids
+        .iter()
+        .map(|id| {
+            let item = json!({"video_id": id, "callback_url": callback_url, "metadata": metadata});
+            parse_new_video(&item, first_poll_at)
+                .map_err(|err| CliError::Usage(format!("{id:?}: {}", err.message)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let store = open_store(config).await?;
+    let (writer, writer_task) = Writer::spawn(store.pool().clone());
+    let outcomes = writer
+        .enqueue(videos)
+        .await
+        .context("cannot store the videos")?;
+    drop(writer);
+    let _ = writer_task.await;
+    for (id, outcome) in ids.iter().zip(outcomes) {
+        let word = match outcome {
+            EnqueueOutcome::Created => "created",
+            EnqueueOutcome::Existing => "existing",
+        };
+        println!("{word}\t{id}");
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// `status`: the video resource as the API shows it.
+async fn status(config: &Config, id: &str) -> Result<(), CliError> {
+    let video_id = VideoId::parse(id).map_err(|err| CliError::Usage(format!("{id:?}: {err}")))?;
+    let store = open_store(config).await?;
+    let details = store
+        .video_details(&video_id)
+        .await
+        .context("cannot read the video")?
+        .ok_or_else(|| anyhow::anyhow!("video {video_id} is not tracked"))?;
+    let text = serde_json::to_string_pretty(&VideoResource::detailed(details))
+        .context("cannot render the video")?;
+    println!("{text}");
+    store.close().await;
+    Ok(())
+}
+
+/// `list`: one line per video, tab-separated, every page.
+async fn list(config: &Config, state: Option<&str>) -> Result<(), CliError> {
+    let state = state
+        .map(str::parse::<VideoState>)
+        .transpose()
+        .map_err(|err| CliError::Usage(format!("--state: {err}")))?;
+    let store = open_store(config).await?;
+    let mut after = 0;
+    println!("video_id\tstate\tupstream_status\tpolls\tupdated_at");
+    loop {
+        let page = store
+            .list_videos(state, after, 1000)
+            .await
+            .context("cannot list videos")?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for video in &page {
+            println!(
+                "{}\t{}\t{}\t{}\t{}",
+                video.video_id,
+                video.state,
+                video.upstream_status.as_deref().unwrap_or("-"),
+                video.polls,
+                Millis(video.updated_at).to_rfc3339(),
+            );
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn open_store(config: &Config) -> Result<Store, CliError> {
+    Store::open(&config.database)
+        .await
+        .with_context(|| format!("cannot open the database {}", config.database.url))
+        .map_err(CliError::Fatal)
+}

@@ -1,0 +1,211 @@
+//! The vocabulary every module shares: validated video ids, the states a
+//! tracked video moves through, and the relay's notion of time.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Longest video id the relay accepts (DESIGN 3.3).
+pub const MAX_VIDEO_ID_LEN: usize = 128;
+
+/// A JoggAI video id that passed validation: 1 to 128 characters of
+/// `[A-Za-z0-9_-]`.
+///
+/// Because nothing else can be put into an upstream URL path, an id that
+/// reached this type can never turn into path traversal (`../x`), a second
+/// path segment or a query string on the upstream request.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct VideoId(String);
+
+/// Why a string is not a valid [`VideoId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidVideoId {
+    /// The id is the empty string.
+    #[error("video_id must not be empty")]
+    Empty,
+    /// The id is longer than [`MAX_VIDEO_ID_LEN`] bytes.
+    #[error("video_id must be at most {MAX_VIDEO_ID_LEN} characters")]
+    TooLong,
+    /// The id contains a character outside `[A-Za-z0-9_-]`.
+    #[error("video_id may only contain A-Z, a-z, 0-9, '_' and '-'")]
+    BadCharacter,
+}
+
+impl VideoId {
+    /// Validates `raw` as a video id.
+    pub fn parse(raw: &str) -> Result<Self, InvalidVideoId> {
+        if raw.is_empty() {
+            return Err(InvalidVideoId::Empty);
+        }
+        // Checked on bytes: a non-ASCII character is rejected below anyway,
+        // so its byte length never matters for acceptance.
+        if raw.len() > MAX_VIDEO_ID_LEN {
+            return Err(InvalidVideoId::TooLong);
+        }
+        if !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(InvalidVideoId::BadCharacter);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VideoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for VideoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// Where a tracked video stands (DESIGN 3.4).
+///
+/// `Active` is the only non-terminal state; a terminal state never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VideoState {
+    /// Still being polled: upstream says pending, processing or something unknown.
+    Active,
+    /// Upstream reported success.
+    Completed,
+    /// Upstream reported failure.
+    Failed,
+    /// The relay gave up (`deadline`, `not_found` or `invalid_id`).
+    Abandoned,
+    /// Tracking was stopped through `DELETE /v1/videos/{id}`.
+    Cancelled,
+}
+
+impl VideoState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [VideoState; 5] = [
+        VideoState::Active,
+        VideoState::Completed,
+        VideoState::Failed,
+        VideoState::Abandoned,
+        VideoState::Cancelled,
+    ];
+
+    /// The name stored in the database and shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VideoState::Active => "active",
+            VideoState::Completed => "completed",
+            VideoState::Failed => "failed",
+            VideoState::Abandoned => "abandoned",
+            VideoState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the state is final.
+    pub fn is_terminal(self) -> bool {
+        self != VideoState::Active
+    }
+}
+
+impl fmt::Display for VideoState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that names no [`VideoState`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state {0:?}; expected one of active, completed, failed, abandoned, cancelled")]
+pub struct UnknownState(pub String);
+
+impl FromStr for VideoState {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        VideoState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_owned()))
+    }
+}
+
+/// A point in time as stored in the database: milliseconds since the Unix
+/// epoch, UTC. Integers keep the "due" indexes small and comparisons cheap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millis(pub i64);
+
+impl Millis {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Millis(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// This instant moved forward by `delay` (saturating).
+    pub fn plus(self, delay: Duration) -> Self {
+        let delay = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        Millis(self.0.saturating_add(delay))
+    }
+
+    /// RFC 3339 UTC rendering with millisecond precision, as the API shows
+    /// timestamps.
+    pub fn to_rfc3339(self) -> String {
+        let since_epoch = Duration::from_millis(u64::try_from(self.0).unwrap_or(0));
+        humantime::format_rfc3339_millis(UNIX_EPOCH + since_epoch).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_documented_alphabet() {
+        let longest = "a".repeat(MAX_VIDEO_ID_LEN);
+        for ok in ["a", "A-z_09", "3f1c9a2e-77b0-4b0e-9d61", longest.as_str()] {
+            assert_eq!(VideoId::parse(ok).unwrap().as_str(), ok);
+        }
+    }
+
+    #[test]
+    fn rejects_everything_else() {
+        let too_long = "a".repeat(MAX_VIDEO_ID_LEN + 1);
+        assert_eq!(VideoId::parse(""), Err(InvalidVideoId::Empty));
+        assert_eq!(VideoId::parse(&too_long), Err(InvalidVideoId::TooLong));
+        for bad in ["../x", "a/b", "a b", "%2e%2e", "vidé", "a?b", "a#b", "a.b"] {
+            assert_eq!(
+                VideoId::parse(bad),
+                Err(InvalidVideoId::BadCharacter),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in VideoState::ALL {
+            assert_eq!(state.as_str().parse::<VideoState>(), Ok(state));
+        }
+        assert!("done".parse::<VideoState>().is_err());
+    }
+
+    #[test]
+    fn millis_render_as_rfc3339_utc() {
+        assert_eq!(
+            Millis(1_732_806_631_250).to_rfc3339(),
+            "2024-11-28T15:10:31.250Z"
+        );
+    }
+}

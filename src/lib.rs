@@ -1,0 +1,20 @@
+//! jogg-relay: tracks JoggAI avatar video renders and relays their outcome as
+//! signed callbacks.
+//!
+//! The crate is organised one module per concern (see `DESIGN.md` section 4):
+//!
+//! - [`config`]: layered configuration (defaults, TOML file, environment) and validation.
+//! - [`domain`]: the vocabulary shared by every module (video ids, states, timestamps).
+//! - [`store`]: every SQL statement, the migrations and the group-commit writer.
+//! - [`api`]: the HTTP API (axum routes, authentication, JSON errors).
+//! - [`app`]: wires the pieces together and owns graceful shutdown.
+//! - [`telemetry`]: logging set-up.
+//! - [`cli`]: the command line, used by the thin `main.rs`.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod store;
+pub mod telemetry;

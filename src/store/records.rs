@@ -1,0 +1,162 @@
+//! The rows the store reads and writes, and the outcomes of its write
+//! operations.
+
+use crate::domain::{Millis, VideoId, VideoState};
+
+/// The columns of [`VideoRecord`], shared by every query that reads one.
+macro_rules! video_columns {
+    () => {
+        "id, video_id, state, upstream_status, video_url, cover_url, created_at, duration, \
+         error_code, error_message, callback_url, metadata, enqueued_at, updated_at, \
+         next_poll_at, polls, reason, event_id"
+    };
+}
+
+/// One video by its JoggAI id.
+pub(crate) const SELECT_VIDEO_BY_ID: &str = concat!(
+    "SELECT ",
+    video_columns!(),
+    " FROM videos WHERE video_id = ?"
+);
+/// A page of videos after a rowid, any state.
+pub(crate) const SELECT_VIDEOS_PAGE: &str = concat!(
+    "SELECT ",
+    video_columns!(),
+    " FROM videos WHERE id > ? ORDER BY id LIMIT ?"
+);
+/// A page of videos after a rowid, one state (served by `videos_state_order`).
+pub(crate) const SELECT_VIDEOS_PAGE_BY_STATE: &str = concat!(
+    "SELECT ",
+    video_columns!(),
+    " FROM videos WHERE state = ? AND id > ? ORDER BY id LIMIT ?"
+);
+
+/// A tracked video as stored.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct VideoRecord {
+    /// Rowid: insertion order, the pagination cursor.
+    pub id: i64,
+    /// JoggAI's id.
+    pub video_id: String,
+    /// Where the video stands.
+    #[sqlx(try_from = "String")]
+    pub state: VideoState,
+    /// Last status string upstream answered, as-is.
+    pub upstream_status: Option<String>,
+    /// Rendered video, once upstream has it.
+    pub video_url: Option<String>,
+    /// Cover image, once upstream has it.
+    pub cover_url: Option<String>,
+    /// Upstream's creation time, unix seconds.
+    pub created_at: Option<i64>,
+    /// Video length in seconds, when upstream tells.
+    pub duration: Option<f64>,
+    /// Upstream's error code for a failed render.
+    pub error_code: Option<String>,
+    /// Upstream's error message for a failed render.
+    pub error_message: Option<String>,
+    /// Per-video callback target.
+    pub callback_url: Option<String>,
+    /// Caller's JSON object, serialized.
+    pub metadata: Option<String>,
+    /// When the relay accepted the video.
+    pub enqueued_at: i64,
+    /// Last change of this row.
+    pub updated_at: i64,
+    /// Next poll, while active.
+    pub next_poll_at: Option<i64>,
+    /// Polls made so far.
+    pub polls: i64,
+    /// Why the relay stopped tracking, when it gave up.
+    pub reason: Option<String>,
+    /// The terminal event's id, once there is one.
+    pub event_id: Option<String>,
+}
+
+/// One entry of a video's transition log.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TransitionRecord {
+    /// `status` (upstream status) or `state` (relay state).
+    pub kind: String,
+    /// Previous value; `None` for the first upstream answer.
+    pub from_value: Option<String>,
+    /// New value.
+    pub to_value: String,
+    /// When it happened.
+    pub at: i64,
+}
+
+/// One callback delivery (outbox row) as shown on the video resource.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeliveryRecord {
+    /// Target URL.
+    pub url: String,
+    /// The event being delivered.
+    pub event_id: String,
+    /// `pending`, `delivered` or `dead`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// HTTP status of the last attempt, when it got one.
+    pub last_status: Option<i64>,
+    /// Error of the last attempt, when it failed.
+    pub last_error: Option<String>,
+    /// Why it is dead, when it is.
+    pub reason: Option<String>,
+    /// When the next attempt is due, while pending.
+    pub next_attempt_at: Option<i64>,
+}
+
+/// A video with its logs, as `GET /v1/videos/{id}` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoDetails {
+    /// The video row.
+    pub video: VideoRecord,
+    /// Its transitions, oldest first.
+    pub transitions: Vec<TransitionRecord>,
+    /// Its callback deliveries.
+    pub deliveries: Vec<DeliveryRecord>,
+}
+
+/// A validated enqueue request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewVideo {
+    /// The id to track.
+    pub video_id: VideoId,
+    /// Per-video callback target, already validated.
+    pub callback_url: Option<String>,
+    /// Caller's metadata, a serialized JSON object.
+    pub metadata: Option<String>,
+    /// When the first poll is due.
+    pub first_poll_at: Millis,
+}
+
+/// What an enqueue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    /// The video is new and now tracked.
+    Created,
+    /// The video was already known; nothing changed.
+    Existing,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The video was active and is now cancelled.
+    Cancelled,
+    /// The video was already cancelled (DELETE is idempotent).
+    AlreadyCancelled,
+    /// The video had already reached another terminal state, which never changes.
+    Terminal(VideoState),
+    /// No such video.
+    NotFound,
+}
+
+impl TryFrom<String> for VideoState {
+    type Error = crate::domain::UnknownState;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}

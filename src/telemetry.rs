@@ -1,0 +1,28 @@
+//! Logging set-up: `tracing` to standard error, filtered by `RUST_LOG`.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// The filter used when `RUST_LOG` is unset: the relay's own events at
+/// `info`, the libraries' only when they warn.
+pub const DEFAULT_FILTER: &str = "warn,jogg_relay=info";
+
+/// Installs the global subscriber. Text is coloured only on a terminal, so
+/// the journal and log files get plain lines. Calling it twice is harmless
+/// (the second call changes nothing), which keeps tests simple.
+pub fn init(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _already_set = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
+}
