@@ -806,7 +806,8 @@ mod tests {
 
     #[test]
     fn every_invalid_value_names_its_key() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (
                 "[jogg]\nrequests_per_second = 0\n",
                 &[],

@@ -70,11 +70,12 @@ fn rfc3339(millis: i64) -> String {
 impl VideoResource {
     /// The list form: the video without its logs.
     pub fn summary(video: VideoRecord) -> Self {
-        let error =
-            (video.error_code.is_some() || video.error_message.is_some()).then(|| UpstreamError {
+        let error = (video.error_code.is_some() || video.error_message.is_some()).then_some(
+            UpstreamError {
                 code: video.error_code,
                 message: video.error_message,
-            });
+            },
+        );
         Self {
             video_id: video.video_id,
             state: video.state,

@@ -1,0 +1,24 @@
+//! Outbound HTTP clients (upstream JoggAI, callbacks, tests): the one place
+//! that configures TLS.
+//!
+//! reqwest is built without its default crypto provider so that the build
+//! does not compile a second TLS crypto library; rustls' `ring` provider is
+//! installed process-wide here before any client is built.
+
+use std::sync::Once;
+
+/// A client builder with TLS ready to use.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // Fails only when another provider is already installed, which is
+        // just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+        .user_agent(concat!("jogg-relay/", env!("CARGO_PKG_VERSION")))
+        // Redirects are never followed: neither JoggAI nor a callback
+        // receiver has a reason to redirect, and following one could send a
+        // signed callback or the API key somewhere else.
+        .redirect(reqwest::redirect::Policy::none())
+}

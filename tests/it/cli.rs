@@ -1,0 +1,226 @@
+//! The real binary: exit codes, configuration errors, the database commands,
+//! durability across SIGKILL and clean exit on SIGTERM.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::helpers::{RelayProcess, TOKEN, reply, run_binary};
+
+fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("relay.toml");
+    let db = dir.join("db").join("relay.db");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
+             [database]\nurl = \"sqlite://{}\"\n{extra}",
+            db.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn invalid_configuration_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let config = config.to_str().unwrap();
+    let cases = [
+        (
+            "JOGG_RELAY__JOGG__REQUESTS_PER_SECOND",
+            "0",
+            "jogg.requests_per_second",
+        ),
+        (
+            "JOGG_RELAY__JOGG__REQUESTS_PER_SECOND",
+            "lots",
+            "jogg.requests_per_second",
+        ),
+        (
+            "JOGG_RELAY__POLLING__MIN_INTERVAL",
+            "2h",
+            "polling.min_interval",
+        ),
+        ("JOGG_RELAY__JOGG__BASE_URL", "not-a-url", "jogg.base_url"),
+        ("JOGG_RELAY__CALLBACKS__SECRET", "plain", "callbacks.secret"),
+        ("JOGG_RELAY__POLLING__JITTER", "2", "polling.jitter"),
+        ("JOGG_RELAY__JOGG__TIMEOUT", "whenever", "jogg.timeout"),
+        ("JOGG_RELAY__SERVER__BIND", "0.0.0.0:8080", "server.token"),
+        ("JOGG_RELAY__NOPE__KEY", "1", "nope"),
+    ];
+    for (name, value, key) in cases {
+        let env: &[(&str, &str)] = if key == "server.token" {
+            // The file sets a token; this case needs none at all.
+            &[(name, value)]
+        } else {
+            &[(name, value), ("JOGG_RELAY_CONFIG", config)]
+        };
+        let (code, _, stderr) = run_binary(&["check-config"], env);
+        assert_eq!(code, 64, "{name}={value}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{name}={value} should name {key}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn unreadable_config_file_and_bad_usage_exit_64() {
+    let (code, _, stderr) = run_binary(
+        &["--config", "/nonexistent/relay.toml", "check-config"],
+        &[],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("/nonexistent/relay.toml"));
+    let (code, _, _) = run_binary(&["frobnicate"], &[]);
+    assert_eq!(code, 64);
+    let (code, _, _) = run_binary(&["enqueue"], &[]);
+    assert_eq!(code, 64, "enqueue needs an id");
+    let (code, stdout, _) = run_binary(&["--help"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("serve"));
+}
+
+#[test]
+fn check_config_layers_and_redacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[jogg]\napi_key = \"sk-very-secret-key\"\nburst = 3\nrequests_per_second = 4.0\n\
+         [callbacks]\nsecret = \"whsec_bXktd2ViaG9vay1zZWNyZXQ=\"\n",
+    );
+    let (code, stdout, stderr) = run_binary(
+        &["--config", config.to_str().unwrap(), "check-config"],
+        &[("JOGG_RELAY__JOGG__BURST", "9")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("burst = 9"),
+        "environment overrides file: {stdout}"
+    );
+    assert!(
+        stdout.contains("requests_per_second = 4.0"),
+        "file overrides default: {stdout}"
+    );
+    assert!(
+        stdout.contains("max_interval = \"60s\""),
+        "defaults fill the rest: {stdout}"
+    );
+    for secret in ["sk-very-secret-key", TOKEN, "bXktd2ViaG9vay1zZWNyZXQ"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} leaked"
+        );
+    }
+    assert!(stdout.contains("api_key = \"[redacted]\""));
+}
+
+#[test]
+fn serve_refuses_to_start_without_an_api_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let (code, _, stderr) = run_binary(&["--config", config.to_str().unwrap(), "serve"], &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("jogg.api_key"), "{stderr}");
+}
+
+#[test]
+fn enqueue_status_and_list_work_on_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let config = config.to_str().unwrap();
+    let (code, stdout, stderr) = run_binary(
+        &[
+            "--config",
+            config,
+            "enqueue",
+            "cli-1",
+            "cli-2",
+            "--metadata",
+            r#"{"from":"cli"}"#,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "created\tcli-1\ncreated\tcli-2\n");
+    let (_, stdout, _) = run_binary(&["--config", config, "enqueue", "cli-1"], &[]);
+    assert_eq!(stdout, "existing\tcli-1\n");
+
+    let (code, _, stderr) = run_binary(&["--config", config, "enqueue", "ok", "../bad"], &[]);
+    assert_eq!(code, 64, "an invalid id is bad usage: {stderr}");
+    assert!(stderr.contains("../bad"));
+
+    let (code, stdout, _) = run_binary(&["--config", config, "status", "cli-2"], &[]);
+    assert_eq!(code, 0);
+    let video: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(video["state"], "active");
+    assert_eq!(video["metadata"], json!({"from": "cli"}));
+
+    let (code, _, stderr) = run_binary(&["--config", config, "status", "ghost"], &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not tracked"));
+
+    let (code, stdout, _) = run_binary(&["--config", config, "list", "--state", "active"], &[]);
+    assert_eq!(code, 0);
+    let ids: Vec<&str> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(ids, ["cli-1", "cli-2"], "the invalid batch stored nothing");
+    let (code, _, _) = run_binary(&["--config", config, "list", "--state", "bogus"], &[]);
+    assert_eq!(code, 64);
+}
+
+#[tokio::test]
+async fn acknowledged_enqueue_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let key = [("JOGG_RELAY__JOGG__API_KEY", "sk-test")];
+    let client = jogg_relay::outbound::client_builder().build().unwrap();
+
+    let relay = RelayProcess::start(&config, &key);
+    let created = reply(
+        client
+            .post(format!("{}/v1/videos", relay.base()))
+            .bearer_auth(TOKEN)
+            .json(&json!({"video_id": "durable-1"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    relay.signal("KILL");
+    drop(relay);
+
+    let relay = RelayProcess::start(&config, &key);
+    let video = reply(
+        client
+            .get(format!("{}/v1/videos/durable-1", relay.base()))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(video.status, 200, "{video:?}");
+    assert_eq!(video.json["state"], "active");
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly_with_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let mut relay = RelayProcess::start(&config, &[("JOGG_RELAY__JOGG__API_KEY", "sk-test")]);
+    relay.signal("TERM");
+    let status = relay.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let log: Vec<String> = relay.log.try_iter().collect();
+    assert!(
+        log.iter().any(|l| l.contains("shutdown complete")),
+        "{log:?}"
+    );
+}

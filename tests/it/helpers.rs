@@ -1,0 +1,340 @@
+//! Shared test scaffolding: an in-process relay on port 0 with a temporary
+//! database ([`spawn_app`]), and the real binary as a child process
+//! ([`RelayProcess`]).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use jogg_relay::app::{self, AppError};
+use jogg_relay::config::{Config, SecretSetting, Settings};
+use jogg_relay::store::Store;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The bearer token every [`spawn_app`] relay requires.
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// A relay running inside the test process.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The configuration it runs with.
+    pub config: Config,
+    /// Client with keep-alive; requests add the token themselves.
+    pub client: reqwest::Client,
+    /// Cancels the relay.
+    pub shutdown: CancellationToken,
+    /// The relay task.
+    pub task: JoinHandle<Result<(), AppError>>,
+    /// Holds the database folder.
+    pub dir: TempDir,
+}
+
+/// Settings for a test relay: a fresh database in `dir`, a token and a key.
+pub fn test_settings(dir: &Path) -> Settings {
+    let mut settings = Settings::default();
+    settings.database.url = format!("sqlite://{}", dir.join("relay.db").display());
+    settings.server.bind = "127.0.0.1:0".into();
+    settings.server.token = SecretSetting(Some(TOKEN.into()));
+    settings.jogg.api_key = SecretSetting(Some("test-api-key".into()));
+    settings
+}
+
+/// Starts a relay with the test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a relay with the test settings, adjusted by `customize`.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let mut settings = test_settings(dir.path());
+    customize(&mut settings);
+    let config = settings.validate().expect("valid test configuration");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app::run(config.clone(), listener, shutdown.clone()));
+    let app = TestApp {
+        base,
+        config,
+        client: jogg_relay::outbound::client_builder().build().unwrap(),
+        shutdown,
+        task,
+        dir,
+    };
+    app.wait_until_ready().await;
+    app
+}
+
+/// A response reduced to what tests assert on.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status code.
+    pub status: u16,
+    /// Content type, if any.
+    pub content_type: String,
+    /// Body parsed as JSON (`Value::Null` when it is not JSON).
+    pub json: Value,
+}
+
+impl Reply {
+    /// The `error.code` of a JSON error body.
+    pub fn error_code(&self) -> &str {
+        self.json["error"]["code"]
+            .as_str()
+            .unwrap_or("<no error code>")
+    }
+
+    /// Asserts a JSON error with the given status and returns its code.
+    pub fn assert_json_error(&self, status: u16) -> &str {
+        assert_eq!(self.status, status, "{self:?}");
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "{self:?}"
+        );
+        assert!(self.json["error"]["message"].is_string(), "{self:?}");
+        self.error_code()
+    }
+}
+
+impl TestApp {
+    /// Sends a request with the token; `body` is sent as JSON when given.
+    pub async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let mut request = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{}", self.base, path))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        reply(request.send().await.expect("request sent")).await
+    }
+
+    /// Sends raw bytes with the given content type and the token.
+    pub async fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Reply {
+        let request = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{}", self.base, path))
+            .bearer_auth(TOKEN)
+            .header("content-type", content_type)
+            .body(body);
+        reply(request.send().await.expect("request sent")).await
+    }
+
+    /// `POST /v1/videos`.
+    pub async fn enqueue(&self, body: Value) -> Reply {
+        self.send("POST", "/v1/videos", Some(&body)).await
+    }
+
+    /// `GET /v1/videos/{id}`.
+    pub async fn video(&self, id: &str) -> Reply {
+        self.send("GET", &format!("/v1/videos/{id}"), None).await
+    }
+
+    /// A second handle on the relay's database, for assertions.
+    pub async fn store(&self) -> Store {
+        Store::open(&self.config.database).await.unwrap()
+    }
+
+    /// Number of rows in `table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        let store = self.store().await;
+        let sql = match table {
+            "videos" => "SELECT COUNT(*) FROM videos",
+            "transitions" => "SELECT COUNT(*) FROM transitions",
+            "deliveries" => "SELECT COUNT(*) FROM deliveries",
+            other => panic!("unknown table {other}"),
+        };
+        let count = sqlx::query_scalar(sql)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        store.close().await;
+        count
+    }
+
+    /// The listener is bound before the relay starts, so this first request
+    /// simply waits in the accept queue until the relay serves it.
+    async fn wait_until_ready(&self) {
+        let health = self
+            .client
+            .get(format!("{}/healthz", self.base))
+            .send()
+            .await
+            .expect("relay answers");
+        assert!(health.status().is_success(), "relay is healthy");
+    }
+
+    /// Stops the relay and waits for a clean exit.
+    pub async fn stop(self) -> TempDir {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("relay task")
+            .expect("clean shutdown");
+        self.dir
+    }
+}
+
+/// Reduces a response to a [`Reply`].
+pub async fn reply(response: reqwest::Response) -> Reply {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let bytes = response.bytes().await.unwrap_or_default();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Reply {
+        status,
+        content_type,
+        json,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The real binary
+// ---------------------------------------------------------------------------
+
+/// Path of the `jogg-relay` binary under test.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_jogg-relay"))
+}
+
+/// Runs the binary to completion with only the given environment variables
+/// (plus `PATH`), returning (exit code, stdout, stderr).
+pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let output = Command::new(binary())
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .expect("run jogg-relay");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `jogg-relay serve` as a child process.
+pub struct RelayProcess {
+    /// The child.
+    pub child: Child,
+    /// Where its API listens.
+    pub address: SocketAddr,
+    /// Every line it wrote to standard error so far arrives here.
+    pub log: mpsc::Receiver<String>,
+}
+
+impl RelayProcess {
+    /// Starts `serve` with `config_file`, binding port 0, and waits for the
+    /// address it reports.
+    pub fn start(config_file: &Path, extra_env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(binary())
+            .args(["--config", config_file.to_str().unwrap(), "serve"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .envs(extra_env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn jogg-relay serve");
+        let stderr = child.stderr.take().unwrap();
+        let (lines, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Blocking on the child's own output (not a sleep): the relay logs its
+        // bound address once it is ready to accept connections.
+        let address = loop {
+            let line = log
+                .recv_timeout(Duration::from_secs(30))
+                .expect("relay reported its address");
+            if let Some(rest) = line.split("address=").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap();
+                break addr.parse().expect("socket address");
+            }
+        };
+        Self {
+            child,
+            address,
+            log,
+        }
+    }
+
+    /// `http://ADDRESS`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`) with the system's `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `method target` as raw HTTP/1.1 (bypassing any client-side URL
+/// normalisation, which would turn `%2e%2e` into `..`) and returns the
+/// status and the JSON body.
+pub async fn raw_request(base: &str, method: &str, target: &str) -> Reply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    Reply {
+        status,
+        content_type,
+        json: serde_json::from_str(body).unwrap_or(Value::Null),
+    }
+}

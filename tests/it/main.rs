@@ -1,0 +1,7 @@
+//! Integration tests: one binary (so it links once), one module per area.
+
+mod api_enqueue;
+mod api_errors;
+mod api_list;
+mod cli;
+mod helpers;
