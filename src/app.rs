@@ -1,7 +1,8 @@
-//! Wiring: opens the store, starts the writer and the API, and owns the
-//! order of graceful shutdown.
+//! Wiring: opens the store, starts the writer, the poller and the API, and
+//! owns the order of graceful shutdown.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -9,7 +10,14 @@ use tracing::info;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::jogg::{ClientError, JoggClient};
+use crate::poller::Poller;
+use crate::poller::gate::UpstreamGate;
+use crate::poller::policy::PollPolicy;
 use crate::store::{Store, StoreError, Writer};
+
+/// Longest delay between probes while JoggAI refuses the key.
+const MAX_PROBE_DELAY: Duration = Duration::from_secs(300);
 
 /// Why the relay stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -17,14 +25,121 @@ pub enum AppError {
     /// The database could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The upstream client could not be built.
+    #[error(transparent)]
+    Client(#[from] ClientError),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
 }
 
-/// Runs the relay on `listener` until `shutdown` is cancelled, then shuts
-/// down in order: stop accepting connections, finish requests in flight,
-/// let the writer commit everything already queued, close the database.
+/// The upstream gate for `config`: the budget, and probes that start at
+/// `min_interval` and back off to five minutes.
+pub fn upstream_gate(config: &Config) -> UpstreamGate {
+    UpstreamGate::new(
+        config.jogg.requests_per_second,
+        config.jogg.burst,
+        config.polling.min_interval,
+        MAX_PROBE_DELAY.max(config.polling.max_interval),
+    )
+}
+
+/// The relay's long-lived parts, built and ready to run.
+pub struct App {
+    config: Config,
+    store: Store,
+    writer: Writer,
+    writer_task: tokio::task::JoinHandle<()>,
+    gate: Arc<UpstreamGate>,
+    poller: Option<Poller>,
+}
+
+impl App {
+    /// Opens the database (creating and migrating it) and builds every part.
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        let store = Store::open(&config.database).await?;
+        let client = JoggClient::new(&config.jogg)?;
+        let (writer, writer_task) = Writer::spawn(store.pool().clone());
+        let gate = Arc::new(upstream_gate(&config));
+        let poller = Poller::new(&config, store.clone(), writer.clone(), client, gate.clone());
+        Ok(Self {
+            config,
+            store,
+            writer,
+            writer_task,
+            gate,
+            poller: Some(poller),
+        })
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Takes the poller out, so that [`App::run`] serves without a poll
+    /// loop and the caller drives [`Poller::step`] itself (tests do).
+    pub fn take_poller(&mut self) -> Option<Poller> {
+        self.poller.take()
+    }
+
+    /// Runs the API (and the poll loop, unless taken) on `listener` until
+    /// `shutdown` is cancelled, then shuts down in order: stop accepting
+    /// connections and claiming work, finish requests and polls in flight,
+    /// let the writer commit everything already queued, close the database.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), AppError> {
+        let Self {
+            config,
+            store,
+            writer,
+            writer_task,
+            gate,
+            poller,
+        } = self;
+        let state = ApiState {
+            store: store.clone(),
+            writer,
+            token: config.server.token.clone().map(Arc::new),
+            policy: PollPolicy::from(&config.polling),
+            gate,
+            shutdown: shutdown.clone(),
+        };
+        let address = listener.local_addr()?;
+        info!(%address, database = %config.database.path.display(), "jogg-relay listening");
+
+        let poller_task = poller.map(|poller| {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { poller.run(shutdown).await })
+        });
+        let served = axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        // `serve` can also end with an error; the workers stop either way.
+        shutdown.cancel();
+        if let Some(task) = poller_task
+            && let Err(err) = task.await
+        {
+            tracing::error!(error = %err, "poller task failed");
+        }
+
+        // The router, the poller and with them every writer handle are gone
+        // now; the writer drains its queue and stops.
+        info!("shutting down: committing queued writes");
+        if let Err(err) = writer_task.await {
+            tracing::error!(error = %err, "database writer task failed");
+        }
+        store.close().await;
+        info!("shutdown complete");
+        served.map_err(AppError::from)
+    }
+}
+
+/// Builds and runs the relay on `listener` until `shutdown` is cancelled
+/// (see [`App::run`]).
 ///
 /// Taking the listener (rather than an address) lets tests bind port 0 and
 /// the daemon report the bound address before serving.
@@ -33,29 +148,5 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
-    let store = Store::open(&config.database).await?;
-    let (writer, writer_task) = Writer::spawn(store.pool().clone());
-    let state = ApiState {
-        store: store.clone(),
-        writer,
-        token: config.server.token.clone().map(Arc::new),
-        first_poll_after: config.polling.first_after,
-        shutdown: shutdown.clone(),
-    };
-    let address = listener.local_addr()?;
-    info!(%address, database = %config.database.path.display(), "jogg-relay listening");
-
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-
-    // The router (and with it every writer handle) is gone now; the writer
-    // drains its queue and stops.
-    info!("shutting down: committing queued writes");
-    if let Err(err) = writer_task.await {
-        tracing::error!(error = %err, "database writer task failed");
-    }
-    store.close().await;
-    info!("shutdown complete");
-    Ok(())
+    App::build(config).await?.run(listener, shutdown).await
 }

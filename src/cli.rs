@@ -14,6 +14,7 @@ use crate::api::resource::VideoResource;
 use crate::api::videos::parse_new_video;
 use crate::config::{Config, ConfigError, Settings};
 use crate::domain::{Millis, VideoId, VideoState};
+use crate::poller::policy::PollPolicy;
 use crate::store::{EnqueueOutcome, Store, Writer};
 use crate::{app, telemetry};
 
@@ -192,7 +193,8 @@ async fn enqueue(
         .map(|text| serde_json::from_str(&text))
         .transpose()
         .map_err(|err| CliError::Usage(format!("--metadata is not valid JSON: {err}")))?;
-    let first_poll_at = Millis::now().plus(config.polling.first_after);
+    let policy = PollPolicy::from(&config.polling);
+    let first_poll_at = policy.first_poll_at(Millis::now(), fastrand::f64() * 2.0 - 1.0);
     let videos = ids
         .iter()
         .map(|id| {

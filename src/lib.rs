@@ -6,7 +6,11 @@
 //! - [`config`]: layered configuration (defaults, TOML file, environment) and validation.
 //! - [`domain`]: the vocabulary shared by every module (video ids, states, timestamps).
 //! - [`store`]: every SQL statement, the migrations and the group-commit writer.
+//! - [`jogg`]: the upstream protocol (client, answer classification).
+//! - [`poller`]: claiming due videos, the schedule policy, the rate limiter.
 //! - [`api`]: the HTTP API (axum routes, authentication, JSON errors).
+//! - [`sim`]: a JoggAI simulator for tests, `demo` and benchmarks.
+//! - [`outbound`]: outbound HTTP client set-up.
 //! - [`app`]: wires the pieces together and owns graceful shutdown.
 //! - [`telemetry`]: logging set-up.
 //! - [`cli`]: the command line, used by the thin `main.rs`.
@@ -16,6 +20,9 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod jogg;
 pub mod outbound;
+pub mod poller;
+pub mod sim;
 pub mod store;
 pub mod telemetry;

@@ -9,7 +9,6 @@ pub mod resource;
 pub mod videos;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -21,6 +20,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::poller::gate::UpstreamGate;
+use crate::poller::policy::PollPolicy;
 use crate::store::{Store, Writer};
 pub use error::ApiError;
 
@@ -38,8 +39,10 @@ pub struct ApiState {
     pub writer: Writer,
     /// Bearer token required on `/v1/*`, when configured.
     pub token: Option<Arc<SecretString>>,
-    /// Delay from enqueue to the first poll.
-    pub first_poll_after: Duration,
+    /// The poll schedule (for the first poll of new videos).
+    pub policy: PollPolicy,
+    /// The upstream gate, whose pause makes the relay not ready.
+    pub gate: Arc<UpstreamGate>,
     /// Cancelled when the process starts shutting down: enqueues then get 503
     /// and `/readyz` reports not ready.
     pub shutdown: CancellationToken,
@@ -118,9 +121,20 @@ async fn healthz() -> impl IntoResponse {
 }
 
 /// `GET /readyz`: the relay can do its job.
-async fn readyz(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+async fn readyz(State(state): State<ApiState>) -> Result<Response, ApiError> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::shutting_down());
+    }
+    if let Some(reason) = state.gate.paused() {
+        let body = json!({"error": {
+            "code": "upstream_paused",
+            "reason": reason.as_str(),
+            "message": format!(
+                "JoggAI refuses the relay's requests ({}); polling is paused until a probe succeeds",
+                reason.as_str()
+            ),
+        }});
+        return Ok((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
     }
     if !state.store.is_usable().await {
         return Err(ApiError::new(
@@ -129,7 +143,7 @@ async fn readyz(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiE
             "the database does not answer",
         ));
     }
-    Ok(axum::Json(json!({"status": "ready"})))
+    Ok(axum::Json(json!({"status": "ready"})).into_response())
 }
 
 async fn unknown_route() -> ApiError {

@@ -291,5 +291,7 @@ pub async fn list(
 }
 
 fn first_poll_at(state: &ApiState) -> Millis {
-    Millis::now().plus(state.first_poll_after)
+    state
+        .policy
+        .first_poll_at(Millis::now(), fastrand::f64() * 2.0 - 1.0)
 }

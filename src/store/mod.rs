@@ -5,6 +5,7 @@
 //! Times are stored as [`Millis`]; see `migrations/` for the schema and the
 //! reasoning behind each index.
 
+mod mutations;
 pub mod records;
 pub mod writer;
 
@@ -20,7 +21,8 @@ use crate::config::DatabaseConfig;
 use crate::domain::{VideoId, VideoState};
 
 pub use records::{
-    CancelOutcome, DeliveryRecord, EnqueueOutcome, NewVideo, TransitionRecord, VideoDetails,
+    CancelOutcome, ClaimedVideo, DeliveryRecord, EnqueueOutcome, NewTransition, NewVideo,
+    PollUpdate, Release, TerminalChange, TransitionRecord, UpstreamFields, VideoDetails,
     VideoRecord,
 };
 pub use writer::Writer;

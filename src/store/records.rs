@@ -160,3 +160,106 @@ impl TryFrom<String> for VideoState {
         value.parse()
     }
 }
+
+/// A video claimed for polling: what the poller needs to decide what the
+/// answer means.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ClaimedVideo {
+    /// Rowid.
+    pub id: i64,
+    /// JoggAI's id.
+    pub video_id: String,
+    /// Last status upstream answered, as-is.
+    pub upstream_status: Option<String>,
+    /// When the relay accepted it (deadline and not-found grace count from here).
+    pub enqueued_at: i64,
+    /// Consecutive answers without a status change.
+    pub unchanged_polls: i64,
+    /// Consecutive failed polls.
+    pub error_streak: i64,
+    /// Per-video callback target.
+    pub callback_url: Option<String>,
+    /// The lease: this claim owns the video until then, and the result is
+    /// only recorded if the video still carries this exact value.
+    pub lease_until: i64,
+}
+
+/// One transition to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTransition {
+    /// `status` or `state`.
+    pub kind: &'static str,
+    /// Previous value.
+    pub from: Option<String>,
+    /// New value.
+    pub to: String,
+}
+
+/// Upstream fields learned from an answer; `None` keeps what is stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpstreamFields {
+    /// Rendered video URL.
+    pub video_url: Option<String>,
+    /// Cover image URL.
+    pub cover_url: Option<String>,
+    /// Creation time, unix seconds.
+    pub created_at: Option<i64>,
+    /// Length in seconds.
+    pub duration: Option<f64>,
+    /// Error code of a failed render.
+    pub error_code: Option<String>,
+    /// Error message of a failed render.
+    pub error_message: Option<String>,
+}
+
+/// A terminal state reached by a poll: written with its transition and one
+/// outbox row per target, in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TerminalChange {
+    /// `completed`, `failed` or `abandoned`.
+    pub state: VideoState,
+    /// Why the relay gave up, for `abandoned`.
+    pub reason: Option<String>,
+    /// The event's id, fixed from now on.
+    pub event_id: String,
+    /// Callback targets (configured URLs and the video's own), deduplicated.
+    pub targets: Vec<String>,
+}
+
+/// Everything one poll changes about one video.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollUpdate {
+    /// Rowid.
+    pub video_rowid: i64,
+    /// The claim's lease; the update applies only while it holds.
+    pub lease_until: i64,
+    /// When the answer was seen.
+    pub at: Millis,
+    /// Whether this counts as a poll (an upstream answer about the video).
+    pub counted: bool,
+    /// The upstream status after this poll.
+    pub upstream_status: Option<String>,
+    /// New upstream fields.
+    pub fields: UpstreamFields,
+    /// New count of answers without a status change.
+    pub unchanged_polls: i64,
+    /// New count of consecutive failures.
+    pub error_streak: i64,
+    /// Next poll, `None` when terminal.
+    pub next_poll_at: Option<Millis>,
+    /// Transitions to append, in order.
+    pub transitions: Vec<NewTransition>,
+    /// The terminal state, when reached.
+    pub terminal: Option<TerminalChange>,
+}
+
+/// Hands a claimed video back without a result (the poll did not happen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Release {
+    /// Rowid.
+    pub video_rowid: i64,
+    /// The claim's lease.
+    pub lease_until: i64,
+    /// When it is due again.
+    pub next_poll_at: Millis,
+}

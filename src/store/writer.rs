@@ -15,8 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{instrument, warn};
 
 use super::StoreError;
-use super::records::{CancelOutcome, EnqueueOutcome, NewVideo};
-use crate::domain::{Millis, VideoId, VideoState};
+use super::mutations;
+use super::records::{CancelOutcome, ClaimedVideo, EnqueueOutcome, NewVideo, PollUpdate, Release};
+use crate::domain::{Millis, VideoId};
 
 /// Most operations committed together.
 const MAX_BATCH: usize = 512;
@@ -31,6 +32,16 @@ enum WriteOp {
     Enqueue(Vec<NewVideo>),
     /// Stop tracking this video.
     Cancel(VideoId),
+    /// Lease up to `limit` videos due at `now` until `lease_until`.
+    Claim {
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    },
+    /// Record one poll's result.
+    RecordPoll(Box<PollUpdate>),
+    /// Hand claimed videos back unpolled.
+    Release(Vec<Release>),
 }
 
 /// The result of one [`WriteOp`].
@@ -40,6 +51,12 @@ enum WriteResult {
     Enqueued(Vec<EnqueueOutcome>),
     /// Outcome of a cancel.
     Cancel(CancelOutcome),
+    /// The claimed videos.
+    Claimed(Vec<ClaimedVideo>),
+    /// Whether the poll result was recorded (false: the lease was lost).
+    Recorded(bool),
+    /// Leases handed back.
+    Released,
 }
 
 /// An operation and the channel its caller waits on.
@@ -68,7 +85,48 @@ impl Writer {
     pub async fn enqueue(&self, videos: Vec<NewVideo>) -> Result<Vec<EnqueueOutcome>, StoreError> {
         match self.submit(WriteOp::Enqueue(videos)).await? {
             WriteResult::Enqueued(outcomes) => Ok(outcomes),
-            WriteResult::Cancel(_) => unreachable!("enqueue answered with a cancel result"),
+            other => unreachable!("enqueue answered with {other:?}"),
+        }
+    }
+
+    /// Leases up to `limit` videos due at `now` until `lease_until`, most
+    /// overdue first.
+    pub async fn claim_due(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<ClaimedVideo>, StoreError> {
+        match self
+            .submit(WriteOp::Claim {
+                now,
+                lease_until,
+                limit,
+            })
+            .await?
+        {
+            WriteResult::Claimed(videos) => Ok(videos),
+            other => unreachable!("claim answered with {other:?}"),
+        }
+    }
+
+    /// Records a poll result; `false` when the claim's lease was lost and
+    /// the result was discarded.
+    pub async fn record_poll(&self, update: PollUpdate) -> Result<bool, StoreError> {
+        match self.submit(WriteOp::RecordPoll(Box::new(update))).await? {
+            WriteResult::Recorded(applied) => Ok(applied),
+            other => unreachable!("record answered with {other:?}"),
+        }
+    }
+
+    /// Hands claimed videos back unpolled.
+    pub async fn release(&self, releases: Vec<Release>) -> Result<(), StoreError> {
+        if releases.is_empty() {
+            return Ok(());
+        }
+        match self.submit(WriteOp::Release(releases)).await? {
+            WriteResult::Released => Ok(()),
+            other => unreachable!("release answered with {other:?}"),
         }
     }
 
@@ -76,7 +134,7 @@ impl Writer {
     pub async fn cancel(&self, video_id: VideoId) -> Result<CancelOutcome, StoreError> {
         match self.submit(WriteOp::Cancel(video_id)).await? {
             WriteResult::Cancel(outcome) => Ok(outcome),
-            WriteResult::Enqueued(_) => unreachable!("cancel answered with an enqueue result"),
+            other => unreachable!("cancel answered with {other:?}"),
         }
     }
 
@@ -149,91 +207,28 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult,
         WriteOp::Enqueue(videos) => {
             let mut outcomes = Vec::with_capacity(videos.len());
             for video in videos {
-                outcomes.push(insert_video(conn, video, now).await?);
+                outcomes.push(mutations::insert_video(conn, video, now).await?);
             }
             Ok(WriteResult::Enqueued(outcomes))
         }
         WriteOp::Cancel(video_id) => Ok(WriteResult::Cancel(
-            cancel_video(conn, video_id, now).await?,
+            mutations::cancel_video(conn, video_id, now).await?,
         )),
+        WriteOp::Claim {
+            now,
+            lease_until,
+            limit,
+        } => Ok(WriteResult::Claimed(
+            mutations::claim_due(conn, *now, *lease_until, *limit).await?,
+        )),
+        WriteOp::RecordPoll(update) => Ok(WriteResult::Recorded(
+            mutations::record_poll(conn, update).await?,
+        )),
+        WriteOp::Release(releases) => {
+            for release in releases {
+                mutations::release(conn, release).await?;
+            }
+            Ok(WriteResult::Released)
+        }
     }
-}
-
-/// Inserts a video unless its id is already tracked (then nothing changes).
-pub(crate) async fn insert_video(
-    conn: &mut SqliteConnection,
-    video: &NewVideo,
-    now: Millis,
-) -> Result<EnqueueOutcome, StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO videos (video_id, callback_url, metadata, enqueued_at, updated_at, next_poll_at) \
-         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (video_id) DO NOTHING",
-    )
-    .bind(video.video_id.as_str())
-    .bind(video.callback_url.as_deref())
-    .bind(video.metadata.as_deref())
-    .bind(now.0)
-    .bind(now.0)
-    .bind(video.first_poll_at.0)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(if inserted == 1 {
-        EnqueueOutcome::Created
-    } else {
-        EnqueueOutcome::Existing
-    })
-}
-
-/// Moves an active video to `cancelled` with its transition row.
-async fn cancel_video(
-    conn: &mut SqliteConnection,
-    video_id: &VideoId,
-    now: Millis,
-) -> Result<CancelOutcome, StoreError> {
-    let cancelled: Option<i64> = sqlx::query_scalar(
-        "UPDATE videos SET state = 'cancelled', next_poll_at = NULL, lease_until = NULL, \
-                           updated_at = ? \
-         WHERE video_id = ? AND state = 'active' RETURNING id",
-    )
-    .bind(now.0)
-    .bind(video_id.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(rowid) = cancelled {
-        insert_transition(conn, rowid, "state", Some("active"), "cancelled", now).await?;
-        return Ok(CancelOutcome::Cancelled);
-    }
-    let state: Option<String> = sqlx::query_scalar("SELECT state FROM videos WHERE video_id = ?")
-        .bind(video_id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(match state.map(VideoState::try_from).transpose() {
-        Ok(None) => CancelOutcome::NotFound,
-        Ok(Some(VideoState::Cancelled)) => CancelOutcome::AlreadyCancelled,
-        Ok(Some(state)) => CancelOutcome::Terminal(state),
-        Err(err) => return Err(StoreError::Database(sqlx::Error::Decode(Box::new(err)))),
-    })
-}
-
-/// Appends one row to a video's transition log.
-pub(crate) async fn insert_transition(
-    conn: &mut SqliteConnection,
-    video_rowid: i64,
-    kind: &str,
-    from: Option<&str>,
-    to: &str,
-    at: Millis,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO transitions (video_rowid, kind, from_value, to_value, at) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(video_rowid)
-    .bind(kind)
-    .bind(from)
-    .bind(to)
-    .bind(at.0)
-    .execute(conn)
-    .await?;
-    Ok(())
 }

@@ -9,8 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use jogg_relay::app::{self, AppError};
+use jogg_relay::app::{App, AppError};
 use jogg_relay::config::{Config, SecretSetting, Settings};
+use jogg_relay::domain::Millis;
+use jogg_relay::poller::{Outcome, Poller};
+use jogg_relay::sim::{SIM_API_KEY, SimUpstream};
 use jogg_relay::store::Store;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -35,15 +38,21 @@ pub struct TestApp {
     pub task: JoinHandle<Result<(), AppError>>,
     /// Holds the database folder.
     pub dir: TempDir,
+    /// The JoggAI simulator the relay polls.
+    pub sim: SimUpstream,
+    /// The poller, when the test drives it (see [`spawn_app_with_manual_poller`]).
+    pub poller: Option<Poller>,
 }
 
-/// Settings for a test relay: a fresh database in `dir`, a token and a key.
-pub fn test_settings(dir: &Path) -> Settings {
+/// Settings for a test relay: a fresh database in `dir`, a token, and the
+/// simulator at `sim_url` as upstream.
+pub fn test_settings(dir: &Path, sim_url: &str) -> Settings {
     let mut settings = Settings::default();
     settings.database.url = format!("sqlite://{}", dir.join("relay.db").display());
     settings.server.bind = "127.0.0.1:0".into();
     settings.server.token = SecretSetting(Some(TOKEN.into()));
-    settings.jogg.api_key = SecretSetting(Some("test-api-key".into()));
+    settings.jogg.base_url = sim_url.to_owned();
+    settings.jogg.api_key = SecretSetting(Some(SIM_API_KEY.into()));
     settings
 }
 
@@ -52,16 +61,41 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-/// Starts a relay with the test settings, adjusted by `customize`.
+/// Starts a relay with the test settings, adjusted by `customize`; its poll
+/// loop runs on its own.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    start(customize, false).await
+}
+
+/// Starts a relay whose poller does not run by itself: the test calls
+/// [`TestApp::step`]. First polls are due at once.
+pub async fn spawn_app_with_manual_poller(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    start(
+        |settings| {
+            settings.polling.first_after = "0s".into();
+            customize(settings);
+        },
+        true,
+    )
+    .await
+}
+
+async fn start(customize: impl FnOnce(&mut Settings), manual_poller: bool) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary folder");
-    let mut settings = test_settings(dir.path());
+    let sim = SimUpstream::start().await.expect("start the simulator");
+    let mut settings = test_settings(dir.path(), sim.base_url.as_str());
     customize(&mut settings);
     let config = settings.validate().expect("valid test configuration");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(app::run(config.clone(), listener, shutdown.clone()));
+    let mut relay = App::build(config.clone()).await.expect("build the relay");
+    let poller = if manual_poller {
+        relay.take_poller()
+    } else {
+        None
+    };
+    let task = tokio::spawn(relay.run(listener, shutdown.clone()));
     let app = TestApp {
         base,
         config,
@@ -69,6 +103,8 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         shutdown,
         task,
         dir,
+        sim,
+        poller,
     };
     app.wait_until_ready().await;
     app
@@ -179,8 +215,33 @@ impl TestApp {
         assert!(health.status().is_success(), "relay is healthy");
     }
 
+    /// One poller step at `now` (manual-poller apps only).
+    pub async fn step(&self, now: Millis) -> Outcome {
+        self.poller
+            .as_ref()
+            .expect("spawned with a manual poller")
+            .step(now)
+            .await
+            .expect("poll step")
+    }
+
+    /// Steps at the current time until a step finds nothing due; returns
+    /// the number of steps that worked. Bounded, so a bug cannot hang a test.
+    pub async fn step_until_idle(&self) -> usize {
+        for worked in 0..10_000 {
+            match self.step(Millis::now()).await {
+                Outcome::Worked(_) => {}
+                _ => return worked,
+            }
+        }
+        panic!("the poller never went idle");
+    }
+
     /// Stops the relay and waits for a clean exit.
-    pub async fn stop(self) -> TempDir {
+    pub async fn stop(mut self) -> TempDir {
+        // The manual poller holds a writer handle; the writer (and so the
+        // relay) only finishes once it is gone.
+        self.poller = None;
         self.shutdown.cancel();
         self.task
             .await
@@ -253,6 +314,9 @@ impl RelayProcess {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
+            // Never the real JoggAI: a closed loopback port unless the test
+            // points it at a simulator.
+            .env("JOGG_RELAY__JOGG__BASE_URL", "http://127.0.0.1:1")
             .envs(extra_env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -5,3 +5,4 @@ mod api_errors;
 mod api_list;
 mod cli;
 mod helpers;
+mod poller;

@@ -1,0 +1,375 @@
+//! What an upstream answer means: lenient parsing of the JoggAI envelope and
+//! the mapping of both error layers (HTTP status, business `code`) to a
+//! [`PollAnswer`].
+//!
+//! Everything here is pure (bytes and status in, answer out), so it is unit
+//! tested exhaustively and is the natural fuzz target for hostile bodies.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+/// Business codes JoggAI documents (DESIGN 2).
+pub mod code {
+    /// Success.
+    pub const OK: i64 = 0;
+    /// The video does not exist (yet).
+    pub const NOT_FOUND: i64 = 10104;
+    /// The API key is invalid.
+    pub const INVALID_API_KEY: i64 = 10105;
+    /// The account has run out of credit.
+    pub const INSUFFICIENT_CREDIT: i64 = 18020;
+    /// The key has no permission for this call.
+    pub const NO_PERMISSION: i64 = 18025;
+    /// The request was malformed (for us: the id is not a JoggAI id).
+    pub const PARAMETER_ERROR: i64 = 40000;
+    /// Rate limited.
+    pub const RATE_LIMITED: i64 = 429;
+    /// Upstream internal error.
+    pub const SYSTEM_ERROR: i64 = 50000;
+}
+
+/// How the relay reads an upstream status string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    /// `pending`, `processing`: keep polling.
+    InProgress,
+    /// `completed`, `success`, `succeeded`.
+    Completed,
+    /// `failed`, `fail`, `error`.
+    Failed,
+    /// Anything else: recorded as-is, polling goes on (never guess "failed").
+    Unknown,
+}
+
+impl StatusClass {
+    /// Classifies an upstream status string (case-insensitively).
+    pub fn of(status: &str) -> Self {
+        match status.trim().to_ascii_lowercase().as_str() {
+            "pending" | "processing" => StatusClass::InProgress,
+            "completed" | "success" | "succeeded" => StatusClass::Completed,
+            "failed" | "fail" | "error" => StatusClass::Failed,
+            _ => StatusClass::Unknown,
+        }
+    }
+}
+
+/// A successful answer: the video's status and whatever else upstream said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoStatus {
+    /// The status string exactly as upstream sent it.
+    pub status: String,
+    /// How the relay reads it.
+    pub class: StatusClass,
+    /// Rendered video URL.
+    pub video_url: Option<String>,
+    /// Cover image URL.
+    pub cover_url: Option<String>,
+    /// Creation time, unix seconds.
+    pub created_at: Option<i64>,
+    /// Length in seconds.
+    pub duration: Option<f64>,
+    /// Error code of a failed render.
+    pub error_code: Option<String>,
+    /// Error message of a failed render.
+    pub error_message: Option<String>,
+}
+
+/// Why polling as a whole is paused until a probe succeeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PauseReason {
+    /// Business code 10105 or HTTP 401.
+    InvalidApiKey,
+    /// Business code 18025 or HTTP 403.
+    NoPermission,
+    /// Business code 18020.
+    InsufficientCredit,
+}
+
+impl PauseReason {
+    /// Stable snake_case name, shown by `/readyz` and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseReason::InvalidApiKey => "invalid_api_key",
+            PauseReason::NoPermission => "no_permission",
+            PauseReason::InsufficientCredit => "insufficient_credit",
+        }
+    }
+}
+
+/// Everything one poll can tell the relay, after both error layers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PollAnswer {
+    /// Code 0 with a status.
+    Status(VideoStatus),
+    /// Code 10104: not found (yet).
+    NotFound,
+    /// Code 40000: upstream rejects the id.
+    InvalidId,
+    /// The key or account cannot poll at all: pause everything.
+    Paused(PauseReason),
+    /// HTTP or business 429: pause everything, for `retry_after` when given.
+    RateLimited {
+        /// Upstream's `Retry-After`, when it sent a usable one.
+        retry_after: Option<Duration>,
+    },
+    /// Anything else (5xx, 50000, timeouts, garbage, unknown codes): this
+    /// video backs off, nothing else changes. The text is for logs and never
+    /// contains the API key.
+    Transient(String),
+}
+
+/// Classifies an HTTP answer. `retry_after` is the raw `Retry-After` header.
+pub fn classify(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+    now: SystemTime,
+) -> PollAnswer {
+    match status {
+        429 => {
+            return PollAnswer::RateLimited {
+                retry_after: retry_after.and_then(|value| parse_retry_after(value, now)),
+            };
+        }
+        401 => return PollAnswer::Paused(PauseReason::InvalidApiKey),
+        403 => return PollAnswer::Paused(PauseReason::NoPermission),
+        200..=299 => {}
+        other => return PollAnswer::Transient(format!("HTTP {other}")),
+    }
+    let Ok(envelope) = serde_json::from_slice::<Value>(body) else {
+        return PollAnswer::Transient(format!("non-JSON body ({} bytes)", body.len()));
+    };
+    let Some(code) = envelope.get("code").and_then(integer) else {
+        return PollAnswer::Transient("answer without a numeric code".into());
+    };
+    match code {
+        code::OK => parse_status(&envelope),
+        code::NOT_FOUND => PollAnswer::NotFound,
+        code::PARAMETER_ERROR => PollAnswer::InvalidId,
+        code::INVALID_API_KEY => PollAnswer::Paused(PauseReason::InvalidApiKey),
+        code::NO_PERMISSION => PollAnswer::Paused(PauseReason::NoPermission),
+        code::INSUFFICIENT_CREDIT => PollAnswer::Paused(PauseReason::InsufficientCredit),
+        code::RATE_LIMITED => PollAnswer::RateLimited {
+            retry_after: retry_after.and_then(|value| parse_retry_after(value, now)),
+        },
+        code::SYSTEM_ERROR => PollAnswer::Transient("upstream system error (50000)".into()),
+        other => PollAnswer::Transient(format!("unknown business code {other}")),
+    }
+}
+
+/// Reads `data` of a code-0 answer, tolerating missing and mistyped fields
+/// everywhere except the status itself.
+fn parse_status(envelope: &Value) -> PollAnswer {
+    let data = envelope.get("data").unwrap_or(&Value::Null);
+    let Some(status) = data.get("status").and_then(Value::as_str) else {
+        return PollAnswer::Transient("code 0 without data.status".into());
+    };
+    let error = data.get("error").unwrap_or(&Value::Null);
+    PollAnswer::Status(VideoStatus {
+        status: status.to_owned(),
+        class: StatusClass::of(status),
+        video_url: non_empty_string(data.get("video_url")),
+        cover_url: non_empty_string(data.get("cover_url")),
+        created_at: data.get("created_at").and_then(integer),
+        duration: data.get("duration").and_then(number),
+        error_code: error.get("code").and_then(text),
+        error_message: non_empty_string(error.get("message")),
+    })
+}
+
+/// An integer sent as a JSON number or a numeric string.
+fn integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        }),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A float sent as a JSON number or a numeric string.
+fn number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .filter(|f: &f64| f.is_finite())
+}
+
+/// A string or number rendered as text (error codes come as either).
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn non_empty_string(value: Option<&Value>) -> Option<String> {
+    value
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date; a date in the past means
+/// "now" (zero).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(body: &str) -> PollAnswer {
+        classify(200, None, body.as_bytes(), SystemTime::now())
+    }
+
+    #[test]
+    fn every_status_spelling() {
+        for (status, class) in [
+            ("pending", StatusClass::InProgress),
+            ("processing", StatusClass::InProgress),
+            ("completed", StatusClass::Completed),
+            ("success", StatusClass::Completed),
+            ("succeeded", StatusClass::Completed),
+            ("SUCCESS", StatusClass::Completed),
+            ("failed", StatusClass::Failed),
+            ("fail", StatusClass::Failed),
+            ("error", StatusClass::Failed),
+            ("rendering", StatusClass::Unknown),
+            ("", StatusClass::Unknown),
+        ] {
+            assert_eq!(StatusClass::of(status), class, "{status}");
+        }
+    }
+
+    #[test]
+    fn full_answer_with_extras_is_parsed() {
+        let body = r#"{"code":0,"msg":"ok","rid":"r-1","data":{"video_id":"v1","status":"completed",
+            "video_url":"https://cdn.example/v1.mp4","cover_url":"https://cdn.example/v1.jpg",
+            "created_at":1640995200,"duration":12.5,"new_field":{"x":1}}}"#;
+        let PollAnswer::Status(status) = answer(body) else {
+            panic!()
+        };
+        assert_eq!(status.class, StatusClass::Completed);
+        assert_eq!(
+            status.video_url.as_deref(),
+            Some("https://cdn.example/v1.mp4")
+        );
+        assert_eq!(status.created_at, Some(1_640_995_200));
+        assert_eq!(status.duration, Some(12.5));
+    }
+
+    #[test]
+    fn missing_and_mistyped_optional_fields_are_tolerated() {
+        let body = r#"{"code":"0","data":{"status":"failed","video_url":7,"created_at":"1640995200",
+            "duration":"x","error":{"code":4001,"message":"bad avatar"}}}"#;
+        let PollAnswer::Status(status) = answer(body) else {
+            panic!()
+        };
+        assert_eq!(status.class, StatusClass::Failed);
+        assert_eq!(status.video_url, None);
+        assert_eq!(status.created_at, Some(1_640_995_200));
+        assert_eq!(status.duration, None);
+        assert_eq!(status.error_code.as_deref(), Some("4001"));
+        assert_eq!(status.error_message.as_deref(), Some("bad avatar"));
+        let PollAnswer::Status(bare) = answer(r#"{"code":0,"data":{"status":"pending"}}"#) else {
+            panic!()
+        };
+        assert_eq!(bare.video_url, None);
+    }
+
+    #[test]
+    fn business_codes() {
+        let with_code = |code: i64| answer(&format!(r#"{{"code":{code},"msg":"x"}}"#));
+        assert_eq!(with_code(10104), PollAnswer::NotFound);
+        assert_eq!(with_code(40000), PollAnswer::InvalidId);
+        assert_eq!(
+            with_code(10105),
+            PollAnswer::Paused(PauseReason::InvalidApiKey)
+        );
+        assert_eq!(
+            with_code(18025),
+            PollAnswer::Paused(PauseReason::NoPermission)
+        );
+        assert_eq!(
+            with_code(18020),
+            PollAnswer::Paused(PauseReason::InsufficientCredit)
+        );
+        assert_eq!(
+            with_code(429),
+            PollAnswer::RateLimited { retry_after: None }
+        );
+        assert!(matches!(with_code(50000), PollAnswer::Transient(_)));
+        assert!(matches!(with_code(77777), PollAnswer::Transient(_)));
+    }
+
+    #[test]
+    fn http_layer() {
+        let now = SystemTime::now();
+        assert_eq!(
+            classify(429, Some("7"), b"", now),
+            PollAnswer::RateLimited {
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
+        assert_eq!(
+            classify(401, None, b"", now),
+            PollAnswer::Paused(PauseReason::InvalidApiKey)
+        );
+        assert_eq!(
+            classify(403, None, b"", now),
+            PollAnswer::Paused(PauseReason::NoPermission)
+        );
+        for status in [500, 502, 503, 404, 418] {
+            assert!(matches!(
+                classify(status, None, b"{}", now),
+                PollAnswer::Transient(_)
+            ));
+        }
+        for garbage in [
+            "<html>oops</html>",
+            "",
+            "{\"code\":",
+            "[]",
+            "{\"code\":0}",
+            "{\"code\":0,\"data\":[]}",
+        ] {
+            assert!(
+                matches!(answer(garbage), PollAnswer::Transient(_)),
+                "{garbage}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_as_seconds_or_http_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
+}

@@ -1,0 +1,488 @@
+//! What one answer does to one video: a pure function from (claimed video,
+//! answer, time, policy, randomness) to the row update and the signal for
+//! the upstream gate. No I/O, so every outcome is unit-tested here.
+
+use reqwest::Url;
+
+use super::policy::PollPolicy;
+use crate::domain::{Millis, VideoState};
+use crate::jogg::{PauseReason, PollAnswer, StatusClass};
+use crate::store::{
+    ClaimedVideo, NewTransition, PollUpdate, Release, TerminalChange, UpstreamFields,
+};
+
+/// Why the relay stopped tracking a video on its own.
+pub mod reason {
+    /// `polling.give_up_after` passed.
+    pub const DEADLINE: &str = "deadline";
+    /// Still "not found" after `polling.not_found_grace`.
+    pub const NOT_FOUND: &str = "not_found";
+    /// JoggAI rejected the id (40000).
+    pub const INVALID_ID: &str = "invalid_id";
+}
+
+/// What the poller must do with one answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Write this update (the answer was about the video).
+    Record {
+        /// The row update.
+        update: Box<PollUpdate>,
+        /// A label for logs and metrics.
+        outcome: PollOutcome,
+    },
+    /// Nothing about the video: hand it back and act on the whole upstream.
+    Global {
+        /// Hand the video back, due again at `next_poll_at`.
+        release: Release,
+        /// What the gate must do.
+        signal: GateSignal,
+    },
+}
+
+/// How the gate reacts to an answer that concerns every video.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GateSignal {
+    /// 429: throttle everything.
+    Throttle(Option<std::time::Duration>),
+    /// Auth or credit failure: pause everything.
+    Pause(PauseReason),
+}
+
+/// The label of a recorded poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// The upstream status changed (the first answer counts).
+    Changed,
+    /// Same status as before.
+    Unchanged,
+    /// The video reached a terminal state.
+    Terminal(VideoState),
+    /// Not found yet; retried.
+    NotFoundRetry,
+    /// A failed poll; the video backs off.
+    Error,
+}
+
+impl PollOutcome {
+    /// Stable snake_case label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollOutcome::Changed => "changed",
+            PollOutcome::Unchanged => "unchanged",
+            PollOutcome::Terminal(_) => "terminal",
+            PollOutcome::NotFoundRetry => "not_found",
+            PollOutcome::Error => "error",
+        }
+    }
+}
+
+/// The randomness a decision needs, injectable for tests.
+pub trait Randomness {
+    /// A uniform sample in `[-1, 1]` for jitter.
+    fn jitter_unit(&mut self) -> f64;
+    /// A new event id, `evt_` + 32 hex digits.
+    fn event_id(&mut self) -> String;
+}
+
+impl Randomness for fastrand::Rng {
+    fn jitter_unit(&mut self) -> f64 {
+        self.f64() * 2.0 - 1.0
+    }
+
+    fn event_id(&mut self) -> String {
+        format!("evt_{:016x}{:016x}", self.u64(..), self.u64(..))
+    }
+}
+
+/// Callback targets of a video: the configured URLs, then its own, without
+/// duplicates.
+pub fn targets(configured: &[Url], own: Option<&str>) -> Vec<String> {
+    let mut targets: Vec<String> = Vec::with_capacity(configured.len() + 1);
+    for url in configured.iter().map(Url::as_str).chain(own) {
+        if !targets.iter().any(|known| known == url) {
+            targets.push(url.to_owned());
+        }
+    }
+    targets
+}
+
+/// Decides what `answer` does to `video` at `now`.
+pub fn decide(
+    video: &ClaimedVideo,
+    answer: &PollAnswer,
+    now: Millis,
+    policy: &PollPolicy,
+    configured_targets: &[Url],
+    rng: &mut impl Randomness,
+) -> Decision {
+    let enqueued_at = Millis(video.enqueued_at);
+    // One decision schedules at most one delay; drawn up front so the
+    // terminal helper below can own `rng` for the event id.
+    let jitter = rng.jitter_unit();
+    let mut update = PollUpdate {
+        video_rowid: video.id,
+        lease_until: video.lease_until,
+        at: now,
+        counted: true,
+        upstream_status: video.upstream_status.clone(),
+        fields: UpstreamFields::default(),
+        unchanged_polls: video.unchanged_polls,
+        error_streak: 0,
+        next_poll_at: None,
+        transitions: Vec::new(),
+        terminal: None,
+    };
+    let mut terminal = |update: &mut PollUpdate, state: VideoState, reason: Option<&str>| {
+        update.transitions.push(NewTransition {
+            kind: "state",
+            from: Some(VideoState::Active.as_str().to_owned()),
+            to: state.as_str().to_owned(),
+        });
+        update.terminal = Some(TerminalChange {
+            state,
+            reason: reason.map(str::to_owned),
+            event_id: rng.event_id(),
+            targets: targets(configured_targets, video.callback_url.as_deref()),
+        });
+        update.next_poll_at = None;
+        PollOutcome::Terminal(state)
+    };
+
+    let outcome = match answer {
+        PollAnswer::Status(status) => {
+            let changed = video.upstream_status.as_deref() != Some(status.status.as_str());
+            if changed {
+                update.transitions.push(NewTransition {
+                    kind: "status",
+                    from: video.upstream_status.clone(),
+                    to: status.status.clone(),
+                });
+                update.upstream_status = Some(status.status.clone());
+                update.unchanged_polls = 0;
+            } else {
+                update.unchanged_polls = video.unchanged_polls.saturating_add(1);
+            }
+            update.fields = UpstreamFields {
+                video_url: status.video_url.clone(),
+                cover_url: status.cover_url.clone(),
+                created_at: status.created_at,
+                duration: status.duration,
+                error_code: status.error_code.clone(),
+                error_message: status.error_message.clone(),
+            };
+            match status.class {
+                StatusClass::Completed => terminal(&mut update, VideoState::Completed, None),
+                StatusClass::Failed => terminal(&mut update, VideoState::Failed, None),
+                StatusClass::InProgress | StatusClass::Unknown => {
+                    let unchanged = u32::try_from(update.unchanged_polls).unwrap_or(u32::MAX);
+                    let delay = policy.jittered(policy.interval(unchanged), jitter);
+                    update.next_poll_at = Some(policy.next_poll_at(now, delay, enqueued_at));
+                    if changed {
+                        PollOutcome::Changed
+                    } else {
+                        PollOutcome::Unchanged
+                    }
+                }
+            }
+        }
+        PollAnswer::InvalidId => {
+            terminal(&mut update, VideoState::Abandoned, Some(reason::INVALID_ID))
+        }
+        PollAnswer::NotFound if !policy.not_found_is_retried(enqueued_at, now) => {
+            terminal(&mut update, VideoState::Abandoned, Some(reason::NOT_FOUND))
+        }
+        PollAnswer::NotFound | PollAnswer::Transient(_) => {
+            update.error_streak = video.error_streak.saturating_add(1);
+            let streak = u32::try_from(update.error_streak).unwrap_or(u32::MAX);
+            let delay = policy.jittered(policy.error_backoff(streak), jitter);
+            update.next_poll_at = Some(policy.next_poll_at(now, delay, enqueued_at));
+            if matches!(answer, PollAnswer::NotFound) {
+                PollOutcome::NotFoundRetry
+            } else {
+                PollOutcome::Error
+            }
+        }
+        PollAnswer::RateLimited { retry_after } => {
+            return Decision::Global {
+                release: Release {
+                    video_rowid: video.id,
+                    lease_until: video.lease_until,
+                    next_poll_at: now.plus(retry_after.unwrap_or_default()),
+                },
+                signal: GateSignal::Throttle(*retry_after),
+            };
+        }
+        PollAnswer::Paused(reason) => {
+            return Decision::Global {
+                release: Release {
+                    video_rowid: video.id,
+                    lease_until: video.lease_until,
+                    next_poll_at: now,
+                },
+                signal: GateSignal::Pause(*reason),
+            };
+        }
+    };
+
+    // The deadline applies whatever the answer, unless it just ended the
+    // video anyway.
+    if update.terminal.is_none() && now >= policy.deadline(enqueued_at) {
+        let outcome = terminal(&mut update, VideoState::Abandoned, Some(reason::DEADLINE));
+        return Decision::Record {
+            update: Box::new(update),
+            outcome,
+        };
+    }
+    Decision::Record {
+        update: Box::new(update),
+        outcome,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::jogg::VideoStatus;
+
+    /// Fixed randomness: no jitter, numbered event ids.
+    struct Fixed(u32);
+
+    impl Randomness for Fixed {
+        fn jitter_unit(&mut self) -> f64 {
+            0.0
+        }
+        fn event_id(&mut self) -> String {
+            self.0 += 1;
+            format!("evt_{}", self.0)
+        }
+    }
+
+    fn policy() -> PollPolicy {
+        PollPolicy {
+            first_after: Duration::from_secs(10),
+            min_interval: Duration::from_secs(10),
+            max_interval: Duration::from_secs(60),
+            multiplier: 2.0,
+            jitter: 0.0,
+            give_up_after: Duration::from_secs(3600),
+            not_found_grace: Duration::from_secs(300),
+        }
+    }
+
+    fn video(status: Option<&str>) -> ClaimedVideo {
+        ClaimedVideo {
+            id: 7,
+            video_id: "v".into(),
+            upstream_status: status.map(str::to_owned),
+            enqueued_at: 0,
+            unchanged_polls: 2,
+            error_streak: 3,
+            callback_url: Some("https://own.example/cb".into()),
+            lease_until: 99,
+        }
+    }
+
+    fn status(s: &str) -> PollAnswer {
+        PollAnswer::Status(VideoStatus {
+            status: s.into(),
+            class: StatusClass::of(s),
+            video_url: None,
+            cover_url: None,
+            created_at: None,
+            duration: None,
+            error_code: None,
+            error_message: None,
+        })
+    }
+
+    fn record(decision: Decision) -> (PollUpdate, PollOutcome) {
+        match decision {
+            Decision::Record { update, outcome } => (*update, outcome),
+            other => panic!("expected a record, got {other:?}"),
+        }
+    }
+
+    const NOW: Millis = Millis(60_000);
+
+    fn run(video: &ClaimedVideo, answer: &PollAnswer, now: Millis) -> Decision {
+        let configured = [Url::parse("https://ops.example/hook").unwrap()];
+        decide(video, answer, now, &policy(), &configured, &mut Fixed(0))
+    }
+
+    #[test]
+    fn first_answer_is_a_transition_from_none_and_resets_the_interval() {
+        let (update, outcome) = record(run(&video(None), &status("pending"), NOW));
+        assert_eq!(outcome, PollOutcome::Changed);
+        assert_eq!(
+            update.transitions,
+            [NewTransition {
+                kind: "status",
+                from: None,
+                to: "pending".into()
+            }]
+        );
+        assert_eq!(update.unchanged_polls, 0);
+        assert_eq!(update.error_streak, 0, "a good answer ends an error streak");
+        assert_eq!(update.next_poll_at, Some(Millis(70_000)));
+        assert!(update.counted);
+    }
+
+    #[test]
+    fn unchanged_answer_grows_the_interval() {
+        let (update, outcome) = record(run(&video(Some("processing")), &status("processing"), NOW));
+        assert_eq!(outcome, PollOutcome::Unchanged);
+        assert!(update.transitions.is_empty());
+        assert_eq!(update.unchanged_polls, 3);
+        // 10 s × 2^3 = 80 s, capped at 60 s.
+        assert_eq!(update.next_poll_at, Some(Millis(120_000)));
+    }
+
+    #[test]
+    fn every_success_and_failure_spelling_is_terminal_with_outbox_rows() {
+        for (spelling, state) in [
+            ("completed", VideoState::Completed),
+            ("success", VideoState::Completed),
+            ("succeeded", VideoState::Completed),
+            ("failed", VideoState::Failed),
+            ("fail", VideoState::Failed),
+            ("error", VideoState::Failed),
+        ] {
+            let (update, outcome) = record(run(&video(Some("processing")), &status(spelling), NOW));
+            assert_eq!(outcome, PollOutcome::Terminal(state), "{spelling}");
+            let terminal = update.terminal.unwrap();
+            assert_eq!(terminal.state, state);
+            assert_eq!(terminal.event_id, "evt_1");
+            assert_eq!(
+                terminal.targets,
+                ["https://ops.example/hook", "https://own.example/cb"]
+            );
+            assert_eq!(update.next_poll_at, None);
+            assert_eq!(
+                update.transitions,
+                [
+                    NewTransition {
+                        kind: "status",
+                        from: Some("processing".into()),
+                        to: spelling.into()
+                    },
+                    NewTransition {
+                        kind: "state",
+                        from: Some("active".into()),
+                        to: state.as_str().into()
+                    },
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_status_is_recorded_and_polling_continues() {
+        let (update, outcome) =
+            record(run(&video(Some("pending")), &status("queued_for_gpu"), NOW));
+        assert_eq!(outcome, PollOutcome::Changed);
+        assert_eq!(update.upstream_status.as_deref(), Some("queued_for_gpu"));
+        assert!(update.terminal.is_none());
+        assert!(update.next_poll_at.is_some());
+    }
+
+    #[test]
+    fn not_found_is_retried_within_grace_then_abandons() {
+        let (update, outcome) = record(run(&video(None), &PollAnswer::NotFound, Millis(299_000)));
+        assert_eq!(outcome, PollOutcome::NotFoundRetry);
+        assert_eq!(update.error_streak, 4);
+        assert!(update.terminal.is_none());
+
+        let (update, _) = record(run(&video(None), &PollAnswer::NotFound, Millis(300_000)));
+        let terminal = update.terminal.unwrap();
+        assert_eq!(
+            (terminal.state, terminal.reason.as_deref()),
+            (VideoState::Abandoned, Some("not_found"))
+        );
+    }
+
+    #[test]
+    fn invalid_id_abandons_at_once() {
+        let (update, _) = record(run(&video(None), &PollAnswer::InvalidId, NOW));
+        let terminal = update.terminal.unwrap();
+        assert_eq!(
+            (terminal.state, terminal.reason.as_deref()),
+            (VideoState::Abandoned, Some("invalid_id"))
+        );
+    }
+
+    #[test]
+    fn transient_errors_back_off_without_changing_state() {
+        let answer = PollAnswer::Transient("HTTP 502".into());
+        let (update, outcome) = record(run(&video(Some("processing")), &answer, NOW));
+        assert_eq!(outcome, PollOutcome::Error);
+        assert_eq!(update.error_streak, 4);
+        assert!(update.transitions.is_empty());
+        assert!(update.terminal.is_none());
+        assert_eq!(update.upstream_status.as_deref(), Some("processing"));
+        // 10 s × 2^3 = 80 s.
+        assert_eq!(update.next_poll_at, Some(Millis(140_000)));
+    }
+
+    #[test]
+    fn deadline_abandons_whatever_the_answer() {
+        let late = Millis(3_600_000);
+        // (A late "not found" ends as `not_found`: its own grace is over too.)
+        for answer in [
+            status("processing"),
+            PollAnswer::Transient("timeout".into()),
+        ] {
+            let (update, _) = record(run(&video(Some("processing")), &answer, late));
+            let terminal = update.terminal.unwrap();
+            assert_eq!(terminal.reason.as_deref(), Some("deadline"), "{answer:?}");
+        }
+        // A terminal answer at the deadline still wins.
+        let (update, _) = record(run(&video(Some("processing")), &status("completed"), late));
+        assert_eq!(update.terminal.unwrap().state, VideoState::Completed);
+    }
+
+    #[test]
+    fn global_answers_release_the_video_untouched() {
+        let decision = run(
+            &video(Some("processing")),
+            &PollAnswer::Paused(PauseReason::InsufficientCredit),
+            NOW,
+        );
+        assert_eq!(
+            decision,
+            Decision::Global {
+                release: Release {
+                    video_rowid: 7,
+                    lease_until: 99,
+                    next_poll_at: NOW
+                },
+                signal: GateSignal::Pause(PauseReason::InsufficientCredit),
+            }
+        );
+        let retry_after = Some(Duration::from_secs(5));
+        let decision = run(&video(None), &PollAnswer::RateLimited { retry_after }, NOW);
+        assert_eq!(
+            decision,
+            Decision::Global {
+                release: Release {
+                    video_rowid: 7,
+                    lease_until: 99,
+                    next_poll_at: Millis(65_000)
+                },
+                signal: GateSignal::Throttle(retry_after),
+            }
+        );
+    }
+
+    #[test]
+    fn targets_are_deduplicated() {
+        let configured = [Url::parse("https://a.example/x").unwrap()];
+        assert_eq!(
+            targets(&configured, Some("https://a.example/x")),
+            ["https://a.example/x"]
+        );
+        assert_eq!(targets(&[], None), Vec::<String>::new());
+    }
+}

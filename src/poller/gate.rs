@@ -1,0 +1,325 @@
+//! The upstream gate: the global request budget (a GCRA rate limiter) and
+//! the global pauses (429 throttling; auth or credit failures).
+//!
+//! Everything that sends a request to JoggAI passes [`UpstreamGate::acquire`]
+//! first, so the budget and the pauses hold for the whole process whatever
+//! the number of videos.
+//!
+//! The limiter is GCRA on Tokio's clock (so it follows `tokio::time::pause`
+//! in tests). It keeps a little of the bucket in reserve: requests leave the
+//! relay on schedule but reach JoggAI after a variable network delay, and a
+//! sender with no slack at all would be seen over budget whenever one
+//! request travels faster than the one before it. The steady rate is the
+//! full budget; only the initial burst is slightly smaller.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::domain::Millis;
+use crate::jogg::{PauseReason, default_rate_limit_pause};
+
+/// Arrival jitter the reserve is sized to absorb.
+const JITTER_ALLOWANCE: Duration = Duration::from_millis(20);
+/// With a bucket of one there is no reserve to keep; the rate is lowered by
+/// this fraction instead.
+const SINGLE_TOKEN_RATE_MARGIN: f64 = 0.05;
+
+/// Why [`UpstreamGate::acquire`] did not grant a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Polling is paused until a probe succeeds.
+    Paused(PauseReason),
+    /// JoggAI asked us to slow down; try again at this instant.
+    Throttled(Instant),
+}
+
+/// State behind the lock.
+#[derive(Debug)]
+struct GateState {
+    /// GCRA theoretical arrival time of the next request.
+    tat: Instant,
+    /// Set while JoggAI's 429 pause lasts.
+    throttled_until: Option<Instant>,
+    /// Bumped on every new throttle, so requests already waiting for their
+    /// slot notice that a throttle began while they waited.
+    throttle_epoch: u64,
+    /// Consecutive 429s without `Retry-After`, for the default growth.
+    consecutive_throttles: u32,
+    /// The auth/credit pause, if any.
+    paused: Option<PauseReason>,
+    /// Consecutive failed probes, for the probe delay growth.
+    failed_probes: u32,
+    /// When the next probe may be sent while paused.
+    next_probe_at: Millis,
+}
+
+/// The global budget and pause state (see the module docs).
+#[derive(Debug)]
+pub struct UpstreamGate {
+    /// Time between requests at the budget.
+    interval: Duration,
+    /// How far ahead of the schedule a request may go (the burst).
+    tolerance: Duration,
+    /// First probe delay while paused; it doubles per failed probe.
+    probe_base: Duration,
+    /// Longest probe delay.
+    probe_cap: Duration,
+    state: Mutex<GateState>,
+}
+
+impl UpstreamGate {
+    /// A gate for `rate` requests per second with bursts of `burst`.
+    /// `probe_base`/`probe_cap` bound the delay between probes while paused.
+    pub fn new(rate: f64, burst: u32, probe_base: Duration, probe_cap: Duration) -> Self {
+        let mut interval = Duration::from_secs_f64(1.0 / rate);
+        let usable_burst = if burst >= 2 {
+            let reserve = (JITTER_ALLOWANCE.as_secs_f64() / interval.as_secs_f64()).ceil() as u32;
+            burst - reserve.clamp(1, burst - 1)
+        } else {
+            interval = interval.mul_f64(1.0 + SINGLE_TOKEN_RATE_MARGIN);
+            1
+        };
+        Self {
+            interval,
+            tolerance: interval * (usable_burst - 1),
+            probe_base,
+            probe_cap: probe_cap.max(probe_base),
+            state: Mutex::new(GateState {
+                tat: Instant::now(),
+                throttled_until: None,
+                throttle_epoch: 0,
+                consecutive_throttles: 0,
+                paused: None,
+                failed_probes: 0,
+                next_probe_at: Millis(0),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits for a slot in the budget. Fails at once while paused or
+    /// throttled, and also if a throttle begins while waiting: the caller
+    /// then hands its video back instead of holding it through the pause.
+    pub async fn acquire(&self) -> Result<(), Closed> {
+        let (send_at, epoch) = {
+            let mut state = self.lock();
+            if let Some(reason) = state.paused {
+                return Err(Closed::Paused(reason));
+            }
+            let now = Instant::now();
+            match state.throttled_until {
+                Some(until) if until > now => return Err(Closed::Throttled(until)),
+                Some(_) => state.throttled_until = None,
+                None => {}
+            }
+            let tat = state.tat.max(now);
+            let send_at = tat.checked_sub(self.tolerance).unwrap_or(now).max(now);
+            state.tat = tat + self.interval;
+            (send_at, state.throttle_epoch)
+        };
+        tokio::time::sleep_until(send_at).await;
+        let state = self.lock();
+        if let Some(reason) = state.paused {
+            return Err(Closed::Paused(reason));
+        }
+        if state.throttle_epoch != epoch
+            && let Some(until) = state.throttled_until
+        {
+            return Err(Closed::Throttled(until));
+        }
+        Ok(())
+    }
+
+    /// JoggAI answered 429: pause every request for `retry_after` (or a
+    /// growing default), then resume at the steady rate with an empty bucket
+    /// so the catch-up is not a burst.
+    pub fn throttle(&self, retry_after: Option<Duration>) -> Instant {
+        let mut state = self.lock();
+        let pause =
+            retry_after.unwrap_or_else(|| default_rate_limit_pause(state.consecutive_throttles));
+        state.consecutive_throttles = state.consecutive_throttles.saturating_add(1);
+        let until = Instant::now() + pause;
+        let already_throttled = state
+            .throttled_until
+            .is_some_and(|current| current > Instant::now());
+        if state.throttled_until.is_none_or(|current| current < until) {
+            state.throttled_until = Some(until);
+            state.throttle_epoch += 1;
+            state.tat = until + self.tolerance;
+        }
+        if !already_throttled {
+            warn!(
+                pause_ms = pause.as_millis() as u64,
+                "JoggAI rate-limited the relay (429); all polling paused"
+            );
+        }
+        state.throttled_until.unwrap_or(until)
+    }
+
+    /// An answer that was not a 429: the default throttle growth starts over.
+    pub fn note_not_throttled(&self) {
+        self.lock().consecutive_throttles = 0;
+    }
+
+    /// JoggAI refuses the key or the account: pause all polling until a
+    /// probe succeeds. Logged once per pause.
+    pub fn pause(&self, reason: PauseReason, now: Millis) {
+        let mut state = self.lock();
+        if state.paused.is_none() {
+            error!(
+                reason = reason.as_str(),
+                "JoggAI refuses the relay's requests; polling is paused and one probe is retried \
+                 with growing delay until it succeeds"
+            );
+            state.failed_probes = 0;
+        } else {
+            state.failed_probes = state.failed_probes.saturating_add(1);
+        }
+        state.paused = Some(reason);
+        let delay = self
+            .probe_base
+            .mul_f64(2f64.powi(state.failed_probes.min(30) as i32))
+            .min(self.probe_cap);
+        state.next_probe_at = now.plus(delay);
+    }
+
+    /// A probe succeeded: polling resumes.
+    pub fn resume(&self) {
+        let mut state = self.lock();
+        if let Some(reason) = state.paused.take() {
+            info!(
+                reason = reason.as_str(),
+                "JoggAI accepts the relay's requests again; polling resumed"
+            );
+        }
+        state.failed_probes = 0;
+    }
+
+    /// The current auth/credit pause, if any.
+    pub fn paused(&self) -> Option<PauseReason> {
+        self.lock().paused
+    }
+
+    /// While paused: when the next probe may go out.
+    pub fn next_probe_at(&self) -> Millis {
+        self.lock().next_probe_at
+    }
+
+    /// The end of the current 429 throttle, if one is in effect.
+    pub fn throttled_until(&self) -> Option<Instant> {
+        self.lock()
+            .throttled_until
+            .filter(|until| *until > Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(rate: f64, burst: u32) -> UpstreamGate {
+        UpstreamGate::new(rate, burst, Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    /// Instants at which `n` back-to-back acquisitions are granted.
+    async fn grant_times(gate: &UpstreamGate, n: usize) -> Vec<Duration> {
+        let start = Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..n {
+            gate.acquire().await.unwrap();
+            times.push(Instant::now() - start);
+        }
+        times
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn steady_rate_after_a_burst_with_a_reserve() {
+        // 10/s, burst 10: interval 100 ms, one token kept in reserve.
+        let times = grant_times(&gate(10.0, 10), 12).await;
+        let millis: Vec<u128> = times.iter().map(Duration::as_millis).collect();
+        assert_eq!(millis, [0, 0, 0, 0, 0, 0, 0, 0, 0, 100, 200, 300]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_the_budget_in_any_window() {
+        let rate = 50.0;
+        let burst = 5;
+        let times = grant_times(&gate(rate, burst), 300).await;
+        // A strict bucket (capacity `burst`, refill `rate`) fed these times
+        // never goes below zero.
+        let mut tokens = f64::from(burst);
+        let mut last = Duration::ZERO;
+        for at in times {
+            tokens = (tokens + (at - last).as_secs_f64() * rate).min(f64::from(burst));
+            last = at;
+            tokens -= 1.0;
+            assert!(tokens >= -1e-9, "over budget at {at:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_refuses_then_resumes_without_a_burst() {
+        let gate = gate(10.0, 10);
+        let until = gate.throttle(Some(Duration::from_secs(2)));
+        assert_eq!(gate.acquire().await, Err(Closed::Throttled(until)));
+        tokio::time::sleep_until(until).await;
+        let times = grant_times(&gate, 3).await;
+        let millis: Vec<u128> = times.iter().map(Duration::as_millis).collect();
+        assert_eq!(millis, [0, 100, 200], "steady rate, no catch-up burst");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_during_the_wait_is_noticed() {
+        let gate = std::sync::Arc::new(gate(1.0, 1));
+        gate.acquire().await.unwrap();
+        let waiting = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.acquire().await }
+        });
+        tokio::task::yield_now().await;
+        gate.throttle(Some(Duration::from_secs(30)));
+        assert!(matches!(waiting.await.unwrap(), Err(Closed::Throttled(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn default_throttle_grows() {
+        let gate = gate(10.0, 10);
+        let start = Instant::now();
+        assert_eq!(gate.throttle(None) - start, Duration::from_secs(1));
+        assert_eq!(gate.throttle(None) - start, Duration::from_secs(2));
+        assert_eq!(gate.throttle(None) - start, Duration::from_secs(4));
+        gate.note_not_throttled();
+        assert_eq!(
+            gate.throttle(None) - start,
+            Duration::from_secs(4),
+            "never shortens a pause"
+        );
+    }
+
+    #[tokio::test]
+    async fn pause_refuses_and_probe_delay_grows_until_resumed() {
+        let gate = gate(10.0, 10);
+        let now = Millis(1_000_000);
+        gate.pause(PauseReason::InvalidApiKey, now);
+        assert_eq!(
+            gate.acquire().await,
+            Err(Closed::Paused(PauseReason::InvalidApiKey))
+        );
+        assert_eq!(gate.next_probe_at(), Millis(1_001_000));
+        gate.pause(PauseReason::InvalidApiKey, now);
+        assert_eq!(gate.next_probe_at(), Millis(1_002_000));
+        gate.pause(PauseReason::InvalidApiKey, now);
+        assert_eq!(gate.next_probe_at(), Millis(1_004_000));
+        gate.resume();
+        assert_eq!(gate.paused(), None);
+        assert!(gate.acquire().await.is_ok());
+    }
+}

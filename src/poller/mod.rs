@@ -1,0 +1,356 @@
+//! The poller: claims due videos with leases, polls JoggAI for each within
+//! the global budget ([`gate`]), decides what each answer means
+//! ([`decide`]) and records the result through the group-commit writer.
+//!
+//! One [`Poller::step`] is one claim-poll-record round and returns an
+//! [`Outcome`]; [`Poller::run`] loops it. Tests drive `step` directly with
+//! an explicit clock.
+
+pub mod decide;
+pub mod gate;
+pub mod policy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, instrument, warn};
+
+use crate::config::Config;
+use crate::domain::{Millis, VideoId};
+use crate::jogg::{JoggClient, PauseReason, PollAnswer};
+use crate::store::{ClaimedVideo, Release, Store, StoreError, Writer};
+use decide::{Decision, GateSignal, PollOutcome};
+use gate::{Closed, UpstreamGate};
+use policy::PollPolicy;
+
+/// Most videos claimed in one round.
+const MAX_CLAIM: usize = 256;
+/// Longest idle wait between looks for due work.
+const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Added to every lease beyond the time its polls can take.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Polled this many videos (recorded or handed back).
+    Worked(usize),
+    /// Nothing was due.
+    Idle,
+    /// Polling is paused for this reason and no probe was due.
+    Paused(PauseReason),
+    /// JoggAI throttled us; nothing is sent until it ends.
+    Throttled,
+}
+
+/// A poller failure: only the store can fail it (upstream problems are
+/// answers, not errors).
+#[derive(Debug, thiserror::Error)]
+#[error("poller cannot reach the database: {0}")]
+pub struct PollerError(#[from] pub StoreError);
+
+/// Everything a poll task needs, shared by all of them.
+struct Shared {
+    writer: Writer,
+    client: JoggClient,
+    gate: Arc<UpstreamGate>,
+    policy: PollPolicy,
+    targets: Vec<Url>,
+}
+
+/// The poller (see the module docs).
+pub struct Poller {
+    shared: Arc<Shared>,
+    store: Store,
+    /// Bounds concurrent upstream requests (`jogg.max_in_flight`).
+    in_flight: Arc<Semaphore>,
+    /// Budget, for sizing claims and leases.
+    requests_per_second: f64,
+    /// Per upstream request.
+    request_timeout: Duration,
+}
+
+impl Poller {
+    /// Builds a poller that writes through `writer` and checks `gate`.
+    pub fn new(
+        config: &Config,
+        store: Store,
+        writer: Writer,
+        client: JoggClient,
+        gate: Arc<UpstreamGate>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                writer,
+                client,
+                gate,
+                policy: PollPolicy::from(&config.polling),
+                targets: config.callbacks.urls.clone(),
+            }),
+            store,
+            in_flight: Arc::new(Semaphore::new(config.jogg.max_in_flight)),
+            requests_per_second: config.jogg.requests_per_second,
+            request_timeout: config.jogg.timeout,
+        }
+    }
+
+    /// The gate this poller sends through (for `/readyz`).
+    pub fn gate(&self) -> &Arc<UpstreamGate> {
+        &self.shared.gate
+    }
+
+    /// Polls until `shutdown`, then waits for the polls in flight.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        info!("poller started");
+        while !shutdown.is_cancelled() {
+            let wait = match self.step(Millis::now()).await {
+                Ok(Outcome::Worked(_)) => continue,
+                Ok(Outcome::Idle) => self.idle_wait().await,
+                Ok(Outcome::Paused(_)) => {
+                    let until_probe = self.shared.gate.next_probe_at().0 - Millis::now().0;
+                    Duration::from_millis(until_probe.clamp(0, 1000) as u64)
+                }
+                Ok(Outcome::Throttled) => self
+                    .shared
+                    .gate
+                    .throttled_until()
+                    .map_or(Duration::ZERO, |until| until - tokio::time::Instant::now()),
+                Err(err) => {
+                    warn!(error = %err, "poll round failed; retrying shortly");
+                    MAX_IDLE_WAIT
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        info!("poller stopped");
+    }
+
+    /// How long to wait when nothing is due: until the next video is due,
+    /// at most [`MAX_IDLE_WAIT`] (so new enqueues are seen promptly).
+    async fn idle_wait(&self) -> Duration {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT next_poll_at FROM videos INDEXED BY videos_due \
+             WHERE state = 'active' ORDER BY next_poll_at LIMIT 1",
+        )
+        .fetch_optional(self.store.pool())
+        .await
+        .unwrap_or(None);
+        match next {
+            Some(at) => Duration::from_millis((at - Millis::now().0).clamp(1, 1000) as u64),
+            None => MAX_IDLE_WAIT,
+        }
+    }
+
+    /// One round: claim what is due at `now` (as many as there are free
+    /// in-flight slots), poll each within the budget, record every result.
+    #[instrument(skip(self), level = "debug")]
+    pub async fn step(&self, now: Millis) -> Result<Outcome, PollerError> {
+        let gate = &self.shared.gate;
+        if let Some(reason) = gate.paused() {
+            return self.probe(reason, now).await;
+        }
+        if gate.throttled_until().is_some() {
+            return Ok(Outcome::Throttled);
+        }
+
+        // Slots first, then claims: a claimed video never waits for a slot,
+        // so its lease only has to cover the budget wait and the request.
+        let first = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the in-flight semaphore is never closed");
+        let mut permits = vec![first];
+        while permits.len() < MAX_CLAIM {
+            match self.in_flight.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let claimed = self.claim(now, permits.len()).await?;
+        if claimed.is_empty() {
+            return Ok(Outcome::Idle);
+        }
+        let count = claimed.len();
+        let clock = StepClock::starting_at(now);
+        let mut polls = JoinSet::new();
+        for (video, permit) in claimed.into_iter().zip(permits) {
+            polls.spawn(poll_one(self.shared.clone(), video, permit, clock));
+        }
+        let mut failure = None;
+        while let Some(joined) = polls.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => failure = Some(err),
+                Err(err) => warn!(error = %err, "poll task failed"),
+            }
+        }
+        match failure {
+            Some(err) => Err(err.into()),
+            None => Ok(Outcome::Worked(count)),
+        }
+    }
+
+    /// Claims up to `limit` due videos, with a lease long enough for all of
+    /// them to pass the budget and finish their request.
+    async fn claim(&self, now: Millis, limit: usize) -> Result<Vec<ClaimedVideo>, StoreError> {
+        let budget_wait = Duration::from_secs_f64(limit as f64 / self.requests_per_second);
+        let lease = budget_wait + self.request_timeout + LEASE_MARGIN;
+        self.shared
+            .writer
+            .claim_due(now, now.plus(lease), limit as u32)
+            .await
+    }
+
+    /// While paused: at most one probe (a real poll of one due video) per
+    /// probe delay. Success resumes polling; the same failure keeps the pause
+    /// and grows the delay.
+    async fn probe(&self, reason: PauseReason, now: Millis) -> Result<Outcome, PollerError> {
+        let gate = &self.shared.gate;
+        if now < gate.next_probe_at() {
+            return Ok(Outcome::Paused(reason));
+        }
+        let Some(video) = self.claim(now, 1).await?.pop() else {
+            return Ok(Outcome::Paused(reason));
+        };
+        debug!(video_id = %video.video_id, "probing JoggAI while paused");
+        let answer = match VideoId::parse(&video.video_id) {
+            Ok(id) => self.shared.client.poll(&id).await,
+            Err(_) => PollAnswer::InvalidId,
+        };
+        if let PollAnswer::Paused(reason) = answer {
+            gate.pause(reason, now);
+            self.shared
+                .writer
+                .release(vec![Release {
+                    video_rowid: video.id,
+                    lease_until: video.lease_until,
+                    next_poll_at: now,
+                }])
+                .await?;
+            return Ok(Outcome::Paused(reason));
+        }
+        gate.resume();
+        apply(&self.shared, &video, &answer, now).await?;
+        Ok(Outcome::Worked(1))
+    }
+}
+
+/// One video: wait for the budget, poll, record. The permit bounds the
+/// requests in flight and is released when this returns.
+async fn poll_one(
+    shared: Arc<Shared>,
+    video: ClaimedVideo,
+    _permit: OwnedSemaphorePermit,
+    clock: StepClock,
+) -> Result<(), StoreError> {
+    if let Err(closed) = shared.gate.acquire().await {
+        // Paused or throttled before our turn: hand the video back, due
+        // when the gate reopens.
+        let next_poll_at = match closed {
+            Closed::Paused(_) => clock.now(),
+            Closed::Throttled(until) => clock
+                .now()
+                .plus(until.saturating_duration_since(tokio::time::Instant::now())),
+        };
+        return shared
+            .writer
+            .release(vec![Release {
+                video_rowid: video.id,
+                lease_until: video.lease_until,
+                next_poll_at,
+            }])
+            .await;
+    }
+    // Ids were validated at enqueue; a row that fails now was written by
+    // something else, and it must not reach the upstream URL.
+    let answer = match VideoId::parse(&video.video_id) {
+        Ok(id) => shared.client.poll(&id).await,
+        Err(_) => PollAnswer::InvalidId,
+    };
+    apply(&shared, &video, &answer, clock.now()).await
+}
+
+/// The time of a step as its tasks see it: the `now` the step was given,
+/// advanced by the real time elapsed since. In production `now` is the wall
+/// clock and this is the wall clock; a test that hands a step a future
+/// `now` sees its results scheduled from that future consistently.
+#[derive(Debug, Clone, Copy)]
+struct StepClock {
+    base: Millis,
+    started: tokio::time::Instant,
+}
+
+impl StepClock {
+    fn starting_at(base: Millis) -> Self {
+        Self {
+            base,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.base.plus(self.started.elapsed())
+    }
+}
+
+/// Acts on one answer: a record for the video, or a signal for the gate.
+async fn apply(
+    shared: &Shared,
+    video: &ClaimedVideo,
+    answer: &PollAnswer,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let decision = decide::decide(
+        video,
+        answer,
+        now,
+        &shared.policy,
+        &shared.targets,
+        &mut fastrand::Rng::new(),
+    );
+    match decision {
+        Decision::Record { update, outcome } => {
+            shared.gate.note_not_throttled();
+            if let PollAnswer::Transient(error) = answer {
+                debug!(video_id = %video.video_id, %error, "poll failed; backing off");
+            }
+            let transitions = update.transitions.clone();
+            let recorded = shared.writer.record_poll(*update).await?;
+            if !recorded {
+                warn!(video_id = %video.video_id, "lease lost before the result was recorded; it will be polled again");
+                return Ok(());
+            }
+            for transition in transitions {
+                info!(
+                    video_id = %video.video_id,
+                    kind = transition.kind,
+                    from = transition.from.as_deref().unwrap_or("none"),
+                    to = %transition.to,
+                    "transition"
+                );
+            }
+            if let PollOutcome::Terminal(state) = outcome {
+                debug!(video_id = %video.video_id, %state, "tracking ended");
+            }
+        }
+        Decision::Global { release, signal } => {
+            match signal {
+                GateSignal::Throttle(retry_after) => {
+                    shared.gate.throttle(retry_after);
+                }
+                GateSignal::Pause(reason) => shared.gate.pause(reason, now),
+            }
+            shared.writer.release(vec![release]).await?;
+        }
+    }
+    Ok(())
+}
