@@ -301,7 +301,7 @@ pub struct RelayProcess {
     pub child: Child,
     /// Where its API listens.
     pub address: SocketAddr,
-    /// Every line it wrote to standard error so far arrives here.
+    /// Every line it wrote to standard error arrives here.
     pub log: mpsc::Receiver<String>,
 }
 
@@ -347,6 +347,11 @@ impl RelayProcess {
             address,
             log,
         }
+    }
+
+    /// Takes the log receiver (to read it on a blocking thread).
+    pub fn take_log(&mut self) -> mpsc::Receiver<String> {
+        std::mem::replace(&mut self.log, mpsc::channel().1)
     }
 
     /// `http://ADDRESS`.

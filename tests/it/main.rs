@@ -6,3 +6,4 @@ mod api_list;
 mod cli;
 mod helpers;
 mod poller;
+mod serve;
