@@ -5,5 +5,6 @@ mod api_errors;
 mod api_list;
 mod cli;
 mod helpers;
+mod jogg_client;
 mod poller;
 mod serve;

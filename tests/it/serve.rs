@@ -11,9 +11,11 @@ use crate::helpers::{RelayProcess, TOKEN, reply};
 async fn serve_tracks_videos_to_their_terminal_states() {
     let sim = SimUpstream::start().await.unwrap();
     sim.state.script("s-ok", Timeline::completes(1, 1));
-    sim.state.script("s-success", Timeline::completes(0, 2).observed_spelling());
+    sim.state
+        .script("s-success", Timeline::completes(0, 2).observed_spelling());
     sim.state.script("s-fail", Timeline::fails(1, 0));
-    sim.state.script("s-fail2", Timeline::fails(0, 1).observed_spelling());
+    sim.state
+        .script("s-fail2", Timeline::fails(0, 1).observed_spelling());
     // "s-missing" is not scripted: not found, abandoned once the grace ends.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("relay.toml");
@@ -30,7 +32,10 @@ async fn serve_tracks_videos_to_their_terminal_states() {
         ),
     )
     .unwrap();
-    let mut relay = RelayProcess::start(&config, &[("JOGG_RELAY__JOGG__BASE_URL", sim.base_url.as_str())]);
+    let mut relay = RelayProcess::start(
+        &config,
+        &[("JOGG_RELAY__JOGG__BASE_URL", sim.base_url.as_str())],
+    );
     let client = jogg_relay::outbound::client_builder().build().unwrap();
     let videos: Vec<_> = ["s-ok", "s-success", "s-fail", "s-fail2", "s-missing"]
         .iter()
@@ -52,7 +57,9 @@ async fn serve_tracks_videos_to_their_terminal_states() {
         let mut terminal = 0;
         let mut seen = Vec::new();
         while terminal < 5 {
-            let line = log.recv_timeout(Duration::from_secs(30)).expect("relay log line");
+            let line = log
+                .recv_timeout(Duration::from_secs(30))
+                .expect("relay log line");
             if line.contains("transition") && line.contains("active") {
                 terminal += 1;
             }
@@ -62,7 +69,12 @@ async fn serve_tracks_videos_to_their_terminal_states() {
     })
     .await
     .unwrap();
-    assert!(lines.iter().any(|l| l.contains("s-ok") && l.contains("completed")), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("s-ok") && l.contains("completed")),
+        "{lines:#?}"
+    );
 
     for (id, state) in [
         ("s-ok", "completed"),
@@ -83,6 +95,9 @@ async fn serve_tracks_videos_to_their_terminal_states() {
         assert_eq!(video.json["state"], state, "{id}: {:?}", video.json);
     }
     let requests = sim.state.requests();
-    assert!(requests.iter().all(|r| r.key_ok), "every request carried the key");
+    assert!(
+        requests.iter().all(|r| r.key_ok),
+        "every request carried the key"
+    );
     assert_eq!(sim.state.max_in_flight_per_video(), 1);
 }
