@@ -10,6 +10,7 @@ use tracing::info;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::delivery::{ClientBuildError, Deliverer};
 use crate::jogg::{ClientError, JoggClient};
 use crate::poller::Poller;
 use crate::poller::gate::UpstreamGate;
@@ -28,6 +29,9 @@ pub enum AppError {
     /// The upstream client could not be built.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The callback client could not be built.
+    #[error(transparent)]
+    CallbackClient(#[from] ClientBuildError),
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
@@ -52,6 +56,7 @@ pub struct App {
     writer_task: tokio::task::JoinHandle<()>,
     gate: Arc<UpstreamGate>,
     poller: Option<Poller>,
+    deliverer: Option<Deliverer>,
 }
 
 impl App {
@@ -62,6 +67,7 @@ impl App {
         let (writer, writer_task) = Writer::spawn(store.pool().clone());
         let gate = Arc::new(upstream_gate(&config));
         let poller = Poller::new(&config, store.clone(), writer.clone(), client, gate.clone());
+        let deliverer = Deliverer::new(&config.callbacks, store.clone(), writer.clone())?;
         Ok(Self {
             config,
             store,
@@ -69,6 +75,7 @@ impl App {
             writer_task,
             gate,
             poller: Some(poller),
+            deliverer: Some(deliverer),
         })
     }
 
@@ -83,7 +90,12 @@ impl App {
         self.poller.take()
     }
 
-    /// Runs the API (and the poll loop, unless taken) on `listener` until
+    /// Takes the delivery worker out, like [`App::take_poller`].
+    pub fn take_deliverer(&mut self) -> Option<Deliverer> {
+        self.deliverer.take()
+    }
+
+    /// Runs the API (and the poll and delivery loops, unless taken) on `listener` until
     /// `shutdown` is cancelled, then shuts down in order: stop accepting
     /// connections and claiming work, finish requests and polls in flight,
     /// let the writer commit everything already queued, close the database.
@@ -99,6 +111,7 @@ impl App {
             writer_task,
             gate,
             poller,
+            deliverer,
         } = self;
         let state = ApiState {
             store: store.clone(),
@@ -106,6 +119,15 @@ impl App {
             token: config.server.token.clone().map(Arc::new),
             policy: PollPolicy::from(&config.polling),
             gate,
+            callback_urls: Arc::new(
+                config
+                    .callbacks
+                    .urls
+                    .iter()
+                    .map(|url| url.as_str().to_owned())
+                    .collect(),
+            ),
+            allow_private_targets: config.callbacks.allow_private_targets,
             shutdown: shutdown.clone(),
         };
         let address = listener.local_addr()?;
@@ -114,6 +136,10 @@ impl App {
         let poller_task = poller.map(|poller| {
             let shutdown = shutdown.clone();
             tokio::spawn(async move { poller.run(shutdown).await })
+        });
+        let deliverer_task = deliverer.map(|deliverer| {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { deliverer.run(shutdown).await })
         });
         let served = axum::serve(listener, api::router(state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -124,6 +150,11 @@ impl App {
             && let Err(err) = task.await
         {
             tracing::error!(error = %err, "poller task failed");
+        }
+        if let Some(task) = deliverer_task
+            && let Err(err) = task.await
+        {
+            tracing::error!(error = %err, "delivery task failed");
         }
 
         // The router, the poller and with them every writer handle are gone

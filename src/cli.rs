@@ -15,7 +15,7 @@ use crate::api::videos::parse_new_video;
 use crate::config::{Config, ConfigError, Settings};
 use crate::domain::{Millis, VideoId, VideoState};
 use crate::poller::policy::PollPolicy;
-use crate::store::{EnqueueOutcome, Store, Writer};
+use crate::store::{EnqueueOutcome, RedeliverOutcome, Store, Writer};
 use crate::{app, telemetry};
 
 /// Exit code for bad usage and invalid configuration (`EX_USAGE`).
@@ -60,6 +60,11 @@ pub enum Command {
         /// Only videos in this state (active, completed, failed, abandoned, cancelled).
         #[arg(long)]
         state: Option<String>,
+    },
+    /// Queue a terminal video's callback event again (same event id).
+    Redeliver {
+        /// Video id.
+        id: String,
     },
     /// Validate the configuration and print it, secrets redacted.
     CheckConfig,
@@ -127,6 +132,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             } => enqueue(&config, ids, callback_url, metadata).await,
             Command::Status { id } => status(&config, &id).await,
             Command::List { state } => list(&config, state.as_deref()).await,
+            Command::Redeliver { id } => redeliver(&config, &id).await,
             Command::CheckConfig => {
                 eprintln!("configuration is valid");
                 print!("{}", settings.to_redacted_toml());
@@ -199,7 +205,7 @@ async fn enqueue(
         .iter()
         .map(|id| {
             let item = json!({"video_id": id, "callback_url": callback_url, "metadata": metadata});
-            parse_new_video(&item, first_poll_at)
+            parse_new_video(&item, first_poll_at, config.callbacks.allow_private_targets)
                 .map_err(|err| CliError::Usage(format!("{id:?}: {}", err.message)))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -221,6 +227,40 @@ async fn enqueue(
     }
     store.close().await;
     Ok(())
+}
+
+/// `redeliver`: re-queues the event in the database; a running daemon
+/// sends it within a second.
+async fn redeliver(config: &Config, id: &str) -> Result<(), CliError> {
+    let video_id = VideoId::parse(id).map_err(|err| CliError::Usage(format!("{id:?}: {err}")))?;
+    let store = open_store(config).await?;
+    let (writer, writer_task) = Writer::spawn(store.pool().clone());
+    let configured = config
+        .callbacks
+        .urls
+        .iter()
+        .map(|url| url.as_str().to_owned())
+        .collect();
+    let outcome = writer
+        .redeliver(video_id.clone(), configured)
+        .await
+        .context("cannot queue the redelivery")?;
+    drop(writer);
+    let _ = writer_task.await;
+    store.close().await;
+    match outcome {
+        RedeliverOutcome::Queued { event_id, targets } => {
+            println!("queued\t{video_id}\t{event_id}\t{targets} target(s)");
+            Ok(())
+        }
+        RedeliverOutcome::NotFound => {
+            Err(anyhow::anyhow!("video {video_id} is not tracked").into())
+        }
+        RedeliverOutcome::NoEvent(state) => Err(anyhow::anyhow!(
+            "video {video_id} is {state}; only completed, failed and abandoned videos have an event"
+        )
+        .into()),
+    }
 }
 
 /// `status`: the video resource as the API shows it.

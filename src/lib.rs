@@ -8,6 +8,7 @@
 //! - [`store`]: every SQL statement, the migrations and the group-commit writer.
 //! - [`jogg`]: the upstream protocol (client, answer classification).
 //! - [`poller`]: claiming due videos, the schedule policy, the rate limiter.
+//! - [`delivery`]: the outbox worker (signing, retries, the target guard).
 //! - [`api`]: the HTTP API (axum routes, authentication, JSON errors).
 //! - [`sim`]: a JoggAI simulator for tests, `demo` and benchmarks.
 //! - [`outbound`]: outbound HTTP client set-up.
@@ -19,6 +20,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod jogg;
 pub mod outbound;

@@ -43,6 +43,10 @@ pub struct ApiState {
     pub policy: PollPolicy,
     /// The upstream gate, whose pause makes the relay not ready.
     pub gate: Arc<UpstreamGate>,
+    /// The configured callback URLs (targets of a redelivery).
+    pub callback_urls: Arc<Vec<String>>,
+    /// Whether per-video callback URLs may be private addresses.
+    pub allow_private_targets: bool,
     /// Cancelled when the process starts shutting down: enqueues then get 503
     /// and `/readyz` reports not ready.
     pub shutdown: CancellationToken,
@@ -66,6 +70,10 @@ pub fn router(state: ApiState) -> Router {
             get(videos::show)
                 .delete(videos::cancel)
                 .layer(DefaultBodyLimit::max(SINGLE_BODY_LIMIT)),
+        )
+        .route(
+            "/videos/{video_id}/redeliver",
+            post(videos::redeliver).layer(DefaultBodyLimit::max(SINGLE_BODY_LIMIT)),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 

@@ -14,8 +14,9 @@ use super::ApiState;
 use super::error::ApiError;
 use super::extract::{JsonBody, VideoIdPath};
 use super::resource::VideoResource;
+use crate::delivery::guard;
 use crate::domain::{Millis, VideoId, VideoState};
-use crate::store::{CancelOutcome, EnqueueOutcome, NewVideo};
+use crate::store::{CancelOutcome, EnqueueOutcome, NewVideo, RedeliverOutcome};
 
 /// Most items in one batch request.
 pub const MAX_BATCH_ITEMS: usize = 1000;
@@ -29,7 +30,11 @@ const MAX_PAGE: u32 = 1000;
 ///
 /// Shared by the single and batch endpoints and the `enqueue` command, so
 /// every entry point accepts exactly the same input.
-pub fn parse_new_video(item: &Value, first_poll_at: Millis) -> Result<NewVideo, ApiError> {
+pub fn parse_new_video(
+    item: &Value,
+    first_poll_at: Millis,
+    allow_private_targets: bool,
+) -> Result<NewVideo, ApiError> {
     let Value::Object(fields) = item else {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -63,7 +68,7 @@ pub fn parse_new_video(item: &Value, first_poll_at: Millis) -> Result<NewVideo, 
     };
     let callback_url = match fields.get("callback_url") {
         None | Some(Value::Null) => None,
-        Some(Value::String(raw)) => Some(parse_callback_url(raw)?),
+        Some(Value::String(raw)) => Some(parse_callback_url(raw, allow_private_targets)?),
         Some(_) => {
             return Err(ApiError::bad_request(
                 "invalid_callback_url",
@@ -99,8 +104,10 @@ pub fn parse_new_video(item: &Value, first_poll_at: Millis) -> Result<NewVideo, 
 }
 
 /// A per-video callback URL must be an absolute http(s) URL with a host and
-/// without credentials (they would be stored and shown in clear).
-fn parse_callback_url(raw: &str) -> Result<String, ApiError> {
+/// without credentials (they would be stored and shown in clear), and,
+/// unless private targets are allowed, not a literal private address (names
+/// are checked again at send time, on what they resolve to).
+fn parse_callback_url(raw: &str, allow_private_targets: bool) -> Result<String, ApiError> {
     let invalid = |why: &str| ApiError::bad_request("invalid_callback_url", why.to_owned());
     let url = Url::parse(raw).map_err(|err| invalid(&format!("not a valid URL: {err}")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -111,6 +118,15 @@ fn parse_callback_url(raw: &str) -> Result<String, ApiError> {
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid("callback_url must not contain credentials"));
+    }
+    if !allow_private_targets
+        && let Some(ip) = guard::literal_ip(&url)
+        && guard::is_forbidden(ip)
+    {
+        return Err(invalid(
+            "callback_url points at a loopback, private or reserved address \
+             (see callbacks.allow_private_targets)",
+        ));
     }
     Ok(url.into())
 }
@@ -124,7 +140,7 @@ pub async fn enqueue(
     if state.shutdown.is_cancelled() {
         return Err(ApiError::shutting_down());
     }
-    let video = parse_new_video(&body, first_poll_at(&state))?;
+    let video = parse_new_video(&body, first_poll_at(&state), state.allow_private_targets)?;
     let video_id = video.video_id.clone();
     let outcome = state.writer.enqueue(vec![video]).await?;
     let status = match outcome.first() {
@@ -170,7 +186,7 @@ pub async fn enqueue_batch(
     let first_poll_at = first_poll_at(&state);
     let parsed: Vec<Result<NewVideo, ApiError>> = items
         .iter()
-        .map(|item| parse_new_video(item, first_poll_at))
+        .map(|item| parse_new_video(item, first_poll_at, state.allow_private_targets))
         .collect();
     let valid: Vec<NewVideo> = parsed
         .iter()
@@ -231,6 +247,31 @@ pub async fn cancel(
             StatusCode::CONFLICT,
             "already_terminal",
             format!("video {video_id} is already {state}; terminal states never change"),
+        )),
+    }
+}
+
+/// `POST /v1/videos/{id}/redeliver`: queue a terminal video's event again
+/// to its targets, with the same `event_id`; `202`.
+#[instrument(skip_all, fields(video_id = %video_id))]
+pub async fn redeliver(
+    State(state): State<ApiState>,
+    VideoIdPath(video_id): VideoIdPath,
+) -> Result<Response, ApiError> {
+    let configured = state.callback_urls.as_ref().clone();
+    match state.writer.redeliver(video_id.clone(), configured).await? {
+        RedeliverOutcome::Queued { event_id, targets } => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"video_id": video_id, "event_id": event_id, "targets": targets})),
+        )
+            .into_response()),
+        RedeliverOutcome::NotFound => Err(ApiError::video_not_found(video_id.as_str())),
+        RedeliverOutcome::NoEvent(video_state) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_event",
+            format!(
+                "video {video_id} is {video_state}; only completed, failed and abandoned videos have an event"
+            ),
         )),
     }
 }

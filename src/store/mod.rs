@@ -21,9 +21,9 @@ use crate::config::DatabaseConfig;
 use crate::domain::{VideoId, VideoState};
 
 pub use records::{
-    CancelOutcome, ClaimedVideo, DeliveryRecord, EnqueueOutcome, NewTransition, NewVideo,
-    PollUpdate, Release, TerminalChange, TransitionRecord, UpstreamFields, VideoDetails,
-    VideoRecord,
+    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryNext, DeliveryRecord,
+    EnqueueOutcome, NewTransition, NewVideo, PollUpdate, RedeliverOutcome, Release, TerminalChange,
+    TransitionRecord, UpstreamFields, VideoDetails, VideoRecord,
 };
 pub use writer::Writer;
 

@@ -4,7 +4,10 @@
 use sqlx::SqliteConnection;
 
 use super::StoreError;
-use super::records::{CancelOutcome, ClaimedVideo, EnqueueOutcome, NewVideo, PollUpdate, Release};
+use super::records::{
+    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryNext, EnqueueOutcome,
+    NewVideo, PollUpdate, RedeliverOutcome, Release,
+};
 use crate::domain::{Millis, VideoId, VideoState};
 
 /// Inserts a video unless its id is already tracked (then nothing changes).
@@ -226,6 +229,146 @@ pub(crate) async fn release(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Leases up to `limit` due deliveries, most overdue first, with the event
+/// each carries. As for videos, the lease is also the next attempt time, so
+/// a crashed sender's deliveries become due again by themselves.
+pub(crate) async fn claim_deliveries(
+    conn: &mut SqliteConnection,
+    now: Millis,
+    lease_until: Millis,
+    limit: u32,
+) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "UPDATE deliveries SET next_attempt_at = ?1, lease_until = ?1 WHERE id IN (\
+           SELECT id FROM deliveries INDEXED BY deliveries_due \
+           WHERE state = 'pending' AND next_attempt_at <= ?2 ORDER BY next_attempt_at LIMIT ?3) \
+         RETURNING id",
+    )
+    .bind(lease_until.0)
+    .bind(now.0)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut claimed = Vec::with_capacity(ids.len());
+    for id in ids {
+        let delivery = sqlx::query_as::<_, ClaimedDelivery>(
+            "SELECT d.id, d.url, d.attempts, d.lease_until, d.event_id, v.video_id, v.state, \
+                    v.video_url, v.cover_url, v.created_at, v.duration, v.error_code, \
+                    v.error_message, v.metadata, v.reason, v.terminal_at \
+             FROM deliveries d JOIN videos v ON v.id = d.video_rowid WHERE d.id = ?",
+        )
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+        claimed.push(delivery);
+    }
+    Ok(claimed)
+}
+
+/// Records one delivery attempt and what follows it, if the claim still
+/// holds its lease. Returns whether it was recorded.
+pub(crate) async fn record_attempt(
+    conn: &mut SqliteConnection,
+    attempt: &AttemptRecord,
+) -> Result<bool, StoreError> {
+    let (state, next_attempt_at, reason) = match &attempt.next {
+        DeliveryNext::Delivered => ("delivered", None, None),
+        DeliveryNext::Retry(at) => ("pending", Some(at.0), None),
+        DeliveryNext::Dead(reason) => ("dead", None, Some(reason.as_str())),
+    };
+    let applied = sqlx::query(
+        "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, \
+                lease_until = NULL, last_status = ?, last_error = ?, reason = ?, updated_at = ? \
+         WHERE id = ? AND state = 'pending' AND lease_until = ?",
+    )
+    .bind(state)
+    .bind(next_attempt_at)
+    .bind(attempt.status.map(i64::from))
+    .bind(attempt.error.as_deref())
+    .bind(reason)
+    .bind(attempt.at.0)
+    .bind(attempt.delivery_id)
+    .bind(attempt.lease_until)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if applied {
+        sqlx::query(
+            "INSERT INTO delivery_attempts (delivery_id, at, status, error, duration_ms) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(attempt.delivery_id)
+        .bind(attempt.at.0)
+        .bind(attempt.status.map(i64::from))
+        .bind(attempt.error.as_deref())
+        .bind(attempt.duration_ms)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(applied)
+}
+
+/// Queues a terminal video's event again to its current targets (the
+/// `configured` URLs and its own `callback_url`): missing deliveries are created, delivered and dead ones become
+/// pending with a fresh retry schedule, pending ones are made due now
+/// unless an attempt is in flight. The event id never changes.
+pub(crate) async fn redeliver(
+    conn: &mut SqliteConnection,
+    video_id: &VideoId,
+    configured: &[String],
+    now: Millis,
+) -> Result<RedeliverOutcome, StoreError> {
+    let row: Option<(i64, String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT id, state, event_id, callback_url FROM videos WHERE video_id = ?")
+            .bind(video_id.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((rowid, state, event_id, callback_url)) = row else {
+        return Ok(RedeliverOutcome::NotFound);
+    };
+    let state = VideoState::try_from(state)
+        .map_err(|err| StoreError::Database(sqlx::Error::Decode(Box::new(err))))?;
+    let Some(event_id) = event_id else {
+        return Ok(RedeliverOutcome::NoEvent(state));
+    };
+    let mut targets: Vec<&str> = configured.iter().map(String::as_str).collect();
+    if let Some(own) = callback_url.as_deref()
+        && !targets.contains(&own)
+    {
+        targets.push(own);
+    }
+    for url in &targets {
+        sqlx::query(
+            "INSERT INTO deliveries (video_rowid, event_id, url, next_attempt_at, created_at, \
+                                     updated_at) VALUES (?1, ?2, ?3, ?4, ?4, ?4) \
+             ON CONFLICT (video_rowid, url) DO UPDATE SET \
+               state = 'pending', attempts = 0, next_attempt_at = ?4, lease_until = NULL, \
+               reason = NULL, updated_at = ?4 \
+             WHERE deliveries.state != 'pending'",
+        )
+        .bind(rowid)
+        .bind(&event_id)
+        .bind(url)
+        .bind(now.0)
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE deliveries SET next_attempt_at = ?1, updated_at = ?1 \
+         WHERE video_rowid = ?2 AND state = 'pending' AND lease_until IS NULL \
+           AND next_attempt_at > ?1",
+    )
+    .bind(now.0)
+    .bind(rowid)
+    .execute(&mut *conn)
+    .await?;
+    Ok(RedeliverOutcome::Queued {
+        event_id,
+        targets: targets.len(),
+    })
 }
 
 #[cfg(test)]

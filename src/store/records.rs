@@ -263,3 +263,90 @@ pub struct Release {
     /// When it is due again.
     pub next_poll_at: Millis,
 }
+
+/// A delivery claimed for an attempt, with the event it carries.
+///
+/// The event fields come from the video row, which never changes once
+/// terminal, so every attempt sends the same body.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ClaimedDelivery {
+    /// Delivery rowid.
+    pub id: i64,
+    /// Target URL.
+    pub url: String,
+    /// Attempts made before this one.
+    pub attempts: i64,
+    /// The claim's lease.
+    pub lease_until: i64,
+    /// The event id.
+    pub event_id: String,
+    /// JoggAI's video id.
+    pub video_id: String,
+    /// Terminal state.
+    #[sqlx(try_from = "String")]
+    pub state: VideoState,
+    /// Rendered video URL.
+    pub video_url: Option<String>,
+    /// Cover image URL.
+    pub cover_url: Option<String>,
+    /// Upstream creation time, unix seconds.
+    pub created_at: Option<i64>,
+    /// Length in seconds.
+    pub duration: Option<f64>,
+    /// Upstream error code.
+    pub error_code: Option<String>,
+    /// Upstream error message.
+    pub error_message: Option<String>,
+    /// Caller's metadata (a JSON object, serialized).
+    pub metadata: Option<String>,
+    /// Why the relay gave up, for abandoned videos.
+    pub reason: Option<String>,
+    /// When the terminal state was reached.
+    pub terminal_at: Option<i64>,
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryNext {
+    /// The receiver has it.
+    Delivered,
+    /// Try again at this time.
+    Retry(Millis),
+    /// Give up, for this reason (`gone`, `exhausted`, `forbidden_target`).
+    Dead(String),
+}
+
+/// One attempt's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// Delivery rowid.
+    pub delivery_id: i64,
+    /// The claim's lease.
+    pub lease_until: i64,
+    /// When the attempt started.
+    pub at: Millis,
+    /// HTTP status, when the receiver answered.
+    pub status: Option<u16>,
+    /// Error, when the attempt failed.
+    pub error: Option<String>,
+    /// How long the attempt took.
+    pub duration_ms: i64,
+    /// What happens next.
+    pub next: DeliveryNext,
+}
+
+/// What a redelivery request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedeliverOutcome {
+    /// The event is queued again to this many targets.
+    Queued {
+        /// The event id being re-sent.
+        event_id: String,
+        /// Targets queued.
+        targets: usize,
+    },
+    /// The video has no event (it is active or cancelled).
+    NoEvent(VideoState),
+    /// No such video.
+    NotFound,
+}

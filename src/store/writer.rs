@@ -16,7 +16,10 @@ use tracing::{instrument, warn};
 
 use super::StoreError;
 use super::mutations;
-use super::records::{CancelOutcome, ClaimedVideo, EnqueueOutcome, NewVideo, PollUpdate, Release};
+use super::records::{
+    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, EnqueueOutcome, NewVideo,
+    PollUpdate, RedeliverOutcome, Release,
+};
 use crate::domain::{Millis, VideoId};
 
 /// Most operations committed together.
@@ -42,6 +45,19 @@ enum WriteOp {
     RecordPoll(Box<PollUpdate>),
     /// Hand claimed videos back unpolled.
     Release(Vec<Release>),
+    /// Lease up to `limit` deliveries due at `now` until `lease_until`.
+    ClaimDeliveries {
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    },
+    /// Record one delivery attempt.
+    RecordAttempt(AttemptRecord),
+    /// Queue a terminal video's event again.
+    Redeliver {
+        video_id: VideoId,
+        configured: Vec<String>,
+    },
 }
 
 /// The result of one [`WriteOp`].
@@ -57,6 +73,12 @@ enum WriteResult {
     Recorded(bool),
     /// Leases handed back.
     Released,
+    /// The claimed deliveries.
+    ClaimedDeliveries(Vec<ClaimedDelivery>),
+    /// Whether the attempt was recorded (false: the lease was lost).
+    RecordedAttempt(bool),
+    /// What a redelivery did.
+    Redelivered(RedeliverOutcome),
 }
 
 /// An operation and the channel its caller waits on.
@@ -127,6 +149,53 @@ impl Writer {
         match self.submit(WriteOp::Release(releases)).await? {
             WriteResult::Released => Ok(()),
             other => unreachable!("release answered with {other:?}"),
+        }
+    }
+
+    /// Leases up to `limit` due deliveries with their events.
+    pub async fn claim_deliveries(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        match self
+            .submit(WriteOp::ClaimDeliveries {
+                now,
+                lease_until,
+                limit,
+            })
+            .await?
+        {
+            WriteResult::ClaimedDeliveries(deliveries) => Ok(deliveries),
+            other => unreachable!("delivery claim answered with {other:?}"),
+        }
+    }
+
+    /// Records one delivery attempt; `false` when the lease was lost.
+    pub async fn record_attempt(&self, attempt: AttemptRecord) -> Result<bool, StoreError> {
+        match self.submit(WriteOp::RecordAttempt(attempt)).await? {
+            WriteResult::RecordedAttempt(applied) => Ok(applied),
+            other => unreachable!("attempt answered with {other:?}"),
+        }
+    }
+
+    /// Queues a terminal video's event again to the `configured` URLs and
+    /// its own callback URL, with the same event id.
+    pub async fn redeliver(
+        &self,
+        video_id: VideoId,
+        configured: Vec<String>,
+    ) -> Result<RedeliverOutcome, StoreError> {
+        match self
+            .submit(WriteOp::Redeliver {
+                video_id,
+                configured,
+            })
+            .await?
+        {
+            WriteResult::Redelivered(outcome) => Ok(outcome),
+            other => unreachable!("redeliver answered with {other:?}"),
         }
     }
 
@@ -230,5 +299,21 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult,
             }
             Ok(WriteResult::Released)
         }
+        WriteOp::ClaimDeliveries {
+            now,
+            lease_until,
+            limit,
+        } => Ok(WriteResult::ClaimedDeliveries(
+            mutations::claim_deliveries(conn, *now, *lease_until, *limit).await?,
+        )),
+        WriteOp::RecordAttempt(attempt) => Ok(WriteResult::RecordedAttempt(
+            mutations::record_attempt(conn, attempt).await?,
+        )),
+        WriteOp::Redeliver {
+            video_id,
+            configured,
+        } => Ok(WriteResult::Redelivered(
+            mutations::redeliver(conn, video_id, configured, now).await?,
+        )),
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use jogg_relay::app::{App, AppError};
 use jogg_relay::config::{Config, SecretSetting, Settings};
+use jogg_relay::delivery::{self, Deliverer};
 use jogg_relay::domain::Millis;
 use jogg_relay::poller::{Outcome, Poller};
 use jogg_relay::sim::{SIM_API_KEY, SimUpstream};
@@ -40,8 +41,10 @@ pub struct TestApp {
     pub dir: TempDir,
     /// The JoggAI simulator the relay polls.
     pub sim: SimUpstream,
-    /// The poller, when the test drives it (see [`spawn_app_with_manual_poller`]).
+    /// The poller, when the test drives it (see [`spawn_manual_app`]).
     pub poller: Option<Poller>,
+    /// The delivery worker, when the test drives it.
+    pub deliverer: Option<Deliverer>,
 }
 
 /// Settings for a test relay: a fresh database in `dir`, a token, and the
@@ -67,9 +70,10 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     start(customize, false).await
 }
 
-/// Starts a relay whose poller does not run by itself: the test calls
-/// [`TestApp::step`]. First polls are due at once.
-pub async fn spawn_app_with_manual_poller(customize: impl FnOnce(&mut Settings)) -> TestApp {
+/// Starts a relay whose workers do not run by themselves: the test calls
+/// [`TestApp::step`] (poller) and [`TestApp::deliver`] (delivery). First
+/// polls are due at once.
+pub async fn spawn_manual_app(customize: impl FnOnce(&mut Settings)) -> TestApp {
     start(
         |settings| {
             settings.polling.first_after = "0s".into();
@@ -90,10 +94,10 @@ async fn start(customize: impl FnOnce(&mut Settings), manual_poller: bool) -> Te
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
     let mut relay = App::build(config.clone()).await.expect("build the relay");
-    let poller = if manual_poller {
-        relay.take_poller()
+    let (poller, deliverer) = if manual_poller {
+        (relay.take_poller(), relay.take_deliverer())
     } else {
-        None
+        (None, None)
     };
     let task = tokio::spawn(relay.run(listener, shutdown.clone()));
     let app = TestApp {
@@ -105,6 +109,7 @@ async fn start(customize: impl FnOnce(&mut Settings), manual_poller: bool) -> Te
         dir,
         sim,
         poller,
+        deliverer,
     };
     app.wait_until_ready().await;
     app
@@ -237,11 +242,22 @@ impl TestApp {
         panic!("the poller never went idle");
     }
 
+    /// One delivery step at `now` (manual apps only).
+    pub async fn deliver(&self, now: Millis) -> delivery::Outcome {
+        self.deliverer
+            .as_ref()
+            .expect("spawned with manual workers")
+            .step(now)
+            .await
+            .expect("delivery step")
+    }
+
     /// Stops the relay and waits for a clean exit.
     pub async fn stop(mut self) -> TempDir {
-        // The manual poller holds a writer handle; the writer (and so the
-        // relay) only finishes once it is gone.
+        // The manual workers hold writer handles; the writer (and so the
+        // relay) only finishes once they are gone.
         self.poller = None;
+        self.deliverer = None;
         self.shutdown.cancel();
         self.task
             .await

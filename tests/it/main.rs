@@ -4,6 +4,7 @@ mod api_enqueue;
 mod api_errors;
 mod api_list;
 mod cli;
+mod delivery;
 mod helpers;
 mod jogg_client;
 mod poller;

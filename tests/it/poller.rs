@@ -7,11 +7,11 @@ use jogg_relay::poller::Outcome;
 use jogg_relay::sim::{AuthFailure, Ending, Fault, Spelling, Timeline};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app_with_manual_poller};
+use crate::helpers::{TestApp, spawn_manual_app};
 
 /// A relay with one configured callback URL and tiny intervals.
 async fn relay() -> TestApp {
-    spawn_app_with_manual_poller(|s| {
+    spawn_manual_app(|s| {
         s.polling.min_interval = "1ms".into();
         s.polling.max_interval = "1ms".into();
         s.callbacks.urls = vec!["https://ops.example.com/hook".into()];
@@ -149,7 +149,7 @@ async fn every_terminal_spelling_and_unknown_statuses() {
 
 #[tokio::test]
 async fn not_found_is_retried_within_the_grace_then_abandoned() {
-    let app = spawn_app_with_manual_poller(|s| s.polling.not_found_grace = "1h".into()).await;
+    let app = spawn_manual_app(|s| s.polling.not_found_grace = "1h".into()).await;
     app.enqueue(json!({"video_id": "ghost"})).await;
     assert_eq!(app.step(Millis::now()).await, Outcome::Worked(1));
     let video = app.video("ghost").await.json;
@@ -157,7 +157,7 @@ async fn not_found_is_retried_within_the_grace_then_abandoned() {
     assert_eq!(video["transitions"], json!([]));
     app.stop().await;
 
-    let app = spawn_app_with_manual_poller(|s| s.polling.not_found_grace = "0s".into()).await;
+    let app = spawn_manual_app(|s| s.polling.not_found_grace = "0s".into()).await;
     app.enqueue(json!({"video_id": "ghost"})).await;
     app.step(Millis::now()).await;
     let video = app.video("ghost").await.json;
@@ -191,7 +191,7 @@ async fn parameter_error_abandons_as_invalid_id() {
 
 #[tokio::test]
 async fn transient_failures_back_off_without_changing_anything() {
-    let app = spawn_app_with_manual_poller(|s| {
+    let app = spawn_manual_app(|s| {
         s.jogg.timeout = "200ms".into();
         s.polling.min_interval = "1s".into();
     })
@@ -289,7 +289,7 @@ async fn auth_failure_pauses_everything_until_a_probe_succeeds() {
         AuthFailure::Http401,
         AuthFailure::NoCredit,
     ] {
-        let app = spawn_app_with_manual_poller(|s| {
+        let app = spawn_manual_app(|s| {
             s.polling.min_interval = "1s".into();
             s.jogg.max_in_flight = 1;
         })
@@ -361,7 +361,7 @@ async fn auth_failure_pauses_everything_until_a_probe_succeeds() {
 async fn budget_and_concurrency_hold_for_500_videos() {
     let rate = 400.0;
     let burst = 8;
-    let app = spawn_app_with_manual_poller(|s| {
+    let app = spawn_manual_app(|s| {
         s.polling.min_interval = "1ms".into();
         s.polling.max_interval = "1ms".into();
         s.jogg.requests_per_second = rate;

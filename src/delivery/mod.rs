@@ -1,0 +1,364 @@
+//! Callback delivery: the outbox worker. It claims due deliveries with
+//! leases, POSTs each event signed ([`signing`]) to its target (per-video
+//! targets through the [`guard`]), records every attempt, and schedules
+//! retries ([`schedule`]) until the receiver has it or the delivery is dead.
+//!
+//! As for the poller, [`Deliverer::step`] is one round returning an
+//! [`Outcome`], and [`Deliverer::run`] loops it.
+
+pub mod guard;
+pub mod payload;
+pub mod schedule;
+pub mod signing;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::Url;
+use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{CallbacksConfig, WebhookSecret};
+use crate::domain::Millis;
+use crate::jogg::answer::parse_retry_after;
+use crate::store::{AttemptRecord, ClaimedDelivery, DeliveryNext, Store, StoreError, Writer};
+use schedule::AttemptResult;
+
+/// Most deliveries in flight at once, over all targets.
+pub const MAX_IN_FLIGHT: usize = 32;
+/// Most deliveries in flight to one host, so a slow receiver cannot take
+/// every slot and starve the others.
+pub const MAX_IN_FLIGHT_PER_HOST: usize = 4;
+/// Most bytes of a receiver's answer read (and ignored).
+const MAX_RESPONSE_BYTES: usize = 4096;
+/// Longest idle wait between looks for due deliveries.
+const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Added to every lease beyond the time its attempts can take.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Attempted this many deliveries.
+    Worked(usize),
+    /// Nothing was due.
+    Idle,
+}
+
+/// A delivery worker failure: only the store can fail it.
+#[derive(Debug, thiserror::Error)]
+#[error("delivery worker cannot reach the database: {0}")]
+pub struct DeliveryError(#[from] pub StoreError);
+
+/// Could not build the HTTP clients.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the callback HTTP client: {0}")]
+pub struct ClientBuildError(#[from] reqwest::Error);
+
+struct Shared {
+    writer: Writer,
+    /// For the operator's configured URLs.
+    trusted: reqwest::Client,
+    /// For per-video URLs: connects only to allowed addresses (unless
+    /// `allow_private_targets`, when it is the trusted client).
+    guarded: reqwest::Client,
+    configured: Vec<String>,
+    allow_private_targets: bool,
+    secret: Option<WebhookSecret>,
+    timeout: Duration,
+    schedule: Vec<Duration>,
+    per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// The delivery worker (see the module docs).
+pub struct Deliverer {
+    shared: Arc<Shared>,
+    store: Store,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Deliverer {
+    /// Builds the worker for `config`.
+    pub fn new(
+        config: &CallbacksConfig,
+        store: Store,
+        writer: Writer,
+    ) -> Result<Self, ClientBuildError> {
+        let builder = || {
+            crate::outbound::client_builder()
+                .timeout(config.timeout)
+                .connect_timeout(config.timeout)
+        };
+        let trusted = builder().build()?;
+        let guarded = if config.allow_private_targets {
+            trusted.clone()
+        } else {
+            builder()
+                .dns_resolver(guard::GuardedResolver::shared())
+                .build()?
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                writer,
+                trusted,
+                guarded,
+                configured: config
+                    .urls
+                    .iter()
+                    .map(|url| url.as_str().to_owned())
+                    .collect(),
+                allow_private_targets: config.allow_private_targets,
+                secret: config.secret.clone(),
+                timeout: config.timeout,
+                schedule: config.retry_schedule.clone(),
+                per_host: Mutex::new(HashMap::new()),
+            }),
+            store,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        })
+    }
+
+    /// Delivers until `shutdown`, then waits for the attempts in flight.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        info!("delivery worker started");
+        while !shutdown.is_cancelled() {
+            let wait = match self.step(Millis::now()).await {
+                Ok(Outcome::Worked(_)) => continue,
+                Ok(Outcome::Idle) => self.idle_wait().await,
+                Err(err) => {
+                    warn!(error = %err, "delivery round failed; retrying shortly");
+                    MAX_IDLE_WAIT
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        info!("delivery worker stopped");
+    }
+
+    /// Until the next delivery is due, at most [`MAX_IDLE_WAIT`].
+    async fn idle_wait(&self) -> Duration {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due \
+             WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
+        )
+        .fetch_optional(self.store.pool())
+        .await
+        .unwrap_or(None);
+        match next {
+            Some(at) => Duration::from_millis((at - Millis::now().0).clamp(1, 1000) as u64),
+            None => MAX_IDLE_WAIT,
+        }
+    }
+
+    /// One round: claim what is due at `now` (as many as there are free
+    /// slots), attempt each, record every attempt.
+    pub async fn step(&self, now: Millis) -> Result<Outcome, DeliveryError> {
+        let first = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the in-flight semaphore is never closed");
+        let mut permits = vec![first];
+        while let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        // Worst case every claimed delivery goes to one host and waits its
+        // turn behind that host's bound.
+        let rounds = permits.len().div_ceil(MAX_IN_FLIGHT_PER_HOST) as u32;
+        let lease = self.shared.timeout * (rounds + 1) + LEASE_MARGIN;
+        let claimed = self
+            .shared
+            .writer
+            .claim_deliveries(now, now.plus(lease), permits.len() as u32)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(Outcome::Idle);
+        }
+        let count = claimed.len();
+        let started = Instant::now();
+        let mut attempts = JoinSet::new();
+        for (delivery, permit) in claimed.into_iter().zip(permits) {
+            let at = move || now.plus(started.elapsed());
+            attempts.spawn(attempt(self.shared.clone(), delivery, permit, at));
+        }
+        let mut failure = None;
+        while let Some(joined) = attempts.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => failure = Some(err),
+                Err(err) => warn!(error = %err, "delivery task failed"),
+            }
+        }
+        match failure {
+            Some(err) => Err(err.into()),
+            None => Ok(Outcome::Worked(count)),
+        }
+    }
+}
+
+impl Shared {
+    /// The bound for `url`'s host.
+    fn host_slots(&self, url: &Url) -> Arc<Semaphore> {
+        let host = format!(
+            "{}:{}",
+            url.host_str().unwrap_or(""),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        let mut per_host = self.per_host.lock().unwrap_or_else(|p| p.into_inner());
+        per_host
+            .entry(host)
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_HOST)))
+            .clone()
+    }
+}
+
+/// One attempt of one delivery, recorded whatever happens.
+async fn attempt(
+    shared: Arc<Shared>,
+    delivery: ClaimedDelivery,
+    _permit: OwnedSemaphorePermit,
+    now: impl Fn() -> Millis,
+) -> Result<(), StoreError> {
+    let result = match Url::parse(&delivery.url) {
+        Ok(url) => {
+            let slots = shared.host_slots(&url);
+            let _host_permit = slots.acquire_owned().await.expect("never closed");
+            let at = now();
+            let started = Instant::now();
+            let result = send(&shared, &delivery, &url, at).await;
+            (at, started.elapsed(), result)
+        }
+        Err(err) => (
+            now(),
+            Duration::ZERO,
+            AttemptResult::Forbidden(format!("invalid URL: {err}")),
+        ),
+    };
+    let (at, took, result) = result;
+    let attempt_number = u32::try_from(delivery.attempts)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
+    let next = schedule::next_step(
+        &result,
+        attempt_number,
+        &shared.schedule,
+        now(),
+        fastrand::f64() * 2.0 - 1.0,
+    );
+    let (status, error) = match &result {
+        AttemptResult::Answered { status, .. } => (Some(*status), None),
+        AttemptResult::Failed(error) | AttemptResult::Forbidden(error) => {
+            (None, Some(error.clone()))
+        }
+    };
+    let recorded = shared
+        .writer
+        .record_attempt(AttemptRecord {
+            delivery_id: delivery.id,
+            lease_until: delivery.lease_until,
+            at,
+            status,
+            error: error.clone(),
+            duration_ms: i64::try_from(took.as_millis()).unwrap_or(i64::MAX),
+            next: next.clone(),
+        })
+        .await?;
+    if !recorded {
+        warn!(video_id = %delivery.video_id, event_id = %delivery.event_id, "delivery lease lost; the attempt will be repeated");
+        return Ok(());
+    }
+    let outcome = match &next {
+        DeliveryNext::Delivered => "delivered",
+        DeliveryNext::Retry(_) => "retry",
+        DeliveryNext::Dead(_) => "dead",
+    };
+    let reason = match &next {
+        DeliveryNext::Dead(reason) => Some(reason.as_str()),
+        _ => None,
+    };
+    info!(
+        video_id = %delivery.video_id,
+        event_id = %delivery.event_id,
+        url = %delivery.url,
+        attempt = attempt_number,
+        status,
+        error = error.as_deref(),
+        outcome,
+        reason,
+        "delivery attempt"
+    );
+    Ok(())
+}
+
+/// Sends the event once.
+async fn send(shared: &Shared, delivery: &ClaimedDelivery, url: &Url, at: Millis) -> AttemptResult {
+    let trusted = shared
+        .configured
+        .iter()
+        .any(|configured| configured == &delivery.url);
+    let client = if trusted || shared.allow_private_targets {
+        &shared.trusted
+    } else {
+        if let Err(err) = guard::check_target(url).await {
+            return match err {
+                guard::GuardError::Forbidden(_) => AttemptResult::Forbidden(err.to_string()),
+                guard::GuardError::Unresolved { .. } => AttemptResult::Failed(err.to_string()),
+            };
+        }
+        &shared.guarded
+    };
+    let body = payload::event_body(delivery);
+    let mut request = client
+        .post(url.clone())
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(secret) = &shared.secret {
+        let timestamp = at.0.div_euclid(1000);
+        request = request
+            .header("webhook-id", &delivery.event_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                signing::standard_signature(secret, &delivery.event_id, timestamp, &body),
+            )
+            .header(
+                "x-webhook-signature",
+                signing::joggai_signature(secret, &body),
+            );
+    }
+    if let Some(event) = payload::event_name(delivery.state) {
+        request = request.header("x-webhook-event", event);
+    }
+    let mut response = match request.body(body).send().await {
+        Ok(response) => response,
+        Err(err) if err.is_timeout() => return AttemptResult::Failed("timeout".into()),
+        Err(err) if err.is_connect() => return AttemptResult::Failed("connection failed".into()),
+        Err(err) => return AttemptResult::Failed(format!("request failed: {err}")),
+    };
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| parse_retry_after(value, std::time::SystemTime::now()));
+    // Read a little of the answer so the connection can be reused; never
+    // more, whatever the receiver sends.
+    let mut read = 0;
+    while read < MAX_RESPONSE_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    AttemptResult::Answered {
+        status,
+        retry_after,
+    }
+}

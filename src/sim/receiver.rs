@@ -1,0 +1,253 @@
+//! A callback receiver: records every callback, verifies both signatures,
+//! and can be scripted per path to fail, answer slowly, ask for a later
+//! retry, or answer 410 Gone.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WebhookSecret;
+use crate::delivery::signing;
+
+/// How the receiver answers one callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// This status at once.
+    Status(u16),
+    /// This status with a `Retry-After` header.
+    StatusWithRetryAfter(u16, String),
+    /// `200`, after this long (a relay with a shorter timeout gives up).
+    Slow(Duration),
+}
+
+/// One callback as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// The path it was sent to, without the leading `/`.
+    pub path: String,
+    /// The body's `event_id`.
+    pub event_id: Option<String>,
+    /// The body's `event`.
+    pub event: Option<String>,
+    /// The `webhook-id` header.
+    pub webhook_id: Option<String>,
+    /// The `x-webhook-event` header.
+    pub event_header: Option<String>,
+    /// The `user-agent` header.
+    pub user_agent: Option<String>,
+    /// The Standard Webhooks signature verified (and `webhook-id` matched the body).
+    pub standard_ok: bool,
+    /// The JoggAI-style signature verified.
+    pub joggai_ok: bool,
+    /// The body, parsed.
+    pub body: Value,
+    /// How it was answered.
+    pub reply: Reply,
+    /// Time since the receiver started.
+    pub at: Duration,
+}
+
+impl Received {
+    /// Whether the relay got a 2xx in time for this one.
+    pub fn accepted(&self) -> bool {
+        matches!(self.reply, Reply::Status(200..=299))
+    }
+
+    /// Whether both signatures verified.
+    pub fn verified(&self) -> bool {
+        self.standard_ok && self.joggai_ok
+    }
+}
+
+/// The receiver's state; every method is safe to call while it serves.
+#[derive(Debug)]
+pub struct ReceiverState {
+    secret: Option<WebhookSecret>,
+    started: Instant,
+    scripts: Mutex<HashMap<String, VecDeque<Reply>>>,
+    received: Mutex<Vec<Received>>,
+    accepted: watch::Sender<usize>,
+}
+
+impl ReceiverState {
+    /// Queues the answers for the next callbacks to `path`; afterwards it
+    /// answers `200`.
+    pub fn script(&self, path: &str, replies: impl IntoIterator<Item = Reply>) {
+        self.scripts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(path.trim_start_matches('/').to_owned())
+            .or_default()
+            .extend(replies);
+    }
+
+    /// Answers the next `times` callbacks to `path` with `status`.
+    pub fn fail(&self, path: &str, times: usize, status: u16) {
+        self.script(path, std::iter::repeat_n(Reply::Status(status), times));
+    }
+
+    /// Every callback so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Callbacks answered 2xx at once so far.
+    pub fn accepted_count(&self) -> usize {
+        *self.accepted.borrow()
+    }
+
+    /// Waits until at least `count` callbacks were accepted, or `limit`
+    /// passes; returns whether they were.
+    pub async fn wait_for_accepted(&self, count: usize, limit: Duration) -> bool {
+        let mut accepted = self.accepted.subscribe();
+        tokio::time::timeout(limit, accepted.wait_for(|n| *n >= count))
+            .await
+            .is_ok()
+    }
+}
+
+/// A running receiver.
+#[derive(Debug)]
+pub struct SimReceiver {
+    /// Its state, to script and inspect.
+    pub state: Arc<ReceiverState>,
+    /// Where it listens.
+    pub address: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl SimReceiver {
+    /// Starts a receiver on `127.0.0.1`, port 0, verifying with `secret`.
+    pub async fn start(secret: Option<WebhookSecret>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let state = Arc::new(ReceiverState {
+            secret,
+            started: Instant::now(),
+            scripts: Mutex::new(HashMap::new()),
+            received: Mutex::new(Vec::new()),
+            accepted: watch::channel(0).0,
+        });
+        let router = Router::new()
+            .route("/{*path}", post(receive))
+            .with_state(state.clone());
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+        Ok(Self {
+            state,
+            address,
+            shutdown,
+        })
+    }
+
+    /// The URL of `path` on this receiver.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{}", self.address, path.trim_start_matches('/'))
+    }
+}
+
+impl Drop for SimReceiver {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let event_id = parsed["event_id"].as_str().map(str::to_owned);
+    let webhook_id = header_str(&headers, "webhook-id");
+    let (standard_ok, joggai_ok) = match &state.secret {
+        Some(secret) => {
+            let standard = match (
+                &webhook_id,
+                header_str(&headers, "webhook-timestamp").and_then(|t| t.parse::<i64>().ok()),
+                header_str(&headers, "webhook-signature"),
+            ) {
+                (Some(id), Some(timestamp), Some(signature)) => {
+                    Some(id) == event_id.as_ref()
+                        && signing::verify_standard(secret, id, timestamp, &body, &signature)
+                }
+                _ => false,
+            };
+            let joggai = header_str(&headers, "x-webhook-signature")
+                .is_some_and(|signature| signing::verify_joggai(secret, &body, &signature));
+            (standard, joggai)
+        }
+        None => (false, false),
+    };
+    let reply = state
+        .scripts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(&path)
+        .and_then(VecDeque::pop_front)
+        .unwrap_or(Reply::Status(200));
+    let received = Received {
+        path,
+        event: parsed["event"].as_str().map(str::to_owned),
+        event_id,
+        webhook_id,
+        event_header: header_str(&headers, "x-webhook-event"),
+        user_agent: header_str(&headers, "user-agent"),
+        standard_ok,
+        joggai_ok,
+        body: parsed,
+        reply: reply.clone(),
+        at: state.started.elapsed(),
+    };
+    let accepted = received.accepted();
+    state
+        .received
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(received);
+    if accepted {
+        state.accepted.send_modify(|n| *n += 1);
+    }
+    match reply {
+        Reply::Status(status) => StatusCode::from_u16(status)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response(),
+        Reply::StatusWithRetryAfter(status, retry_after) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            [(header::RETRY_AFTER, retry_after)],
+        )
+            .into_response(),
+        Reply::Slow(delay) => {
+            tokio::time::sleep(delay).await;
+            StatusCode::OK.into_response()
+        }
+    }
+}
