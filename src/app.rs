@@ -12,9 +12,9 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::delivery::{ClientBuildError, Deliverer};
 use crate::jogg::{ClientError, JoggClient};
-use crate::poller::Poller;
 use crate::poller::gate::UpstreamGate;
 use crate::poller::policy::PollPolicy;
+use crate::poller::{Poller, Wakeups};
 use crate::store::{Store, StoreError, Writer};
 
 /// Longest delay between probes while JoggAI refuses the key.
@@ -57,6 +57,7 @@ pub struct App {
     gate: Arc<UpstreamGate>,
     poller: Option<Poller>,
     deliverer: Option<Deliverer>,
+    wakeups: Wakeups,
 }
 
 impl App {
@@ -66,8 +67,21 @@ impl App {
         let client = JoggClient::new(&config.jogg)?;
         let (writer, writer_task) = Writer::spawn(store.pool().clone());
         let gate = Arc::new(upstream_gate(&config));
-        let poller = Poller::new(&config, store.clone(), writer.clone(), client, gate.clone());
-        let deliverer = Deliverer::new(&config.callbacks, store.clone(), writer.clone())?;
+        let wakeups = Wakeups::default();
+        let poller = Poller::new(
+            &config,
+            store.clone(),
+            writer.clone(),
+            client,
+            gate.clone(),
+            &wakeups,
+        );
+        let deliverer = Deliverer::new(
+            &config.callbacks,
+            store.clone(),
+            writer.clone(),
+            wakeups.new_deliveries.clone(),
+        )?;
         Ok(Self {
             config,
             store,
@@ -76,6 +90,7 @@ impl App {
             gate,
             poller: Some(poller),
             deliverer: Some(deliverer),
+            wakeups,
         })
     }
 
@@ -112,6 +127,7 @@ impl App {
             gate,
             poller,
             deliverer,
+            wakeups,
         } = self;
         let state = ApiState {
             store: store.clone(),
@@ -128,6 +144,7 @@ impl App {
                     .collect(),
             ),
             allow_private_targets: config.callbacks.allow_private_targets,
+            wakeups,
             shutdown: shutdown.clone(),
         };
         let address = listener.local_addr()?;

@@ -38,6 +38,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: HTTP API, poller and callback delivery.
     Serve,
+    /// Run the relay end-to-end against the built-in JoggAI simulator and
+    /// callback receiver (loopback only, temporary database, no setup).
+    Demo,
     /// Start tracking video ids (directly in the database).
     Enqueue {
         /// Video ids to track.
@@ -117,7 +120,12 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let settings = Settings::load(cli.config.as_deref(), std::env::vars())?;
     let config = settings.validate()?;
-    telemetry::init(config.log.format);
+    // The demo prints its own story; the relay's info lines would repeat it.
+    let default_filter = match cli.command {
+        Command::Demo => "warn",
+        _ => telemetry::DEFAULT_FILTER,
+    };
+    telemetry::init(config.log.format, default_filter);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -125,6 +133,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve => serve(config).await,
+            Command::Demo => crate::demo::run().await.map_err(CliError::Fatal),
             Command::Enqueue {
                 ids,
                 callback_url,

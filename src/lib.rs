@@ -14,6 +14,7 @@
 //! - [`outbound`]: outbound HTTP client set-up.
 //! - [`app`]: wires the pieces together and owns graceful shutdown.
 //! - [`telemetry`]: logging set-up.
+//! - [`demo`]: the end-to-end demonstration against the simulators.
 //! - [`cli`]: the command line, used by the thin `main.rs`.
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod demo;
 pub mod domain;
 pub mod jogg;
 pub mod outbound;

@@ -10,12 +10,13 @@ use crate::config::LogFormat;
 /// `info`, the libraries' only when they warn.
 pub const DEFAULT_FILTER: &str = "warn,jogg_relay=info";
 
-/// Installs the global subscriber. Text is coloured only on a terminal, so
-/// the journal and log files get plain lines. Calling it twice is harmless
-/// (the second call changes nothing), which keeps tests simple.
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber, filtered by `RUST_LOG` or else by
+/// `default_filter`. Text is coloured only on a terminal, so the journal and
+/// log files get plain lines. Calling it twice is harmless (the second call
+/// changes nothing), which keeps tests simple.
+pub fn init(format: LogFormat, default_filter: &str) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

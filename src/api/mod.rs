@@ -20,6 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::poller::Wakeups;
 use crate::poller::gate::UpstreamGate;
 use crate::poller::policy::PollPolicy;
 use crate::store::{Store, Writer};
@@ -47,6 +48,8 @@ pub struct ApiState {
     pub callback_urls: Arc<Vec<String>>,
     /// Whether per-video callback URLs may be private addresses.
     pub allow_private_targets: bool,
+    /// Wakes the workers when there is new work.
+    pub wakeups: Wakeups,
     /// Cancelled when the process starts shutting down: enqueues then get 503
     /// and `/readyz` reports not ready.
     pub shutdown: CancellationToken,

@@ -144,7 +144,10 @@ pub async fn enqueue(
     let video_id = video.video_id.clone();
     let outcome = state.writer.enqueue(vec![video]).await?;
     let status = match outcome.first() {
-        Some(EnqueueOutcome::Created) => StatusCode::CREATED,
+        Some(EnqueueOutcome::Created) => {
+            state.wakeups.new_videos.notify_one();
+            StatusCode::CREATED
+        }
         _ => StatusCode::OK,
     };
     let details = state
@@ -198,6 +201,7 @@ pub async fn enqueue_batch(
         state.writer.enqueue(valid).await?
     }
     .into_iter();
+    state.wakeups.new_videos.notify_one();
 
     let results: Vec<Value> = parsed
         .iter()
@@ -260,11 +264,14 @@ pub async fn redeliver(
 ) -> Result<Response, ApiError> {
     let configured = state.callback_urls.as_ref().clone();
     match state.writer.redeliver(video_id.clone(), configured).await? {
-        RedeliverOutcome::Queued { event_id, targets } => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"video_id": video_id, "event_id": event_id, "targets": targets})),
-        )
-            .into_response()),
+        RedeliverOutcome::Queued { event_id, targets } => {
+            state.wakeups.new_deliveries.notify_one();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"video_id": video_id, "event_id": event_id, "targets": targets})),
+            )
+                .into_response())
+        }
         RedeliverOutcome::NotFound => Err(ApiError::video_not_found(video_id.as_str())),
         RedeliverOutcome::NoEvent(video_state) => Err(ApiError::new(
             StatusCode::CONFLICT,

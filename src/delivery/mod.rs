@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -79,14 +79,18 @@ pub struct Deliverer {
     shared: Arc<Shared>,
     store: Store,
     in_flight: Arc<Semaphore>,
+    /// Notified when deliveries were queued, to end an idle wait early.
+    new_work: Arc<Notify>,
 }
 
 impl Deliverer {
-    /// Builds the worker for `config`.
+    /// Builds the worker for `config`; it wakes from idle when `new_work`
+    /// is notified.
     pub fn new(
         config: &CallbacksConfig,
         store: Store,
         writer: Writer,
+        new_work: Arc<Notify>,
     ) -> Result<Self, ClientBuildError> {
         let builder = || {
             crate::outbound::client_builder()
@@ -119,6 +123,7 @@ impl Deliverer {
             }),
             store,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            new_work,
         })
     }
 
@@ -137,6 +142,7 @@ impl Deliverer {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = tokio::time::sleep(wait) => {}
+                _ = self.new_work.notified() => {}
             }
         }
         info!("delivery worker stopped");

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
@@ -33,6 +33,16 @@ const MAX_CLAIM: usize = 256;
 const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Added to every lease beyond the time its polls can take.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Wake-up calls between the parts of the relay, so that new work is
+/// picked up at once instead of at the end of an idle wait.
+#[derive(Debug, Clone, Default)]
+pub struct Wakeups {
+    /// Videos were enqueued (the poller waits on it).
+    pub new_videos: Arc<Notify>,
+    /// Deliveries were queued (the delivery worker waits on it).
+    pub new_deliveries: Arc<Notify>,
+}
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +70,8 @@ struct Shared {
     gate: Arc<UpstreamGate>,
     policy: PollPolicy,
     targets: Vec<Url>,
+    /// Notified when a terminal result queued deliveries.
+    deliveries_queued: Arc<Notify>,
 }
 
 /// The poller (see the module docs).
@@ -72,16 +84,21 @@ pub struct Poller {
     requests_per_second: f64,
     /// Per upstream request.
     request_timeout: Duration,
+    /// Notified when videos were enqueued, to end an idle wait early.
+    new_work: Arc<Notify>,
 }
 
 impl Poller {
-    /// Builds a poller that writes through `writer` and checks `gate`.
+    /// Builds a poller that writes through `writer` and checks `gate`. It
+    /// wakes from idle when `wakeups.new_videos` is notified, and notifies
+    /// `wakeups.new_deliveries` when it queued callbacks.
     pub fn new(
         config: &Config,
         store: Store,
         writer: Writer,
         client: JoggClient,
         gate: Arc<UpstreamGate>,
+        wakeups: &Wakeups,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -90,11 +107,13 @@ impl Poller {
                 gate,
                 policy: PollPolicy::from(&config.polling),
                 targets: config.callbacks.urls.clone(),
+                deliveries_queued: wakeups.new_deliveries.clone(),
             }),
             store,
             in_flight: Arc::new(Semaphore::new(config.jogg.max_in_flight)),
             requests_per_second: config.jogg.requests_per_second,
             request_timeout: config.jogg.timeout,
+            new_work: wakeups.new_videos.clone(),
         }
     }
 
@@ -127,6 +146,7 @@ impl Poller {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = tokio::time::sleep(wait) => {}
+                _ = self.new_work.notified() => {}
             }
         }
         info!("poller stopped");
@@ -340,6 +360,7 @@ async fn apply(
             }
             if let PollOutcome::Terminal(state) = outcome {
                 debug!(video_id = %video.video_id, %state, "tracking ended");
+                shared.deliveries_queued.notify_one();
             }
         }
         Decision::Global { release, signal } => {

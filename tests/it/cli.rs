@@ -224,3 +224,18 @@ fn sigterm_shuts_down_cleanly_with_exit_0() {
         "{log:?}"
     );
 }
+
+#[test]
+fn demo_runs_to_completion() {
+    let (code, stdout, stderr) = run_binary(&["demo"], &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("all 11 callbacks arrived with valid signatures"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("generated_avatar_video_failed"),
+        "one video fails: {stdout}"
+    );
+    assert!(!stdout.contains("INVALID"));
+}
