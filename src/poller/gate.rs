@@ -170,20 +170,29 @@ impl UpstreamGate {
     }
 
     /// JoggAI refuses the key or the account: pause all polling until a
-    /// probe succeeds. Logged once per pause.
+    /// probe succeeds. Logged once per pause; more refusals from requests
+    /// that were already in flight change nothing.
     pub fn pause(&self, reason: PauseReason, now: Millis) {
         let mut state = self.lock();
-        if state.paused.is_none() {
-            error!(
-                reason = reason.as_str(),
-                "JoggAI refuses the relay's requests; polling is paused and one probe is retried \
-                 with growing delay until it succeeds"
-            );
-            state.failed_probes = 0;
-        } else {
-            state.failed_probes = state.failed_probes.saturating_add(1);
+        if state.paused.is_some() {
+            return;
         }
+        error!(
+            reason = reason.as_str(),
+            "JoggAI refuses the relay's requests; polling is paused and one probe is retried \
+             with growing delay until it succeeds"
+        );
         state.paused = Some(reason);
+        state.failed_probes = 0;
+        state.next_probe_at = now.plus(self.probe_base);
+    }
+
+    /// A probe was refused again: the next one waits twice as long (up to
+    /// the cap).
+    pub fn probe_failed(&self, reason: PauseReason, now: Millis) {
+        let mut state = self.lock();
+        state.paused = Some(reason);
+        state.failed_probes = state.failed_probes.saturating_add(1);
         let delay = self
             .probe_base
             .mul_f64(2f64.powi(state.failed_probes.min(30) as i32))
@@ -314,9 +323,12 @@ mod tests {
             Err(Closed::Paused(PauseReason::InvalidApiKey))
         );
         assert_eq!(gate.next_probe_at(), Millis(1_001_000));
+        // Refusals of requests already in flight do not stretch the pause.
         gate.pause(PauseReason::InvalidApiKey, now);
+        assert_eq!(gate.next_probe_at(), Millis(1_001_000));
+        gate.probe_failed(PauseReason::InvalidApiKey, now);
         assert_eq!(gate.next_probe_at(), Millis(1_002_000));
-        gate.pause(PauseReason::InvalidApiKey, now);
+        gate.probe_failed(PauseReason::InvalidApiKey, now);
         assert_eq!(gate.next_probe_at(), Millis(1_004_000));
         gate.resume();
         assert_eq!(gate.paused(), None);

@@ -247,7 +247,7 @@ impl Poller {
             Err(_) => PollAnswer::InvalidId,
         };
         if let PollAnswer::Paused(reason) = answer {
-            gate.pause(reason, now);
+            gate.probe_failed(reason, now);
             self.shared
                 .writer
                 .release(vec![Release {
