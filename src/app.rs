@@ -16,6 +16,7 @@ use crate::poller::gate::UpstreamGate;
 use crate::poller::policy::PollPolicy;
 use crate::poller::{Poller, Wakeups};
 use crate::store::{Store, StoreError, Writer};
+use crate::telemetry::metrics::RelayMetrics;
 
 /// Longest delay between probes while JoggAI refuses the key.
 const MAX_PROBE_DELAY: Duration = Duration::from_secs(300);
@@ -58,6 +59,7 @@ pub struct App {
     poller: Option<Poller>,
     deliverer: Option<Deliverer>,
     wakeups: Wakeups,
+    metrics: Arc<RelayMetrics>,
 }
 
 impl App {
@@ -68,6 +70,7 @@ impl App {
         let (writer, writer_task) = Writer::spawn(store.pool().clone());
         let gate = Arc::new(upstream_gate(&config));
         let wakeups = Wakeups::default();
+        let metrics = Arc::new(RelayMetrics::new());
         let poller = Poller::new(
             &config,
             store.clone(),
@@ -75,12 +78,14 @@ impl App {
             client,
             gate.clone(),
             &wakeups,
+            metrics.clone(),
         );
         let deliverer = Deliverer::new(
-            &config.callbacks,
+            &config,
             store.clone(),
             writer.clone(),
             wakeups.new_deliveries.clone(),
+            metrics.clone(),
         )?;
         Ok(Self {
             config,
@@ -91,6 +96,7 @@ impl App {
             poller: Some(poller),
             deliverer: Some(deliverer),
             wakeups,
+            metrics,
         })
     }
 
@@ -128,6 +134,7 @@ impl App {
             poller,
             deliverer,
             wakeups,
+            metrics,
         } = self;
         let state = ApiState {
             store: store.clone(),
@@ -145,6 +152,7 @@ impl App {
             ),
             allow_private_targets: config.callbacks.allow_private_targets,
             wakeups,
+            metrics,
             shutdown: shutdown.clone(),
         };
         let address = listener.local_addr()?;
@@ -153,6 +161,24 @@ impl App {
         let poller_task = poller.map(|poller| {
             let shutdown = shutdown.clone();
             tokio::spawn(async move { poller.run(shutdown).await })
+        });
+        // systemd (Type=notify): the database is migrated and the listener
+        // bound, so the service is ready. A no-op outside systemd.
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
+        let watchdog_task = sd_notify::watchdog_enabled().map(|interval| {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                // Pinging at half the interval leaves a whole half for a
+                // late tick; a stalled runtime stops pinging and systemd
+                // restarts the service.
+                let mut ticks = tokio::time::interval(interval / 2);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = ticks.tick() => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
+                    }
+                }
+            })
         });
         let deliverer_task = deliverer.map(|deliverer| {
             let shutdown = shutdown.clone();
@@ -163,6 +189,10 @@ impl App {
             .await;
         // `serve` can also end with an error; the workers stop either way.
         shutdown.cancel();
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        if let Some(task) = watchdog_task {
+            let _ = task.await;
+        }
         if let Some(task) = poller_task
             && let Err(err) = task.await
         {
@@ -183,6 +213,13 @@ impl App {
         store.close().await;
         info!("shutdown complete");
         served.map_err(AppError::from)
+    }
+}
+
+/// Tells systemd about the service state; failures are logged, never fatal.
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(err) = sd_notify::notify(state) {
+        tracing::warn!(error = %err, "cannot notify systemd");
     }
 }
 

@@ -15,6 +15,7 @@
 //! - [`app`]: wires the pieces together and owns graceful shutdown.
 //! - [`telemetry`]: logging set-up.
 //! - [`demo`]: the end-to-end demonstration against the simulators.
+//! - [`worker`]: leases and bounded shutdown shared by the workers.
 //! - [`cli`]: the command line, used by the thin `main.rs`.
 
 pub mod api;
@@ -30,3 +31,4 @@ pub mod poller;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod worker;

@@ -20,11 +20,16 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::Millis;
 use crate::poller::Wakeups;
 use crate::poller::gate::UpstreamGate;
 use crate::poller::policy::PollPolicy;
 use crate::store::{Store, Writer};
+use crate::telemetry::metrics::{RelayMetrics, ScrapeState};
 pub use error::ApiError;
+
+/// How long `/readyz` waits for the database's write lock.
+const READINESS_DB_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest body accepted by the single-video endpoints.
 pub const SINGLE_BODY_LIMIT: usize = 64 * 1024;
@@ -50,6 +55,8 @@ pub struct ApiState {
     pub allow_private_targets: bool,
     /// Wakes the workers when there is new work.
     pub wakeups: Wakeups,
+    /// Counters and histograms, rendered by `/metrics`.
+    pub metrics: Arc<RelayMetrics>,
     /// Cancelled when the process starts shutting down: enqueues then get 503
     /// and `/readyz` reports not ready.
     pub shutdown: CancellationToken,
@@ -84,6 +91,7 @@ pub fn router(state: ApiState) -> Router {
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(error::json_errors))
@@ -147,7 +155,7 @@ async fn readyz(State(state): State<ApiState>) -> Result<Response, ApiError> {
         }});
         return Ok((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
     }
-    if !state.store.is_usable().await {
+    if !state.store.is_usable(READINESS_DB_LIMIT).await {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "database_unavailable",
@@ -155,6 +163,24 @@ async fn readyz(State(state): State<ApiState>) -> Result<Response, ApiError> {
         ));
     }
     Ok(axum::Json(json!({"status": "ready"})).into_response())
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let gauges = state.store.gauges(Millis::now()).await?;
+    let text = state.metrics.render(&ScrapeState {
+        gauges,
+        paused: state.gate.paused(),
+        throttled: state.gate.throttled_until().is_some(),
+    });
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn unknown_route() -> ApiError {

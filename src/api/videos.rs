@@ -245,7 +245,12 @@ pub async fn cancel(
     VideoIdPath(video_id): VideoIdPath,
 ) -> Result<StatusCode, ApiError> {
     match state.writer.cancel(video_id.clone()).await? {
-        CancelOutcome::Cancelled | CancelOutcome::AlreadyCancelled => Ok(StatusCode::NO_CONTENT),
+        CancelOutcome::Cancelled => {
+            state.metrics.transition(VideoState::Cancelled);
+            tracing::info!(video_id = %video_id, kind = "state", from = "active", to = "cancelled", "transition");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        CancelOutcome::AlreadyCancelled => Ok(StatusCode::NO_CONTENT),
         CancelOutcome::NotFound => Err(ApiError::video_not_found(video_id.as_str())),
         CancelOutcome::Terminal(state) => Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -22,10 +22,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{CallbacksConfig, WebhookSecret};
+use crate::config::{Config, WebhookSecret};
 use crate::domain::Millis;
 use crate::jogg::answer::parse_retry_after;
-use crate::store::{AttemptRecord, ClaimedDelivery, DeliveryNext, Store, StoreError, Writer};
+use crate::store::{
+    AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryRelease, Store, StoreError, Writer,
+};
+use crate::telemetry::metrics::RelayMetrics;
+use crate::worker::{HeldLeases, step_within_grace};
 use schedule::AttemptResult;
 
 /// Most deliveries in flight at once, over all targets.
@@ -72,6 +76,12 @@ struct Shared {
     timeout: Duration,
     schedule: Vec<Duration>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
+    metrics: Arc<RelayMetrics>,
+    /// Claims not yet settled, to hand back on shutdown.
+    held: HeldLeases,
+    /// Cancelled when shutdown begins: claimed deliveries that have not
+    /// been sent yet are handed back instead of attempted.
+    stopping: CancellationToken,
 }
 
 /// The delivery worker (see the module docs).
@@ -81,17 +91,22 @@ pub struct Deliverer {
     in_flight: Arc<Semaphore>,
     /// Notified when deliveries were queued, to end an idle wait early.
     new_work: Arc<Notify>,
+    /// How long shutdown waits for attempts in flight.
+    shutdown_grace: Duration,
 }
 
 impl Deliverer {
     /// Builds the worker for `config`; it wakes from idle when `new_work`
     /// is notified.
     pub fn new(
-        config: &CallbacksConfig,
+        config: &Config,
         store: Store,
         writer: Writer,
         new_work: Arc<Notify>,
+        metrics: Arc<RelayMetrics>,
     ) -> Result<Self, ClientBuildError> {
+        let shutdown_grace = config.server.shutdown_grace;
+        let config = &config.callbacks;
         let builder = || {
             crate::outbound::client_builder()
                 .timeout(config.timeout)
@@ -120,18 +135,37 @@ impl Deliverer {
                 timeout: config.timeout,
                 schedule: config.retry_schedule.clone(),
                 per_host: Mutex::new(HashMap::new()),
+                metrics,
+                held: HeldLeases::default(),
+                stopping: CancellationToken::new(),
             }),
             store,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             new_work,
+            shutdown_grace,
         })
     }
 
-    /// Delivers until `shutdown`, then waits for the attempts in flight.
+    /// Delivers until `shutdown`. Then no new claim is made, deliveries
+    /// claimed but not yet sent are handed back, attempts in flight get
+    /// `server.shutdown_grace` to finish, and whatever is still unfinished is
+    /// handed back due now, so the next start sends it at once.
     pub async fn run(&self, shutdown: CancellationToken) {
         info!("delivery worker started");
+        let stopping = self.shared.stopping.clone();
+        let link = shutdown.clone();
+        tokio::spawn(async move {
+            link.cancelled().await;
+            stopping.cancel();
+        });
         while !shutdown.is_cancelled() {
-            let wait = match self.step(Millis::now()).await {
+            let Some(result) =
+                step_within_grace(self.step(Millis::now()), &shutdown, self.shutdown_grace).await
+            else {
+                warn!(grace = ?self.shutdown_grace, "deliveries still in flight after the shutdown grace were abandoned");
+                break;
+            };
+            let wait = match result {
                 Ok(Outcome::Worked(_)) => continue,
                 Ok(Outcome::Idle) => self.idle_wait().await,
                 Err(err) => {
@@ -143,6 +177,26 @@ impl Deliverer {
                 _ = shutdown.cancelled() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.new_work.notified() => {}
+            }
+        }
+        let now = Millis::now();
+        let releases: Vec<DeliveryRelease> = self
+            .shared
+            .held
+            .take_all()
+            .into_iter()
+            .map(|(delivery_id, lease_until)| DeliveryRelease {
+                delivery_id,
+                lease_until,
+                next_attempt_at: now,
+            })
+            .collect();
+        let count = releases.len();
+        match self.shared.writer.release_deliveries(releases).await {
+            Ok(()) if count > 0 => info!(count, "handed back unfinished deliveries"),
+            Ok(()) => {}
+            Err(err) => {
+                warn!(error = %err, "could not hand back unfinished deliveries; their leases will expire")
             }
         }
         info!("delivery worker stopped");
@@ -191,6 +245,9 @@ impl Deliverer {
         let count = claimed.len();
         let started = Instant::now();
         let mut attempts = JoinSet::new();
+        for delivery in &claimed {
+            self.shared.held.hold(delivery.id, delivery.lease_until);
+        }
         for (delivery, permit) in claimed.into_iter().zip(permits) {
             let at = move || now.plus(started.elapsed());
             attempts.spawn(attempt(self.shared.clone(), delivery, permit, at));
@@ -236,7 +293,23 @@ async fn attempt(
     let result = match Url::parse(&delivery.url) {
         Ok(url) => {
             let slots = shared.host_slots(&url);
-            let _host_permit = slots.acquire_owned().await.expect("never closed");
+            let host_permit = tokio::select! {
+                permit = slots.acquire_owned() => permit.ok(),
+                _ = shared.stopping.cancelled() => None,
+            };
+            if host_permit.is_none() || shared.stopping.is_cancelled() {
+                // Shutting down before our turn: hand it back, due now.
+                shared
+                    .writer
+                    .release_deliveries(vec![DeliveryRelease {
+                        delivery_id: delivery.id,
+                        lease_until: delivery.lease_until,
+                        next_attempt_at: now(),
+                    }])
+                    .await?;
+                shared.held.settle(delivery.id);
+                return Ok(());
+            }
             let at = now();
             let started = Instant::now();
             let result = send(&shared, &delivery, &url, at).await;
@@ -277,6 +350,7 @@ async fn attempt(
             next: next.clone(),
         })
         .await?;
+    shared.held.settle(delivery.id);
     if !recorded {
         warn!(video_id = %delivery.video_id, event_id = %delivery.event_id, "delivery lease lost; the attempt will be repeated");
         return Ok(());
@@ -290,6 +364,7 @@ async fn attempt(
         DeliveryNext::Dead(reason) => Some(reason.as_str()),
         _ => None,
     };
+    shared.metrics.delivery(outcome, took.as_secs_f64());
     info!(
         video_id = %delivery.video_id,
         event_id = %delivery.event_id,

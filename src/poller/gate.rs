@@ -34,6 +34,8 @@ pub enum Closed {
     Paused(PauseReason),
     /// JoggAI asked us to slow down; try again at this instant.
     Throttled(Instant),
+    /// The relay is shutting down (set by the caller, never by the gate).
+    Stopping,
 }
 
 /// State behind the lock.

@@ -23,6 +23,8 @@ use crate::config::Config;
 use crate::domain::{Millis, VideoId};
 use crate::jogg::{JoggClient, PauseReason, PollAnswer};
 use crate::store::{ClaimedVideo, Release, Store, StoreError, Writer};
+use crate::telemetry::metrics::RelayMetrics;
+use crate::worker::{HeldLeases, step_within_grace};
 use decide::{Decision, GateSignal, PollOutcome};
 use gate::{Closed, UpstreamGate};
 use policy::PollPolicy;
@@ -72,6 +74,12 @@ struct Shared {
     targets: Vec<Url>,
     /// Notified when a terminal result queued deliveries.
     deliveries_queued: Arc<Notify>,
+    metrics: Arc<RelayMetrics>,
+    /// Claims not yet settled, to hand back on shutdown.
+    held: HeldLeases,
+    /// Cancelled when shutdown begins: claimed videos that have not been
+    /// sent yet are handed back instead of polled.
+    stopping: CancellationToken,
 }
 
 /// The poller (see the module docs).
@@ -86,6 +94,8 @@ pub struct Poller {
     request_timeout: Duration,
     /// Notified when videos were enqueued, to end an idle wait early.
     new_work: Arc<Notify>,
+    /// How long shutdown waits for polls in flight.
+    shutdown_grace: Duration,
 }
 
 impl Poller {
@@ -99,6 +109,7 @@ impl Poller {
         client: JoggClient,
         gate: Arc<UpstreamGate>,
         wakeups: &Wakeups,
+        metrics: Arc<RelayMetrics>,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -108,12 +119,16 @@ impl Poller {
                 policy: PollPolicy::from(&config.polling),
                 targets: config.callbacks.urls.clone(),
                 deliveries_queued: wakeups.new_deliveries.clone(),
+                metrics,
+                held: HeldLeases::default(),
+                stopping: CancellationToken::new(),
             }),
             store,
             in_flight: Arc::new(Semaphore::new(config.jogg.max_in_flight)),
             requests_per_second: config.jogg.requests_per_second,
             request_timeout: config.jogg.timeout,
             new_work: wakeups.new_videos.clone(),
+            shutdown_grace: config.server.shutdown_grace,
         }
     }
 
@@ -122,11 +137,26 @@ impl Poller {
         &self.shared.gate
     }
 
-    /// Polls until `shutdown`, then waits for the polls in flight.
+    /// Polls until `shutdown`. Then no new claim is made, videos claimed
+    /// but not yet sent are handed back, polls in flight get
+    /// `server.shutdown_grace` to finish, and whatever is still unfinished
+    /// after that is handed back due now, so the next start takes it at once.
     pub async fn run(&self, shutdown: CancellationToken) {
         info!("poller started");
+        let stopping = self.shared.stopping.clone();
+        let link = shutdown.clone();
+        tokio::spawn(async move {
+            link.cancelled().await;
+            stopping.cancel();
+        });
         while !shutdown.is_cancelled() {
-            let wait = match self.step(Millis::now()).await {
+            let Some(result) =
+                step_within_grace(self.step(Millis::now()), &shutdown, self.shutdown_grace).await
+            else {
+                warn!(grace = ?self.shutdown_grace, "polls still in flight after the shutdown grace were abandoned");
+                break;
+            };
+            let wait = match result {
                 Ok(Outcome::Worked(_)) => continue,
                 Ok(Outcome::Idle) => self.idle_wait().await,
                 Ok(Outcome::Paused(_)) => {
@@ -149,7 +179,32 @@ impl Poller {
                 _ = self.new_work.notified() => {}
             }
         }
+        self.hand_back_held().await;
         info!("poller stopped");
+    }
+
+    /// Hands back every claim this process still holds, due now.
+    async fn hand_back_held(&self) {
+        let now = Millis::now();
+        let releases: Vec<Release> = self
+            .shared
+            .held
+            .take_all()
+            .into_iter()
+            .map(|(video_rowid, lease_until)| Release {
+                video_rowid,
+                lease_until,
+                next_poll_at: now,
+            })
+            .collect();
+        let count = releases.len();
+        match self.shared.writer.release(releases).await {
+            Ok(()) if count > 0 => info!(count, "handed back unfinished polls"),
+            Ok(()) => {}
+            Err(err) => {
+                warn!(error = %err, "could not hand back unfinished polls; their leases will expire")
+            }
+        }
     }
 
     /// How long to wait when nothing is due: until the next video is due,
@@ -202,6 +257,9 @@ impl Poller {
         let count = claimed.len();
         let clock = StepClock::starting_at(now);
         let mut polls = JoinSet::new();
+        for video in &claimed {
+            self.shared.held.hold(video.id, video.lease_until);
+        }
         for (video, permit) in claimed.into_iter().zip(permits) {
             polls.spawn(poll_one(self.shared.clone(), video, permit, clock));
         }
@@ -242,11 +300,9 @@ impl Poller {
             return Ok(Outcome::Paused(reason));
         };
         debug!(video_id = %video.video_id, "probing JoggAI while paused");
-        let answer = match VideoId::parse(&video.video_id) {
-            Ok(id) => self.shared.client.poll(&id).await,
-            Err(_) => PollAnswer::InvalidId,
-        };
+        let answer = request(&self.shared, &video).await;
         if let PollAnswer::Paused(reason) = answer {
+            self.shared.metrics.poll("paused");
             gate.probe_failed(reason, now);
             self.shared
                 .writer
@@ -272,31 +328,117 @@ async fn poll_one(
     _permit: OwnedSemaphorePermit,
     clock: StepClock,
 ) -> Result<(), StoreError> {
-    if let Err(closed) = shared.gate.acquire().await {
-        // Paused or throttled before our turn: hand the video back, due
-        // when the gate reopens.
-        let next_poll_at = match closed {
-            Closed::Paused(_) => clock.now(),
-            Closed::Throttled(until) => clock
-                .now()
-                .plus(until.saturating_duration_since(tokio::time::Instant::now())),
-        };
-        return shared
-            .writer
-            .release(vec![Release {
-                video_rowid: video.id,
-                lease_until: video.lease_until,
-                next_poll_at,
-            }])
-            .await;
+    let waited = tokio::time::Instant::now();
+    let admitted = tokio::select! {
+        admitted = shared.gate.acquire() => admitted,
+        _ = shared.stopping.cancelled() => Err(Closed::Stopping),
+    };
+    shared.metrics.limiter_wait(waited.elapsed().as_secs_f64());
+    let result = match admitted {
+        Ok(()) => {
+            let answer = request(&shared, &video).await;
+            apply(&shared, &video, &answer, clock.now()).await
+        }
+        Err(closed) => {
+            // Paused, throttled or stopping before our turn: hand the video
+            // back, due when the gate reopens.
+            let next_poll_at = match closed {
+                Closed::Paused(_) | Closed::Stopping => clock.now(),
+                Closed::Throttled(until) => clock
+                    .now()
+                    .plus(until.saturating_duration_since(tokio::time::Instant::now())),
+            };
+            shared
+                .writer
+                .release(vec![Release {
+                    video_rowid: video.id,
+                    lease_until: video.lease_until,
+                    next_poll_at,
+                }])
+                .await
+        }
+    };
+    if result.is_ok() {
+        shared.held.settle(video.id);
     }
+    result
+}
+
+/// Sends one status request, timed.
+async fn request(shared: &Shared, video: &ClaimedVideo) -> PollAnswer {
     // Ids were validated at enqueue; a row that fails now was written by
     // something else, and it must not reach the upstream URL.
-    let answer = match VideoId::parse(&video.video_id) {
-        Ok(id) => shared.client.poll(&id).await,
-        Err(_) => PollAnswer::InvalidId,
+    let Ok(id) = VideoId::parse(&video.video_id) else {
+        return PollAnswer::InvalidId;
     };
-    apply(&shared, &video, &answer, clock.now()).await
+    let started = tokio::time::Instant::now();
+    let answer = shared.client.poll(&id).await;
+    shared
+        .metrics
+        .upstream_request(started.elapsed().as_secs_f64());
+    answer
+}
+
+/// Acts on one answer: a record for the video, or a signal for the gate.
+async fn apply(
+    shared: &Shared,
+    video: &ClaimedVideo,
+    answer: &PollAnswer,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let decision = decide::decide(
+        video,
+        answer,
+        now,
+        &shared.policy,
+        &shared.targets,
+        &mut fastrand::Rng::new(),
+    );
+    match decision {
+        Decision::Record { update, outcome } => {
+            shared.gate.note_not_throttled();
+            shared.metrics.poll(outcome.as_str());
+            if let PollAnswer::Transient(error) = answer {
+                debug!(video_id = %video.video_id, %error, "poll failed; backing off");
+            }
+            let transitions = update.transitions.clone();
+            let recorded = shared.writer.record_poll(*update).await?;
+            if !recorded {
+                warn!(video_id = %video.video_id, "lease lost before the result was recorded; it will be polled again");
+                return Ok(());
+            }
+            if let PollOutcome::Terminal(state) = outcome {
+                shared.metrics.transition(state);
+            }
+            for transition in transitions {
+                info!(
+                    video_id = %video.video_id,
+                    kind = transition.kind,
+                    from = transition.from.as_deref().unwrap_or("none"),
+                    to = %transition.to,
+                    "transition"
+                );
+            }
+            if let PollOutcome::Terminal(state) = outcome {
+                debug!(video_id = %video.video_id, %state, "tracking ended");
+                shared.deliveries_queued.notify_one();
+            }
+        }
+        Decision::Global { release, signal } => {
+            match signal {
+                GateSignal::Throttle(retry_after) => {
+                    shared.metrics.poll("rate_limited");
+                    shared.gate.throttle(retry_after);
+                }
+                GateSignal::Pause(reason) => {
+                    shared.metrics.poll("paused");
+                    shared.gate.pause(reason, now);
+                }
+            }
+            shared.writer.release(vec![release]).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The time of a step as its tasks see it: the `now` the step was given,
@@ -320,58 +462,4 @@ impl StepClock {
     fn now(&self) -> Millis {
         self.base.plus(self.started.elapsed())
     }
-}
-
-/// Acts on one answer: a record for the video, or a signal for the gate.
-async fn apply(
-    shared: &Shared,
-    video: &ClaimedVideo,
-    answer: &PollAnswer,
-    now: Millis,
-) -> Result<(), StoreError> {
-    let decision = decide::decide(
-        video,
-        answer,
-        now,
-        &shared.policy,
-        &shared.targets,
-        &mut fastrand::Rng::new(),
-    );
-    match decision {
-        Decision::Record { update, outcome } => {
-            shared.gate.note_not_throttled();
-            if let PollAnswer::Transient(error) = answer {
-                debug!(video_id = %video.video_id, %error, "poll failed; backing off");
-            }
-            let transitions = update.transitions.clone();
-            let recorded = shared.writer.record_poll(*update).await?;
-            if !recorded {
-                warn!(video_id = %video.video_id, "lease lost before the result was recorded; it will be polled again");
-                return Ok(());
-            }
-            for transition in transitions {
-                info!(
-                    video_id = %video.video_id,
-                    kind = transition.kind,
-                    from = transition.from.as_deref().unwrap_or("none"),
-                    to = %transition.to,
-                    "transition"
-                );
-            }
-            if let PollOutcome::Terminal(state) = outcome {
-                debug!(video_id = %video.video_id, %state, "tracking ended");
-                shared.deliveries_queued.notify_one();
-            }
-        }
-        Decision::Global { release, signal } => {
-            match signal {
-                GateSignal::Throttle(retry_after) => {
-                    shared.gate.throttle(retry_after);
-                }
-                GateSignal::Pause(reason) => shared.gate.pause(reason, now),
-            }
-            shared.writer.release(vec![release]).await?;
-        }
-    }
-    Ok(())
 }

@@ -18,12 +18,12 @@ use sqlx::sqlite::{
 use tracing::instrument;
 
 use crate::config::DatabaseConfig;
-use crate::domain::{VideoId, VideoState};
+use crate::domain::{Millis, VideoId, VideoState};
 
 pub use records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryNext, DeliveryRecord,
-    EnqueueOutcome, NewTransition, NewVideo, PollUpdate, RedeliverOutcome, Release, TerminalChange,
-    TransitionRecord, UpstreamFields, VideoDetails, VideoRecord,
+    DeliveryRelease, EnqueueOutcome, NewTransition, NewVideo, PollUpdate, RedeliverOutcome,
+    Release, TerminalChange, TransitionRecord, UpstreamFields, VideoDetails, VideoRecord,
 };
 pub use writer::Writer;
 
@@ -56,6 +56,17 @@ pub enum StoreError {
     /// The writer task has stopped (the process is shutting down).
     #[error("the database writer has stopped")]
     WriterStopped,
+}
+
+/// Figures read from the database for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gauges {
+    /// Videos per state (states without videos are absent).
+    pub videos: Vec<(VideoState, u64)>,
+    /// How late the most overdue poll is.
+    pub poll_lag_seconds: f64,
+    /// How late the most overdue delivery is.
+    pub delivery_lag_seconds: f64,
 }
 
 /// Handle to the database: a connection pool with the relay's pragmas.
@@ -108,9 +119,50 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Whether the database answers a trivial query (for `/readyz`).
-    pub async fn is_usable(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    /// Whether the database can take a write now (for `/readyz`): takes
+    /// and releases the write lock, within `limit`. A file that became
+    /// read-only, a full disk or another process holding the write lock for
+    /// longer than `limit` all make it unusable.
+    pub async fn is_usable(&self, limit: Duration) -> bool {
+        let probe = async {
+            let mut conn = self.pool.acquire().await?;
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+            sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(())
+        };
+        matches!(tokio::time::timeout(limit, probe).await, Ok(Ok(())))
+    }
+
+    /// Videos per state, and how late the most overdue poll and delivery
+    /// are at `now` (seconds, 0 when nothing is overdue). Each figure is an
+    /// index scan: counting by state walks `videos_state_order`, the lags
+    /// read the first entry of the due indexes.
+    pub async fn gauges(&self, now: Millis) -> Result<Gauges, StoreError> {
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM videos GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        let oldest_poll: Option<i64> = sqlx::query_scalar(
+            "SELECT next_poll_at FROM videos INDEXED BY videos_due \
+             WHERE state = 'active' ORDER BY next_poll_at LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let oldest_delivery: Option<i64> = sqlx::query_scalar(
+            "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due \
+             WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let lag = |due: Option<i64>| due.map_or(0.0, |at| ((now.0 - at).max(0) as f64) / 1000.0);
+        Ok(Gauges {
+            videos: counts
+                .into_iter()
+                .filter_map(|(state, n)| Some((state.parse().ok()?, u64::try_from(n).ok()?)))
+                .collect(),
+            poll_lag_seconds: lag(oldest_poll),
+            delivery_lag_seconds: lag(oldest_delivery),
+        })
     }
 
     /// One video with its transitions and deliveries, or `None`.

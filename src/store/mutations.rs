@@ -5,8 +5,8 @@ use sqlx::SqliteConnection;
 
 use super::StoreError;
 use super::records::{
-    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryNext, EnqueueOutcome,
-    NewVideo, PollUpdate, RedeliverOutcome, Release,
+    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryNext, DeliveryRelease,
+    EnqueueOutcome, NewVideo, PollUpdate, RedeliverOutcome, Release,
 };
 use crate::domain::{Millis, VideoId, VideoState};
 
@@ -369,6 +369,24 @@ pub(crate) async fn redeliver(
         event_id,
         targets: targets.len(),
     })
+}
+
+/// Hands a claimed delivery back unattempted, if the claim still holds its
+/// lease.
+pub(crate) async fn release_delivery(
+    conn: &mut SqliteConnection,
+    release: &DeliveryRelease,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE deliveries SET next_attempt_at = ?, lease_until = NULL \
+         WHERE id = ? AND state = 'pending' AND lease_until = ?",
+    )
+    .bind(release.next_attempt_at.0)
+    .bind(release.delivery_id)
+    .bind(release.lease_until)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -264,6 +264,17 @@ pub struct Release {
     pub next_poll_at: Millis,
 }
 
+/// Hands a claimed delivery back without an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryRelease {
+    /// Delivery rowid.
+    pub delivery_id: i64,
+    /// The claim's lease.
+    pub lease_until: i64,
+    /// When it is due again.
+    pub next_attempt_at: Millis,
+}
+
 /// A delivery claimed for an attempt, with the event it carries.
 ///
 /// The event fields come from the video row, which never changes once

@@ -17,8 +17,8 @@ use tracing::{instrument, warn};
 use super::StoreError;
 use super::mutations;
 use super::records::{
-    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, EnqueueOutcome, NewVideo,
-    PollUpdate, RedeliverOutcome, Release,
+    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryRelease, EnqueueOutcome,
+    NewVideo, PollUpdate, RedeliverOutcome, Release,
 };
 use crate::domain::{Millis, VideoId};
 
@@ -53,6 +53,8 @@ enum WriteOp {
     },
     /// Record one delivery attempt.
     RecordAttempt(AttemptRecord),
+    /// Hand claimed deliveries back unattempted.
+    ReleaseDeliveries(Vec<DeliveryRelease>),
     /// Queue a terminal video's event again.
     Redeliver {
         video_id: VideoId,
@@ -169,6 +171,20 @@ impl Writer {
         {
             WriteResult::ClaimedDeliveries(deliveries) => Ok(deliveries),
             other => unreachable!("delivery claim answered with {other:?}"),
+        }
+    }
+
+    /// Hands claimed deliveries back unattempted.
+    pub async fn release_deliveries(
+        &self,
+        releases: Vec<DeliveryRelease>,
+    ) -> Result<(), StoreError> {
+        if releases.is_empty() {
+            return Ok(());
+        }
+        match self.submit(WriteOp::ReleaseDeliveries(releases)).await? {
+            WriteResult::Released => Ok(()),
+            other => unreachable!("delivery release answered with {other:?}"),
         }
     }
 
@@ -306,6 +322,12 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult,
         } => Ok(WriteResult::ClaimedDeliveries(
             mutations::claim_deliveries(conn, *now, *lease_until, *limit).await?,
         )),
+        WriteOp::ReleaseDeliveries(releases) => {
+            for release in releases {
+                mutations::release_delivery(conn, release).await?;
+            }
+            Ok(WriteResult::Released)
+        }
         WriteOp::RecordAttempt(attempt) => Ok(WriteResult::RecordedAttempt(
             mutations::record_attempt(conn, attempt).await?,
         )),

@@ -1,4 +1,7 @@
-//! Logging set-up: `tracing` to standard error, filtered by `RUST_LOG`.
+//! Logging set-up (`tracing` to standard error, filtered by `RUST_LOG`)
+//! and the Prometheus [`metrics`].
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 

@@ -1,0 +1,262 @@
+//! Prometheus metrics. Each relay owns its own recorder (no global state),
+//! so several relays in one process (tests) do not mix their figures; the
+//! text is rendered by the API's own `/metrics` route.
+//!
+//! Counters and histograms are updated where things happen; the gauges that
+//! describe the database (videos by state, lags) are computed at scrape time
+//! from the indexes, so they can never drift from the truth.
+
+use ::metrics::{Counter, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use crate::domain::VideoState;
+use crate::jogg::PauseReason;
+use crate::store::Gauges;
+
+/// Polls by outcome (`changed`, `unchanged`, `terminal`, `not_found`, `error`,
+/// `rate_limited`, `paused`).
+pub const POLLS: &str = "jogg_relay_polls_total";
+/// Upstream request duration.
+pub const UPSTREAM_DURATION: &str = "jogg_relay_upstream_request_duration_seconds";
+/// Time spent waiting for the rate limiter.
+pub const LIMITER_WAIT: &str = "jogg_relay_rate_limiter_wait_seconds";
+/// State transitions by target state.
+pub const TRANSITIONS: &str = "jogg_relay_transitions_total";
+/// Delivery attempts by outcome (`delivered`, `retry`, `dead`).
+pub const DELIVERIES: &str = "jogg_relay_deliveries_total";
+/// Delivery attempt duration.
+pub const DELIVERY_DURATION: &str = "jogg_relay_delivery_attempt_duration_seconds";
+/// Tracked videos by state.
+pub const VIDEOS: &str = "jogg_relay_videos";
+/// How overdue the most overdue poll is.
+pub const POLL_LAG: &str = "jogg_relay_poll_lag_seconds";
+/// How overdue the most overdue delivery is.
+pub const DELIVERY_LAG: &str = "jogg_relay_delivery_lag_seconds";
+/// 1 while polling is paused, by reason.
+pub const UPSTREAM_PAUSED: &str = "jogg_relay_upstream_paused";
+/// 1 while JoggAI's 429 throttle is in effect.
+pub const UPSTREAM_THROTTLED: &str = "jogg_relay_upstream_throttled";
+/// Constant 1, labelled with the version.
+pub const BUILD_INFO: &str = "jogg_relay_build_info";
+
+/// Histogram buckets (seconds) for request durations.
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Histogram buckets (seconds) for limiter waits.
+const WAIT_BUCKETS: &[f64] = &[0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
+
+/// The relay's metrics.
+pub struct RelayMetrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl std::fmt::Debug for RelayMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayMetrics")
+    }
+}
+
+/// What the scrape reads from the database and the gate.
+#[derive(Debug, Clone, Default)]
+pub struct ScrapeState {
+    /// Figures from the database.
+    pub gauges: Gauges,
+    /// The current pause, if any.
+    pub paused: Option<PauseReason>,
+    /// Whether a 429 throttle is in effect.
+    pub throttled: bool,
+}
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), ::metrics::Level::INFO, Some(module_path!()));
+
+impl Default for RelayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RelayMetrics {
+    /// A fresh set of metrics with every family described.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), DURATION_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(LIMITER_WAIT.into()), WAIT_BUCKETS)
+            })
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+            recorder.describe_counter(name.into(), unit, help.into());
+        };
+        describe(POLLS, None, "Upstream polls by outcome.");
+        describe(
+            UPSTREAM_DURATION,
+            Some(Unit::Seconds),
+            "Duration of upstream status requests.",
+        );
+        describe(
+            LIMITER_WAIT,
+            Some(Unit::Seconds),
+            "Time polls waited for the global rate limiter.",
+        );
+        describe(
+            TRANSITIONS,
+            None,
+            "Video state transitions by target state.",
+        );
+        describe(DELIVERIES, None, "Callback delivery attempts by outcome.");
+        describe(
+            DELIVERY_DURATION,
+            Some(Unit::Seconds),
+            "Duration of callback delivery attempts.",
+        );
+        describe(VIDEOS, None, "Tracked videos by state.");
+        describe(
+            POLL_LAG,
+            Some(Unit::Seconds),
+            "How late the most overdue poll is.",
+        );
+        describe(
+            DELIVERY_LAG,
+            Some(Unit::Seconds),
+            "How late the most overdue delivery is.",
+        );
+        describe(
+            UPSTREAM_PAUSED,
+            None,
+            "1 while polling is paused because JoggAI refuses the key or account.",
+        );
+        describe(
+            UPSTREAM_THROTTLED,
+            None,
+            "1 while JoggAI's rate limiting (429) pauses polling.",
+        );
+        describe(BUILD_INFO, None, "Build information; always 1.");
+        let metrics = Self { recorder, handle };
+        // Families exist (at zero) from the start, so dashboards and alerts
+        // see them before the first event.
+        for outcome in [
+            "changed",
+            "unchanged",
+            "terminal",
+            "not_found",
+            "error",
+            "rate_limited",
+            "paused",
+        ] {
+            metrics.counter(POLLS, "outcome", outcome).increment(0);
+        }
+        for state in [
+            VideoState::Completed,
+            VideoState::Failed,
+            VideoState::Abandoned,
+            VideoState::Cancelled,
+        ] {
+            metrics
+                .counter(TRANSITIONS, "to", state.as_str())
+                .increment(0);
+        }
+        for outcome in ["delivered", "retry", "dead"] {
+            metrics.counter(DELIVERIES, "outcome", outcome).increment(0);
+        }
+        for histogram in [UPSTREAM_DURATION, LIMITER_WAIT, DELIVERY_DURATION] {
+            let _registered = metrics.histogram(histogram);
+        }
+        metrics
+    }
+
+    fn counter(&self, name: &'static str, label: &'static str, value: &str) -> Counter {
+        let key = Key::from_parts(name, vec![Label::new(label, value.to_owned())]);
+        self.recorder.register_counter(&key, &METADATA)
+    }
+
+    fn histogram(&self, name: &'static str) -> Histogram {
+        self.recorder
+            .register_histogram(&Key::from_name(name), &METADATA)
+    }
+
+    fn gauge(&self, name: &'static str, labels: Vec<Label>, value: f64) {
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &METADATA)
+            .set(value);
+    }
+
+    /// One poll ended with `outcome`.
+    pub fn poll(&self, outcome: &'static str) {
+        self.counter(POLLS, "outcome", outcome).increment(1);
+    }
+
+    /// One upstream request took `seconds`.
+    pub fn upstream_request(&self, seconds: f64) {
+        self.histogram(UPSTREAM_DURATION).record(seconds);
+    }
+
+    /// A poll waited `seconds` for the rate limiter.
+    pub fn limiter_wait(&self, seconds: f64) {
+        self.histogram(LIMITER_WAIT).record(seconds);
+    }
+
+    /// A video moved to `state`.
+    pub fn transition(&self, state: VideoState) {
+        self.counter(TRANSITIONS, "to", state.as_str()).increment(1);
+    }
+
+    /// A delivery attempt ended with `outcome` after `seconds`.
+    pub fn delivery(&self, outcome: &'static str, seconds: f64) {
+        self.counter(DELIVERIES, "outcome", outcome).increment(1);
+        self.histogram(DELIVERY_DURATION).record(seconds);
+    }
+
+    /// The Prometheus text exposition, with the scrape-time gauges set from
+    /// `state`.
+    pub fn render(&self, state: &ScrapeState) -> String {
+        for video_state in VideoState::ALL {
+            let count = state
+                .gauges
+                .videos
+                .iter()
+                .find(|(s, _)| *s == video_state)
+                .map_or(0, |(_, n)| *n);
+            self.gauge(
+                VIDEOS,
+                vec![Label::new("state", video_state.as_str())],
+                count as f64,
+            );
+        }
+        self.gauge(POLL_LAG, Vec::new(), state.gauges.poll_lag_seconds);
+        self.gauge(DELIVERY_LAG, Vec::new(), state.gauges.delivery_lag_seconds);
+        for reason in [
+            PauseReason::InvalidApiKey,
+            PauseReason::NoPermission,
+            PauseReason::InsufficientCredit,
+        ] {
+            let paused = if state.paused == Some(reason) {
+                1.0
+            } else {
+                0.0
+            };
+            self.gauge(
+                UPSTREAM_PAUSED,
+                vec![Label::new("reason", reason.as_str())],
+                paused,
+            );
+        }
+        self.gauge(
+            UPSTREAM_THROTTLED,
+            Vec::new(),
+            if state.throttled { 1.0 } else { 0.0 },
+        );
+        self.gauge(
+            BUILD_INFO,
+            vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        );
+        self.handle.render()
+    }
+}

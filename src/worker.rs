@@ -1,0 +1,87 @@
+//! What the two background workers (poller, delivery) share: the leases a
+//! process holds, and a shutdown that waits a bounded grace for work in
+//! flight.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// The leases this process holds (row id → lease), so that on shutdown it
+/// can hand back exactly its own unfinished claims, never another
+/// process's.
+#[derive(Debug, Default)]
+pub struct HeldLeases(Mutex<HashMap<i64, i64>>);
+
+impl HeldLeases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, i64>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Row `id` is claimed until `lease_until`.
+    pub fn hold(&self, id: i64, lease_until: i64) {
+        self.lock().insert(id, lease_until);
+    }
+
+    /// Row `id`'s claim is settled (recorded or handed back).
+    pub fn settle(&self, id: i64) {
+        self.lock().remove(&id);
+    }
+
+    /// Every claim still held, emptying the set.
+    pub fn take_all(&self) -> Vec<(i64, i64)> {
+        self.lock().drain().collect()
+    }
+}
+
+/// Awaits `step`. If `shutdown` fires while it runs, the step gets `grace`
+/// more to finish; past that it is dropped (aborting its tasks) and this
+/// returns `None`.
+pub async fn step_within_grace<T>(
+    step: impl Future<Output = T>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Option<T> {
+    tokio::pin!(step);
+    tokio::select! {
+        result = &mut step => Some(result),
+        _ = shutdown.cancelled() => tokio::time::timeout(grace, step).await.ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_gets_the_grace_and_no_more() {
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let quick = step_within_grace(
+            tokio::time::sleep(Duration::from_secs(5)),
+            &shutdown,
+            Duration::from_secs(10),
+        );
+        assert_eq!(quick.await, Some(()));
+        let slow = step_within_grace(
+            tokio::time::sleep(Duration::from_secs(60)),
+            &shutdown,
+            Duration::from_secs(10),
+        );
+        assert_eq!(slow.await, None);
+    }
+
+    #[test]
+    fn held_leases_are_settled_or_taken() {
+        let held = HeldLeases::default();
+        held.hold(1, 100);
+        held.hold(2, 200);
+        held.settle(1);
+        assert_eq!(held.take_all(), [(2, 200)]);
+        assert!(held.take_all().is_empty());
+    }
+}
