@@ -111,6 +111,30 @@ impl App {
         self.poller.take()
     }
 
+    /// The API's shared state for this relay; `shutdown` marks it as
+    /// shutting down (enqueues 503, `/readyz` 503).
+    pub fn api_state(&self, shutdown: CancellationToken) -> ApiState {
+        ApiState {
+            store: self.store.clone(),
+            writer: self.writer.clone(),
+            token: self.config.server.token.clone().map(Arc::new),
+            policy: PollPolicy::from(&self.config.polling),
+            gate: self.gate.clone(),
+            callback_urls: Arc::new(
+                self.config
+                    .callbacks
+                    .urls
+                    .iter()
+                    .map(|url| url.as_str().to_owned())
+                    .collect(),
+            ),
+            allow_private_targets: self.config.callbacks.allow_private_targets,
+            wakeups: self.wakeups.clone(),
+            metrics: self.metrics.clone(),
+            shutdown,
+        }
+    }
+
     /// Takes the delivery worker out, like [`App::take_poller`].
     pub fn take_deliverer(&mut self) -> Option<Deliverer> {
         self.deliverer.take()
@@ -125,36 +149,18 @@ impl App {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), AppError> {
+        let state = self.api_state(shutdown.clone());
         let Self {
             config,
             store,
             writer,
             writer_task,
-            gate,
             poller,
             deliverer,
-            wakeups,
-            metrics,
+            ..
         } = self;
-        let state = ApiState {
-            store: store.clone(),
-            writer,
-            token: config.server.token.clone().map(Arc::new),
-            policy: PollPolicy::from(&config.polling),
-            gate,
-            callback_urls: Arc::new(
-                config
-                    .callbacks
-                    .urls
-                    .iter()
-                    .map(|url| url.as_str().to_owned())
-                    .collect(),
-            ),
-            allow_private_targets: config.callbacks.allow_private_targets,
-            wakeups,
-            metrics,
-            shutdown: shutdown.clone(),
-        };
+        // The API state holds its own writer handle.
+        drop(writer);
         let address = listener.local_addr()?;
         info!(%address, database = %config.database.path.display(), "jogg-relay listening");
 

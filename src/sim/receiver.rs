@@ -79,6 +79,7 @@ pub struct ReceiverState {
     scripts: Mutex<HashMap<String, VecDeque<Reply>>>,
     received: Mutex<Vec<Received>>,
     accepted: watch::Sender<usize>,
+    arrivals: watch::Sender<usize>,
 }
 
 impl ReceiverState {
@@ -109,6 +110,15 @@ impl ReceiverState {
     /// Callbacks answered 2xx at once so far.
     pub fn accepted_count(&self) -> usize {
         *self.accepted.borrow()
+    }
+
+    /// Waits until at least `count` callbacks have arrived (however they
+    /// were answered), or `limit` passes; returns whether they did.
+    pub async fn wait_for_received(&self, count: usize, limit: Duration) -> bool {
+        let mut arrivals = self.arrivals.subscribe();
+        tokio::time::timeout(limit, arrivals.wait_for(|n| *n >= count))
+            .await
+            .is_ok()
     }
 
     /// Waits until at least `count` callbacks were accepted, or `limit`
@@ -142,6 +152,7 @@ impl SimReceiver {
             scripts: Mutex::new(HashMap::new()),
             received: Mutex::new(Vec::new()),
             accepted: watch::channel(0).0,
+            arrivals: watch::channel(0).0,
         });
         let router = Router::new()
             .route("/{*path}", post(receive))
@@ -236,6 +247,7 @@ async fn receive(
     if accepted {
         state.accepted.send_modify(|n| *n += 1);
     }
+    state.arrivals.send_modify(|n| *n += 1);
     match reply {
         Reply::Status(status) => StatusCode::from_u16(status)
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)

@@ -184,6 +184,8 @@ pub struct SimState {
     inner: Mutex<Inner>,
     api_key: String,
     started: Instant,
+    /// Requests received so far, to wait on.
+    arrivals: tokio::sync::watch::Sender<usize>,
 }
 
 impl SimState {
@@ -248,6 +250,15 @@ impl SimState {
         self.lock().log.len()
     }
 
+    /// Waits until at least `count` requests have arrived, or `limit`
+    /// passes; returns whether they did.
+    pub async fn wait_for_requests(&self, count: usize, limit: Duration) -> bool {
+        let mut arrivals = self.arrivals.subscribe();
+        tokio::time::timeout(limit, arrivals.wait_for(|n| *n >= count))
+            .await
+            .is_ok()
+    }
+
     /// Most concurrent requests ever seen for a single video.
     pub fn max_in_flight_per_video(&self) -> u32 {
         self.lock().max_in_flight_per_video
@@ -310,6 +321,7 @@ impl SimUpstream {
             inner: Mutex::new(Inner::default()),
             api_key: SIM_API_KEY.to_owned(),
             started: Instant::now(),
+            arrivals: tokio::sync::watch::channel(0).0,
         });
         let router = Router::new()
             .route("/v2/avatar_video/{id}", get(answer))
@@ -373,6 +385,7 @@ async fn answer(
         };
         (fault, inner.auth_failure)
     };
+    state.arrivals.send_modify(|n| *n += 1);
     let _in_flight = InFlight {
         state: &state,
         id: raw_id.clone(),

@@ -353,8 +353,13 @@ impl RelayProcess {
             let line = log
                 .recv_timeout(Duration::from_secs(30))
                 .expect("relay reported its address");
+            // Text logs say `address=IP:PORT`, JSON logs `"address":"IP:PORT"`.
             if let Some(rest) = line.split("address=").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap();
+                break addr.parse().expect("socket address");
+            }
+            if let Some(rest) = line.split("\"address\":\"").nth(1) {
+                let addr = rest.split('"').next().unwrap();
                 break addr.parse().expect("socket address");
             }
         };

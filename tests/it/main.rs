@@ -7,5 +7,6 @@ mod cli;
 mod delivery;
 mod helpers;
 mod jogg_client;
+mod operations;
 mod poller;
 mod serve;
