@@ -532,3 +532,45 @@ async fn sigterm_mid_flight_exits_within_the_grace_and_hands_work_back() {
     );
     drop(relay);
 }
+
+#[test]
+fn systemd_hears_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"sqlite://{}/relay.db\"\n\
+             [jogg]\napi_key = \"k\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let relay = RelayProcess::start(
+        &config,
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            // 200 ms: pings every 100 ms.
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let mut buffer = [0u8; 256];
+    let mut messages = Vec::new();
+    // Datagrams arrive in order: READY, then watchdog pings.
+    while messages.iter().filter(|m: &&String| m.contains("WATCHDOG=1")).count() < 2 {
+        let n = socket.recv(&mut buffer).expect("a notification");
+        messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    assert!(messages[0].contains("READY=1"), "{messages:?}");
+    relay.signal("TERM");
+    loop {
+        let n = socket.recv(&mut buffer).expect("a notification");
+        if String::from_utf8_lossy(&buffer[..n]).contains("STOPPING=1") {
+            break;
+        }
+    }
+}
