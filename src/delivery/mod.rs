@@ -42,7 +42,7 @@ const MAX_RESPONSE_BYTES: usize = 4096;
 /// Longest idle wait between looks for due deliveries.
 const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Added to every lease beyond the time its attempts can take.
-const LEASE_MARGIN: Duration = Duration::from_secs(5);
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,8 +33,9 @@ use policy::PollPolicy;
 const MAX_CLAIM: usize = 256;
 /// Longest idle wait between looks for due work.
 const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
-/// Added to every lease beyond the time its polls can take.
-const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// Added to every lease beyond the time its polls can take (a slot is held
+/// before the claim, so only scheduling delays have to fit in here).
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Wake-up calls between the parts of the relay, so that new work is
 /// picked up at once instead of at the end of an idle wait.

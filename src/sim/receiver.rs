@@ -80,6 +80,10 @@ pub struct ReceiverState {
     received: Mutex<Vec<Received>>,
     accepted: watch::Sender<usize>,
     arrivals: watch::Sender<usize>,
+    /// Answer every callback with this status (an outage), when set.
+    outage: Mutex<Option<u16>>,
+    /// Fail callbacks at random: probability, status, seeded generator.
+    random_failures: Mutex<Option<(f64, u16, fastrand::Rng)>>,
 }
 
 impl ReceiverState {
@@ -97,6 +101,21 @@ impl ReceiverState {
     /// Answers the next `times` callbacks to `path` with `status`.
     pub fn fail(&self, path: &str, times: usize, status: u16) {
         self.script(path, std::iter::repeat_n(Reply::Status(status), times));
+    }
+
+    /// Answers every callback with `status` until called with `None`.
+    pub fn set_outage(&self, status: Option<u16>) {
+        *self.outage.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    /// Fails each callback with probability `rate` (status `status`), drawn
+    /// by a generator seeded with `seed`; `rate` 0 stops.
+    pub fn fail_randomly(&self, rate: f64, status: u16, seed: u64) {
+        *self
+            .random_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
+            (rate > 0.0).then(|| (rate, status, fastrand::Rng::with_seed(seed)));
     }
 
     /// Every callback so far.
@@ -153,6 +172,8 @@ impl SimReceiver {
             received: Mutex::new(Vec::new()),
             accepted: watch::channel(0).0,
             arrivals: watch::channel(0).0,
+            outage: Mutex::new(None),
+            random_failures: Mutex::new(None),
         });
         let router = Router::new()
             .route("/{*path}", post(receive))
@@ -218,13 +239,25 @@ async fn receive(
         }
         None => (false, false),
     };
-    let reply = state
+    let outage = *state.outage.lock().unwrap_or_else(|p| p.into_inner());
+    let random_failure = state
+        .random_failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_mut()
+        .and_then(|(rate, status, rng)| (rng.f64() < *rate).then_some(*status));
+    let scripted = state
         .scripts
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get_mut(&path)
-        .and_then(VecDeque::pop_front)
-        .unwrap_or(Reply::Status(200));
+        .and_then(VecDeque::pop_front);
+    let reply = match (outage, scripted, random_failure) {
+        (Some(status), _, _) => Reply::Status(status),
+        (None, Some(reply), _) => reply,
+        (None, None, Some(status)) => Reply::Status(status),
+        (None, None, None) => Reply::Status(200),
+    };
     let received = Received {
         path,
         event: parsed["event"].as_str().map(str::to_owned),

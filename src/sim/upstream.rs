@@ -170,6 +170,9 @@ struct Inner {
     faults: VecDeque<Fault>,
     video_faults: HashMap<String, VecDeque<Fault>>,
     auth_failure: Option<AuthFailure>,
+    /// Random faults: the probability per request, the faults to pick from
+    /// and the generator (seeded, so a run can be repeated).
+    random_faults: Option<(f64, Vec<Fault>, fastrand::Rng)>,
     bucket: Option<StrictBucket>,
     log: Vec<LoggedRequest>,
     in_flight: HashMap<String, u32>,
@@ -217,6 +220,13 @@ impl SimState {
             .entry(video_id.to_owned())
             .or_default()
             .extend(faults);
+    }
+
+    /// From now on, each request fails with probability `rate`, with a fault
+    /// drawn from `faults` by a generator seeded with `seed`; `rate` 0 stops.
+    pub fn set_random_faults(&self, rate: f64, faults: Vec<Fault>, seed: u64) {
+        self.lock().random_faults = (rate > 0.0 && !faults.is_empty())
+            .then(|| (rate, faults, fastrand::Rng::with_seed(seed)));
     }
 
     /// Makes every request fail authentication (or stop failing, with `None`).

@@ -9,4 +9,5 @@ mod helpers;
 mod jogg_client;
 mod operations;
 mod poller;
+mod reliability;
 mod serve;

@@ -539,7 +539,9 @@ fn systemd_hears_ready_watchdog_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let config = dir.path().join("relay.toml");
     std::fs::write(
         &config,
@@ -561,7 +563,12 @@ fn systemd_hears_ready_watchdog_and_stopping() {
     let mut buffer = [0u8; 256];
     let mut messages = Vec::new();
     // Datagrams arrive in order: READY, then watchdog pings.
-    while messages.iter().filter(|m: &&String| m.contains("WATCHDOG=1")).count() < 2 {
+    while messages
+        .iter()
+        .filter(|m: &&String| m.contains("WATCHDOG=1"))
+        .count()
+        < 2
+    {
         let n = socket.recv(&mut buffer).expect("a notification");
         messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
     }
