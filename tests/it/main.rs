@@ -6,6 +6,7 @@ mod api_list;
 mod cli;
 mod delivery;
 mod helpers;
+mod hostile;
 mod jogg_client;
 mod operations;
 mod poller;
