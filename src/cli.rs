@@ -64,6 +64,25 @@ pub enum Command {
         #[arg(long)]
         state: Option<String>,
     },
+    /// Measure the relay (as a child process) against the simulators at
+    /// several numbers of tracked videos, and print a table.
+    Bench {
+        /// Numbers of tracked videos, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 100_000, 1_000_000])]
+        scales: Vec<usize>,
+        /// Single enqueue requests per scale.
+        #[arg(long, default_value_t = 20_000)]
+        single_requests: usize,
+        /// Videos in the poll phase (five polls each).
+        #[arg(long, default_value_t = 4_000)]
+        hot_videos: usize,
+        /// Videos in the delivery phase.
+        #[arg(long, default_value_t = 2_000)]
+        delivery_videos: usize,
+        /// Seconds of the budget phase.
+        #[arg(long, default_value_t = 10)]
+        budget_seconds: u64,
+    },
     /// Queue a terminal video's callback event again (same event id).
     Redeliver {
         /// Video id.
@@ -122,7 +141,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     let config = settings.validate()?;
     // The demo prints its own story; the relay's info lines would repeat it.
     let default_filter = match cli.command {
-        Command::Demo => "warn",
+        Command::Demo | Command::Bench { .. } => "warn",
         _ => telemetry::DEFAULT_FILTER,
     };
     telemetry::init(config.log.format, default_filter);
@@ -134,6 +153,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         match cli.command {
             Command::Serve => serve(config).await,
             Command::Demo => crate::demo::run().await.map_err(CliError::Fatal),
+            Command::Bench {
+                scales,
+                single_requests,
+                hot_videos,
+                delivery_videos,
+                budget_seconds,
+            } => crate::bench::run(crate::bench::BenchOptions {
+                scales,
+                single_requests,
+                hot_videos,
+                delivery_videos,
+                budget_window: std::time::Duration::from_secs(budget_seconds),
+            })
+            .await
+            .map_err(CliError::Fatal),
             Command::Enqueue {
                 ids,
                 callback_url,

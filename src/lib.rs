@@ -14,12 +14,14 @@
 //! - [`outbound`]: outbound HTTP client set-up.
 //! - [`app`]: wires the pieces together and owns graceful shutdown.
 //! - [`telemetry`]: logging set-up.
+//! - [`bench`]: the benchmark command.
 //! - [`demo`]: the end-to-end demonstration against the simulators.
 //! - [`worker`]: leases and bounded shutdown shared by the workers.
 //! - [`cli`]: the command line, used by the thin `main.rs`.
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod delivery;

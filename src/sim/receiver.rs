@@ -57,6 +57,8 @@ pub struct Received {
     pub reply: Reply,
     /// Time since the receiver started.
     pub at: Duration,
+    /// When it arrived (to compare with the upstream simulator's clock).
+    pub arrived: Instant,
 }
 
 impl Received {
@@ -270,6 +272,7 @@ async fn receive(
         body: parsed,
         reply: reply.clone(),
         at: state.started.elapsed(),
+        arrived: Instant::now(),
     };
     let accepted = received.accepted();
     state

@@ -166,6 +166,8 @@ impl StrictBucket {
 struct Inner {
     timelines: HashMap<String, Timeline>,
     answers: HashMap<String, u32>,
+    /// When each video was first answered with a terminal status.
+    turned_terminal: HashMap<String, Instant>,
     default_timeline: Option<Timeline>,
     faults: VecDeque<Fault>,
     video_faults: HashMap<String, VecDeque<Fault>>,
@@ -277,6 +279,12 @@ impl SimState {
     /// Most concurrent requests ever seen in total.
     pub fn max_in_flight_total(&self) -> u32 {
         self.lock().max_in_flight_total
+    }
+
+    /// When each video was first answered with a terminal status (the
+    /// moment the simulated render "finished" as far as the relay can know).
+    pub fn terminal_answers(&self) -> HashMap<String, Instant> {
+        self.lock().turned_terminal.clone()
     }
 
     /// Answers given so far for `video_id` (faults excluded).
@@ -453,6 +461,11 @@ async fn answer(
         let answered = inner.answers.entry(raw_id.clone()).or_insert(0);
         let status = timeline.status_at(*answered).to_owned();
         *answered = answered.saturating_add(1);
+        if *answered > timeline.pending + timeline.processing
+            && !matches!(timeline.ending, Ending::Stuck(_))
+        {
+            inner.turned_terminal.entry(raw_id.clone()).or_insert(now);
+        }
         status
     };
     let finished = matches!(status.as_str(), "completed" | "success");

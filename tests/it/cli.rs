@@ -239,3 +239,30 @@ fn demo_runs_to_completion() {
     );
     assert!(!stdout.contains("INVALID"));
 }
+
+#[test]
+fn a_tiny_benchmark_runs() {
+    let (code, stdout, stderr) = run_binary(
+        &[
+            "bench",
+            "--scales",
+            "300",
+            "--single-requests",
+            "100",
+            "--hot-videos",
+            "100",
+            "--delivery-videos",
+            "50",
+            "--budget-seconds",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| 300 |"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    // Budget violations are a correctness figure, not a speed one.
+    assert_eq!(row.split('|').nth(8).map(str::trim), Some("0"), "{row}");
+}

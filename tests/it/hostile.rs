@@ -56,7 +56,9 @@ fn path() -> impl Strategy<Value = String> {
         Just("/healthz".to_owned()),
         Just("/metrics".to_owned()),
         segment.clone().prop_map(|s| format!("/v1/videos/{s}")),
-        segment.clone().prop_map(|s| format!("/v1/videos/{s}/redeliver")),
+        segment
+            .clone()
+            .prop_map(|s| format!("/v1/videos/{s}/redeliver")),
         (segment.clone(), segment.clone()).prop_map(|(a, b)| format!("/v1/{a}/{b}")),
         "[a-z=&%0-9]{0,40}".prop_map(|q| format!("/v1/videos?{q}")),
         segment.prop_map(|s| format!("/{s}")),
@@ -111,8 +113,11 @@ fn request() -> impl Strategy<Value = RawRequest> {
     let extra = proptest::collection::vec(("x-[a-z]{1,10}", "[ -~]{0,100}"), 0..4);
     // Most requests get past routing, content type and authentication, so
     // the hostile bodies reach the handlers; the rest are random throughout.
-    let targeted = (prop::sample::select(vec!["/v1/videos", "/v1/videos/batch"]), json_body()).prop_map(
-        |(path, body)| RawRequest {
+    let targeted = (
+        prop::sample::select(vec!["/v1/videos", "/v1/videos/batch"]),
+        json_body(),
+    )
+        .prop_map(|(path, body)| RawRequest {
             method: "POST".into(),
             path: path.into(),
             headers: vec![
@@ -120,8 +125,7 @@ fn request() -> impl Strategy<Value = RawRequest> {
                 ("authorization".into(), format!("Bearer {TOKEN}")),
             ],
             body,
-        },
-    );
+        });
     let random = (method(), path(), content_type, auth, extra, json_body()).prop_map(
         |(method, path, content_type, auth, extra, body)| {
             let mut headers = extra;
@@ -146,7 +150,10 @@ fn request() -> impl Strategy<Value = RawRequest> {
 /// server closed the connection without an answer.
 async fn send_raw(address: &str, request: &RawRequest) -> Option<u16> {
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let mut head = format!("{} {} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n", request.method, request.path);
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n",
+        request.method, request.path
+    );
     for (name, value) in &request.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -157,12 +164,17 @@ async fn send_raw(address: &str, request: &RawRequest) -> Option<u16> {
     let mut response = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response)).await;
     let text = String::from_utf8_lossy(&response);
-    text.split_whitespace().nth(1).and_then(|status| status.parse().ok())
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_requests_never_cause_a_5xx_and_never_reach_the_upstream_invalid() {
-    let cases: usize = std::env::var("JOGG_RELAY_HOSTILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let cases: usize = std::env::var("JOGG_RELAY_HOSTILE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     let app = spawn_app_with(|s| {
         s.polling.first_after = "0s".into();
         s.polling.min_interval = "10ms".into();
@@ -178,21 +190,43 @@ async fn random_requests_never_cause_a_5xx_and_never_reach_the_upstream_invalid(
         let request = strategy.new_tree(&mut runner).unwrap().current();
         let status = send_raw(&address, &request).await;
         if let Some(status) = status {
-            assert!(status < 500, "{status} for {} {} {:?} ({} body bytes)", request.method, request.path, request.headers, request.body.len());
+            assert!(
+                status < 500,
+                "{status} for {} {} {:?} ({} body bytes)",
+                request.method,
+                request.path,
+                request.headers,
+                request.body.len()
+            );
         }
         *statuses.entry(status).or_insert(0) += 1;
     }
     println!("statuses over {cases} random requests: {statuses:?}");
-    let health = app.client.get(format!("{}/healthz", app.base)).send().await.unwrap();
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200, "still healthy");
     // Let the poller see whatever was accepted, then check what reached it.
     let stored = app.count("videos").await as usize;
     if stored > 0 {
-        app.sim.state.wait_for_requests(1, Duration::from_secs(30)).await;
+        app.sim
+            .state
+            .wait_for_requests(1, Duration::from_secs(30))
+            .await;
     }
-    println!("{stored} videos stored, {} upstream requests", app.sim.state.request_count());
+    println!(
+        "{stored} videos stored, {} upstream requests",
+        app.sim.state.request_count()
+    );
     for logged in app.sim.state.requests() {
-        assert!(VideoId::parse(&logged.raw_id).is_ok(), "invalid id reached the upstream: {:?}", logged.raw_id);
+        assert!(
+            VideoId::parse(&logged.raw_id).is_ok(),
+            "invalid id reached the upstream: {:?}",
+            logged.raw_id
+        );
     }
     app.stop().await;
 }
@@ -218,14 +252,34 @@ fn toml_value() -> impl Strategy<Value = String> {
 
 fn known_key() -> impl Strategy<Value = (&'static str, &'static str)> {
     prop::sample::select(vec![
-        ("server", "bind"), ("server", "token"), ("server", "token_file"), ("server", "shutdown_grace"),
-        ("database", "url"), ("jogg", "base_url"), ("jogg", "api_key"), ("jogg", "api_key_file"),
-        ("jogg", "timeout"), ("jogg", "requests_per_second"), ("jogg", "burst"), ("jogg", "max_in_flight"),
-        ("polling", "first_after"), ("polling", "min_interval"), ("polling", "max_interval"),
-        ("polling", "multiplier"), ("polling", "jitter"), ("polling", "give_up_after"),
-        ("polling", "not_found_grace"), ("callbacks", "urls"), ("callbacks", "secret"),
-        ("callbacks", "secret_file"), ("callbacks", "timeout"), ("callbacks", "retry_schedule"),
-        ("callbacks", "allow_private_targets"), ("log", "format"), ("nope", "key"), ("jogg", "api_kee"),
+        ("server", "bind"),
+        ("server", "token"),
+        ("server", "token_file"),
+        ("server", "shutdown_grace"),
+        ("database", "url"),
+        ("jogg", "base_url"),
+        ("jogg", "api_key"),
+        ("jogg", "api_key_file"),
+        ("jogg", "timeout"),
+        ("jogg", "requests_per_second"),
+        ("jogg", "burst"),
+        ("jogg", "max_in_flight"),
+        ("polling", "first_after"),
+        ("polling", "min_interval"),
+        ("polling", "max_interval"),
+        ("polling", "multiplier"),
+        ("polling", "jitter"),
+        ("polling", "give_up_after"),
+        ("polling", "not_found_grace"),
+        ("callbacks", "urls"),
+        ("callbacks", "secret"),
+        ("callbacks", "secret_file"),
+        ("callbacks", "timeout"),
+        ("callbacks", "retry_schedule"),
+        ("callbacks", "allow_private_targets"),
+        ("log", "format"),
+        ("nope", "key"),
+        ("jogg", "api_kee"),
     ])
 }
 
@@ -278,7 +332,8 @@ fn json_answer() -> impl Strategy<Value = serde_json::Value> {
         Just(serde_json::Value::Null),
         any::<bool>().prop_map(serde_json::Value::from),
         any::<i64>().prop_map(serde_json::Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, serde_json::Value::Number)),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number)),
         ".{0,20}".prop_map(serde_json::Value::from),
         Just(serde_json::Value::from("completed")),
         Just(serde_json::Value::from(0)),

@@ -1,0 +1,447 @@
+//! `jogg-relay bench`: measures the real daemon (this binary's `serve`, as a
+//! child process, so its CPU time and memory are its own) against the
+//! simulated upstream and receiver on loopback, at several numbers of
+//! tracked videos, and prints one table.
+//!
+//! Phases per scale, each on a fresh relay process over the same database:
+//! 1. enqueue: single requests (keep-alive, concurrent clients), then
+//!    batches, until `scale` videos are tracked (never due: they are the
+//!    backlog the later phases run beside);
+//! 2. polls: a hot set of videos polled five times each with no budget;
+//! 3. deliveries: videos that complete on their first poll, each with one
+//!    signed callback; detection latency from the simulator's terminal
+//!    answer to the verified callback;
+//! 4. budget: a backlog polled under a 200/s budget that the simulator
+//!    enforces strictly.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::config::WebhookSecret;
+use crate::sim::{SIM_API_KEY, SimReceiver, SimUpstream, Timeline};
+
+const SECRET: &str = "whsec_YmVuY2htYXJrLXNpZ25pbmctc2VjcmV0";
+/// Concurrent clients for single enqueues.
+const CLIENTS: usize = 64;
+/// Budget of the compliance phase.
+const BUDGET_RATE: f64 = 200.0;
+const BUDGET_BURST: u32 = 20;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Numbers of tracked videos.
+    pub scales: Vec<usize>,
+    /// Single enqueue requests per scale (at most the scale).
+    pub single_requests: usize,
+    /// Videos in the poll phase.
+    pub hot_videos: usize,
+    /// Videos in the delivery phase.
+    pub delivery_videos: usize,
+    /// Length of the budget phase.
+    pub budget_window: Duration,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Default)]
+struct Row {
+    scale: usize,
+    single_per_s: f64,
+    batch_ids_per_s: f64,
+    polls_per_s: f64,
+    cpu_us_per_poll: f64,
+    cpu_us_per_delivery: f64,
+    latency_ms: [f64; 3],
+    violations: u64,
+    utilization: f64,
+    peak_rss_mib: f64,
+}
+
+/// A relay child process.
+struct Relay {
+    child: Child,
+    base: String,
+}
+
+impl Relay {
+    fn start(config: &Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["--config", &config.display().to_string(), "serve"])
+            .env("RUST_LOG", "warn,jogg_relay=warn,jogg_relay::app=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start the relay")?;
+        let stderr = child.stderr.take().expect("piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let address = loop {
+            let Some(Ok(line)) = lines.next() else {
+                bail!("the relay exited before listening");
+            };
+            if let Some(rest) = line.split("address=").nth(1) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        };
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self {
+            child,
+            base: format!("http://{address}"),
+        })
+    }
+
+    /// User + system CPU seconds so far, from `/proc` (all threads).
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may contain spaces).
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15 of the file, 12 and 13 here;
+        // Linux reports them in USER_HZ, which is 100.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// Peak resident set size, MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("the relay exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+fn write_config(dir: &Path, sim: &SimUpstream, extra: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join("relay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nbind = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n\
+             [database]\nurl = \"sqlite://{}/bench.db\"\n\
+             [jogg]\nbase_url = \"{}\"\napi_key = \"{SIM_API_KEY}\"\nmax_in_flight = 64\n{extra}",
+            dir.display(),
+            sim.base_url,
+        ),
+    )?;
+    Ok(path)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Runs every scale and prints the table.
+pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    println!("jogg-relay bench: {cores} cores, {machine}");
+    let mut rows = Vec::new();
+    for &scale in &options.scales {
+        let row = run_scale(scale, &options)
+            .await
+            .with_context(|| format!("scale {scale}"))?;
+        eprintln!("scale {scale} done: {row:?}");
+        rows.push(row);
+    }
+    println!();
+    println!(
+        "| tracked videos | single enqueue req/s | batch enqueue ids/s | polls/s (no budget) | relay CPU µs/poll | relay CPU µs/delivery | detection→callback p50 / p95 / p99 ms | budget violations | budget used | peak RSS MiB |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} / {:.1} / {:.1} | {} | {:.1} % | {:.1} |",
+            r.scale,
+            r.single_per_s,
+            r.batch_ids_per_s,
+            r.polls_per_s,
+            r.cpu_us_per_poll,
+            r.cpu_us_per_delivery,
+            r.latency_ms[0],
+            r.latency_ms[1],
+            r.latency_ms[2],
+            r.violations,
+            r.utilization * 100.0,
+            r.peak_rss_mib,
+        );
+    }
+    Ok(())
+}
+
+async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> {
+    let dir = tempfile::tempdir()?;
+    let sim = SimUpstream::start().await?;
+    let secret =
+        WebhookSecret::parse(SecretString::from(SECRET), "callbacks.secret").expect("valid");
+    let receiver = SimReceiver::start(Some(secret)).await?;
+    let client = crate::outbound::client_builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()?;
+    let mut row = Row {
+        scale,
+        ..Row::default()
+    };
+    let mut peak = 0.0f64;
+
+    // 1. Enqueue the backlog: never due during the run.
+    let config = write_config(dir.path(), &sim, "[polling]\nfirst_after = \"10000h\"\n")?;
+    let relay = Relay::start(&config)?;
+    let singles = options.single_requests.min(scale);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..CLIENTS {
+        let (client, next, base) = (client.clone(), next.clone(), relay.base.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= singles {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let response = client
+                    .post(format!("{base}/v1/videos"))
+                    .json(&json!({"video_id": format!("backlog-{i}")}))
+                    .send()
+                    .await?;
+                if response.status() != 201 {
+                    bail!("enqueue answered {}", response.status());
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    row.single_per_s = singles as f64 / started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let batches: Vec<Vec<Value>> = (singles..scale)
+        .map(|i| json!({"video_id": format!("backlog-{i}")}))
+        .collect::<Vec<_>>()
+        .chunks(1000)
+        .map(<[Value]>::to_vec)
+        .collect();
+    let batch_ids = scale - singles;
+    let batches = Arc::new(std::sync::Mutex::new(batches));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (client, batches, base) = (client.clone(), batches.clone(), relay.base.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let Some(batch) = batches.lock().expect("not poisoned").pop() else {
+                    return Ok::<_, anyhow::Error>(());
+                };
+                let response = client
+                    .post(format!("{base}/v1/videos/batch"))
+                    .json(&json!({"videos": batch}))
+                    .send()
+                    .await?;
+                if response.status() != 200 {
+                    bail!("batch answered {}", response.status());
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    if batch_ids > 0 {
+        row.batch_ids_per_s = batch_ids as f64 / started.elapsed().as_secs_f64();
+    }
+    peak = peak.max(relay.peak_rss_mib());
+    relay.stop()?;
+
+    // 2. Polls with no budget: a hot set polled five times each, beside the
+    // backlog.
+    let hot: Vec<String> = (0..options.hot_videos)
+        .map(|i| format!("hot-{i}"))
+        .collect();
+    for id in &hot {
+        sim.state.script(id, Timeline::completes(4, 0));
+    }
+    let config = write_config(
+        dir.path(),
+        &sim,
+        "requests_per_second = 1000000.0\nburst = 100000\n\
+         [polling]\nfirst_after = \"0s\"\nmin_interval = \"1ms\"\nmax_interval = \"1ms\"\njitter = 0.0\n",
+    )?;
+    let relay = Relay::start(&config)?;
+    let requests_before = sim.state.request_count();
+    let cpu_before = relay.cpu_seconds();
+    let started = Instant::now();
+    enqueue_batches(&client, &relay.base, &hot).await?;
+    wait_until(
+        || sim.state.terminal_answers().len() >= hot.len(),
+        Duration::from_secs(600),
+    )
+    .await?;
+    let polls = (sim.state.request_count() - requests_before) as f64;
+    row.polls_per_s = polls / started.elapsed().as_secs_f64();
+    row.cpu_us_per_poll = (relay.cpu_seconds() - cpu_before) * 1e6 / polls;
+    peak = peak.max(relay.peak_rss_mib());
+    relay.stop()?;
+
+    // 3. Deliveries and detection latency.
+    let deliver: Vec<String> = (0..options.delivery_videos)
+        .map(|i| format!("deliver-{i}"))
+        .collect();
+    for id in &deliver {
+        sim.state.script(id, Timeline::completes(0, 0));
+    }
+    let config = write_config(
+        dir.path(),
+        &sim,
+        &format!(
+            "requests_per_second = 1000000.0\nburst = 100000\n\
+             [polling]\nfirst_after = \"0s\"\n\
+             [callbacks]\nurls = [\"{}\"]\nsecret = \"{SECRET}\"\n",
+            receiver.url("bench")
+        ),
+    )?;
+    let relay = Relay::start(&config)?;
+    let cpu_before = relay.cpu_seconds();
+    enqueue_batches(&client, &relay.base, &deliver).await?;
+    receiver
+        .state
+        .wait_for_accepted(deliver.len(), Duration::from_secs(600))
+        .await
+        .then_some(())
+        .context("not every callback arrived")?;
+    let cpu = relay.cpu_seconds() - cpu_before;
+    let n = deliver.len() as f64;
+    row.cpu_us_per_delivery = ((cpu * 1e6) - row.cpu_us_per_poll * n).max(0.0) / n;
+    let terminal = sim.state.terminal_answers();
+    let mut latencies: Vec<f64> = receiver
+        .state
+        .received()
+        .iter()
+        .filter(|r| r.accepted() && r.verified())
+        .filter_map(|r| {
+            let id = r.body["data"]["video_id"].as_str()?;
+            Some(
+                r.arrived
+                    .saturating_duration_since(*terminal.get(id)?)
+                    .as_secs_f64()
+                    * 1000.0,
+            )
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    row.latency_ms = [
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.95),
+        percentile(&latencies, 0.99),
+    ];
+    peak = peak.max(relay.peak_rss_mib());
+    relay.stop()?;
+
+    // 4. Budget compliance and use, with a backlog larger than the budget.
+    let backlog: Vec<String> =
+        (0..((BUDGET_RATE * (options.budget_window.as_secs_f64() + 1.0) * 2.0) as usize).max(100))
+            .map(|i| format!("budget-{i}"))
+            .collect();
+    for id in &backlog {
+        sim.state.script(id, Timeline::completes(1_000_000, 0));
+    }
+    let config = write_config(
+        dir.path(),
+        &sim,
+        &format!(
+            "requests_per_second = {BUDGET_RATE:.1}\nburst = {BUDGET_BURST}\n\
+             [polling]\nfirst_after = \"0s\"\nmin_interval = \"1ms\"\nmax_interval = \"1ms\"\n"
+        ),
+    )?;
+    let relay = Relay::start(&config)?;
+    sim.state.set_budget(BUDGET_RATE, BUDGET_BURST);
+    enqueue_batches(&client, &relay.base, &backlog).await?;
+    // Measure the steady state: past the first second, the initial burst
+    // no longer flatters the figure.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = sim.state.request_count();
+    let started = Instant::now();
+    tokio::time::sleep(options.budget_window).await;
+    let sent = (sim.state.request_count() - before) as f64;
+    row.utilization = sent / (BUDGET_RATE * started.elapsed().as_secs_f64());
+    row.violations = sim.state.violations();
+    peak = peak.max(relay.peak_rss_mib());
+    relay.stop()?;
+
+    row.peak_rss_mib = peak;
+    Ok(row)
+}
+
+async fn enqueue_batches(
+    client: &reqwest::Client,
+    base: &str,
+    ids: &[String],
+) -> anyhow::Result<()> {
+    for chunk in ids.chunks(1000) {
+        let videos: Vec<Value> = chunk.iter().map(|id| json!({"video_id": id})).collect();
+        let response = client
+            .post(format!("{base}/v1/videos/batch"))
+            .json(&json!({"videos": videos}))
+            .send()
+            .await?;
+        if response.status() != 200 {
+            bail!("batch answered {}", response.status());
+        }
+    }
+    Ok(())
+}
+
+/// Checks `done` every 5 ms until it holds (a benchmark, not a test).
+async fn wait_until(done: impl Fn() -> bool, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
