@@ -158,14 +158,23 @@ impl Deliverer {
             link.cancelled().await;
             stopping.cancel();
         });
+        // Attempts run continuously: a new claim is made as soon as a
+        // quarter of the slots are free, so one slow receiver never holds
+        // up a whole round.
+        let min_batch = (MAX_IN_FLIGHT / 4).max(1);
+        let mut attempts = JoinSet::new();
         while !shutdown.is_cancelled() {
-            let Some(result) =
-                step_within_grace(self.step(Millis::now()), &shutdown, self.shutdown_grace).await
-            else {
-                warn!(grace = ?self.shutdown_grace, "deliveries still in flight after the shutdown grace were abandoned");
-                break;
+            while let Some(joined) = attempts.try_join_next() {
+                if let Err(err) = settle(joined) {
+                    warn!(error = %err, "recording a delivery attempt failed; it will be repeated");
+                }
+            }
+            let batch = if attempts.is_empty() { 1 } else { min_batch };
+            let dispatched = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                dispatched = self.dispatch(Millis::now(), &mut attempts, batch) => dispatched,
             };
-            let wait = match result {
+            let wait = match dispatched {
                 Ok(Outcome::Worked(_)) => continue,
                 Ok(Outcome::Idle) => self.idle_wait().await,
                 Err(err) => {
@@ -177,8 +186,21 @@ impl Deliverer {
                 _ = shutdown.cancelled() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.new_work.notified() => {}
+                Some(joined) = attempts.join_next(), if !attempts.is_empty() => {
+                    if let Err(err) = settle(joined) {
+                        warn!(error = %err, "recording a delivery attempt failed; it will be repeated");
+                    }
+                }
             }
         }
+        let drain = async { while attempts.join_next().await.is_some() {} };
+        if step_within_grace(drain, &shutdown, self.shutdown_grace)
+            .await
+            .is_none()
+        {
+            warn!(grace = ?self.shutdown_grace, "deliveries still in flight after the shutdown grace were abandoned");
+        }
+        attempts.abort_all();
         let now = Millis::now();
         let releases: Vec<DeliveryRelease> = self
             .shared
@@ -220,13 +242,42 @@ impl Deliverer {
     /// One round: claim what is due at `now` (as many as there are free
     /// slots), attempt each, record every attempt.
     pub async fn step(&self, now: Millis) -> Result<Outcome, DeliveryError> {
-        let first = self
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the in-flight semaphore is never closed");
-        let mut permits = vec![first];
+        let mut attempts = JoinSet::new();
+        let outcome = self.dispatch(now, &mut attempts, 1).await?;
+        let mut failure = None;
+        while let Some(joined) = attempts.join_next().await {
+            if let Err(err) = settle(joined) {
+                failure = Some(err);
+            }
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(outcome),
+        }
+    }
+
+    /// Claims what is due at `now` and starts the attempts in `attempts`
+    /// without waiting for them, once at least `min_batch` slots are free.
+    async fn dispatch(
+        &self,
+        now: Millis,
+        attempts: &mut JoinSet<Result<(), StoreError>>,
+        min_batch: usize,
+    ) -> Result<Outcome, DeliveryError> {
+        // The clock starts now: waiting for slots below must not make the
+        // claim's lease or the attempts' times lag behind real time.
+        let started = Instant::now();
+        let now_at = move || now.plus(started.elapsed());
+        let mut permits = Vec::with_capacity(min_batch);
+        while permits.len() < min_batch.max(1) {
+            permits.push(
+                self.in_flight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the in-flight semaphore is never closed"),
+            );
+        }
         while let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
             permits.push(permit);
         }
@@ -234,35 +285,35 @@ impl Deliverer {
         // turn behind that host's bound.
         let rounds = permits.len().div_ceil(MAX_IN_FLIGHT_PER_HOST) as u32;
         let lease = self.shared.timeout * (rounds + 1) + LEASE_MARGIN;
+        let claimed_at = now_at();
         let claimed = self
             .shared
             .writer
-            .claim_deliveries(now, now.plus(lease), permits.len() as u32)
+            .claim_deliveries(claimed_at, claimed_at.plus(lease), permits.len() as u32)
             .await?;
         if claimed.is_empty() {
             return Ok(Outcome::Idle);
         }
         let count = claimed.len();
-        let started = Instant::now();
-        let mut attempts = JoinSet::new();
         for delivery in &claimed {
             self.shared.held.hold(delivery.id, delivery.lease_until);
         }
         for (delivery, permit) in claimed.into_iter().zip(permits) {
-            let at = move || now.plus(started.elapsed());
-            attempts.spawn(attempt(self.shared.clone(), delivery, permit, at));
+            attempts.spawn(attempt(self.shared.clone(), delivery, permit, now_at));
         }
-        let mut failure = None;
-        while let Some(joined) = attempts.join_next().await {
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => failure = Some(err),
-                Err(err) => warn!(error = %err, "delivery task failed"),
-            }
-        }
-        match failure {
-            Some(err) => Err(err.into()),
-            None => Ok(Outcome::Worked(count)),
+        Ok(Outcome::Worked(count))
+    }
+}
+
+/// The result of a finished delivery task.
+fn settle(
+    joined: Result<Result<(), StoreError>, tokio::task::JoinError>,
+) -> Result<(), DeliveryError> {
+    match joined {
+        Ok(result) => result.map_err(DeliveryError::from),
+        Err(err) => {
+            warn!(error = %err, "delivery task failed");
+            Ok(())
         }
     }
 }

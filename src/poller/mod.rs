@@ -150,14 +150,23 @@ impl Poller {
             link.cancelled().await;
             stopping.cancel();
         });
+        // Polls run continuously: a new claim is made as soon as a quarter
+        // of the slots are free, not when a whole round has finished, so one
+        // slow answer never holds up the others.
+        let min_batch = (self.in_flight.available_permits() / 4).max(1);
+        let mut polls = JoinSet::new();
         while !shutdown.is_cancelled() {
-            let Some(result) =
-                step_within_grace(self.step(Millis::now()), &shutdown, self.shutdown_grace).await
-            else {
-                warn!(grace = ?self.shutdown_grace, "polls still in flight after the shutdown grace were abandoned");
-                break;
+            while let Some(joined) = polls.try_join_next() {
+                if let Err(err) = settle(joined) {
+                    warn!(error = %err, "recording a poll failed; its lease will expire and it is polled again");
+                }
+            }
+            let batch = if polls.is_empty() { 1 } else { min_batch };
+            let dispatched = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                dispatched = self.dispatch(Millis::now(), &mut polls, batch) => dispatched,
             };
-            let wait = match result {
+            let wait = match dispatched {
                 Ok(Outcome::Worked(_)) => continue,
                 Ok(Outcome::Idle) => self.idle_wait().await,
                 Ok(Outcome::Paused(_)) => {
@@ -178,8 +187,21 @@ impl Poller {
                 _ = shutdown.cancelled() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.new_work.notified() => {}
+                Some(joined) = polls.join_next(), if !polls.is_empty() => {
+                    if let Err(err) = settle(joined) {
+                        warn!(error = %err, "recording a poll failed; its lease will expire and it is polled again");
+                    }
+                }
             }
         }
+        let drain = async { while polls.join_next().await.is_some() {} };
+        if step_within_grace(drain, &shutdown, self.shutdown_grace)
+            .await
+            .is_none()
+        {
+            warn!(grace = ?self.shutdown_grace, "polls still in flight after the shutdown grace were abandoned");
+        }
+        polls.abort_all();
         self.hand_back_held().await;
         info!("poller stopped");
     }
@@ -228,6 +250,33 @@ impl Poller {
     /// in-flight slots), poll each within the budget, record every result.
     #[instrument(skip(self), level = "debug")]
     pub async fn step(&self, now: Millis) -> Result<Outcome, PollerError> {
+        let mut polls = JoinSet::new();
+        let outcome = self.dispatch(now, &mut polls, 1).await?;
+        let mut failure = None;
+        while let Some(joined) = polls.join_next().await {
+            if let Err(err) = settle(joined) {
+                failure = Some(err);
+            }
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(outcome),
+        }
+    }
+
+    /// Claims what is due at `now` and starts its polls in `polls` without
+    /// waiting for them: at least `min_batch` free in-flight slots are
+    /// awaited first (so a busy poller claims in batches, not one by one),
+    /// then every free slot is used.
+    async fn dispatch(
+        &self,
+        now: Millis,
+        polls: &mut JoinSet<Result<(), StoreError>>,
+        min_batch: usize,
+    ) -> Result<Outcome, PollerError> {
+        // The clock starts now: waiting for slots below must not make the
+        // claim's lease or the results' times lag behind real time.
+        let clock = StepClock::starting_at(now);
         let gate = &self.shared.gate;
         if let Some(reason) = gate.paused() {
             return self.probe(reason, now).await;
@@ -238,44 +287,34 @@ impl Poller {
 
         // Slots first, then claims: a claimed video never waits for a slot,
         // so its lease only has to cover the budget wait and the request.
-        let first = self
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the in-flight semaphore is never closed");
-        let mut permits = vec![first];
+        let mut permits = Vec::with_capacity(min_batch);
+        while permits.len() < min_batch.max(1) {
+            permits.push(
+                self.in_flight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the in-flight semaphore is never closed"),
+            );
+        }
         while permits.len() < MAX_CLAIM {
             match self.in_flight.clone().try_acquire_owned() {
                 Ok(permit) => permits.push(permit),
                 Err(_) => break,
             }
         }
-        let claimed = self.claim(now, permits.len()).await?;
+        let claimed = self.claim(clock.now(), permits.len()).await?;
         if claimed.is_empty() {
             return Ok(Outcome::Idle);
         }
         let count = claimed.len();
-        let clock = StepClock::starting_at(now);
-        let mut polls = JoinSet::new();
         for video in &claimed {
             self.shared.held.hold(video.id, video.lease_until);
         }
         for (video, permit) in claimed.into_iter().zip(permits) {
             polls.spawn(poll_one(self.shared.clone(), video, permit, clock));
         }
-        let mut failure = None;
-        while let Some(joined) = polls.join_next().await {
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => failure = Some(err),
-                Err(err) => warn!(error = %err, "poll task failed"),
-            }
-        }
-        match failure {
-            Some(err) => Err(err.into()),
-            None => Ok(Outcome::Worked(count)),
-        }
+        Ok(Outcome::Worked(count))
     }
 
     /// Claims up to `limit` due videos, with a lease long enough for all of
@@ -318,6 +357,19 @@ impl Poller {
         gate.resume();
         apply(&self.shared, &video, &answer, now).await?;
         Ok(Outcome::Worked(1))
+    }
+}
+
+/// The result of a finished poll task.
+fn settle(
+    joined: Result<Result<(), StoreError>, tokio::task::JoinError>,
+) -> Result<(), PollerError> {
+    match joined {
+        Ok(result) => result.map_err(PollerError::from),
+        Err(err) => {
+            warn!(error = %err, "poll task failed");
+            Ok(())
+        }
     }
 }
 

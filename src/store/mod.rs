@@ -53,6 +53,10 @@ pub enum StoreError {
     /// A query failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A write failed for a reason that concerns the whole database (it is
+    /// locked, read-only or full); the message is the cause's.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// The writer task has stopped (the process is shutting down).
     #[error("the database writer has stopped")]
     WriterStopped,

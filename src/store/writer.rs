@@ -264,10 +264,17 @@ async fn commit_batch(pool: &SqlitePool, batch: &mut Vec<Request>) {
                 let _ = request.reply.send(Ok(result));
             }
         }
-        Err(err) if batch.len() == 1 => {
-            warn!(error = %err, "write failed");
-            let request = batch.pop().expect("batch has one request");
-            let _ = request.reply.send(Err(err));
+        Err(err) if batch.len() == 1 || !is_request_specific(&err) => {
+            // A locked, read-only or full database fails every request the
+            // same way: answer them all now rather than retrying each alone
+            // (which would wait out the busy timeout once per request).
+            warn!(error = %err, requests = batch.len(), "write failed");
+            let message = err.to_string();
+            for request in batch.drain(..) {
+                let _ = request
+                    .reply
+                    .send(Err(StoreError::Unavailable(message.clone())));
+            }
         }
         Err(err) => {
             warn!(error = %err, "batched write failed; retrying each request alone");
@@ -282,6 +289,18 @@ async fn commit_batch(pool: &SqlitePool, batch: &mut Vec<Request>) {
                 let _ = request.reply.send(result);
             }
         }
+    }
+}
+
+/// Whether `err` can be caused by one request of a batch (a constraint the
+/// request's data violates) rather than by the database as a whole.
+fn is_request_specific(err: &StoreError) -> bool {
+    match err {
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            !matches!(db.kind(), sqlx::error::ErrorKind::Other)
+        }
+        StoreError::Database(sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. }) => true,
+        _ => false,
     }
 }
 
