@@ -7,7 +7,53 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::store::StoreError;
+
+/// The tasks a worker runs: each records its own result and may fail only
+/// on the store.
+pub type Tasks = JoinSet<Result<(), StoreError>>;
+
+/// The result of a finished task, as the worker's error type. A task that
+/// panicked is logged and otherwise ignored: its claim's lease expires and
+/// the work is done again.
+pub fn settle<E: From<StoreError>>(
+    joined: Result<Result<(), StoreError>, JoinError>,
+) -> Result<(), E> {
+    match joined {
+        Ok(result) => result.map_err(E::from),
+        Err(err) => {
+            warn!(error = %err, "worker task failed");
+            Ok(())
+        }
+    }
+}
+
+/// Cancels `stopping` as soon as `shutdown` is cancelled, so tasks that
+/// only see `stopping` hear about the shutdown too.
+pub fn link_stopping(shutdown: &CancellationToken, stopping: &CancellationToken) {
+    let (shutdown, stopping) = (shutdown.clone(), stopping.clone());
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stopping.cancel();
+    });
+}
+
+/// After shutdown: gives the `tasks` still running `grace` to finish, then
+/// aborts the rest. Returns whether all finished in time.
+pub async fn drain_within_grace(
+    tasks: &mut Tasks,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> bool {
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    let finished = step_within_grace(drain, shutdown, grace).await.is_some();
+    tasks.abort_all();
+    finished
+}
 
 /// The leases this process holds (row id → lease), so that on shutdown it
 /// can hand back exactly its own unfinished claims, never another

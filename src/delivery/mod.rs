@@ -29,7 +29,7 @@ use crate::store::{
     AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryRelease, Store, StoreError, Writer,
 };
 use crate::telemetry::metrics::RelayMetrics;
-use crate::worker::{HeldLeases, step_within_grace};
+use crate::worker::{HeldLeases, Tasks, drain_within_grace, link_stopping, settle};
 use schedule::AttemptResult;
 
 /// Most deliveries in flight at once, over all targets.
@@ -152,12 +152,7 @@ impl Deliverer {
     /// handed back due now, so the next start sends it at once.
     pub async fn run(&self, shutdown: CancellationToken) {
         info!("delivery worker started");
-        let stopping = self.shared.stopping.clone();
-        let link = shutdown.clone();
-        tokio::spawn(async move {
-            link.cancelled().await;
-            stopping.cancel();
-        });
+        link_stopping(&shutdown, &self.shared.stopping);
         // Attempts run continuously: a new claim is made as soon as a
         // quarter of the slots are free, so one slow receiver never holds
         // up a whole round.
@@ -165,7 +160,7 @@ impl Deliverer {
         let mut attempts = JoinSet::new();
         while !shutdown.is_cancelled() {
             while let Some(joined) = attempts.try_join_next() {
-                if let Err(err) = settle(joined) {
+                if let Err(err) = settle::<DeliveryError>(joined) {
                     warn!(error = %err, "recording a delivery attempt failed; it will be repeated");
                 }
             }
@@ -187,20 +182,15 @@ impl Deliverer {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.new_work.notified() => {}
                 Some(joined) = attempts.join_next(), if !attempts.is_empty() => {
-                    if let Err(err) = settle(joined) {
+                    if let Err(err) = settle::<DeliveryError>(joined) {
                         warn!(error = %err, "recording a delivery attempt failed; it will be repeated");
                     }
                 }
             }
         }
-        let drain = async { while attempts.join_next().await.is_some() {} };
-        if step_within_grace(drain, &shutdown, self.shutdown_grace)
-            .await
-            .is_none()
-        {
+        if !drain_within_grace(&mut attempts, &shutdown, self.shutdown_grace).await {
             warn!(grace = ?self.shutdown_grace, "deliveries still in flight after the shutdown grace were abandoned");
         }
-        attempts.abort_all();
         let now = Millis::now();
         let releases: Vec<DeliveryRelease> = self
             .shared
@@ -246,7 +236,7 @@ impl Deliverer {
         let outcome = self.dispatch(now, &mut attempts, 1).await?;
         let mut failure = None;
         while let Some(joined) = attempts.join_next().await {
-            if let Err(err) = settle(joined) {
+            if let Err(err) = settle::<DeliveryError>(joined) {
                 failure = Some(err);
             }
         }
@@ -261,7 +251,7 @@ impl Deliverer {
     async fn dispatch(
         &self,
         now: Millis,
-        attempts: &mut JoinSet<Result<(), StoreError>>,
+        attempts: &mut Tasks,
         min_batch: usize,
     ) -> Result<Outcome, DeliveryError> {
         // The clock starts now: waiting for slots below must not make the
@@ -302,19 +292,6 @@ impl Deliverer {
             attempts.spawn(attempt(self.shared.clone(), delivery, permit, now_at));
         }
         Ok(Outcome::Worked(count))
-    }
-}
-
-/// The result of a finished delivery task.
-fn settle(
-    joined: Result<Result<(), StoreError>, tokio::task::JoinError>,
-) -> Result<(), DeliveryError> {
-    match joined {
-        Ok(result) => result.map_err(DeliveryError::from),
-        Err(err) => {
-            warn!(error = %err, "delivery task failed");
-            Ok(())
-        }
     }
 }
 

@@ -24,7 +24,7 @@ use crate::domain::{Millis, VideoId};
 use crate::jogg::{JoggClient, PauseReason, PollAnswer};
 use crate::store::{ClaimedVideo, Release, Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
-use crate::worker::{HeldLeases, step_within_grace};
+use crate::worker::{HeldLeases, Tasks, drain_within_grace, link_stopping, settle};
 use decide::{Decision, GateSignal, PollOutcome};
 use gate::{Closed, UpstreamGate};
 use policy::PollPolicy;
@@ -144,12 +144,7 @@ impl Poller {
     /// after that is handed back due now, so the next start takes it at once.
     pub async fn run(&self, shutdown: CancellationToken) {
         info!("poller started");
-        let stopping = self.shared.stopping.clone();
-        let link = shutdown.clone();
-        tokio::spawn(async move {
-            link.cancelled().await;
-            stopping.cancel();
-        });
+        link_stopping(&shutdown, &self.shared.stopping);
         // Polls run continuously: a new claim is made as soon as a quarter
         // of the slots are free, not when a whole round has finished, so one
         // slow answer never holds up the others.
@@ -157,7 +152,7 @@ impl Poller {
         let mut polls = JoinSet::new();
         while !shutdown.is_cancelled() {
             while let Some(joined) = polls.try_join_next() {
-                if let Err(err) = settle(joined) {
+                if let Err(err) = settle::<PollerError>(joined) {
                     warn!(error = %err, "recording a poll failed; its lease will expire and it is polled again");
                 }
             }
@@ -188,20 +183,15 @@ impl Poller {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.new_work.notified() => {}
                 Some(joined) = polls.join_next(), if !polls.is_empty() => {
-                    if let Err(err) = settle(joined) {
+                    if let Err(err) = settle::<PollerError>(joined) {
                         warn!(error = %err, "recording a poll failed; its lease will expire and it is polled again");
                     }
                 }
             }
         }
-        let drain = async { while polls.join_next().await.is_some() {} };
-        if step_within_grace(drain, &shutdown, self.shutdown_grace)
-            .await
-            .is_none()
-        {
+        if !drain_within_grace(&mut polls, &shutdown, self.shutdown_grace).await {
             warn!(grace = ?self.shutdown_grace, "polls still in flight after the shutdown grace were abandoned");
         }
-        polls.abort_all();
         self.hand_back_held().await;
         info!("poller stopped");
     }
@@ -254,7 +244,7 @@ impl Poller {
         let outcome = self.dispatch(now, &mut polls, 1).await?;
         let mut failure = None;
         while let Some(joined) = polls.join_next().await {
-            if let Err(err) = settle(joined) {
+            if let Err(err) = settle::<PollerError>(joined) {
                 failure = Some(err);
             }
         }
@@ -271,7 +261,7 @@ impl Poller {
     async fn dispatch(
         &self,
         now: Millis,
-        polls: &mut JoinSet<Result<(), StoreError>>,
+        polls: &mut Tasks,
         min_batch: usize,
     ) -> Result<Outcome, PollerError> {
         // The clock starts now: waiting for slots below must not make the
@@ -357,19 +347,6 @@ impl Poller {
         gate.resume();
         apply(&self.shared, &video, &answer, now).await?;
         Ok(Outcome::Worked(1))
-    }
-}
-
-/// The result of a finished poll task.
-fn settle(
-    joined: Result<Result<(), StoreError>, tokio::task::JoinError>,
-) -> Result<(), PollerError> {
-    match joined {
-        Ok(result) => result.map_err(PollerError::from),
-        Err(err) => {
-            warn!(error = %err, "poll task failed");
-            Ok(())
-        }
     }
 }
 
