@@ -10,3 +10,19 @@ pub use upstream::{
     AuthFailure, Ending, Fault, LoggedRequest, SIM_API_KEY, SimState, SimUpstream, Spelling,
     Timeline,
 };
+
+/// Serves `router` on `listener` in a background task until the returned
+/// token is cancelled (each simulator cancels it when dropped).
+fn serve_in_background(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+) -> tokio_util::sync::CancellationToken {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    shutdown
+}

@@ -180,13 +180,7 @@ impl SimReceiver {
         let router = Router::new()
             .route("/{*path}", post(receive))
             .with_state(state.clone());
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-        });
+        let shutdown = super::serve_in_background(listener, router);
         Ok(Self {
             state,
             address,

@@ -344,13 +344,7 @@ impl SimUpstream {
         let router = Router::new()
             .route("/v2/avatar_video/{id}", get(answer))
             .with_state(state.clone());
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-        });
+        let shutdown = super::serve_in_background(listener, router);
         Ok(Self {
             state,
             base_url: Url::parse(&format!("http://{address}")).expect("valid URL"),
