@@ -1,6 +1,9 @@
 //! Every write statement, each applied inside a transaction the caller
 //! (the [`Writer`](super::Writer)) owns.
 
+use std::collections::HashSet;
+
+use serde::Serialize;
 use sqlx::SqliteConnection;
 
 use super::StoreError;
@@ -10,30 +13,65 @@ use super::records::{
 };
 use crate::domain::{Millis, VideoId, VideoState};
 
-/// Inserts a video unless its id is already tracked (then nothing changes).
-pub(crate) async fn insert_video(
+/// Inserts `videos` in one statement; an id already tracked (or repeated
+/// earlier in the same call) is left as it is. Returns, in order, whether
+/// each was new.
+///
+/// The rows travel as one JSON array bound to a single parameter and are
+/// expanded by `json_each`: one statement, and one hop to SQLite's thread,
+/// per group commit instead of one per video.
+pub(crate) async fn insert_videos(
     conn: &mut SqliteConnection,
-    video: &NewVideo,
+    videos: &[&NewVideo],
     now: Millis,
-) -> Result<EnqueueOutcome, StoreError> {
-    let inserted = sqlx::query(
+) -> Result<Vec<EnqueueOutcome>, StoreError> {
+    /// One element of the bound array.
+    #[derive(Serialize)]
+    struct Row<'a> {
+        video_id: &'a str,
+        callback_url: Option<&'a str>,
+        metadata: Option<&'a str>,
+        next_poll_at: i64,
+    }
+    let rows: Vec<Row<'_>> = videos
+        .iter()
+        .map(|video| Row {
+            video_id: video.video_id.as_str(),
+            callback_url: video.callback_url.as_deref(),
+            metadata: video.metadata.as_deref(),
+            next_poll_at: video.first_poll_at.0,
+        })
+        .collect();
+    // `WHERE true` tells the parser that ON CONFLICT belongs to the INSERT,
+    // not to a join of the SELECT. json_each yields the rows in array order,
+    // so of two equal ids the first is the one inserted.
+    let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO videos (video_id, callback_url, metadata, enqueued_at, updated_at, next_poll_at) \
-         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (video_id) DO NOTHING",
+         SELECT value ->> 'video_id', value ->> 'callback_url', value ->> 'metadata', ?2, ?2, \
+                value ->> 'next_poll_at' \
+         FROM json_each(?1) WHERE true \
+         ON CONFLICT (video_id) DO NOTHING RETURNING video_id",
     )
-    .bind(video.video_id.as_str())
-    .bind(video.callback_url.as_deref())
-    .bind(video.metadata.as_deref())
+    .bind(to_json(&rows))
     .bind(now.0)
-    .bind(now.0)
-    .bind(video.first_poll_at.0)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(if inserted == 1 {
-        EnqueueOutcome::Created
-    } else {
-        EnqueueOutcome::Existing
-    })
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut inserted: HashSet<String> = inserted.into_iter().collect();
+    Ok(videos
+        .iter()
+        .map(|video| {
+            if inserted.remove(video.video_id.as_str()) {
+                EnqueueOutcome::Created
+            } else {
+                EnqueueOutcome::Existing
+            }
+        })
+        .collect())
+}
+
+/// Serializes rows bound as one JSON parameter.
+fn to_json<T: Serialize>(rows: &T) -> String {
+    serde_json::to_string(rows).expect("rows of strings and numbers always serialize")
 }
 
 /// Moves an active video to `cancelled` with its transition row.
@@ -103,6 +141,21 @@ macro_rules! due_videos {
     };
 }
 
+/// The join of [`record_polls`]: the bound array drives, each element finds
+/// its video by rowid, and only a video still active under the same lease
+/// is changed.
+///
+/// The unary `+` on `state` keeps the planner off `videos_state_order`:
+/// without statistics it would otherwise walk every active video and probe
+/// the array for each, a full scan per batch at a million tracked videos.
+macro_rules! recorded_polls_from {
+    () => {
+        "FROM json_each(?1) AS u \
+         WHERE videos.id = u.value ->> 'rowid' AND +videos.state = 'active' \
+           AND videos.lease_until = u.value ->> 'lease_until'"
+    };
+}
+
 /// Leases up to `limit` due videos, most overdue first.
 ///
 /// The lease is written into `next_poll_at` as well as `lease_until`: a
@@ -129,89 +182,158 @@ pub(crate) async fn claim_due(
     Ok(claimed)
 }
 
-/// Applies one poll's result, if the claim still holds its lease.
+/// Applies poll results, each only if its claim still holds its lease;
+/// returns, in order, whether each was applied.
 ///
 /// A terminal result writes the new state, its transitions and one outbox
-/// row per target here, in the caller's single transaction: either all of
-/// it is on disk or none of it is (and the poll is simply repeated).
-pub(crate) async fn record_poll(
+/// row per target in the caller's single transaction: either all of it is
+/// on disk or none of it is (and the poll is simply repeated). As for
+/// enqueues, each kind of row is written by one statement over a JSON array,
+/// however many results the group commit carries.
+pub(crate) async fn record_polls(
     conn: &mut SqliteConnection,
-    update: &PollUpdate,
-) -> Result<bool, StoreError> {
-    let (state, reason, event_id, terminal_at) = match &update.terminal {
-        Some(terminal) => (
-            terminal.state,
-            terminal.reason.as_deref(),
-            Some(terminal.event_id.as_str()),
-            Some(update.at.0),
-        ),
-        None => (VideoState::Active, None, None, None),
-    };
-    let fields = &update.fields;
-    let applied = sqlx::query(
+    updates: &[&PollUpdate],
+) -> Result<Vec<bool>, StoreError> {
+    /// One element of the bound array: the new values of one video's row.
+    #[derive(Serialize)]
+    struct Row<'a> {
+        rowid: i64,
+        lease_until: i64,
+        upstream_status: Option<&'a str>,
+        video_url: Option<&'a str>,
+        cover_url: Option<&'a str>,
+        created_at: Option<i64>,
+        duration: Option<f64>,
+        error_code: Option<&'a str>,
+        error_message: Option<&'a str>,
+        counted: bool,
+        unchanged_polls: i64,
+        error_streak: i64,
+        next_poll_at: Option<i64>,
+        state: &'a str,
+        reason: Option<&'a str>,
+        event_id: Option<&'a str>,
+        terminal_at: Option<i64>,
+        at: i64,
+    }
+    let rows: Vec<Row<'_>> = updates
+        .iter()
+        .map(|update| {
+            let terminal = update.terminal.as_ref();
+            Row {
+                rowid: update.video_rowid,
+                lease_until: update.lease_until,
+                upstream_status: update.upstream_status.as_deref(),
+                video_url: update.fields.video_url.as_deref(),
+                cover_url: update.fields.cover_url.as_deref(),
+                created_at: update.fields.created_at,
+                duration: update.fields.duration,
+                error_code: update.fields.error_code.as_deref(),
+                error_message: update.fields.error_message.as_deref(),
+                counted: update.counted,
+                unchanged_polls: update.unchanged_polls,
+                error_streak: update.error_streak,
+                next_poll_at: update.next_poll_at.map(|at| at.0),
+                state: terminal.map_or(VideoState::Active, |t| t.state).as_str(),
+                reason: terminal.and_then(|t| t.reason.as_deref()),
+                event_id: terminal.map(|t| t.event_id.as_str()),
+                terminal_at: terminal.map(|_| update.at.0),
+                at: update.at.0,
+            }
+        })
+        .collect();
+    // Every column of `videos` is qualified: json_each has an `id` too.
+    let applied: Vec<i64> = sqlx::query_scalar(concat!(
         "UPDATE videos SET \
-           upstream_status = ?, video_url = COALESCE(?, video_url), \
-           cover_url = COALESCE(?, cover_url), created_at = COALESCE(?, created_at), \
-           duration = COALESCE(?, duration), error_code = COALESCE(?, error_code), \
-           error_message = COALESCE(?, error_message), polls = polls + ?, \
-           unchanged_polls = ?, error_streak = ?, next_poll_at = ?, lease_until = NULL, \
-           state = ?, reason = ?, event_id = ?, terminal_at = ?, updated_at = ? \
-         WHERE id = ? AND state = 'active' AND lease_until = ?",
-    )
-    .bind(update.upstream_status.as_deref())
-    .bind(fields.video_url.as_deref())
-    .bind(fields.cover_url.as_deref())
-    .bind(fields.created_at)
-    .bind(fields.duration)
-    .bind(fields.error_code.as_deref())
-    .bind(fields.error_message.as_deref())
-    .bind(i64::from(update.counted))
-    .bind(update.unchanged_polls)
-    .bind(update.error_streak)
-    .bind(update.next_poll_at.map(|at| at.0))
-    .bind(state.as_str())
-    .bind(reason)
-    .bind(event_id)
-    .bind(terminal_at)
-    .bind(update.at.0)
-    .bind(update.video_rowid)
-    .bind(update.lease_until)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if !applied {
-        return Ok(false);
+           upstream_status = u.value ->> 'upstream_status', \
+           video_url = COALESCE(u.value ->> 'video_url', videos.video_url), \
+           cover_url = COALESCE(u.value ->> 'cover_url', videos.cover_url), \
+           created_at = COALESCE(u.value ->> 'created_at', videos.created_at), \
+           duration = COALESCE(u.value ->> 'duration', videos.duration), \
+           error_code = COALESCE(u.value ->> 'error_code', videos.error_code), \
+           error_message = COALESCE(u.value ->> 'error_message', videos.error_message), \
+           polls = videos.polls + (u.value ->> 'counted'), \
+           unchanged_polls = u.value ->> 'unchanged_polls', \
+           error_streak = u.value ->> 'error_streak', \
+           next_poll_at = u.value ->> 'next_poll_at', lease_until = NULL, \
+           state = u.value ->> 'state', reason = u.value ->> 'reason', \
+           event_id = u.value ->> 'event_id', terminal_at = u.value ->> 'terminal_at', \
+           updated_at = u.value ->> 'at' ",
+        recorded_polls_from!(),
+        " RETURNING videos.id"
+    ))
+    .bind(to_json(&rows))
+    .fetch_all(&mut *conn)
+    .await?;
+    let applied: HashSet<i64> = applied.into_iter().collect();
+    let applied: Vec<bool> = updates
+        .iter()
+        .map(|update| applied.contains(&update.video_rowid))
+        .collect();
+
+    /// One transition row.
+    #[derive(Serialize)]
+    struct TransitionRow<'a> {
+        video_rowid: i64,
+        kind: &'a str,
+        from: Option<&'a str>,
+        to: &'a str,
+        at: i64,
     }
-    for transition in &update.transitions {
-        insert_transition(
-            conn,
-            update.video_rowid,
-            transition.kind,
-            transition.from.as_deref(),
-            &transition.to,
-            update.at,
-        )
-        .await?;
+    /// One outbox row.
+    #[derive(Serialize)]
+    struct DeliveryRow<'a> {
+        video_rowid: i64,
+        event_id: &'a str,
+        url: &'a str,
+        at: i64,
     }
-    if let Some(terminal) = &update.terminal {
-        for url in &terminal.targets {
-            sqlx::query(
-                "INSERT INTO deliveries (video_rowid, event_id, url, next_attempt_at, created_at, \
-                                         updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (video_rowid, url) DO NOTHING",
-            )
-            .bind(update.video_rowid)
-            .bind(&terminal.event_id)
-            .bind(url)
-            .bind(update.at.0)
-            .bind(update.at.0)
-            .bind(update.at.0)
-            .execute(&mut *conn)
-            .await?;
+    let mut transitions = Vec::new();
+    let mut deliveries = Vec::new();
+    for update in updates.iter().zip(&applied).filter_map(|(u, &ok)| ok.then_some(u)) {
+        transitions.extend(update.transitions.iter().map(|t| TransitionRow {
+            video_rowid: update.video_rowid,
+            kind: t.kind,
+            from: t.from.as_deref(),
+            to: &t.to,
+            at: update.at.0,
+        }));
+        if let Some(terminal) = &update.terminal {
+            deliveries.extend(terminal.targets.iter().map(|url| DeliveryRow {
+                video_rowid: update.video_rowid,
+                event_id: &terminal.event_id,
+                url,
+                at: update.at.0,
+            }));
         }
     }
-    Ok(true)
+    // Array order is insertion order, so each video's transitions keep
+    // their order in the log.
+    if !transitions.is_empty() {
+        sqlx::query(
+            "INSERT INTO transitions (video_rowid, kind, from_value, to_value, at) \
+             SELECT value ->> 'video_rowid', value ->> 'kind', value ->> 'from', value ->> 'to', \
+                    value ->> 'at' \
+             FROM json_each(?1)",
+        )
+        .bind(to_json(&transitions))
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !deliveries.is_empty() {
+        sqlx::query(
+            "INSERT INTO deliveries (video_rowid, event_id, url, next_attempt_at, created_at, \
+                                     updated_at) \
+             SELECT value ->> 'video_rowid', value ->> 'event_id', value ->> 'url', \
+                    value ->> 'at', value ->> 'at', value ->> 'at' \
+             FROM json_each(?1) WHERE true \
+             ON CONFLICT (video_rowid, url) DO NOTHING",
+        )
+        .bind(to_json(&deliveries))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(applied)
 }
 
 /// Hands a claimed video back unpolled, if the claim still holds its lease.
@@ -393,6 +515,31 @@ pub(crate) async fn release_delivery(
 mod tests {
     use crate::config::DatabaseConfig;
     use crate::store::Store;
+
+    #[tokio::test]
+    async fn recorded_polls_find_their_videos_by_rowid() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            DatabaseConfig::parse(&format!("sqlite://{}/t.db", dir.path().display())).unwrap();
+        let store = Store::open(&config).await.unwrap();
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(concat!(
+            "EXPLAIN QUERY PLAN UPDATE videos SET polls = 1 ",
+            recorded_polls_from!()
+        ))
+        .bind("[]")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+        // The array drives; each element is one primary-key lookup, never a
+        // scan of the table.
+        assert_eq!(details.len(), 2, "{details:?}");
+        assert!(details[0].starts_with("SCAN u VIRTUAL TABLE"), "{details:?}");
+        assert!(
+            details[1].starts_with("SEARCH videos USING INTEGER PRIMARY KEY (rowid=?)"),
+            "{details:?}"
+        );
+    }
 
     #[tokio::test]
     async fn the_due_query_is_an_index_range_scan_without_a_sort() {

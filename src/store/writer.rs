@@ -7,6 +7,11 @@
 //! only then answers each caller. Durability is unchanged (nobody is answered
 //! before their data is on disk) while the fsync cost is shared by the batch.
 //!
+//! Within the transaction, neighbouring enqueues and neighbouring poll
+//! results are each applied by one set-based statement (see
+//! [`mutations`]), so a batch costs a handful of statements, not one or
+//! more per request.
+//!
 //! If the shared transaction fails, each operation is retried in its own
 //! transaction so one bad request cannot fail its neighbours.
 
@@ -247,9 +252,13 @@ async fn run(pool: SqlitePool, mut queue: mpsc::Receiver<Request>) {
 async fn commit_batch(pool: &SqlitePool, batch: &mut Vec<Request>) {
     let shared = async {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut results = Vec::with_capacity(batch.len());
-        for request in batch.iter() {
-            results.push(apply(&mut tx, &request.op).await?);
+        let ops: Vec<&WriteOp> = batch.iter().map(|request| &request.op).collect();
+        let mut results = Vec::with_capacity(ops.len());
+        let mut rest = &ops[..];
+        while !rest.is_empty() {
+            let run = set_run_len(rest);
+            results.extend(apply_run(&mut tx, &rest[..run]).await?);
+            rest = &rest[run..];
         }
         tx.commit().await?;
         Ok::<_, StoreError>(results)
@@ -281,9 +290,9 @@ async fn commit_batch(pool: &SqlitePool, batch: &mut Vec<Request>) {
             for request in batch.drain(..) {
                 let result = async {
                     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                    let result = apply(&mut tx, &request.op).await?;
+                    let mut result = apply_run(&mut tx, &[&request.op]).await?;
                     tx.commit().await?;
-                    Ok(result)
+                    Ok(result.pop().expect("one result per operation"))
                 }
                 .await;
                 let _ = request.reply.send(result);
@@ -304,16 +313,94 @@ fn is_request_specific(err: &StoreError) -> bool {
     }
 }
 
-/// Applies one operation inside the caller's transaction.
+/// Most videos one enqueue statement carries: bounds the bound JSON array
+/// (a full queue of batch requests would otherwise be one huge statement).
+const MAX_VIDEOS_PER_STATEMENT: usize = 4096;
+
+/// How many operations at the head of `ops` are applied by one set-based
+/// statement: a run of enqueues (up to [`MAX_VIDEOS_PER_STATEMENT`] videos)
+/// or of poll results; any other operation runs alone.
+///
+/// Only neighbours are grouped, so operations still take effect in the
+/// order they were queued.
+fn set_run_len(ops: &[&WriteOp]) -> usize {
+    match ops.first() {
+        Some(WriteOp::Enqueue(first)) => {
+            let mut videos = first.len();
+            1 + ops[1..]
+                .iter()
+                .take_while(|op| match op {
+                    WriteOp::Enqueue(more) if videos + more.len() <= MAX_VIDEOS_PER_STATEMENT => {
+                        videos += more.len();
+                        true
+                    }
+                    _ => false,
+                })
+                .count()
+        }
+        Some(WriteOp::RecordPoll(_)) => {
+            1 + ops[1..]
+                .iter()
+                .take_while(|op| matches!(op, WriteOp::RecordPoll(_)))
+                .count()
+        }
+        Some(_) => 1,
+        None => 0,
+    }
+}
+
+/// Applies a run chosen by [`set_run_len`] inside the caller's transaction;
+/// one result per operation, in order.
+async fn apply_run(
+    conn: &mut SqliteConnection,
+    run: &[&WriteOp],
+) -> Result<Vec<WriteResult>, StoreError> {
+    match run.first() {
+        Some(WriteOp::Enqueue(_)) => {
+            let videos: Vec<&NewVideo> = run
+                .iter()
+                .flat_map(|op| match op {
+                    WriteOp::Enqueue(videos) => videos.as_slice(),
+                    _ => &[],
+                })
+                .collect();
+            let mut outcomes = mutations::insert_videos(conn, &videos, Millis::now())
+                .await?
+                .into_iter();
+            Ok(run
+                .iter()
+                .map(|op| {
+                    let count = match op {
+                        WriteOp::Enqueue(videos) => videos.len(),
+                        _ => 0,
+                    };
+                    WriteResult::Enqueued(outcomes.by_ref().take(count).collect())
+                })
+                .collect())
+        }
+        Some(WriteOp::RecordPoll(_)) => {
+            let updates: Vec<&PollUpdate> = run
+                .iter()
+                .filter_map(|op| match op {
+                    WriteOp::RecordPoll(update) => Some(update.as_ref()),
+                    _ => None,
+                })
+                .collect();
+            let applied = mutations::record_polls(conn, &updates).await?;
+            Ok(applied.into_iter().map(WriteResult::Recorded).collect())
+        }
+        Some(op) => Ok(vec![apply(conn, op).await?]),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Applies one operation that has no set-based form inside the caller's
+/// transaction.
 async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult, StoreError> {
     let now = Millis::now();
     match op {
-        WriteOp::Enqueue(videos) => {
-            let mut outcomes = Vec::with_capacity(videos.len());
-            for video in videos {
-                outcomes.push(mutations::insert_video(conn, video, now).await?);
-            }
-            Ok(WriteResult::Enqueued(outcomes))
+        WriteOp::Enqueue(_) | WriteOp::RecordPoll(_) => {
+            unreachable!("enqueues and poll results are applied by apply_run")
         }
         WriteOp::Cancel(video_id) => Ok(WriteResult::Cancel(
             mutations::cancel_video(conn, video_id, now).await?,
@@ -324,9 +411,6 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult,
             limit,
         } => Ok(WriteResult::Claimed(
             mutations::claim_due(conn, *now, *lease_until, *limit).await?,
-        )),
-        WriteOp::RecordPoll(update) => Ok(WriteResult::Recorded(
-            mutations::record_poll(conn, update).await?,
         )),
         WriteOp::Release(releases) => {
             for release in releases {
