@@ -106,8 +106,12 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // No liveness ping on every acquire (the default): a connection to a
+        // local file does not go stale, and the ping is a round trip to
+        // SQLite's thread before every transaction and read.
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(Self { pool })

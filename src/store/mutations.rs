@@ -18,8 +18,11 @@ use crate::domain::{Millis, VideoId, VideoState};
 /// each was new.
 ///
 /// The rows travel as one JSON array bound to a single parameter and are
-/// expanded by `json_each`: one statement, and one hop to SQLite's thread,
-/// per group commit instead of one per video.
+/// expanded by `jsonb_each`: one statement, and one hop to SQLite's thread,
+/// per group commit instead of one per video. (`jsonb_each`, not
+/// `json_each`: it hands each element over as binary JSON, which `->>`
+/// reads in place, where `json_each` would render every element back to
+/// text for each field read.)
 pub(crate) async fn insert_videos(
     conn: &mut SqliteConnection,
     videos: &[&NewVideo],
@@ -43,13 +46,13 @@ pub(crate) async fn insert_videos(
         })
         .collect();
     // `WHERE true` tells the parser that ON CONFLICT belongs to the INSERT,
-    // not to a join of the SELECT. json_each yields the rows in array order,
+    // not to a join of the SELECT. jsonb_each yields the rows in array order,
     // so of two equal ids the first is the one inserted.
     let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO videos (video_id, callback_url, metadata, enqueued_at, updated_at, next_poll_at) \
          SELECT value ->> 'video_id', value ->> 'callback_url', value ->> 'metadata', ?2, ?2, \
                 value ->> 'next_poll_at' \
-         FROM json_each(?1) WHERE true \
+         FROM jsonb_each(?1) WHERE true \
          ON CONFLICT (video_id) DO NOTHING RETURNING video_id",
     )
     .bind(to_json(&rows))
@@ -134,10 +137,14 @@ pub(crate) async fn insert_transition(
 /// active video; with it this is a range scan that reads only what it
 /// returns, at any table size (and the statement fails loudly if the index
 /// ever goes missing).
+///
+/// `LIMIT ?3 + 0`, not `LIMIT ?3`: SQLite plans a bare parameter in LIMIT
+/// with its bound value, so each new limit would make it re-prepare the
+/// statement; an expression is planned once and evaluated at run time.
 macro_rules! due_videos {
     () => {
         "SELECT id FROM videos INDEXED BY videos_due \
-         WHERE state = 'active' AND next_poll_at <= ?2 ORDER BY next_poll_at LIMIT ?3"
+         WHERE state = 'active' AND next_poll_at <= ?2 ORDER BY next_poll_at LIMIT ?3 + 0"
     };
 }
 
@@ -150,7 +157,7 @@ macro_rules! due_videos {
 /// the array for each, a full scan per batch at a million tracked videos.
 macro_rules! recorded_polls_from {
     () => {
-        "FROM json_each(?1) AS u \
+        "FROM jsonb_each(?1) AS u \
          WHERE videos.id = u.value ->> 'rowid' AND +videos.state = 'active' \
            AND videos.lease_until = u.value ->> 'lease_until'"
     };
@@ -242,7 +249,7 @@ pub(crate) async fn record_polls(
             }
         })
         .collect();
-    // Every column of `videos` is qualified: json_each has an `id` too.
+    // Every column of `videos` is qualified: jsonb_each has an `id` too.
     let applied: Vec<i64> = sqlx::query_scalar(concat!(
         "UPDATE videos SET \
            upstream_status = u.value ->> 'upstream_status', \
@@ -314,7 +321,7 @@ pub(crate) async fn record_polls(
             "INSERT INTO transitions (video_rowid, kind, from_value, to_value, at) \
              SELECT value ->> 'video_rowid', value ->> 'kind', value ->> 'from', value ->> 'to', \
                     value ->> 'at' \
-             FROM json_each(?1)",
+             FROM jsonb_each(?1)",
         )
         .bind(to_json(&transitions))
         .execute(&mut *conn)
@@ -326,7 +333,7 @@ pub(crate) async fn record_polls(
                                      updated_at) \
              SELECT value ->> 'video_rowid', value ->> 'event_id', value ->> 'url', \
                     value ->> 'at', value ->> 'at', value ->> 'at' \
-             FROM json_each(?1) WHERE true \
+             FROM jsonb_each(?1) WHERE true \
              ON CONFLICT (video_rowid, url) DO NOTHING",
         )
         .bind(to_json(&deliveries))
@@ -355,7 +362,8 @@ pub(crate) async fn release(
 
 /// Leases up to `limit` due deliveries, most overdue first, with the event
 /// each carries. As for videos, the lease is also the next attempt time, so
-/// a crashed sender's deliveries become due again by themselves.
+/// a crashed sender's deliveries become due again by themselves. (`LIMIT
+/// ?3 + 0` for the reason given at `due_videos!`.)
 pub(crate) async fn claim_deliveries(
     conn: &mut SqliteConnection,
     now: Millis,
@@ -365,7 +373,8 @@ pub(crate) async fn claim_deliveries(
     let ids: Vec<i64> = sqlx::query_scalar(
         "UPDATE deliveries SET next_attempt_at = ?1, lease_until = ?1 WHERE id IN (\
            SELECT id FROM deliveries INDEXED BY deliveries_due \
-           WHERE state = 'pending' AND next_attempt_at <= ?2 ORDER BY next_attempt_at LIMIT ?3) \
+           WHERE state = 'pending' AND next_attempt_at <= ?2 ORDER BY next_attempt_at \
+           LIMIT ?3 + 0) \
          RETURNING id",
     )
     .bind(lease_until.0)
