@@ -67,7 +67,7 @@ impl App {
     pub async fn build(config: Config) -> Result<Self, AppError> {
         let store = Store::open(&config.database).await?;
         let client = JoggClient::new(&config.jogg)?;
-        let (writer, writer_task) = Writer::spawn(store.pool().clone());
+        let (writer, writer_task) = Writer::start(&store).await?;
         let gate = Arc::new(upstream_gate(&config));
         let wakeups = Wakeups::default();
         let metrics = Arc::new(RelayMetrics::new());

@@ -254,7 +254,9 @@ async fn enqueue(
         .collect::<Result<Vec<_>, _>>()?;
 
     let store = open_store(config).await?;
-    let (writer, writer_task) = Writer::spawn(store.pool().clone());
+    let (writer, writer_task) = Writer::start(&store)
+        .await
+        .context("cannot open the database for writing")?;
     let outcomes = writer
         .enqueue(videos)
         .await
@@ -277,7 +279,9 @@ async fn enqueue(
 async fn redeliver(config: &Config, id: &str) -> Result<(), CliError> {
     let video_id = VideoId::parse(id).map_err(|err| CliError::Usage(format!("{id:?}: {err}")))?;
     let store = open_store(config).await?;
-    let (writer, writer_task) = Writer::spawn(store.pool().clone());
+    let (writer, writer_task) = Writer::start(&store)
+        .await
+        .context("cannot open the database for writing")?;
     let configured = config
         .callbacks
         .urls

@@ -12,6 +12,8 @@ pub mod writer;
 use std::path::Path;
 use std::time::Duration;
 
+use sqlx::ConnectOptions as _;
+use sqlx::SqliteConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -77,6 +79,8 @@ pub struct Gauges {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// How every connection is opened, for the writer's own connection.
+    options: SqliteConnectOptions,
 }
 
 impl Store {
@@ -112,12 +116,20 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(Self { pool })
+        Ok(Self { pool, options })
     }
 
-    /// The underlying pool, for the writer and the workers.
+    /// A connection outside the pool, for the [`Writer`]: owning one
+    /// connection for good keeps its page cache valid between commits
+    /// (another connection's commit would invalidate it) and spares the
+    /// pool checkout per transaction.
+    pub(crate) async fn dedicated_connection(&self) -> Result<SqliteConnection, StoreError> {
+        Ok(self.options.connect().await?)
+    }
+
+    /// The underlying pool, for reads (the writer has its own connection).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }

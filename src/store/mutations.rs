@@ -297,7 +297,11 @@ pub(crate) async fn record_polls(
     }
     let mut transitions = Vec::new();
     let mut deliveries = Vec::new();
-    for update in updates.iter().zip(&applied).filter_map(|(u, &ok)| ok.then_some(u)) {
+    for update in updates
+        .iter()
+        .zip(&applied)
+        .filter_map(|(u, &ok)| ok.then_some(u))
+    {
         transitions.extend(update.transitions.iter().map(|t| TransitionRow {
             video_rowid: update.video_rowid,
             kind: t.kind,
@@ -543,7 +547,10 @@ mod tests {
         // The array drives; each element is one primary-key lookup, never a
         // scan of the table.
         assert_eq!(details.len(), 2, "{details:?}");
-        assert!(details[0].starts_with("SCAN u VIRTUAL TABLE"), "{details:?}");
+        assert!(
+            details[0].starts_with("SCAN u VIRTUAL TABLE"),
+            "{details:?}"
+        );
         assert!(
             details[1].starts_with("SEARCH videos USING INTEGER PRIMARY KEY (rowid=?)"),
             "{details:?}"

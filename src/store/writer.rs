@@ -1,4 +1,5 @@
-//! The group-commit writer: one task that owns every API write.
+//! The group-commit writer: one task, on a connection of its own, that owns
+//! every write.
 //!
 //! With `synchronous=FULL` each commit costs an fsync, which caps a naive
 //! one-transaction-per-request design at a few hundred requests per second.
@@ -15,16 +16,16 @@
 //! If the shared transaction fails, each operation is retried in its own
 //! transaction so one bad request cannot fail its neighbours.
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{Connection as _, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{instrument, warn};
 
-use super::StoreError;
 use super::mutations;
 use super::records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryRelease, EnqueueOutcome,
     NewVideo, PollUpdate, RedeliverOutcome, Release,
 };
+use super::{Store, StoreError};
 use crate::domain::{Millis, VideoId};
 
 /// Most operations committed together.
@@ -101,13 +102,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task on `pool`. It stops once every handle is
-    /// dropped and the queue is drained; await the returned handle to know
-    /// the last commit has happened.
-    pub fn spawn(pool: SqlitePool) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the writer task on a connection of its own to `store`. It
+    /// stops once every handle is dropped and the queue is drained; await the
+    /// returned handle to know the last commit has happened.
+    pub async fn start(store: &Store) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
+        let conn = store.dedicated_connection().await?;
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
-        let task = tokio::spawn(run(pool, queue));
-        (Self { requests }, task)
+        let task = tokio::spawn(run(conn, queue));
+        Ok((Self { requests }, task))
     }
 
     /// Tracks `videos`; returns, once committed, whether each was new.
@@ -239,19 +241,22 @@ impl Writer {
 }
 
 /// The writer loop: drain the queue in batches until every sender is gone.
-async fn run(pool: SqlitePool, mut queue: mpsc::Receiver<Request>) {
+async fn run(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        commit_batch(&pool, &mut batch).await;
+        commit_batch(&mut conn, &mut batch).await;
+    }
+    if let Err(err) = conn.close().await {
+        warn!(error = %err, "closing the writer's connection failed");
     }
 }
 
 /// Applies `batch` in one transaction and answers every caller; on failure,
 /// falls back to one transaction per request.
 #[instrument(skip_all, fields(size = batch.len()))]
-async fn commit_batch(pool: &SqlitePool, batch: &mut Vec<Request>) {
+async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) {
     let shared = async {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let ops: Vec<&WriteOp> = batch.iter().map(|request| &request.op).collect();
         let mut results = Vec::with_capacity(ops.len());
         let mut rest = &ops[..];
@@ -289,7 +294,7 @@ async fn commit_batch(pool: &SqlitePool, batch: &mut Vec<Request>) {
             warn!(error = %err, "batched write failed; retrying each request alone");
             for request in batch.drain(..) {
                 let result = async {
-                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
                     let mut result = apply_run(&mut tx, &[&request.op]).await?;
                     tx.commit().await?;
                     Ok(result.pop().expect("one result per operation"))

@@ -413,7 +413,7 @@ async fn a_claimed_but_unsent_delivery_is_sent_after_its_lease_and_across_a_rest
     completed_video(&app, "d-crash", json!({})).await;
     // Another process claims the delivery and dies before sending it.
     let store = app.store().await;
-    let (writer, _task) = jogg_relay::store::Writer::spawn(store.pool().clone());
+    let (writer, _task) = jogg_relay::store::Writer::start(&store).await.unwrap();
     let now = Millis::now();
     let lease_until = now.plus(Duration::from_secs(30));
     assert_eq!(

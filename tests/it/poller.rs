@@ -408,7 +408,7 @@ async fn a_crashed_claim_is_polled_again_after_its_lease() {
     app.enqueue(json!({"video_id": "orphan"})).await;
     // A process claims the video and dies before polling it.
     let store = app.store().await;
-    let (writer, _task) = jogg_relay::store::Writer::spawn(store.pool().clone());
+    let (writer, _task) = jogg_relay::store::Writer::start(&store).await.unwrap();
     let now = Millis::now();
     let lease_until = now.plus(Duration::from_secs(30));
     assert_eq!(
