@@ -21,4 +21,9 @@ pub fn client_builder() -> reqwest::ClientBuilder {
         // receiver has a reason to redirect, and following one could send a
         // signed callback or the API key somewhere else.
         .redirect(reqwest::redirect::Policy::none())
+        // No hidden transport-level retries either: the poller and the
+        // delivery worker retry on their own schedules, and every delivery
+        // attempt is recorded. (It also spares cloning each request in case
+        // of a retry.)
+        .retry(reqwest::retry::never().max_retries_per_request(0))
 }

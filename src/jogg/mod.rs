@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use reqwest::Url;
-use reqwest::header::{HeaderValue, RETRY_AFTER};
+use reqwest::header::{ACCEPT, HeaderName, HeaderValue, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{instrument, warn};
 
@@ -21,6 +21,11 @@ use crate::domain::VideoId;
 /// Largest upstream body read; anything longer is cut off (and then fails
 /// to parse), so a hostile or broken upstream cannot exhaust memory.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The header JoggAI reads the key from.
+const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// What the client accepts.
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Distinct unknown statuses remembered for "warn once"; beyond this, new
 /// ones are still handled but no longer warned about.
@@ -89,8 +94,8 @@ impl JoggClient {
         let request = self
             .http
             .get(self.status_url(video_id))
-            .header("x-api-key", self.api_key.clone())
-            .header("accept", "application/json");
+            .header(API_KEY, self.api_key.clone())
+            .header(ACCEPT, JSON);
         let mut response = match request.send().await {
             Ok(response) => response,
             Err(err) => return PollAnswer::Transient(describe(&err)),

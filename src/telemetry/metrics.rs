@@ -48,10 +48,43 @@ const DURATION_BUCKETS: &[f64] = &[
 /// Histogram buckets (seconds) for limiter waits.
 const WAIT_BUCKETS: &[f64] = &[0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
 
+/// Poll outcomes, each a label value of [`POLLS`].
+const POLL_OUTCOMES: [&str; 7] = [
+    "changed",
+    "unchanged",
+    "terminal",
+    "not_found",
+    "error",
+    "rate_limited",
+    "paused",
+];
+/// Delivery outcomes, each a label value of [`DELIVERIES`].
+const DELIVERY_OUTCOMES: [&str; 3] = ["delivered", "retry", "dead"];
+/// States a transition is counted into.
+const TRANSITION_STATES: [VideoState; 4] = [
+    VideoState::Completed,
+    VideoState::Failed,
+    VideoState::Abandoned,
+    VideoState::Cancelled,
+];
+
 /// The relay's metrics.
 pub struct RelayMetrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Handles of the series updated on every poll and delivery, registered
+    /// once: registering builds and hashes a key each time.
+    hot: HotSeries,
+}
+
+/// Registered handles, by label value.
+struct HotSeries {
+    polls: Vec<(&'static str, Counter)>,
+    transitions: Vec<(VideoState, Counter)>,
+    deliveries: Vec<(&'static str, Counter)>,
+    upstream_duration: Histogram,
+    limiter_wait: Histogram,
+    delivery_duration: Histogram,
 }
 
 impl std::fmt::Debug for RelayMetrics {
@@ -138,47 +171,35 @@ impl RelayMetrics {
             "1 while JoggAI's rate limiting (429) pauses polling.",
         );
         describe(BUILD_INFO, None, "Build information; always 1.");
-        let metrics = Self { recorder, handle };
-        // Families exist (at zero) from the start, so dashboards and alerts
-        // see them before the first event.
-        for outcome in [
-            "changed",
-            "unchanged",
-            "terminal",
-            "not_found",
-            "error",
-            "rate_limited",
-            "paused",
-        ] {
-            metrics.counter(POLLS, "outcome", outcome).increment(0);
+        let counter = |name: &'static str, label: &'static str, value: &str| {
+            let key = Key::from_parts(name, vec![Label::new(label, value.to_owned())]);
+            let counter = recorder.register_counter(&key, &METADATA);
+            // Families exist (at zero) from the start, so dashboards and
+            // alerts see them before the first event.
+            counter.increment(0);
+            counter
+        };
+        let histogram =
+            |name: &'static str| recorder.register_histogram(&Key::from_name(name), &METADATA);
+        let hot = HotSeries {
+            polls: POLL_OUTCOMES
+                .map(|outcome| (outcome, counter(POLLS, "outcome", outcome)))
+                .into(),
+            transitions: TRANSITION_STATES
+                .map(|state| (state, counter(TRANSITIONS, "to", state.as_str())))
+                .into(),
+            deliveries: DELIVERY_OUTCOMES
+                .map(|outcome| (outcome, counter(DELIVERIES, "outcome", outcome)))
+                .into(),
+            upstream_duration: histogram(UPSTREAM_DURATION),
+            limiter_wait: histogram(LIMITER_WAIT),
+            delivery_duration: histogram(DELIVERY_DURATION),
+        };
+        Self {
+            recorder,
+            handle,
+            hot,
         }
-        for state in [
-            VideoState::Completed,
-            VideoState::Failed,
-            VideoState::Abandoned,
-            VideoState::Cancelled,
-        ] {
-            metrics
-                .counter(TRANSITIONS, "to", state.as_str())
-                .increment(0);
-        }
-        for outcome in ["delivered", "retry", "dead"] {
-            metrics.counter(DELIVERIES, "outcome", outcome).increment(0);
-        }
-        for histogram in [UPSTREAM_DURATION, LIMITER_WAIT, DELIVERY_DURATION] {
-            let _registered = metrics.histogram(histogram);
-        }
-        metrics
-    }
-
-    fn counter(&self, name: &'static str, label: &'static str, value: &str) -> Counter {
-        let key = Key::from_parts(name, vec![Label::new(label, value.to_owned())]);
-        self.recorder.register_counter(&key, &METADATA)
-    }
-
-    fn histogram(&self, name: &'static str) -> Histogram {
-        self.recorder
-            .register_histogram(&Key::from_name(name), &METADATA)
     }
 
     fn gauge(&self, name: &'static str, labels: Vec<Label>, value: f64) {
@@ -189,28 +210,28 @@ impl RelayMetrics {
 
     /// One poll ended with `outcome`.
     pub fn poll(&self, outcome: &'static str) {
-        self.counter(POLLS, "outcome", outcome).increment(1);
+        count(&self.hot.polls, &outcome);
     }
 
     /// One upstream request took `seconds`.
     pub fn upstream_request(&self, seconds: f64) {
-        self.histogram(UPSTREAM_DURATION).record(seconds);
+        self.hot.upstream_duration.record(seconds);
     }
 
     /// A poll waited `seconds` for the rate limiter.
     pub fn limiter_wait(&self, seconds: f64) {
-        self.histogram(LIMITER_WAIT).record(seconds);
+        self.hot.limiter_wait.record(seconds);
     }
 
     /// A video moved to `state`.
     pub fn transition(&self, state: VideoState) {
-        self.counter(TRANSITIONS, "to", state.as_str()).increment(1);
+        count(&self.hot.transitions, &state);
     }
 
     /// A delivery attempt ended with `outcome` after `seconds`.
     pub fn delivery(&self, outcome: &'static str, seconds: f64) {
-        self.counter(DELIVERIES, "outcome", outcome).increment(1);
-        self.histogram(DELIVERY_DURATION).record(seconds);
+        count(&self.hot.deliveries, &outcome);
+        self.hot.delivery_duration.record(seconds);
     }
 
     /// The Prometheus text exposition, with the scrape-time gauges set from
@@ -258,5 +279,14 @@ impl RelayMetrics {
             1.0,
         );
         self.handle.render()
+    }
+}
+
+/// Increments the counter registered for `label` (label values are fixed
+/// lists, so one is always there).
+fn count<L: PartialEq + std::fmt::Debug>(series: &[(L, Counter)], label: &L) {
+    match series.iter().find(|(value, _)| value == label) {
+        Some((_, counter)) => counter.increment(1),
+        None => debug_assert!(false, "no series for {label:?}"),
     }
 }
