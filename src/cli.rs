@@ -265,7 +265,7 @@ async fn enqueue(
     let _ = writer_task.await;
     for (id, outcome) in ids.iter().zip(outcomes) {
         let word = match outcome {
-            EnqueueOutcome::Created => "created",
+            EnqueueOutcome::Created { .. } => "created",
             EnqueueOutcome::Existing => "existing",
         };
         println!("{word}\t{id}");

@@ -16,7 +16,9 @@ use super::extract::{JsonBody, VideoIdPath};
 use super::resource::VideoResource;
 use crate::delivery::guard;
 use crate::domain::{Millis, VideoId, VideoState};
-use crate::store::{CancelOutcome, EnqueueOutcome, NewVideo, RedeliverOutcome};
+use crate::store::{
+    CancelOutcome, EnqueueOutcome, NewVideo, RedeliverOutcome, VideoDetails, VideoRecord,
+};
 
 /// Most items in one batch request.
 pub const MAX_BATCH_ITEMS: usize = 1000;
@@ -141,21 +143,24 @@ pub async fn enqueue(
         return Err(ApiError::shutting_down());
     }
     let video = parse_new_video(&body, first_poll_at(&state), state.allow_private_targets)?;
-    let video_id = video.video_id.clone();
-    let outcome = state.writer.enqueue(vec![video]).await?;
-    let status = match outcome.first() {
-        Some(EnqueueOutcome::Created) => {
-            state.wakeups.new_videos.notify_one();
-            StatusCode::CREATED
-        }
-        _ => StatusCode::OK,
-    };
+    let outcome = state.writer.enqueue(vec![video.clone()]).await?;
+    if let Some(&EnqueueOutcome::Created { rowid, at }) = outcome.first() {
+        state.wakeups.new_videos.announce(video.first_poll_at);
+        // A new video has no transitions and no deliveries yet, and its row
+        // is known without reading it back.
+        let details = VideoDetails {
+            video: VideoRecord::accepted(rowid, &video, at),
+            transitions: Vec::new(),
+            deliveries: Vec::new(),
+        };
+        return Ok((StatusCode::CREATED, Json(VideoResource::detailed(details))).into_response());
+    }
     let details = state
         .store
-        .video_details(&video_id)
+        .video_details(&video.video_id)
         .await?
-        .ok_or_else(|| ApiError::video_not_found(video_id.as_str()))?;
-    Ok((status, Json(VideoResource::detailed(details))).into_response())
+        .ok_or_else(|| ApiError::video_not_found(video.video_id.as_str()))?;
+    Ok((StatusCode::OK, Json(VideoResource::detailed(details))).into_response())
 }
 
 /// `POST /v1/videos/batch`: track up to [`MAX_BATCH_ITEMS`] videos; each
@@ -195,13 +200,18 @@ pub async fn enqueue_batch(
         .iter()
         .filter_map(|r| r.as_ref().ok().cloned())
         .collect();
-    let mut outcomes = if valid.is_empty() {
+    let outcomes = if valid.is_empty() {
         Vec::new()
     } else {
         state.writer.enqueue(valid).await?
+    };
+    if outcomes
+        .iter()
+        .any(|outcome| matches!(outcome, EnqueueOutcome::Created { .. }))
+    {
+        state.wakeups.new_videos.announce(first_poll_at);
     }
-    .into_iter();
-    state.wakeups.new_videos.notify_one();
+    let mut outcomes = outcomes.into_iter();
 
     let results: Vec<Value> = parsed
         .iter()
@@ -209,7 +219,7 @@ pub async fn enqueue_batch(
         .map(|(result, item)| match result {
             Ok(video) => {
                 let outcome = match outcomes.next() {
-                    Some(EnqueueOutcome::Created) => "created",
+                    Some(EnqueueOutcome::Created { .. }) => "created",
                     _ => "existing",
                 };
                 json!({"video_id": video.video_id, "outcome": outcome})

@@ -11,6 +11,7 @@ pub mod gate;
 pub mod policy;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use reqwest::Url;
@@ -42,9 +43,50 @@ const LEASE_MARGIN: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Default)]
 pub struct Wakeups {
     /// Videos were enqueued (the poller waits on it).
-    pub new_videos: Arc<Notify>,
+    pub new_videos: Arc<NewVideos>,
     /// Deliveries were queued (the delivery worker waits on it).
     pub new_deliveries: Arc<Notify>,
+}
+
+/// Enqueues tell the poller when their videos are first due, so that it
+/// wakes when there is something to poll rather than on every enqueue: a new
+/// video is normally due only `polling.first_after` later, and a claim made
+/// on each enqueue would find nothing and cost a write transaction.
+#[derive(Debug)]
+pub struct NewVideos {
+    /// Earliest first poll announced since the poller last took it;
+    /// `i64::MAX` when none.
+    earliest_due: AtomicI64,
+    /// Wakes the poller's wait.
+    notify: Notify,
+}
+
+impl Default for NewVideos {
+    fn default() -> Self {
+        Self {
+            earliest_due: AtomicI64::new(i64::MAX),
+            notify: Notify::new(),
+        }
+    }
+}
+
+impl NewVideos {
+    /// Videos were stored; the earliest of them is first due at `due`.
+    pub fn announce(&self, due: Millis) {
+        self.earliest_due.fetch_min(due.0, Ordering::AcqRel);
+        self.notify.notify_one();
+    }
+
+    /// Waits for an announcement, then takes the earliest due time
+    /// announced since the last call (`None` if a previous call already took
+    /// it).
+    async fn next(&self) -> Option<Millis> {
+        self.notify.notified().await;
+        match self.earliest_due.swap(i64::MAX, Ordering::AcqRel) {
+            i64::MAX => None,
+            due => Some(Millis(due)),
+        }
+    }
 }
 
 /// What one step did.
@@ -93,8 +135,8 @@ pub struct Poller {
     requests_per_second: f64,
     /// Per upstream request.
     request_timeout: Duration,
-    /// Notified when videos were enqueued, to end an idle wait early.
-    new_work: Arc<Notify>,
+    /// Announces enqueued videos, to end an idle wait when they are due.
+    new_videos: Arc<NewVideos>,
     /// How long shutdown waits for polls in flight.
     shutdown_grace: Duration,
 }
@@ -128,7 +170,7 @@ impl Poller {
             in_flight: Arc::new(Semaphore::new(config.jogg.max_in_flight)),
             requests_per_second: config.jogg.requests_per_second,
             request_timeout: config.jogg.timeout,
-            new_work: wakeups.new_videos.clone(),
+            new_videos: wakeups.new_videos.clone(),
             shutdown_grace: config.server.shutdown_grace,
         }
     }
@@ -178,13 +220,31 @@ impl Poller {
                     MAX_IDLE_WAIT
                 }
             };
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.new_work.notified() => {}
-                Some(joined) = polls.join_next(), if !polls.is_empty() => {
-                    if let Err(err) = settle::<PollerError>(joined) {
-                        warn!(error = %err, "recording a poll failed; its lease will expire and it is polled again");
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = &mut sleep => break,
+                    announced = self.new_videos.next() => {
+                        // Wait on for new videos that are not due yet, just
+                        // no longer than until they are.
+                        let Some(due) = announced else { continue };
+                        let until_due = due.0.saturating_sub(Millis::now().0);
+                        if until_due <= 0 {
+                            break;
+                        }
+                        let due_at = tokio::time::Instant::now()
+                            + Duration::from_millis(until_due as u64);
+                        if due_at < sleep.deadline() {
+                            sleep.as_mut().reset(due_at);
+                        }
+                    }
+                    Some(joined) = polls.join_next(), if !polls.is_empty() => {
+                        if let Err(err) = settle::<PollerError>(joined) {
+                            warn!(error = %err, "recording a poll failed; its lease will expire and it is polled again");
+                        }
+                        break;
                     }
                 }
             }

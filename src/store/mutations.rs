@@ -1,7 +1,7 @@
 //! Every write statement, each applied inside a transaction the caller
 //! (the [`Writer`](super::Writer)) owns.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use sqlx::SqliteConnection;
@@ -48,26 +48,26 @@ pub(crate) async fn insert_videos(
     // `WHERE true` tells the parser that ON CONFLICT belongs to the INSERT,
     // not to a join of the SELECT. jsonb_each yields the rows in array order,
     // so of two equal ids the first is the one inserted.
-    let inserted: Vec<String> = sqlx::query_scalar(
+    let inserted: Vec<(i64, String)> = sqlx::query_as(
         "INSERT INTO videos (video_id, callback_url, metadata, enqueued_at, updated_at, next_poll_at) \
          SELECT value ->> 'video_id', value ->> 'callback_url', value ->> 'metadata', ?2, ?2, \
                 value ->> 'next_poll_at' \
          FROM jsonb_each(?1) WHERE true \
-         ON CONFLICT (video_id) DO NOTHING RETURNING video_id",
+         ON CONFLICT (video_id) DO NOTHING RETURNING id, video_id",
     )
     .bind(to_json(&rows))
     .bind(now.0)
     .fetch_all(&mut *conn)
     .await?;
-    let mut inserted: HashSet<String> = inserted.into_iter().collect();
+    let mut inserted: HashMap<String, i64> = inserted
+        .into_iter()
+        .map(|(rowid, video_id)| (video_id, rowid))
+        .collect();
     Ok(videos
         .iter()
-        .map(|video| {
-            if inserted.remove(video.video_id.as_str()) {
-                EnqueueOutcome::Created
-            } else {
-                EnqueueOutcome::Existing
-            }
+        .map(|video| match inserted.remove(video.video_id.as_str()) {
+            Some(rowid) => EnqueueOutcome::Created { rowid, at: now },
+            None => EnqueueOutcome::Existing,
         })
         .collect())
 }

@@ -29,7 +29,28 @@ async fn new_video_is_created_and_stored() {
     );
     assert_eq!(stored.json["transitions"], json!([]));
     assert_eq!(stored.json["deliveries"], json!([]));
+    // The 201 answer is built without reading the row back; it must be
+    // exactly what the row reads as.
+    assert_eq!(reply.json, stored.json);
     assert_eq!(app.count("videos").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_created_answer_is_the_stored_row_for_every_kind_of_video() {
+    let app = spawn_app().await;
+    for body in [
+        json!({"video_id": "bare"}),
+        json!({"video_id": "with-url", "callback_url": "https://hooks.example.com/x?y=1"}),
+        json!({"video_id": "with-meta", "metadata": {"nested": {"list": [1, 2.5, "three", null]}}}),
+        json!({"video_id": "unicode_meta", "metadata": {"name": "ñandú ✓ \"quoted\""}}),
+    ] {
+        let id = body["video_id"].as_str().unwrap().to_owned();
+        let created = app.enqueue(body).await;
+        assert_eq!(created.status, 201, "{created:?}");
+        let stored = app.video(&id).await;
+        assert_eq!(created.json, stored.json, "{id}");
+    }
     app.stop().await;
 }
 
