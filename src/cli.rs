@@ -145,7 +145,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         _ => telemetry::DEFAULT_FILTER,
     };
     telemetry::init(config.log.format, default_filter);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if matches!(cli.command, Command::Serve) && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        runtime.worker_threads(serve_worker_threads());
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -355,6 +359,17 @@ async fn list(config: &Config, state: Option<&str>) -> Result<(), CliError> {
     }
     store.close().await;
     Ok(())
+}
+
+/// Async worker threads for `serve`: half the cores, at least one.
+///
+/// SQLite does its work on threads of its own (one per connection), so a
+/// runtime thread per core would leave the relay's threads competing for the
+/// same cores; on the 2-core reference machine one runtime thread cut CPU
+/// per poll by about a sixth against two (BENCHMARKS.md). Tokio's own
+/// `TOKIO_WORKER_THREADS` overrides this.
+fn serve_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
 }
 
 async fn open_store(config: &Config) -> Result<Store, CliError> {
