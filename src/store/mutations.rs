@@ -163,6 +163,25 @@ macro_rules! recorded_polls_from {
     };
 }
 
+/// The columns every poll result sets, from the bound array's element `u`.
+/// Every column of `videos` is qualified: `jsonb_each` has an `id` too.
+macro_rules! poll_result_columns {
+    () => {
+        "upstream_status = u.value ->> 'upstream_status', \
+         video_url = COALESCE(u.value ->> 'video_url', videos.video_url), \
+         cover_url = COALESCE(u.value ->> 'cover_url', videos.cover_url), \
+         created_at = COALESCE(u.value ->> 'created_at', videos.created_at), \
+         duration = COALESCE(u.value ->> 'duration', videos.duration), \
+         error_code = COALESCE(u.value ->> 'error_code', videos.error_code), \
+         error_message = COALESCE(u.value ->> 'error_message', videos.error_message), \
+         polls = videos.polls + (u.value ->> 'counted'), \
+         unchanged_polls = u.value ->> 'unchanged_polls', \
+         error_streak = u.value ->> 'error_streak', \
+         next_poll_at = u.value ->> 'next_poll_at', lease_until = NULL, \
+         updated_at = u.value ->> 'at'"
+    };
+}
+
 /// Leases up to `limit` due videos, most overdue first.
 ///
 /// The lease is written into `next_poll_at` as well as `lease_until`: a
@@ -249,29 +268,42 @@ pub(crate) async fn record_polls(
             }
         })
         .collect();
-    // Every column of `videos` is qualified: jsonb_each has an `id` too.
-    let applied: Vec<i64> = sqlx::query_scalar(concat!(
-        "UPDATE videos SET \
-           upstream_status = u.value ->> 'upstream_status', \
-           video_url = COALESCE(u.value ->> 'video_url', videos.video_url), \
-           cover_url = COALESCE(u.value ->> 'cover_url', videos.cover_url), \
-           created_at = COALESCE(u.value ->> 'created_at', videos.created_at), \
-           duration = COALESCE(u.value ->> 'duration', videos.duration), \
-           error_code = COALESCE(u.value ->> 'error_code', videos.error_code), \
-           error_message = COALESCE(u.value ->> 'error_message', videos.error_message), \
-           polls = videos.polls + (u.value ->> 'counted'), \
-           unchanged_polls = u.value ->> 'unchanged_polls', \
-           error_streak = u.value ->> 'error_streak', \
-           next_poll_at = u.value ->> 'next_poll_at', lease_until = NULL, \
-           state = u.value ->> 'state', reason = u.value ->> 'reason', \
-           event_id = u.value ->> 'event_id', terminal_at = u.value ->> 'terminal_at', \
-           updated_at = u.value ->> 'at' ",
-        recorded_polls_from!(),
-        " RETURNING videos.id"
-    ))
-    .bind(to_json(&rows))
-    .fetch_all(&mut *conn)
-    .await?;
+    // Most results leave the video active: their statement does not touch
+    // `state` or `event_id`, so SQLite leaves the indexes on those columns
+    // alone (it rewrites an index entry whenever its column is assigned,
+    // even to the same value).
+    let (ending, ongoing): (Vec<Row<'_>>, Vec<Row<'_>>) =
+        rows.into_iter().partition(|row| row.event_id.is_some());
+    let mut applied: Vec<i64> = Vec::with_capacity(updates.len());
+    if !ongoing.is_empty() {
+        applied.extend(
+            sqlx::query_scalar::<_, i64>(concat!(
+                "UPDATE videos SET ",
+                poll_result_columns!(),
+                " ",
+                recorded_polls_from!(),
+                " RETURNING videos.id"
+            ))
+            .bind(to_json(&ongoing))
+            .fetch_all(&mut *conn)
+            .await?,
+        );
+    }
+    if !ending.is_empty() {
+        applied.extend(
+            sqlx::query_scalar::<_, i64>(concat!(
+                "UPDATE videos SET ",
+                poll_result_columns!(),
+                ", state = u.value ->> 'state', reason = u.value ->> 'reason', \
+                 event_id = u.value ->> 'event_id', terminal_at = u.value ->> 'terminal_at' ",
+                recorded_polls_from!(),
+                " RETURNING videos.id"
+            ))
+            .bind(to_json(&ending))
+            .fetch_all(&mut *conn)
+            .await?,
+        );
+    }
     let applied: HashSet<i64> = applied.into_iter().collect();
     let applied: Vec<bool> = updates
         .iter()
