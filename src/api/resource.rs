@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::domain::{Millis, VideoState};
-use crate::store::{DeliveryRecord, TransitionRecord, VideoDetails, VideoRecord};
+use crate::store::{DeliveryRecord, NewVideo, TransitionRecord, VideoDetails, VideoRecord};
 
 /// A tracked video; `transitions` and `deliveries` are present on the
 /// single-video resource and omitted in lists.
@@ -102,6 +102,38 @@ impl VideoResource {
             transitions: None,
             deliveries: None,
         }
+    }
+
+    /// The full form of a video an enqueue just stored `at`, as the
+    /// schema's defaults make its row: the answer to a single enqueue is
+    /// built from this instead of reading the row back (a test compares the
+    /// two).
+    pub fn accepted(video: &NewVideo, at: Millis) -> Self {
+        let row = VideoRecord {
+            // Not part of the resource.
+            id: 0,
+            video_id: video.video_id.as_str().to_owned(),
+            state: VideoState::Active,
+            upstream_status: None,
+            video_url: None,
+            cover_url: None,
+            created_at: None,
+            duration: None,
+            error_code: None,
+            error_message: None,
+            callback_url: video.callback_url.clone(),
+            metadata: video.metadata.clone(),
+            enqueued_at: at.0,
+            updated_at: at.0,
+            next_poll_at: Some(video.first_poll_at.0),
+            polls: 0,
+            reason: None,
+            event_id: None,
+        };
+        let mut resource = Self::summary(row);
+        resource.transitions = Some(Vec::new());
+        resource.deliveries = Some(Vec::new());
+        resource
     }
 
     /// The full single-video form.

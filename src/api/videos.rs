@@ -16,9 +16,7 @@ use super::extract::{JsonBody, VideoIdPath};
 use super::resource::VideoResource;
 use crate::delivery::guard;
 use crate::domain::{Millis, VideoId, VideoState};
-use crate::store::{
-    CancelOutcome, EnqueueOutcome, NewVideo, RedeliverOutcome, VideoDetails, VideoRecord,
-};
+use crate::store::{CancelOutcome, EnqueueOutcome, NewVideo, RedeliverOutcome};
 
 /// Most items in one batch request.
 pub const MAX_BATCH_ITEMS: usize = 1000;
@@ -144,16 +142,10 @@ pub async fn enqueue(
     }
     let video = parse_new_video(&body, first_poll_at(&state), state.allow_private_targets)?;
     let outcome = state.writer.enqueue(vec![video.clone()]).await?;
-    if let Some(&EnqueueOutcome::Created { rowid, at }) = outcome.first() {
+    if let Some(&EnqueueOutcome::Created { at }) = outcome.first() {
         state.wakeups.new_videos.announce(video.first_poll_at);
-        // A new video has no transitions and no deliveries yet, and its row
-        // is known without reading it back.
-        let details = VideoDetails {
-            video: VideoRecord::accepted(rowid, &video, at),
-            transitions: Vec::new(),
-            deliveries: Vec::new(),
-        };
-        return Ok((StatusCode::CREATED, Json(VideoResource::detailed(details))).into_response());
+        let resource = VideoResource::accepted(&video, at);
+        return Ok((StatusCode::CREATED, Json(resource)).into_response());
     }
     let details = state
         .store

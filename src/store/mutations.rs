@@ -1,7 +1,7 @@
 //! Every write statement, each applied inside a transaction the caller
 //! (the [`Writer`](super::Writer)) owns.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde::Serialize;
 use sqlx::SqliteConnection;
@@ -12,6 +12,15 @@ use super::records::{
     EnqueueOutcome, NewVideo, PollUpdate, RedeliverOutcome, Release,
 };
 use crate::domain::{Millis, VideoId, VideoState};
+
+/// Which of the bound array's `video_id`s are stored: one probe of the
+/// `video_id` index per element.
+macro_rules! existing_videos {
+    () => {
+        "SELECT video_id FROM videos \
+         WHERE video_id IN (SELECT value ->> 'video_id' FROM jsonb_each(?1))"
+    };
+}
 
 /// Inserts `videos` in one statement; an id already tracked (or repeated
 /// earlier in the same call) is left as it is. Returns, in order, whether
@@ -45,29 +54,38 @@ pub(crate) async fn insert_videos(
             next_poll_at: video.first_poll_at.0,
         })
         .collect();
+    let rows = to_json(&rows);
+    // The ids already tracked: usually none, so this returns nothing, and
+    // the INSERT below needs no RETURNING (which would send one row per
+    // video back from SQLite's thread). The writer holds the write lock, so
+    // nothing can be inserted in between.
+    let existing: Vec<String> = sqlx::query_scalar(existing_videos!())
+        .bind(&rows)
+        .fetch_all(&mut *conn)
+        .await?;
     // `WHERE true` tells the parser that ON CONFLICT belongs to the INSERT,
     // not to a join of the SELECT. jsonb_each yields the rows in array order,
     // so of two equal ids the first is the one inserted.
-    let inserted: Vec<(i64, String)> = sqlx::query_as(
+    sqlx::query(
         "INSERT INTO videos (video_id, callback_url, metadata, enqueued_at, updated_at, next_poll_at) \
          SELECT value ->> 'video_id', value ->> 'callback_url', value ->> 'metadata', ?2, ?2, \
                 value ->> 'next_poll_at' \
          FROM jsonb_each(?1) WHERE true \
-         ON CONFLICT (video_id) DO NOTHING RETURNING id, video_id",
+         ON CONFLICT (video_id) DO NOTHING",
     )
-    .bind(to_json(&rows))
+    .bind(rows)
     .bind(now.0)
-    .fetch_all(&mut *conn)
+    .execute(&mut *conn)
     .await?;
-    let mut inserted: HashMap<String, i64> = inserted
-        .into_iter()
-        .map(|(rowid, video_id)| (video_id, rowid))
-        .collect();
+    let mut known: HashSet<&str> = existing.iter().map(String::as_str).collect();
     Ok(videos
         .iter()
-        .map(|video| match inserted.remove(video.video_id.as_str()) {
-            Some(rowid) => EnqueueOutcome::Created { rowid, at: now },
-            None => EnqueueOutcome::Existing,
+        .map(|video| {
+            if known.insert(video.video_id.as_str()) {
+                EnqueueOutcome::Created { at: now }
+            } else {
+                EnqueueOutcome::Existing
+            }
         })
         .collect())
 }
@@ -560,6 +578,30 @@ pub(crate) async fn release_delivery(
 mod tests {
     use crate::config::DatabaseConfig;
     use crate::store::Store;
+
+    #[tokio::test]
+    async fn existing_ids_are_index_probes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            DatabaseConfig::parse(&format!("sqlite://{}/t.db", dir.path().display())).unwrap();
+        let store = Store::open(&config).await.unwrap();
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(concat!("EXPLAIN QUERY PLAN ", existing_videos!()))
+                .bind("[]")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+        assert!(
+            details[0].starts_with("SEARCH videos USING COVERING INDEX")
+                && details[0].ends_with("(video_id=?)"),
+            "{details:?}"
+        );
+        assert!(
+            !details.iter().any(|d| d.starts_with("SCAN videos")),
+            "{details:?}"
+        );
+    }
 
     #[tokio::test]
     async fn recorded_polls_find_their_videos_by_rowid() {

@@ -73,35 +73,6 @@ pub struct VideoRecord {
     pub event_id: Option<String>,
 }
 
-impl VideoRecord {
-    /// The row an enqueue of `video` just inserted as `rowid` at `at`, as
-    /// the schema's defaults make it: the single-enqueue answer is built
-    /// from this instead of reading the row back. (A test compares it with
-    /// the row as read.)
-    pub fn accepted(rowid: i64, video: &NewVideo, at: Millis) -> Self {
-        Self {
-            id: rowid,
-            video_id: video.video_id.as_str().to_owned(),
-            state: VideoState::Active,
-            upstream_status: None,
-            video_url: None,
-            cover_url: None,
-            created_at: None,
-            duration: None,
-            error_code: None,
-            error_message: None,
-            callback_url: video.callback_url.clone(),
-            metadata: video.metadata.clone(),
-            enqueued_at: at.0,
-            updated_at: at.0,
-            next_poll_at: Some(video.first_poll_at.0),
-            polls: 0,
-            reason: None,
-            event_id: None,
-        }
-    }
-}
-
 /// One entry of a video's transition log.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TransitionRecord {
@@ -163,11 +134,8 @@ pub struct NewVideo {
 /// What an enqueue did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnqueueOutcome {
-    /// The video is new and now tracked: stored as row `rowid`, accepted
-    /// `at` (see [`VideoRecord::accepted`]).
+    /// The video is new and now tracked, accepted `at` (its `enqueued_at`).
     Created {
-        /// Its rowid.
-        rowid: i64,
         /// Its `enqueued_at`.
         at: Millis,
     },
