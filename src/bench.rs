@@ -74,7 +74,8 @@ impl Relay {
     fn start(config: &Path) -> anyhow::Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["--config", &config.display().to_string(), "serve"])
-            .env("RUST_LOG", "warn,jogg_relay=warn,jogg_relay::app=info")
+            // The production default: what the relay logs is part of its cost.
+            .env("RUST_LOG", crate::telemetry::DEFAULT_FILTER)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

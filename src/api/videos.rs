@@ -132,7 +132,7 @@ fn parse_callback_url(raw: &str, allow_private_targets: bool) -> Result<String, 
 }
 
 /// `POST /v1/videos`: track one video; `201` when new, `200` when known.
-#[instrument(skip_all)]
+#[instrument(skip_all, level = "debug")]
 pub async fn enqueue(
     State(state): State<ApiState>,
     JsonBody(body): JsonBody,
@@ -157,7 +157,7 @@ pub async fn enqueue(
 
 /// `POST /v1/videos/batch`: track up to [`MAX_BATCH_ITEMS`] videos; each
 /// item gets its own outcome and invalid items do not stop valid ones.
-#[instrument(skip_all)]
+#[instrument(skip_all, level = "debug")]
 pub async fn enqueue_batch(
     State(state): State<ApiState>,
     JsonBody(body): JsonBody,
@@ -227,7 +227,7 @@ pub async fn enqueue_batch(
 }
 
 /// `GET /v1/videos/{id}`.
-#[instrument(skip_all, fields(video_id = %video_id))]
+#[instrument(skip_all, level = "debug", fields(video_id = %video_id))]
 pub async fn show(
     State(state): State<ApiState>,
     VideoIdPath(video_id): VideoIdPath,
@@ -241,7 +241,7 @@ pub async fn show(
 }
 
 /// `DELETE /v1/videos/{id}`: stop tracking; `204`, idempotent.
-#[instrument(skip_all, fields(video_id = %video_id))]
+#[instrument(skip_all, level = "debug", fields(video_id = %video_id))]
 pub async fn cancel(
     State(state): State<ApiState>,
     VideoIdPath(video_id): VideoIdPath,
@@ -264,7 +264,7 @@ pub async fn cancel(
 
 /// `POST /v1/videos/{id}/redeliver`: queue a terminal video's event again
 /// to its targets, with the same `event_id`; `202`.
-#[instrument(skip_all, fields(video_id = %video_id))]
+#[instrument(skip_all, level = "debug", fields(video_id = %video_id))]
 pub async fn redeliver(
     State(state): State<ApiState>,
     VideoIdPath(video_id): VideoIdPath,
@@ -300,7 +300,7 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/videos?state=&limit=&cursor=`: a page in insertion order.
-#[instrument(skip_all)]
+#[instrument(skip_all, level = "debug")]
 pub async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, QueryRejection>,

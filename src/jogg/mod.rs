@@ -89,7 +89,7 @@ impl JoggClient {
     }
 
     /// Polls one video. Never fails: every problem is a [`PollAnswer`].
-    #[instrument(skip(self), fields(video_id = %video_id))]
+    #[instrument(skip(self), level = "debug", fields(video_id = %video_id))]
     pub async fn poll(&self, video_id: &VideoId) -> PollAnswer {
         let request = self
             .http

@@ -204,7 +204,7 @@ impl Store {
     }
 
     /// One video with its transitions and deliveries, or `None`.
-    #[instrument(skip(self))]
+    #[instrument(skip(self), level = "debug")]
     pub async fn video_details(
         &self,
         video_id: &VideoId,
@@ -243,7 +243,7 @@ impl Store {
     /// Ordering by the never-reused rowid is what makes cursor pagination
     /// stable: rows inserted while a client pages land after every cursor it
     /// already holds, so each row is seen exactly once.
-    #[instrument(skip(self))]
+    #[instrument(skip(self), level = "debug")]
     pub async fn list_videos(
         &self,
         state: Option<VideoState>,

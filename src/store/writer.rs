@@ -253,7 +253,7 @@ async fn run(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Request>) {
 
 /// Applies `batch` in one transaction and answers every caller; on failure,
 /// falls back to one transaction per request.
-#[instrument(skip_all, fields(size = batch.len()))]
+#[instrument(skip_all, level = "debug", fields(size = batch.len()))]
 async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) {
     let shared = async {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;

@@ -1,5 +1,10 @@
 //! Logging set-up (`tracing` to standard error, filtered by `RUST_LOG`)
 //! and the Prometheus [`metrics`].
+//!
+//! Spans on the per-request, per-poll and per-commit paths are at `debug`:
+//! at the default filter they are never built (building one formats its
+//! fields and registers it, on every poll), and the `info` events on those
+//! paths carry the ids they concern themselves.
 
 pub mod metrics;
 
