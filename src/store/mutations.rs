@@ -579,19 +579,28 @@ mod tests {
     use crate::config::DatabaseConfig;
     use crate::store::Store;
 
-    #[tokio::test]
-    async fn existing_ids_are_index_probes() {
+    /// The detail lines of SQLite's plan for `sql` on a fresh database,
+    /// with its `parameters` parameters bound to NULL (the plans checked
+    /// here do not depend on the values).
+    async fn query_plan(sql: &str, parameters: usize) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
         let config =
             DatabaseConfig::parse(&format!("sqlite://{}/t.db", dir.path().display())).unwrap();
         let store = Store::open(&config).await.unwrap();
-        let plan: Vec<(i64, i64, i64, String)> =
-            sqlx::query_as(concat!("EXPLAIN QUERY PLAN ", existing_videos!()))
-                .bind("[]")
-                .fetch_all(store.pool())
-                .await
-                .unwrap();
-        let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        // Built from the module's own constant statements.
+        let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(explain));
+        for _ in 0..parameters {
+            query = query.bind(None::<i64>);
+        }
+        let plan = query.fetch_all(store.pool()).await.unwrap();
+        store.close().await;
+        plan.into_iter().map(|row| row.3).collect()
+    }
+
+    #[tokio::test]
+    async fn existing_ids_are_index_probes() {
+        let details = query_plan(existing_videos!(), 1).await;
         assert!(
             details[0].starts_with("SEARCH videos USING COVERING INDEX")
                 && details[0].ends_with("(video_id=?)"),
@@ -605,19 +614,11 @@ mod tests {
 
     #[tokio::test]
     async fn recorded_polls_find_their_videos_by_rowid() {
-        let dir = tempfile::tempdir().unwrap();
-        let config =
-            DatabaseConfig::parse(&format!("sqlite://{}/t.db", dir.path().display())).unwrap();
-        let store = Store::open(&config).await.unwrap();
-        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(concat!(
-            "EXPLAIN QUERY PLAN UPDATE videos SET polls = 1 ",
-            recorded_polls_from!()
-        ))
-        .bind("[]")
-        .fetch_all(store.pool())
-        .await
-        .unwrap();
-        let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+        let details = query_plan(
+            concat!("UPDATE videos SET polls = 1 ", recorded_polls_from!()),
+            1,
+        )
+        .await;
         // The array drives; each element is one primary-key lookup, never a
         // scan of the table.
         assert_eq!(details.len(), 2, "{details:?}");
@@ -633,19 +634,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_due_query_is_an_index_range_scan_without_a_sort() {
-        let dir = tempfile::tempdir().unwrap();
-        let config =
-            DatabaseConfig::parse(&format!("sqlite://{}/t.db", dir.path().display())).unwrap();
-        let store = Store::open(&config).await.unwrap();
-        let plan: Vec<(i64, i64, i64, String)> =
-            sqlx::query_as(concat!("EXPLAIN QUERY PLAN ", due_videos!()))
-                .bind(0)
-                .bind(0)
-                .bind(0)
-                .fetch_all(store.pool())
-                .await
-                .unwrap();
-        let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+        let details = query_plan(due_videos!(), 3).await;
         assert_eq!(details.len(), 1, "{details:?}");
         assert!(
             details[0].starts_with("SEARCH videos USING")
