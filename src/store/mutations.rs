@@ -64,13 +64,13 @@ pub(crate) async fn insert_videos(
         .fetch_all(&mut *conn)
         .await?;
     // `WHERE true` tells the parser that ON CONFLICT belongs to the INSERT,
-    // not to a join of the SELECT. jsonb_each yields the rows in array order,
-    // so of two equal ids the first is the one inserted.
+    // not to a join of the SELECT. Rows go in in array order (`ORDER BY
+    // key`), so of two equal ids the first is the one inserted.
     sqlx::query(
         "INSERT INTO videos (video_id, callback_url, metadata, enqueued_at, updated_at, next_poll_at) \
          SELECT value ->> 'video_id', value ->> 'callback_url', value ->> 'metadata', ?2, ?2, \
                 value ->> 'next_poll_at' \
-         FROM jsonb_each(?1) WHERE true \
+         FROM jsonb_each(?1) WHERE true ORDER BY key \
          ON CONFLICT (video_id) DO NOTHING",
     )
     .bind(rows)
@@ -234,7 +234,32 @@ pub(crate) async fn claim_due(
 /// on disk or none of it is (and the poll is simply repeated). As for
 /// enqueues, each kind of row is written by one statement over a JSON array,
 /// however many results the group commit carries.
+///
+/// One video can have two results here: a stale one whose lease expired
+/// while its request ran, and the fresh one of the claim that followed.
+/// `RETURNING` names rows, not array elements, so it cannot tell those two
+/// apart; the results are therefore applied in runs without a repeated
+/// video, one run after the other, in order.
 pub(crate) async fn record_polls(
+    conn: &mut SqliteConnection,
+    updates: &[&PollUpdate],
+) -> Result<Vec<bool>, StoreError> {
+    let mut applied = Vec::with_capacity(updates.len());
+    let mut rest = updates;
+    while !rest.is_empty() {
+        let mut seen = HashSet::with_capacity(rest.len());
+        let run = rest
+            .iter()
+            .take_while(|update| seen.insert(update.video_rowid))
+            .count();
+        applied.extend(record_distinct_polls(conn, &rest[..run]).await?);
+        rest = &rest[run..];
+    }
+    Ok(applied)
+}
+
+/// [`record_polls`] for results of distinct videos.
+async fn record_distinct_polls(
     conn: &mut SqliteConnection,
     updates: &[&PollUpdate],
 ) -> Result<Vec<bool>, StoreError> {
@@ -368,14 +393,14 @@ pub(crate) async fn record_polls(
             }));
         }
     }
-    // Array order is insertion order, so each video's transitions keep
-    // their order in the log.
+    // Inserted in array order (`ORDER BY key`), so each video's transitions
+    // keep their order in the log.
     if !transitions.is_empty() {
         sqlx::query(
             "INSERT INTO transitions (video_rowid, kind, from_value, to_value, at) \
              SELECT value ->> 'video_rowid', value ->> 'kind', value ->> 'from', value ->> 'to', \
                     value ->> 'at' \
-             FROM jsonb_each(?1)",
+             FROM jsonb_each(?1) ORDER BY key",
         )
         .bind(to_json(&transitions))
         .execute(&mut *conn)
@@ -577,7 +602,90 @@ pub(crate) async fn release_delivery(
 #[cfg(test)]
 mod tests {
     use crate::config::DatabaseConfig;
-    use crate::store::Store;
+    use crate::domain::{Millis, VideoId};
+    use crate::store::{NewTransition, NewVideo, PollUpdate, Store, TerminalChange};
+
+    /// A result for `rowid` under `lease` that ends the video as completed
+    /// with event `event_id`, after one status transition.
+    fn completed(rowid: i64, lease: i64, event_id: &str) -> PollUpdate {
+        PollUpdate {
+            video_rowid: rowid,
+            lease_until: lease,
+            at: Millis(lease),
+            counted: true,
+            upstream_status: Some("completed".into()),
+            fields: Default::default(),
+            unchanged_polls: 0,
+            error_streak: 0,
+            next_poll_at: None,
+            transitions: vec![NewTransition {
+                kind: "status",
+                from: None,
+                to: format!("completed ({event_id})"),
+            }],
+            terminal: Some(TerminalChange {
+                state: crate::domain::VideoState::Completed,
+                reason: None,
+                event_id: event_id.into(),
+                targets: vec!["https://hooks.example.com/x".into()],
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_result_beside_the_fresh_one_is_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            DatabaseConfig::parse(&format!("sqlite://{}/t.db", dir.path().display())).unwrap();
+        let store = Store::open(&config).await.unwrap();
+        let mut conn = store.pool().acquire().await.unwrap();
+        let video = NewVideo {
+            video_id: VideoId::parse("v1").unwrap(),
+            callback_url: None,
+            metadata: None,
+            first_poll_at: Millis(0),
+        };
+        super::insert_videos(&mut conn, &[&video], Millis(0))
+            .await
+            .unwrap();
+        // The first claim's lease ran out while its request was in flight;
+        // a second claim took the video.
+        let stale = super::claim_due(&mut conn, Millis(1), Millis(100), 1)
+            .await
+            .unwrap();
+        let fresh = super::claim_due(&mut conn, Millis(150), Millis(300), 1)
+            .await
+            .unwrap();
+        assert_eq!((stale.len(), fresh.len()), (1, 1));
+        let rowid = fresh[0].id;
+
+        // Both results reach the same group commit, the stale one first.
+        let (old, new) = (
+            completed(rowid, stale[0].lease_until, "evt_stale"),
+            completed(rowid, fresh[0].lease_until, "evt_fresh"),
+        );
+        let applied = super::record_polls(&mut conn, &[&old, &new]).await.unwrap();
+        assert_eq!(applied, vec![false, true]);
+
+        let event: String = sqlx::query_scalar("SELECT event_id FROM videos WHERE id = ?")
+            .bind(rowid)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let outbox: Vec<String> = sqlx::query_scalar("SELECT event_id FROM deliveries")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        let log: Vec<String> = sqlx::query_scalar("SELECT to_value FROM transitions")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(event, "evt_fresh");
+        assert_eq!(outbox, vec!["evt_fresh"]);
+        assert_eq!(log, vec!["completed (evt_fresh)"]);
+        drop(conn);
+        store.close().await;
+    }
 
     /// The detail lines of SQLite's plan for `sql` on a fresh database,
     /// with its `parameters` parameters bound to NULL (the plans checked

@@ -108,7 +108,7 @@ impl Writer {
     pub async fn start(store: &Store) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let conn = store.dedicated_connection().await?;
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
-        let task = tokio::spawn(run(conn, queue));
+        let task = tokio::spawn(run(store.clone(), conn, queue));
         Ok((Self { requests }, task))
     }
 
@@ -241,20 +241,50 @@ impl Writer {
 }
 
 /// The writer loop: drain the queue in batches until every sender is gone.
-async fn run(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Request>) {
+async fn run(store: Store, mut conn: SqliteConnection, mut queue: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        commit_batch(&mut conn, &mut batch).await;
+        if commit_batch(&mut conn, &mut batch).await == Connection::Suspect {
+            conn = reconnect(&store, conn).await;
+        }
     }
     if let Err(err) = conn.close().await {
         warn!(error = %err, "closing the writer's connection failed");
     }
 }
 
+/// What a batch's outcome says about the writer's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connection {
+    /// Fine to keep using.
+    Sound,
+    /// A database-wide failure happened on it.
+    Suspect,
+}
+
+/// After a database-wide failure, a fresh connection: when SQLite rolls a
+/// transaction back on its own (a full disk, an I/O error), sqlx may still
+/// count it as open and refuse every later `BEGIN`, which would fail every
+/// write until a restart. Keeps the old connection if no new one opens.
+async fn reconnect(store: &Store, old: SqliteConnection) -> SqliteConnection {
+    match store.dedicated_connection().await {
+        Ok(fresh) => {
+            if let Err(err) = old.close().await {
+                warn!(error = %err, "closing the writer's failed connection failed");
+            }
+            fresh
+        }
+        Err(err) => {
+            warn!(error = %err, "cannot reopen the database; keeping the current connection");
+            old
+        }
+    }
+}
+
 /// Applies `batch` in one transaction and answers every caller; on failure,
 /// falls back to one transaction per request.
 #[instrument(skip_all, level = "debug", fields(size = batch.len()))]
-async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) {
+async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) -> Connection {
     let shared = async {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let ops: Vec<&WriteOp> = batch.iter().map(|request| &request.op).collect();
@@ -277,6 +307,7 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) {
                 // write stands regardless.
                 let _ = request.reply.send(Ok(result));
             }
+            Connection::Sound
         }
         Err(err) if batch.len() == 1 || !is_request_specific(&err) => {
             // A locked, read-only or full database fails every request the
@@ -288,6 +319,11 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) {
                 let _ = request
                     .reply
                     .send(Err(StoreError::Unavailable(message.clone())));
+            }
+            if is_request_specific(&err) {
+                Connection::Sound
+            } else {
+                Connection::Suspect
             }
         }
         Err(err) => {
@@ -302,6 +338,7 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) {
                 .await;
                 let _ = request.reply.send(result);
             }
+            Connection::Sound
         }
     }
 }

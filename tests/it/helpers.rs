@@ -230,12 +230,17 @@ impl TestApp {
             .expect("poll step")
     }
 
-    /// Steps at the current time until a step finds nothing due; returns
-    /// the number of steps that worked. Bounded, so a bug cannot hang a test.
+    /// Steps until a step finds nothing due; returns the number of steps
+    /// that worked. After each step that worked, the clock it is given moves
+    /// at least 2 ms on (past a 1 ms poll interval with its jitter), so a
+    /// step that finished in under a millisecond does not end the loop
+    /// while the next poll is due the moment after. Bounded, so a bug
+    /// cannot hang a test.
     pub async fn step_until_idle(&self) -> usize {
+        let mut now = Millis::now();
         for worked in 0..10_000 {
-            match self.step(Millis::now()).await {
-                Outcome::Worked(_) => {}
+            match self.step(now).await {
+                Outcome::Worked(_) => now = Millis::now().max(now.plus(Duration::from_millis(2))),
                 _ => return worked,
             }
         }
