@@ -45,8 +45,12 @@ pub(crate) async fn insert_videos(
         metadata: Option<&'a str>,
         next_poll_at: i64,
     }
+    // An id repeated within the call is sent once, its first occurrence: the
+    // statement then has nothing whose order matters.
+    let mut first = HashSet::with_capacity(videos.len());
     let rows: Vec<Row<'_>> = videos
         .iter()
+        .filter(|video| first.insert(video.video_id.as_str()))
         .map(|video| Row {
             video_id: video.video_id.as_str(),
             callback_url: video.callback_url.as_deref(),
@@ -64,13 +68,12 @@ pub(crate) async fn insert_videos(
         .fetch_all(&mut *conn)
         .await?;
     // `WHERE true` tells the parser that ON CONFLICT belongs to the INSERT,
-    // not to a join of the SELECT. Rows go in in array order (`ORDER BY
-    // key`), so of two equal ids the first is the one inserted.
+    // not to a join of the SELECT.
     sqlx::query(
         "INSERT INTO videos (video_id, callback_url, metadata, enqueued_at, updated_at, next_poll_at) \
          SELECT value ->> 'video_id', value ->> 'callback_url', value ->> 'metadata', ?2, ?2, \
                 value ->> 'next_poll_at' \
-         FROM jsonb_each(?1) WHERE true ORDER BY key \
+         FROM jsonb_each(?1) WHERE true \
          ON CONFLICT (video_id) DO NOTHING",
     )
     .bind(rows)
@@ -393,8 +396,8 @@ async fn record_distinct_polls(
             }));
         }
     }
-    // Inserted in array order (`ORDER BY key`), so each video's transitions
-    // keep their order in the log.
+    // Inserted in array order (`ORDER BY key`; a sort of a few rows), so
+    // each video's transitions keep their order in the log.
     if !transitions.is_empty() {
         sqlx::query(
             "INSERT INTO transitions (video_rowid, kind, from_value, to_value, at) \

@@ -140,7 +140,10 @@ async fn batch_duplicates_within_one_request_are_created_once() {
         .send(
             "POST",
             "/v1/videos/batch",
-            Some(&json!({"videos": [{"video_id": "dup"}, {"video_id": "dup"}]})),
+            Some(&json!({"videos": [
+                {"video_id": "dup", "metadata": {"copy": "first"}},
+                {"video_id": "dup", "metadata": {"copy": "second"}}
+            ]})),
         )
         .await;
     let outcomes: Vec<&str> = reply.json["results"]
@@ -151,6 +154,11 @@ async fn batch_duplicates_within_one_request_are_created_once() {
         .collect();
     assert_eq!(outcomes, ["created", "existing"]);
     assert_eq!(app.count("videos").await, 1);
+    // The one reported created is the one stored.
+    assert_eq!(
+        app.video("dup").await.json["metadata"],
+        json!({"copy": "first"})
+    );
     app.stop().await;
 }
 
