@@ -11,6 +11,7 @@ use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::domain::Millis;
 use crate::store::StoreError;
 
 /// The tasks a worker runs: each records its own result and may fail only
@@ -29,6 +30,43 @@ pub fn settle<E: From<StoreError>>(
             warn!(error = %err, "worker task failed");
             Ok(())
         }
+    }
+}
+
+/// Waits for every task in `tasks` (a worker's step); after all of them
+/// have finished, the last failure if there was one.
+pub async fn settle_all<E: From<StoreError>>(tasks: &mut Tasks) -> Result<(), E> {
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(err) = settle::<E>(joined) {
+            failure = Some(err);
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// The time of a step as its tasks see it: the `now` the step was given,
+/// advanced by the real time elapsed since. In production `now` is the wall
+/// clock and this is the wall clock; a test that hands a step a future
+/// `now` sees its results scheduled from that future consistently.
+#[derive(Debug, Clone, Copy)]
+pub struct StepClock {
+    base: Millis,
+    started: tokio::time::Instant,
+}
+
+impl StepClock {
+    /// A clock reading `base` now.
+    pub fn starting_at(base: Millis) -> Self {
+        Self {
+            base,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The step's time now.
+    pub fn now(&self) -> Millis {
+        self.base.plus(self.started.elapsed())
     }
 }
 

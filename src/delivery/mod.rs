@@ -29,7 +29,9 @@ use crate::store::{
     AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryRelease, Store, StoreError, Writer,
 };
 use crate::telemetry::metrics::RelayMetrics;
-use crate::worker::{HeldLeases, Tasks, drain_within_grace, link_stopping, settle};
+use crate::worker::{
+    HeldLeases, StepClock, Tasks, drain_within_grace, link_stopping, settle, settle_all,
+};
 use schedule::AttemptResult;
 
 /// Most deliveries in flight at once, over all targets.
@@ -234,16 +236,8 @@ impl Deliverer {
     pub async fn step(&self, now: Millis) -> Result<Outcome, DeliveryError> {
         let mut attempts = JoinSet::new();
         let outcome = self.dispatch(now, &mut attempts, 1).await?;
-        let mut failure = None;
-        while let Some(joined) = attempts.join_next().await {
-            if let Err(err) = settle::<DeliveryError>(joined) {
-                failure = Some(err);
-            }
-        }
-        match failure {
-            Some(err) => Err(err),
-            None => Ok(outcome),
-        }
+        settle_all::<DeliveryError>(&mut attempts).await?;
+        Ok(outcome)
     }
 
     /// Claims what is due at `now` and starts the attempts in `attempts`
@@ -256,8 +250,7 @@ impl Deliverer {
     ) -> Result<Outcome, DeliveryError> {
         // The clock starts now: waiting for slots below must not make the
         // claim's lease or the attempts' times lag behind real time.
-        let started = Instant::now();
-        let now_at = move || now.plus(started.elapsed());
+        let clock = StepClock::starting_at(now);
         let mut permits = Vec::with_capacity(min_batch);
         while permits.len() < min_batch.max(1) {
             permits.push(
@@ -275,7 +268,7 @@ impl Deliverer {
         // turn behind that host's bound.
         let rounds = permits.len().div_ceil(MAX_IN_FLIGHT_PER_HOST) as u32;
         let lease = self.shared.timeout * (rounds + 1) + LEASE_MARGIN;
-        let claimed_at = now_at();
+        let claimed_at = clock.now();
         let claimed = self
             .shared
             .writer
@@ -289,7 +282,7 @@ impl Deliverer {
             self.shared.held.hold(delivery.id, delivery.lease_until);
         }
         for (delivery, permit) in claimed.into_iter().zip(permits) {
-            attempts.spawn(attempt(self.shared.clone(), delivery, permit, now_at));
+            attempts.spawn(attempt(self.shared.clone(), delivery, permit, clock));
         }
         Ok(Outcome::Worked(count))
     }
@@ -316,7 +309,7 @@ async fn attempt(
     shared: Arc<Shared>,
     delivery: ClaimedDelivery,
     _permit: OwnedSemaphorePermit,
-    now: impl Fn() -> Millis,
+    clock: StepClock,
 ) -> Result<(), StoreError> {
     let result = match Url::parse(&delivery.url) {
         Ok(url) => {
@@ -332,19 +325,19 @@ async fn attempt(
                     .release_deliveries(vec![DeliveryRelease {
                         delivery_id: delivery.id,
                         lease_until: delivery.lease_until,
-                        next_attempt_at: now(),
+                        next_attempt_at: clock.now(),
                     }])
                     .await?;
                 shared.held.settle(delivery.id);
                 return Ok(());
             }
-            let at = now();
+            let at = clock.now();
             let started = Instant::now();
             let result = send(&shared, &delivery, &url, at).await;
             (at, started.elapsed(), result)
         }
         Err(err) => (
-            now(),
+            clock.now(),
             Duration::ZERO,
             AttemptResult::Forbidden(format!("invalid URL: {err}")),
         ),
@@ -357,7 +350,7 @@ async fn attempt(
         &result,
         attempt_number,
         &shared.schedule,
-        now(),
+        clock.now(),
         fastrand::f64() * 2.0 - 1.0,
     );
     let (status, error) = match &result {

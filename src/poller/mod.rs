@@ -25,7 +25,9 @@ use crate::domain::{Millis, VideoId};
 use crate::jogg::{JoggClient, PauseReason, PollAnswer};
 use crate::store::{ClaimedVideo, Release, Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
-use crate::worker::{HeldLeases, Tasks, drain_within_grace, link_stopping, settle};
+use crate::worker::{
+    HeldLeases, StepClock, Tasks, drain_within_grace, link_stopping, settle, settle_all,
+};
 use decide::{Decision, GateSignal, PollOutcome};
 use gate::{Closed, UpstreamGate};
 use policy::PollPolicy;
@@ -302,16 +304,8 @@ impl Poller {
     pub async fn step(&self, now: Millis) -> Result<Outcome, PollerError> {
         let mut polls = JoinSet::new();
         let outcome = self.dispatch(now, &mut polls, 1).await?;
-        let mut failure = None;
-        while let Some(joined) = polls.join_next().await {
-            if let Err(err) = settle::<PollerError>(joined) {
-                failure = Some(err);
-            }
-        }
-        match failure {
-            Some(err) => Err(err),
-            None => Ok(outcome),
-        }
+        settle_all::<PollerError>(&mut polls).await?;
+        Ok(outcome)
     }
 
     /// Claims what is due at `now` and starts its polls in `polls` without
@@ -529,27 +523,4 @@ async fn apply(
         }
     }
     Ok(())
-}
-
-/// The time of a step as its tasks see it: the `now` the step was given,
-/// advanced by the real time elapsed since. In production `now` is the wall
-/// clock and this is the wall clock; a test that hands a step a future
-/// `now` sees its results scheduled from that future consistently.
-#[derive(Debug, Clone, Copy)]
-struct StepClock {
-    base: Millis,
-    started: tokio::time::Instant,
-}
-
-impl StepClock {
-    fn starting_at(base: Millis) -> Self {
-        Self {
-            base,
-            started: tokio::time::Instant::now(),
-        }
-    }
-
-    fn now(&self) -> Millis {
-        self.base.plus(self.started.elapsed())
-    }
 }

@@ -158,6 +158,16 @@ async fn wait_for_all_callbacks(receiver: &SimReceiver, expected: usize, limit: 
     }
 }
 
+/// The upstream simulator and a receiver that verifies signatures made with
+/// [`SECRET`].
+async fn simulators() -> (SimUpstream, SimReceiver) {
+    let secret = WebhookSecret::parse(SecretString::from(SECRET), "callbacks.secret").unwrap();
+    (
+        SimUpstream::start().await.unwrap(),
+        SimReceiver::start(Some(secret)).await.unwrap(),
+    )
+}
+
 async fn open_store(dir: &Path) -> Store {
     Store::open(&DatabaseConfig::parse(&format!("sqlite://{}/relay.db", dir.display())).unwrap())
         .await
@@ -268,9 +278,7 @@ async fn repeated_sigkill_loses_nothing() {
     let count = size("JOGG_RELAY_CRASH_VIDEOS", 1000);
     let kills = size("JOGG_RELAY_CRASH_KILLS", 10);
     let mut rng = fastrand::Rng::with_seed(seed());
-    let sim = SimUpstream::start().await.unwrap();
-    let secret = WebhookSecret::parse(SecretString::from(SECRET), "callbacks.secret").unwrap();
-    let receiver = SimReceiver::start(Some(secret)).await.unwrap();
+    let (sim, receiver) = simulators().await;
     receiver.state.fail_randomly(0.2, 500, rng.u64(..));
     let endings = script_videos(&sim, "crash", count, &mut rng);
     let mut ids: Vec<String> = endings.keys().cloned().collect();
@@ -336,12 +344,7 @@ async fn repeated_sigkill_loses_nothing() {
 async fn upstream_faults_never_decide_an_outcome() {
     let count = size("JOGG_RELAY_FAULT_VIDEOS", 200);
     let mut rng = fastrand::Rng::with_seed(seed());
-    let sim = SimUpstream::start().await.unwrap();
-    let receiver = SimReceiver::start(Some(
-        WebhookSecret::parse(SecretString::from(SECRET), "s").unwrap(),
-    ))
-    .await
-    .unwrap();
+    let (sim, receiver) = simulators().await;
     let endings = script_videos(&sim, "fault", count, &mut rng);
     let mut ids: Vec<String> = endings.keys().cloned().collect();
     ids.sort();
@@ -406,12 +409,7 @@ async fn upstream_faults_never_decide_an_outcome() {
 async fn receiver_outage_then_recovery_delivers_everything_in_retry_order() {
     let count = size("JOGG_RELAY_OUTAGE_VIDEOS", 50);
     let mut rng = fastrand::Rng::with_seed(seed());
-    let sim = SimUpstream::start().await.unwrap();
-    let receiver = SimReceiver::start(Some(
-        WebhookSecret::parse(SecretString::from(SECRET), "s").unwrap(),
-    ))
-    .await
-    .unwrap();
+    let (sim, receiver) = simulators().await;
     receiver.state.set_outage(Some(503));
     let endings = script_videos(&sim, "outage", count, &mut rng);
     let mut ids: Vec<String> = endings.keys().cloned().collect();
