@@ -162,6 +162,17 @@ fn write_config(dir: &Path, sim: &SimUpstream, extra: &str) -> anyhow::Result<st
     Ok(path)
 }
 
+/// Scripts `count` videos named `{prefix}-{i}` with `timeline`; their ids.
+fn script_videos(sim: &SimUpstream, prefix: &str, count: usize, timeline: Timeline) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            sim.state.script(&id, timeline.clone());
+            id
+        })
+        .collect()
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -303,12 +314,7 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
 
     // 2. Polls with no budget: a hot set polled five times each, beside the
     // backlog.
-    let hot: Vec<String> = (0..options.hot_videos)
-        .map(|i| format!("hot-{i}"))
-        .collect();
-    for id in &hot {
-        sim.state.script(id, Timeline::completes(4, 0));
-    }
+    let hot = script_videos(&sim, "hot", options.hot_videos, Timeline::completes(4, 0));
     let config = write_config(
         dir.path(),
         &sim,
@@ -332,12 +338,12 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
     relay.stop()?;
 
     // 3. Deliveries and detection latency.
-    let deliver: Vec<String> = (0..options.delivery_videos)
-        .map(|i| format!("deliver-{i}"))
-        .collect();
-    for id in &deliver {
-        sim.state.script(id, Timeline::completes(0, 0));
-    }
+    let deliver = script_videos(
+        &sim,
+        "deliver",
+        options.delivery_videos,
+        Timeline::completes(0, 0),
+    );
     let config = write_config(
         dir.path(),
         &sim,
@@ -392,13 +398,14 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
     relay.stop()?;
 
     // 4. Budget compliance and use, with a backlog larger than the budget.
-    let backlog: Vec<String> =
-        (0..((BUDGET_RATE * (options.budget_window.as_secs_f64() + 1.0) * 2.0) as usize).max(100))
-            .map(|i| format!("budget-{i}"))
-            .collect();
-    for id in &backlog {
-        sim.state.script(id, Timeline::completes(1_000_000, 0));
-    }
+    let backlog_size =
+        ((BUDGET_RATE * (options.budget_window.as_secs_f64() + 1.0) * 2.0) as usize).max(100);
+    let backlog = script_videos(
+        &sim,
+        "budget",
+        backlog_size,
+        Timeline::completes(1_000_000, 0),
+    );
     let config = write_config(
         dir.path(),
         &sim,
