@@ -4,9 +4,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -68,6 +69,33 @@ impl StepClock {
     pub fn now(&self) -> Millis {
         self.base.plus(self.started.elapsed())
     }
+}
+
+/// Slots for a claim: waits for at least `min` (one at the least) free
+/// slots of `in_flight`, then takes every other free one, up to `max`.
+/// Taking slots before claiming means a claimed item never waits for one.
+pub async fn acquire_slots(
+    in_flight: &Arc<Semaphore>,
+    min: usize,
+    max: usize,
+) -> Vec<OwnedSemaphorePermit> {
+    let mut permits = Vec::with_capacity(min);
+    while permits.len() < min.max(1) {
+        permits.push(
+            in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the in-flight semaphore is never closed"),
+        );
+    }
+    while permits.len() < max {
+        match in_flight.clone().try_acquire_owned() {
+            Ok(permit) => permits.push(permit),
+            Err(_) => break,
+        }
+    }
+    permits
 }
 
 /// Cancels `stopping` as soon as `shutdown` is cancelled, so tasks that

@@ -30,7 +30,8 @@ use crate::store::{
 };
 use crate::telemetry::metrics::RelayMetrics;
 use crate::worker::{
-    HeldLeases, StepClock, Tasks, drain_within_grace, link_stopping, settle, settle_all,
+    HeldLeases, StepClock, Tasks, acquire_slots, drain_within_grace, link_stopping, settle,
+    settle_all,
 };
 use schedule::AttemptResult;
 
@@ -251,19 +252,7 @@ impl Deliverer {
         // The clock starts now: waiting for slots below must not make the
         // claim's lease or the attempts' times lag behind real time.
         let clock = StepClock::starting_at(now);
-        let mut permits = Vec::with_capacity(min_batch);
-        while permits.len() < min_batch.max(1) {
-            permits.push(
-                self.in_flight
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the in-flight semaphore is never closed"),
-            );
-        }
-        while let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
-            permits.push(permit);
-        }
+        let permits = acquire_slots(&self.in_flight, min_batch, usize::MAX).await;
         // Worst case every claimed delivery goes to one host and waits its
         // turn behind that host's bound.
         let rounds = permits.len().div_ceil(MAX_IN_FLIGHT_PER_HOST) as u32;

@@ -26,7 +26,8 @@ use crate::jogg::{JoggClient, PauseReason, PollAnswer};
 use crate::store::{ClaimedVideo, Release, Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
 use crate::worker::{
-    HeldLeases, StepClock, Tasks, drain_within_grace, link_stopping, settle, settle_all,
+    HeldLeases, StepClock, Tasks, acquire_slots, drain_within_grace, link_stopping, settle,
+    settle_all,
 };
 use decide::{Decision, GateSignal, PollOutcome};
 use gate::{Closed, UpstreamGate};
@@ -331,22 +332,7 @@ impl Poller {
 
         // Slots first, then claims: a claimed video never waits for a slot,
         // so its lease only has to cover the budget wait and the request.
-        let mut permits = Vec::with_capacity(min_batch);
-        while permits.len() < min_batch.max(1) {
-            permits.push(
-                self.in_flight
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the in-flight semaphore is never closed"),
-            );
-        }
-        while permits.len() < MAX_CLAIM {
-            match self.in_flight.clone().try_acquire_owned() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
-            }
-        }
+        let permits = acquire_slots(&self.in_flight, min_batch, MAX_CLAIM).await;
         let claimed = self.claim(clock.now(), permits.len()).await?;
         if claimed.is_empty() {
             return Ok(Outcome::Idle);
