@@ -235,7 +235,9 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 }
 
 /// `enqueue`: validates every id first (so a typo stores nothing), then
-/// writes them in one transaction.
+/// writes them in one transaction. An id already tracked with a different
+/// `--callback-url` or `--metadata` is left unchanged and printed as
+/// `conflict`; the others are stored, and the command then exits 1.
 async fn enqueue(
     config: &Config,
     ids: Vec<String>,
@@ -267,14 +269,28 @@ async fn enqueue(
         .context("cannot store the videos")?;
     drop(writer);
     let _ = writer_task.await;
+    let mut conflicts = Vec::new();
     for (id, outcome) in ids.iter().zip(outcomes) {
         let word = match outcome {
             EnqueueOutcome::Created { .. } => "created",
             EnqueueOutcome::Existing => "existing",
+            EnqueueOutcome::Conflict(fields) => {
+                conflicts.push(format!("{id} (different {})", fields.names()));
+                "conflict"
+            }
         };
         println!("{word}\t{id}");
     }
     store.close().await;
+    // The other ids are stored; the exit code still tells a script that
+    // not everything it asked for is tracked as asked.
+    if !conflicts.is_empty() {
+        return Err(anyhow::anyhow!(
+            "already tracked with a different request, left unchanged: {}",
+            conflicts.join(", ")
+        )
+        .into());
+    }
     Ok(())
 }
 

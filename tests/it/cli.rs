@@ -145,8 +145,49 @@ fn enqueue_status_and_list_work_on_the_database() {
     );
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout, "created\tcli-1\ncreated\tcli-2\n");
-    let (_, stdout, _) = run_binary(&["--config", config, "enqueue", "cli-1"], &[]);
-    assert_eq!(stdout, "existing\tcli-1\n");
+    // The same request again (metadata keys in another order) changes
+    // nothing; the same id with other metadata, or none, is a conflict:
+    // printed, left unchanged, exit 1, while the other ids are stored.
+    let (code, stdout, stderr) = run_binary(
+        &[
+            "--config",
+            config,
+            "enqueue",
+            "cli-1",
+            "--metadata",
+            r#"{ "from" : "cli" }"#,
+        ],
+        &[],
+    );
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, "existing\tcli-1\n"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = run_binary(
+        &[
+            "--config",
+            config,
+            "enqueue",
+            "cli-1",
+            "cli-3",
+            "--metadata",
+            r#"{"from":"elsewhere"}"#,
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stdout, "conflict\tcli-1\ncreated\tcli-3\n");
+    assert!(
+        stderr.contains("cli-1") && stderr.contains("metadata"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = run_binary(&["--config", config, "enqueue", "cli-2"], &[]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (1, "conflict\tcli-2\n"),
+        "{stderr}"
+    );
 
     let (code, _, stderr) = run_binary(&["--config", config, "enqueue", "ok", "../bad"], &[]);
     assert_eq!(code, 64, "an invalid id is bad usage: {stderr}");
@@ -169,7 +210,11 @@ fn enqueue_status_and_list_work_on_the_database() {
         .skip(1)
         .map(|l| l.split('\t').next().unwrap())
         .collect();
-    assert_eq!(ids, ["cli-1", "cli-2"], "the invalid batch stored nothing");
+    assert_eq!(
+        ids,
+        ["cli-1", "cli-2", "cli-3"],
+        "the invalid batch stored nothing"
+    );
     let (code, _, _) = run_binary(&["--config", config, "list", "--state", "bogus"], &[]);
     assert_eq!(code, 64);
 }
