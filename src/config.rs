@@ -141,10 +141,13 @@ pub struct JoggSettings {
     /// Per upstream request.
     pub timeout: String,
     /// Global poll budget.
+    #[serde(deserialize_with = "from_text::number")]
     pub requests_per_second: f64,
     /// Token bucket size.
+    #[serde(deserialize_with = "from_text::count")]
     pub burst: u32,
     /// Concurrent upstream requests.
+    #[serde(deserialize_with = "from_text::count")]
     pub max_in_flight: u32,
 }
 
@@ -159,8 +162,10 @@ pub struct PollingSettings {
     /// Interval cap.
     pub max_interval: String,
     /// Interval growth per unchanged poll.
+    #[serde(deserialize_with = "from_text::number")]
     pub multiplier: f64,
     /// ± fraction applied to every delay.
+    #[serde(deserialize_with = "from_text::number")]
     pub jitter: f64,
     /// After this the video is abandoned (`deadline`).
     pub give_up_after: String,
@@ -173,6 +178,7 @@ pub struct PollingSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct CallbacksSettings {
     /// Endpoints that get every event.
+    #[serde(deserialize_with = "from_text::list")]
     pub urls: Vec<String>,
     /// `whsec_…` signing secret.
     #[serde(skip_serializing_if = "SecretSetting::is_unset")]
@@ -183,8 +189,10 @@ pub struct CallbacksSettings {
     /// Per delivery attempt.
     pub timeout: String,
     /// Delays after attempt 1, 2, …
+    #[serde(deserialize_with = "from_text::list")]
     pub retry_schedule: Vec<String>,
     /// Allow per-video callback URLs on private addresses.
+    #[serde(deserialize_with = "from_text::flag")]
     pub allow_private_targets: bool,
 }
 
@@ -291,13 +299,14 @@ impl Settings {
             .into_iter()
             .filter(|(name, _)| name.starts_with(&format!("{ENV_PREFIX}__")))
             .collect();
+        // Every variable stays the string it is (no type guessing): a
+        // token `000123` or a key of 40 digits must not become a number.
+        // The numeric, boolean and list keys parse their text themselves
+        // (see `from_text`).
         let environment = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("callbacks.urls")
-            .with_list_parse_key("callbacks.retry_schedule")
+            .try_parsing(false)
             .source(Some(ours.into_iter().collect()));
         builder
             .add_source(environment)
@@ -444,6 +453,118 @@ impl Settings {
     /// `check-config` prints.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+    }
+}
+
+/// Deserializers for the keys that are not strings.
+///
+/// The TOML file gives them typed values; the environment gives every
+/// value as text, since it is read without type guessing (guessing turned
+/// a token `000123` into `123`). These accept either and parse the text
+/// strictly, so an error still names the key (the config crate adds it).
+mod from_text {
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::de::{self, SeqAccess, Unexpected, Visitor};
+
+    /// A number (`requests_per_second`, `multiplier`, `jitter`).
+    pub fn number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        struct Number;
+        impl Visitor<'_> for Number {
+            type Value = f64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<f64, E> {
+                Ok(value)
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<f64, E> {
+                Ok(value as f64)
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<f64, E> {
+                Ok(value as f64)
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<f64, E> {
+                text.trim()
+                    .parse()
+                    .map_err(|_| E::invalid_value(Unexpected::Str(text), &self))
+            }
+        }
+        deserializer.deserialize_any(Number)
+    }
+
+    /// A whole number that fits `u32` (`burst`, `max_in_flight`).
+    pub fn count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+        struct Count;
+        impl Visitor<'_> for Count {
+            type Value = u32;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number from 0 to 4294967295")
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<u32, E> {
+                u32::try_from(value).map_err(|_| E::invalid_value(Unexpected::Signed(value), &self))
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<u32, E> {
+                u32::try_from(value)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(value), &self))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<u32, E> {
+                text.trim()
+                    .parse()
+                    .map_err(|_| E::invalid_value(Unexpected::Str(text), &self))
+            }
+        }
+        deserializer.deserialize_any(Count)
+    }
+
+    /// A boolean: `true`/`false` in the file; in the environment also any
+    /// case of those, or `1`/`0`.
+    pub fn flag<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+        struct Flag;
+        impl Visitor<'_> for Flag {
+            type Value = bool;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true or false")
+            }
+            fn visit_bool<E: de::Error>(self, value: bool) -> Result<bool, E> {
+                Ok(value)
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<bool, E> {
+                match text.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" => Ok(true),
+                    "false" | "0" => Ok(false),
+                    _ => Err(E::invalid_value(Unexpected::Str(text), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Flag)
+    }
+
+    /// A list of strings: an array in the file, comma-separated text in
+    /// the environment (entries trimmed; empty text is an empty list).
+    pub fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+        struct List;
+        impl<'de> Visitor<'de> for List {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of strings, or comma-separated text")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(items)
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<String>, E> {
+                if text.trim().is_empty() {
+                    return Ok(Vec::new());
+                }
+                Ok(text.split(',').map(|item| item.trim().to_owned()).collect())
+            }
+        }
+        deserializer.deserialize_any(List)
     }
 }
 
@@ -802,6 +923,85 @@ mod tests {
             config.callbacks.retry_schedule,
             [Duration::from_secs(1), Duration::from_secs(2)]
         );
+    }
+
+    /// String keys from the environment are the variable's bytes, however
+    /// much they look like numbers or booleans; the numeric, boolean and
+    /// list keys still parse theirs.
+    #[test]
+    fn environment_strings_stay_strings_and_numbers_still_parse() {
+        let forty_digits = "1234567890123456789012345678901234567890";
+        for value in [
+            "000123",
+            "1e3",
+            "true",
+            "0x10",
+            forty_digits,
+            "1.50",
+            "-0",
+            "nan",
+        ] {
+            let settings = load_str(
+                "",
+                &[
+                    ("JOGG_RELAY__SERVER__TOKEN", value),
+                    ("JOGG_RELAY__JOGG__API_KEY", value),
+                ],
+            )
+            .unwrap();
+            assert_eq!(settings.server.token.0.as_deref(), Some(value));
+            assert_eq!(settings.jogg.api_key.0.as_deref(), Some(value));
+            let config = settings.validate().unwrap();
+            assert_eq!(config.server.token.unwrap().expose_secret(), value);
+            assert_eq!(config.jogg.api_key.unwrap().expose_secret(), value);
+        }
+
+        let settings = load_str(
+            "",
+            &[
+                ("JOGG_RELAY__JOGG__REQUESTS_PER_SECOND", "1e3"),
+                ("JOGG_RELAY__JOGG__BURST", "016"),
+                ("JOGG_RELAY__JOGG__MAX_IN_FLIGHT", "4"),
+                ("JOGG_RELAY__POLLING__MULTIPLIER", "2"),
+                ("JOGG_RELAY__POLLING__JITTER", "0.25"),
+                ("JOGG_RELAY__CALLBACKS__ALLOW_PRIVATE_TARGETS", "TRUE"),
+                (
+                    "JOGG_RELAY__CALLBACKS__URLS",
+                    "http://a.example/x, http://b.example/y",
+                ),
+                ("JOGG_RELAY__CALLBACKS__RETRY_SCHEDULE", "1s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.jogg.requests_per_second, 1000.0);
+        assert_eq!(settings.jogg.burst, 16);
+        assert_eq!(settings.jogg.max_in_flight, 4);
+        assert_eq!(settings.polling.multiplier, 2.0);
+        assert_eq!(settings.polling.jitter, 0.25);
+        assert!(settings.callbacks.allow_private_targets);
+        assert_eq!(
+            settings.callbacks.urls,
+            ["http://a.example/x", "http://b.example/y"]
+        );
+        assert_eq!(settings.callbacks.retry_schedule, ["1s"]);
+        let none = load_str("", &[("JOGG_RELAY__CALLBACKS__URLS", "")]).unwrap();
+        assert!(none.callbacks.urls.is_empty(), "empty text is no URLs");
+        for (name, value, key) in [
+            ("JOGG_RELAY__JOGG__BURST", "7.5", "jogg.burst"),
+            (
+                "JOGG_RELAY__JOGG__MAX_IN_FLIGHT",
+                "-1",
+                "jogg.max_in_flight",
+            ),
+            ("JOGG_RELAY__POLLING__JITTER", "a bit", "polling.jitter"),
+            (
+                "JOGG_RELAY__CALLBACKS__ALLOW_PRIVATE_TARGETS",
+                "maybe",
+                "callbacks.allow_private_targets",
+            ),
+        ] {
+            assert_eq!(invalid_key("", &[(name, value)]), key, "{name}={value}");
+        }
     }
 
     #[test]
