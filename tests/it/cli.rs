@@ -117,6 +117,130 @@ fn check_config_layers_and_redacts() {
     assert!(stdout.contains("api_key = \"[redacted]\""));
 }
 
+/// A configuration file that does not parse is reported by file, line and
+/// column, without the source text: an unterminated secret string would
+/// otherwise be printed back in full.
+#[test]
+fn a_config_syntax_error_never_prints_the_secret_on_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "sk-live-DO-NOT-PRINT-0123456789";
+    let config = write_config(
+        dir.path(),
+        &format!("[jogg]\napi_key = \"{secret}\nburst = 3\n"),
+    );
+    let config = config.to_str().unwrap();
+    for command in ["check-config", "serve", "status"] {
+        let args: &[&str] = if command == "status" {
+            &["--config", config, "status", "x"]
+        } else {
+            &["--config", config, command]
+        };
+        let (code, stdout, stderr) = run_binary(args, &[]);
+        assert_eq!(code, 64, "{command}: {stderr}");
+        assert!(
+            stderr.contains("relay.toml") && stderr.contains("line 7"),
+            "{command} names file and line: {stderr}"
+        );
+        for fragment in [secret, "DO-NOT-PRINT", "0123456789"] {
+            assert!(
+                !stderr.contains(fragment) && !stdout.contains(fragment),
+                "{command} leaked {fragment}: {stderr}"
+            );
+        }
+    }
+}
+
+/// Weak secrets are refused at startup by key, without showing them; a
+/// strong token on a public bind passes.
+#[test]
+fn weak_secrets_exit_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let config = config.to_str().unwrap();
+    let public = ("JOGG_RELAY__SERVER__BIND", "0.0.0.0:8080");
+    /// Environment, the key named, the secret that must not be shown.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 2] = [
+        (
+            &[public, ("JOGG_RELAY__SERVER__TOKEN", "short-token-15c")],
+            "server.token",
+            "short-token-15c",
+        ),
+        (
+            // "whsec_" + base64 of the 15 bytes "0123456789abcde".
+            &[(
+                "JOGG_RELAY__CALLBACKS__SECRET",
+                "whsec_MDEyMzQ1Njc4OWFiY2Rl",
+            )],
+            "callbacks.secret",
+            "MDEyMzQ1Njc4OWFiY2Rl",
+        ),
+    ];
+    for (env, key, secret) in cases {
+        for command in ["check-config", "serve"] {
+            let (code, stdout, stderr) = run_binary(&["--config", config, command], env);
+            assert_eq!(code, 64, "{key} {command}: {stderr}");
+            assert!(stderr.contains(key), "{command} names {key}: {stderr}");
+            assert!(
+                !stderr.contains(secret) && !stdout.contains(secret),
+                "{command} leaked {secret}: {stderr}"
+            );
+        }
+    }
+    let (code, _, stderr) = run_binary(
+        &["--config", config, "check-config"],
+        &[public, ("JOGG_RELAY__SERVER__TOKEN", "strong-token-16c")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// Plain http to a JoggAI that is not on this machine is valid but
+/// warned about; the simulators on loopback are not.
+#[test]
+fn check_config_warns_about_plain_http_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let config = config.to_str().unwrap();
+    let (code, _, stderr) = run_binary(
+        &["--config", config, "check-config"],
+        &[("JOGG_RELAY__JOGG__BASE_URL", "http://api.jogg.ai")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: jogg.base_url (http://api.jogg.ai)"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_binary(
+        &["--config", config, "check-config"],
+        &[("JOGG_RELAY__JOGG__BASE_URL", "http://127.0.0.1:9")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+/// A variable of ours that is not UTF-8 is refused by name; its value
+/// (which may be a secret) is not printed, as the standard library's
+/// panic would.
+#[test]
+fn a_non_utf8_variable_is_refused_by_name_only() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let output = std::process::Command::new(crate::helpers::binary())
+        .args(["--config", config.to_str().unwrap(), "check-config"])
+        .env_clear()
+        .env(
+            "JOGG_RELAY__JOGG__API_KEY",
+            std::ffi::OsStr::from_bytes(b"sk-HIDDEN-\xff-value"),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("JOGG_RELAY__JOGG__API_KEY"), "{stderr}");
+    assert!(!stderr.contains("HIDDEN"), "{stderr}");
+}
+
 #[test]
 fn serve_refuses_to_start_without_an_api_key() {
     let dir = tempfile::tempdir().unwrap();
