@@ -379,6 +379,35 @@ async fn acknowledged_enqueue_survives_sigkill() {
     assert_eq!(video.json["state"], "active");
 }
 
+/// A token given in the environment is the variable's exact text, even
+/// when it looks like a number: the daemon accepts `000…` and not the
+/// number it would read as.
+#[tokio::test]
+async fn a_numeric_looking_token_from_the_environment_is_used_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let token = "0001234567890123456789";
+    let relay = RelayProcess::start(
+        &config,
+        &[
+            ("JOGG_RELAY__JOGG__API_KEY", "sk-test"),
+            ("JOGG_RELAY__SERVER__TOKEN", token),
+        ],
+    );
+    let client = jogg_relay::outbound::client_builder().build().unwrap();
+    let list = |bearer: &'static str| {
+        client
+            .get(format!("{}/v1/videos", relay.base()))
+            .bearer_auth(bearer)
+            .send()
+    };
+    assert_eq!(reply(list(token).await.unwrap()).await.status, 200);
+    for guessed in ["1234567890123456789", "1.2345678901234568e18"] {
+        let refused = reply(list(guessed).await.unwrap()).await;
+        assert_eq!(refused.assert_json_error(401), "unauthorized", "{guessed}");
+    }
+}
+
 #[test]
 fn sigterm_shuts_down_cleanly_with_exit_0() {
     let dir = tempfile::tempdir().unwrap();
