@@ -135,9 +135,31 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The process environment as strings. `std::env::vars` would panic on a
+/// value that is not UTF-8 and print it, secret or not; here one of ours is
+/// refused by name only, and anyone else's is not our business.
+fn environment() -> Result<Vec<(String, String)>, CliError> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Ok(name) = name.into_string() else {
+            continue;
+        };
+        match value.into_string() {
+            Ok(value) => vars.push((name, value)),
+            Err(_) if name.starts_with(crate::config::ENV_PREFIX) => {
+                return Err(CliError::Usage(format!(
+                    "invalid configuration: {name}: the value is not valid UTF-8"
+                )));
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(vars)
+}
+
 /// Loads the configuration and runs the command on a Tokio runtime.
 pub fn run(cli: Cli) -> Result<(), CliError> {
-    let settings = Settings::load(cli.config.as_deref(), std::env::vars())?;
+    let settings = Settings::load(cli.config.as_deref(), environment()?)?;
     let config = settings.validate()?;
     // The demo prints its own story; the relay's info lines would repeat it.
     let default_filter = match cli.command {
@@ -182,6 +204,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::Redeliver { id } => redeliver(&config, &id).await,
             Command::CheckConfig => {
                 eprintln!("configuration is valid");
+                for warning in config.startup_warnings() {
+                    eprintln!("warning: {warning}");
+                }
                 print!("{}", settings.to_redacted_toml());
                 Ok(())
             }
@@ -197,6 +222,9 @@ async fn serve(config: Config) -> Result<(), CliError> {
              set jogg.api_key or jogg.api_key_file"
                 .into(),
         ));
+    }
+    for warning in config.startup_warnings() {
+        tracing::warn!("{warning}");
     }
     let listener = TcpListener::bind(config.server.bind)
         .await
@@ -235,7 +263,9 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 }
 
 /// `enqueue`: validates every id first (so a typo stores nothing), then
-/// writes them in one transaction.
+/// writes them in one transaction. An id already tracked with a different
+/// `--callback-url` or `--metadata` is left unchanged and printed as
+/// `conflict`; the others are stored, and the command then exits 1.
 async fn enqueue(
     config: &Config,
     ids: Vec<String>,
@@ -267,14 +297,28 @@ async fn enqueue(
         .context("cannot store the videos")?;
     drop(writer);
     let _ = writer_task.await;
+    let mut conflicts = Vec::new();
     for (id, outcome) in ids.iter().zip(outcomes) {
         let word = match outcome {
             EnqueueOutcome::Created { .. } => "created",
             EnqueueOutcome::Existing => "existing",
+            EnqueueOutcome::Conflict(fields) => {
+                conflicts.push(format!("{id} (different {})", fields.names()));
+                "conflict"
+            }
         };
         println!("{word}\t{id}");
     }
     store.close().await;
+    // The other ids are stored; the exit code still tells a script that
+    // not everything it asked for is tracked as asked.
+    if !conflicts.is_empty() {
+        return Err(anyhow::anyhow!(
+            "already tracked with a different request, left unchanged: {}",
+            conflicts.join(", ")
+        )
+        .into());
+    }
     Ok(())
 }
 

@@ -29,6 +29,11 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
 /// Prefix of the environment variables that override the configuration.
 pub const ENV_PREFIX: &str = "JOGG_RELAY";
 
+/// Fewest characters of `server.token` when the API listens beyond
+/// loopback, and fewest bytes of a webhook signing key (after base64
+/// decoding): shorter secrets can be guessed or brute-forced.
+pub const MIN_SECRET_LEN: usize = 16;
+
 /// A configuration problem, always tied to the key that caused it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {key}: {message}")]
@@ -141,10 +146,13 @@ pub struct JoggSettings {
     /// Per upstream request.
     pub timeout: String,
     /// Global poll budget.
+    #[serde(deserialize_with = "from_text::number")]
     pub requests_per_second: f64,
     /// Token bucket size.
+    #[serde(deserialize_with = "from_text::count")]
     pub burst: u32,
     /// Concurrent upstream requests.
+    #[serde(deserialize_with = "from_text::count")]
     pub max_in_flight: u32,
 }
 
@@ -159,8 +167,10 @@ pub struct PollingSettings {
     /// Interval cap.
     pub max_interval: String,
     /// Interval growth per unchanged poll.
+    #[serde(deserialize_with = "from_text::number")]
     pub multiplier: f64,
     /// ± fraction applied to every delay.
+    #[serde(deserialize_with = "from_text::number")]
     pub jitter: f64,
     /// After this the video is abandoned (`deadline`).
     pub give_up_after: String,
@@ -173,6 +183,7 @@ pub struct PollingSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct CallbacksSettings {
     /// Endpoints that get every event.
+    #[serde(deserialize_with = "from_text::list")]
     pub urls: Vec<String>,
     /// `whsec_…` signing secret.
     #[serde(skip_serializing_if = "SecretSetting::is_unset")]
@@ -183,8 +194,10 @@ pub struct CallbacksSettings {
     /// Per delivery attempt.
     pub timeout: String,
     /// Delays after attempt 1, 2, …
+    #[serde(deserialize_with = "from_text::list")]
     pub retry_schedule: Vec<String>,
     /// Allow per-video callback URLs on private addresses.
+    #[serde(deserialize_with = "from_text::flag")]
     pub allow_private_targets: bool,
 }
 
@@ -283,6 +296,12 @@ impl Settings {
             let text = std::fs::read_to_string(path).map_err(|err| {
                 ConfigError::new("--config", format!("cannot read {}: {err}", path.display()))
             })?;
+            // Checked here, with our own parser, so that the error can be
+            // told without the source line the parsers quote (it may hold
+            // a secret, e.g. an unterminated `api_key = "…`).
+            if let Err(err) = toml::from_str::<toml::Table>(&text) {
+                return Err(toml_syntax_error(path, &text, &err));
+            }
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
         // Only our own variables are handed to the config crate, so that an
@@ -291,13 +310,14 @@ impl Settings {
             .into_iter()
             .filter(|(name, _)| name.starts_with(&format!("{ENV_PREFIX}__")))
             .collect();
+        // Every variable stays the string it is (no type guessing): a
+        // token `000123` or a key of 40 digits must not become a number.
+        // The numeric, boolean and list keys parse their text themselves
+        // (see `from_text`).
         let environment = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("callbacks.urls")
-            .with_list_parse_key("callbacks.retry_schedule")
+            .try_parsing(false)
             .source(Some(ours.into_iter().collect()));
         builder
             .add_source(environment)
@@ -317,14 +337,28 @@ impl Settings {
             )
         })?;
         let token = secret(&server.token, &server.token_file, "server.token")?;
-        if !bind.ip().is_loopback() && token.is_none() {
-            return Err(ConfigError::new(
-                "server.token",
-                format!(
-                    "required because server.bind ({bind}) is not a loopback address; \
-                     set server.token or server.token_file"
-                ),
-            ));
+        if !bind.ip().is_loopback() {
+            match &token {
+                None => {
+                    return Err(ConfigError::new(
+                        "server.token",
+                        format!(
+                            "required because server.bind ({bind}) is not a loopback address; \
+                             set server.token or server.token_file"
+                        ),
+                    ));
+                }
+                Some(token) if token.expose_secret().chars().count() < MIN_SECRET_LEN => {
+                    return Err(ConfigError::new(
+                        "server.token",
+                        format!(
+                            "must be at least {MIN_SECRET_LEN} characters because server.bind \
+                             ({bind}) is not a loopback address (e.g. openssl rand -hex 32)"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
         }
         let shutdown_grace = duration(&server.shutdown_grace, "server.shutdown_grace")?;
 
@@ -381,13 +415,11 @@ impl Settings {
             .iter()
             .map(|url| http_url(url, "callbacks.urls"))
             .collect::<Result<Vec<_>, _>>()?;
-        let webhook_secret = secret(
+        let webhook_secret = webhook_secret(
             &callbacks.secret,
             &callbacks.secret_file,
             "callbacks.secret",
-        )?
-        .map(|value| WebhookSecret::parse(value, "callbacks.secret"))
-        .transpose()?;
+        )?;
         let retry_schedule = callbacks
             .retry_schedule
             .iter()
@@ -447,6 +479,118 @@ impl Settings {
     }
 }
 
+/// Deserializers for the keys that are not strings.
+///
+/// The TOML file gives them typed values; the environment gives every
+/// value as text, since it is read without type guessing (guessing turned
+/// a token `000123` into `123`). These accept either and parse the text
+/// strictly, so an error still names the key (the config crate adds it).
+mod from_text {
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::de::{self, SeqAccess, Unexpected, Visitor};
+
+    /// A number (`requests_per_second`, `multiplier`, `jitter`).
+    pub fn number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        struct Number;
+        impl Visitor<'_> for Number {
+            type Value = f64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<f64, E> {
+                Ok(value)
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<f64, E> {
+                Ok(value as f64)
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<f64, E> {
+                Ok(value as f64)
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<f64, E> {
+                text.trim()
+                    .parse()
+                    .map_err(|_| E::invalid_value(Unexpected::Str(text), &self))
+            }
+        }
+        deserializer.deserialize_any(Number)
+    }
+
+    /// A whole number that fits `u32` (`burst`, `max_in_flight`).
+    pub fn count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+        struct Count;
+        impl Visitor<'_> for Count {
+            type Value = u32;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number from 0 to 4294967295")
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<u32, E> {
+                u32::try_from(value).map_err(|_| E::invalid_value(Unexpected::Signed(value), &self))
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<u32, E> {
+                u32::try_from(value)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(value), &self))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<u32, E> {
+                text.trim()
+                    .parse()
+                    .map_err(|_| E::invalid_value(Unexpected::Str(text), &self))
+            }
+        }
+        deserializer.deserialize_any(Count)
+    }
+
+    /// A boolean: `true`/`false` in the file; in the environment also any
+    /// case of those, or `1`/`0`.
+    pub fn flag<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+        struct Flag;
+        impl Visitor<'_> for Flag {
+            type Value = bool;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true or false")
+            }
+            fn visit_bool<E: de::Error>(self, value: bool) -> Result<bool, E> {
+                Ok(value)
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<bool, E> {
+                match text.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" => Ok(true),
+                    "false" | "0" => Ok(false),
+                    _ => Err(E::invalid_value(Unexpected::Str(text), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Flag)
+    }
+
+    /// A list of strings: an array in the file, comma-separated text in
+    /// the environment (entries trimmed; empty text is an empty list).
+    pub fn list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+        struct List;
+        impl<'de> Visitor<'de> for List {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of strings, or comma-separated text")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(items)
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<String>, E> {
+                if text.trim().is_empty() {
+                    return Ok(Vec::new());
+                }
+                Ok(text.split(',').map(|item| item.trim().to_owned()).collect())
+            }
+        }
+        deserializer.deserialize_any(List)
+    }
+}
+
 /// Turns the config crate's errors into ours, keeping the key it names.
 fn config_crate_error(err: config::ConfigError) -> ConfigError {
     let message = err.to_string();
@@ -471,10 +615,38 @@ fn config_crate_error(err: config::ConfigError) -> ConfigError {
             | config::ConfigError::At { key: Some(key), .. },
             None,
         ) => key.clone(),
-        (config::ConfigError::FileParse { .. }, None) => "--config".to_owned(),
+        (config::ConfigError::FileParse { .. }, None) => {
+            // The file is checked by `toml_syntax_error` first; should the
+            // crate still refuse it, its message quotes the source line,
+            // which may hold a secret, so none of it is passed on.
+            return ConfigError::new("--config", "the file is not valid TOML");
+        }
         _ => "configuration".to_owned(),
     };
     ConfigError { key, message }
+}
+
+/// A TOML syntax error told by file, line and column and the parser's
+/// description, without the quoted source line that the parser's own
+/// message carries: that line may hold a secret (an unterminated
+/// `api_key = "…` string is quoted back in full).
+fn toml_syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
+    let place = err
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    // The description is the parser's wording of what it expected; only
+    // its first line is kept, in case a later one ever quotes the source.
+    let description = err.message().lines().next().unwrap_or("invalid TOML");
+    ConfigError::new(
+        "--config",
+        format!("{} is not valid TOML{place}: {description}", path.display()),
+    )
 }
 
 /// Parses a duration string such as `"250ms"`, `"10s"` or `"48h"`.
@@ -541,6 +713,19 @@ fn secret(
     Ok(Some(SecretString::from(value)))
 }
 
+/// Resolves a webhook signing secret from its inline value or its `*_file`
+/// twin and validates it with [`WebhookSecret::parse`] (`whsec_` + base64
+/// of at least [`MIN_SECRET_LEN`] bytes); errors name `key`.
+pub fn webhook_secret(
+    inline: &SecretSetting,
+    file: &Option<PathBuf>,
+    key: &str,
+) -> Result<Option<WebhookSecret>, ConfigError> {
+    secret(inline, file, key)?
+        .map(|value| WebhookSecret::parse(value, key))
+        .transpose()
+}
+
 /// A relative `*_file` path is looked up in systemd's credentials directory
 /// when the service runs with `LoadCredential=`, so the unit can say
 /// `api_key_file = "jogg-api-key"`.
@@ -570,6 +755,40 @@ pub struct Config {
     pub callbacks: CallbacksConfig,
     /// Log output.
     pub log: LogConfig,
+}
+
+impl Config {
+    /// What is valid but unwise in this configuration, one sentence each,
+    /// never showing a secret: `serve` logs each as a WARN at startup and
+    /// `check-config` prints them.
+    pub fn startup_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let base_url = &self.jogg.base_url;
+        if base_url.scheme() == "http" && !is_loopback_host(base_url) {
+            warnings.push(format!(
+                "jogg.base_url ({}) is plain http to a host that is not loopback: \
+                 the API key and every answer cross the network unencrypted; use https",
+                base_url.origin().ascii_serialization()
+            ));
+        }
+        warnings
+    }
+}
+
+/// Whether `url`'s host is this machine: `localhost` (RFC 6761, including
+/// its subdomains) or a loopback address, IPv4-mapped ones included.
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        None => false,
+    }
 }
 
 /// The HTTP API's settings.
@@ -694,7 +913,8 @@ pub struct WebhookSecret {
 }
 
 impl WebhookSecret {
-    /// Validates `value` as `whsec_` + non-empty base64.
+    /// Validates `value` as `whsec_` + base64 of a key of at least
+    /// [`MIN_SECRET_LEN`] bytes; errors name `key` and never show the value.
     pub fn parse(value: SecretString, key: &str) -> Result<Self, ConfigError> {
         let encoded = value
             .expose_secret()
@@ -707,6 +927,16 @@ impl WebhookSecret {
             .ok_or_else(|| {
                 ConfigError::new(key, "must be \"whsec_\" followed by non-empty base64")
             })?;
+        if decoded.len() < MIN_SECRET_LEN {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "the key after \"whsec_\" decodes to {} bytes; at least {MIN_SECRET_LEN} \
+                     are required (e.g. whsec_$(openssl rand -base64 32))",
+                    decoded.len()
+                ),
+            ));
+        }
         Ok(Self {
             full: value,
             key: decoded.into_boxed_slice().into(),
@@ -804,6 +1034,85 @@ mod tests {
         );
     }
 
+    /// String keys from the environment are the variable's bytes, however
+    /// much they look like numbers or booleans; the numeric, boolean and
+    /// list keys still parse theirs.
+    #[test]
+    fn environment_strings_stay_strings_and_numbers_still_parse() {
+        let forty_digits = "1234567890123456789012345678901234567890";
+        for value in [
+            "000123",
+            "1e3",
+            "true",
+            "0x10",
+            forty_digits,
+            "1.50",
+            "-0",
+            "nan",
+        ] {
+            let settings = load_str(
+                "",
+                &[
+                    ("JOGG_RELAY__SERVER__TOKEN", value),
+                    ("JOGG_RELAY__JOGG__API_KEY", value),
+                ],
+            )
+            .unwrap();
+            assert_eq!(settings.server.token.0.as_deref(), Some(value));
+            assert_eq!(settings.jogg.api_key.0.as_deref(), Some(value));
+            let config = settings.validate().unwrap();
+            assert_eq!(config.server.token.unwrap().expose_secret(), value);
+            assert_eq!(config.jogg.api_key.unwrap().expose_secret(), value);
+        }
+
+        let settings = load_str(
+            "",
+            &[
+                ("JOGG_RELAY__JOGG__REQUESTS_PER_SECOND", "1e3"),
+                ("JOGG_RELAY__JOGG__BURST", "016"),
+                ("JOGG_RELAY__JOGG__MAX_IN_FLIGHT", "4"),
+                ("JOGG_RELAY__POLLING__MULTIPLIER", "2"),
+                ("JOGG_RELAY__POLLING__JITTER", "0.25"),
+                ("JOGG_RELAY__CALLBACKS__ALLOW_PRIVATE_TARGETS", "TRUE"),
+                (
+                    "JOGG_RELAY__CALLBACKS__URLS",
+                    "http://a.example/x, http://b.example/y",
+                ),
+                ("JOGG_RELAY__CALLBACKS__RETRY_SCHEDULE", "1s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.jogg.requests_per_second, 1000.0);
+        assert_eq!(settings.jogg.burst, 16);
+        assert_eq!(settings.jogg.max_in_flight, 4);
+        assert_eq!(settings.polling.multiplier, 2.0);
+        assert_eq!(settings.polling.jitter, 0.25);
+        assert!(settings.callbacks.allow_private_targets);
+        assert_eq!(
+            settings.callbacks.urls,
+            ["http://a.example/x", "http://b.example/y"]
+        );
+        assert_eq!(settings.callbacks.retry_schedule, ["1s"]);
+        let none = load_str("", &[("JOGG_RELAY__CALLBACKS__URLS", "")]).unwrap();
+        assert!(none.callbacks.urls.is_empty(), "empty text is no URLs");
+        for (name, value, key) in [
+            ("JOGG_RELAY__JOGG__BURST", "7.5", "jogg.burst"),
+            (
+                "JOGG_RELAY__JOGG__MAX_IN_FLIGHT",
+                "-1",
+                "jogg.max_in_flight",
+            ),
+            ("JOGG_RELAY__POLLING__JITTER", "a bit", "polling.jitter"),
+            (
+                "JOGG_RELAY__CALLBACKS__ALLOW_PRIVATE_TARGETS",
+                "maybe",
+                "callbacks.allow_private_targets",
+            ),
+        ] {
+            assert_eq!(invalid_key("", &[(name, value)]), key, "{name}={value}");
+        }
+    }
+
     #[test]
     fn every_invalid_value_names_its_key() {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
@@ -885,6 +1194,80 @@ mod tests {
         }
     }
 
+    /// A file that does not parse is reported by file, line and column,
+    /// never with the text around the error: there, an unterminated or
+    /// malformed secret would be printed back.
+    #[test]
+    fn toml_syntax_errors_never_quote_the_source() {
+        let marker = "S3CRET-marker-0123456789";
+        let files = [
+            format!("[jogg]\napi_key = \"{marker}\nburst = 3\n"),
+            format!("[jogg]\napi_key = '{marker}\n"),
+            format!("[server]\ntoken = \"\"\"{marker}\n"),
+            format!("[server]\ntoken = \"{marker}\\q\"\n"),
+            format!("[server]\ntoken = {marker}\n"),
+            format!("[server]\ntoken = \"{marker}\" trailing\n"),
+            format!("[server]\ntoken = \"{marker}\"\ntoken = \"{marker}\"\n"),
+            format!("[callbacks]\nsecret = \"whsec_{marker}\\u{{ZZ}}\"\n"),
+            format!("{marker} = \n"),
+            format!("[{marker}\n"),
+        ];
+        for (index, text) in files.iter().enumerate() {
+            let err = load_str(text, &[]).expect_err(text);
+            let shown = err.to_string();
+            assert_eq!(err.key, "--config", "{shown}");
+            assert!(shown.contains("relay.toml"), "names the file: {shown}");
+            assert!(shown.contains(" at line "), "names the line: {shown}");
+            for fragment in ["S3CRET", "marker", "0123456789"] {
+                assert!(!shown.contains(fragment), "file {index} leaked: {shown}");
+            }
+        }
+        let err = load_str(&files[0], &[]).unwrap_err();
+        assert!(err.message.contains("at line 2, column "), "{err}");
+    }
+
+    /// Plain http to JoggAI is warned about unless it stays on this
+    /// machine (the tests' simulators); the warning shows no credentials.
+    #[test]
+    fn plain_http_upstream_beyond_loopback_is_warned_about() {
+        let warnings = |base_url: &str| {
+            let toml = format!("[jogg]\nbase_url = \"{base_url}\"\napi_key = \"sk-key-0123\"\n");
+            load_str(&toml, &[])
+                .unwrap()
+                .validate()
+                .unwrap()
+                .startup_warnings()
+        };
+        for quiet in [
+            "https://api.jogg.ai",
+            "https://203.0.113.9",
+            "http://127.0.0.1:9000",
+            "http://127.8.0.1",
+            "http://[::1]:9000",
+            "http://[::ffff:127.0.0.1]",
+            "http://localhost:9000",
+            "http://LOCALHOST",
+            "http://sim.localhost",
+        ] {
+            assert_eq!(warnings(quiet), Vec::<String>::new(), "{quiet}");
+        }
+        for loud in [
+            "http://api.jogg.ai",
+            "http://10.0.0.5:8080",
+            "http://[2001:db8::1]",
+            "http://localhost.example.com",
+            "http://user:pa55word@proxy.example.com/",
+        ] {
+            let shown = warnings(loud);
+            assert_eq!(shown.len(), 1, "{loud}: {shown:?}");
+            assert!(shown[0].contains("jogg.base_url"), "{shown:?}");
+            assert!(
+                !shown[0].contains("pa55word") && !shown[0].contains("sk-key"),
+                "{shown:?}"
+            );
+        }
+    }
+
     #[test]
     fn unknown_keys_are_refused_by_name() {
         assert_eq!(
@@ -900,9 +1283,89 @@ mod tests {
 
     #[test]
     fn non_loopback_bind_is_accepted_with_a_token() {
-        let settings =
-            load_str("[server]\nbind = \"0.0.0.0:8080\"\ntoken = \"t0k\"\n", &[]).unwrap();
+        let settings = load_str(
+            "[server]\nbind = \"0.0.0.0:8080\"\ntoken = \"t0k-0123456789ab\"\n",
+            &[],
+        )
+        .unwrap();
         assert!(settings.validate().unwrap().server.token.is_some());
+    }
+
+    /// Weak secrets are refused by key: a token under 16 characters on a
+    /// non-loopback bind, a webhook key under 16 bytes once decoded (the
+    /// limits are the boundary cases, so an off-by-one fails here).
+    #[test]
+    fn weak_secrets_are_refused_by_key() {
+        let fifteen = "t0k-0123456789a";
+        let sixteen = "t0k-0123456789ab";
+        let multibyte = "ñññññññññññññññ"; // 15 characters, 30 bytes
+        for (bind, token, accepted) in [
+            ("0.0.0.0:8080", fifteen, false),
+            ("192.0.2.7:8080", fifteen, false),
+            ("[::]:8080", fifteen, false),
+            ("0.0.0.0:8080", multibyte, false),
+            ("0.0.0.0:8080", sixteen, true),
+            ("127.0.0.1:8080", "short", true),
+            ("[::1]:8080", "short", true),
+        ] {
+            let toml = format!("[server]\nbind = \"{bind}\"\ntoken = \"{token}\"\n");
+            let result = load_str(&toml, &[]).unwrap().validate();
+            match (result, accepted) {
+                (Ok(_), true) => {}
+                (Err(err), false) => {
+                    assert_eq!(err.key, "server.token", "{err}");
+                    assert!(!err.to_string().contains(token), "{err}");
+                }
+                (result, _) => panic!("{bind} {token}: {result:?}"),
+            }
+        }
+        // From the token file too, and from the environment.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, format!("{fifteen}\n")).unwrap();
+        let toml = format!(
+            "[server]\nbind = \"0.0.0.0:8080\"\ntoken_file = {:?}\n",
+            file.display().to_string()
+        );
+        assert_eq!(invalid_key(&toml, &[]), "server.token");
+        assert_eq!(
+            invalid_key(
+                "[server]\nbind = \"0.0.0.0:8080\"\n",
+                &[("JOGG_RELAY__SERVER__TOKEN", fifteen)]
+            ),
+            "server.token"
+        );
+
+        // 15 and 16 bytes after base64 decoding.
+        let short = "whsec_MDEyMzQ1Njc4OWFiY2Rl";
+        let enough = "whsec_MDEyMzQ1Njc4OWFiY2RlZg==";
+        let err = load_str(&format!("[callbacks]\nsecret = \"{short}\"\n"), &[])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.key, "callbacks.secret");
+        assert!(!err.to_string().contains("MDEyMzQ1Njc4OWFiY2Rl"), "{err}");
+        load_str(&format!("[callbacks]\nsecret = \"{enough}\"\n"), &[])
+            .unwrap()
+            .validate()
+            .unwrap();
+        std::fs::write(&file, format!("{short}\n")).unwrap();
+        let toml = format!(
+            "[callbacks]\nsecret_file = {:?}\n",
+            file.display().to_string()
+        );
+        assert_eq!(invalid_key(&toml, &[]), "callbacks.secret");
+        // The reusable check names whichever key it is given.
+        let err =
+            WebhookSecret::parse(SecretString::from(short), "callbacks.video_secret").unwrap_err();
+        assert_eq!(err.key, "callbacks.video_secret");
+        let err = webhook_secret(
+            &SecretSetting(Some(short.into())),
+            &None,
+            "callbacks.video_secret",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "callbacks.video_secret");
     }
 
     #[test]
@@ -922,7 +1385,7 @@ mod tests {
     fn redacted_output_never_shows_secrets() {
         let settings = load_str(
             "[server]\ntoken = \"tok-SECRET-1\"\n[jogg]\napi_key = \"key-SECRET-2\"\n\
-             [callbacks]\nsecret = \"whsec_c2VjcmV0LTM=\"\n",
+             [callbacks]\nsecret = \"whsec_c2VjcmV0LTMtbG9uZy1lbm91Z2gh\"\n",
             &[],
         )
         .unwrap();
@@ -932,7 +1395,11 @@ mod tests {
             format!("{settings:?}"),
             format!("{config:?}"),
         ] {
-            for secret in ["tok-SECRET-1", "key-SECRET-2", "c2VjcmV0LTM"] {
+            for secret in [
+                "tok-SECRET-1",
+                "key-SECRET-2",
+                "c2VjcmV0LTMtbG9uZy1lbm91Z2gh",
+            ] {
                 assert!(
                     !rendering.contains(secret),
                     "{secret} leaked in {rendering}"
@@ -944,9 +1411,15 @@ mod tests {
 
     #[test]
     fn webhook_secret_keeps_both_forms() {
-        let secret =
-            WebhookSecret::parse(SecretString::from("whsec_aGVsbG8="), "callbacks.secret").unwrap();
-        assert_eq!(secret.key(), b"hello");
-        assert_eq!(secret.full().expose_secret(), "whsec_aGVsbG8=");
+        let secret = WebhookSecret::parse(
+            SecretString::from("whsec_aGVsbG8sIHdlYmhvb2sgd29ybGQ="),
+            "callbacks.secret",
+        )
+        .unwrap();
+        assert_eq!(secret.key(), b"hello, webhook world");
+        assert_eq!(
+            secret.full().expose_secret(),
+            "whsec_aGVsbG8sIHdlYmhvb2sgd29ybGQ="
+        );
     }
 }

@@ -112,9 +112,11 @@ async fn require_token(
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(presented.as_bytes(), expected.expose_secret().as_bytes()) {
+            .and_then(bearer_token);
+        let accepted = presented.is_some_and(|token| {
+            tokens_match(token.as_bytes(), expected.expose_secret().as_bytes())
+        });
+        if !accepted {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -125,13 +127,33 @@ async fn require_token(
     Ok(next.run(request).await)
 }
 
-/// Compares two byte strings in time that depends only on their lengths, so
-/// response timing does not reveal how much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// The token of an `Authorization: Bearer <token>` value, or `None` for any
+/// other scheme or an empty token.
+///
+/// RFC 9110 §11.1 makes the scheme name case-insensitive and separates it
+/// from the credentials by one or more spaces (`1*SP`), so `bearer x` and
+/// `BEARER   x` are the same as `Bearer x`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let token = rest.trim_start_matches(' ').trim_end_matches([' ', '\t']);
+    (!token.is_empty()).then_some(token)
+}
+
+/// Compares a presented token with the configured one in constant time.
+///
+/// Both are hashed first, so the comparison (`subtle`'s, not a hand-written
+/// loop the optimizer might shortcut) always runs over 32 bytes and its
+/// timing reveals neither how much of a guess was right nor the token's
+/// length.
+fn tokens_match(presented: &[u8], expected: &[u8]) -> bool {
+    use sha2::{Digest as _, Sha256};
+    use subtle::ConstantTimeEq as _;
+    Sha256::digest(presented)
+        .ct_eq(&Sha256::digest(expected))
+        .into()
 }
 
 /// `GET /healthz`: the process is alive and serving.
@@ -209,13 +231,37 @@ fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer_token, tokens_match};
 
     #[test]
     fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"secret"));
+        assert!(tokens_match(b"secret", b"secret"));
+        assert!(!tokens_match(b"secret", b"secreT"));
+        assert!(!tokens_match(b"secret", b"secret2"));
+        assert!(!tokens_match(b"", b"secret"));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_tolerates_spaces() {
+        for value in [
+            "Bearer tok",
+            "bearer tok",
+            "BEARER tok",
+            "bEaReR   tok",
+            "Bearer tok ",
+        ] {
+            assert_eq!(bearer_token(value), Some("tok"), "{value:?}");
+        }
+        for value in [
+            "tok",
+            "Basic tok",
+            "Bearer",
+            "Bearer ",
+            "Bearertok",
+            "Bearer\ttok",
+            " Bearer tok",
+        ] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
     }
 }

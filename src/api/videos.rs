@@ -16,7 +16,7 @@ use super::extract::{JsonBody, VideoIdPath};
 use super::resource::VideoResource;
 use crate::delivery::guard;
 use crate::domain::{Millis, VideoId, VideoState};
-use crate::store::{CancelOutcome, EnqueueOutcome, NewVideo, RedeliverOutcome};
+use crate::store::{CancelOutcome, ConflictingFields, EnqueueOutcome, NewVideo, RedeliverOutcome};
 
 /// Most items in one batch request.
 pub const MAX_BATCH_ITEMS: usize = 1000;
@@ -131,7 +131,22 @@ fn parse_callback_url(raw: &str, allow_private_targets: bool) -> Result<String, 
     Ok(url.into())
 }
 
-/// `POST /v1/videos`: track one video; `201` when new, `200` when known.
+/// `409 conflict` for an id already tracked with a different request.
+fn conflict(video_id: &VideoId, fields: ConflictingFields) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        format!(
+            "video {video_id} is already tracked with a different {}; \
+             repeat the request exactly as first sent, or use another id",
+            fields.names()
+        ),
+    )
+}
+
+/// `POST /v1/videos`: track one video; `201` when new, `200` when the same
+/// request was made before, `409` when the id is tracked with a different
+/// `callback_url` or `metadata`.
 #[instrument(skip_all, level = "debug")]
 pub async fn enqueue(
     State(state): State<ApiState>,
@@ -142,10 +157,14 @@ pub async fn enqueue(
     }
     let video = parse_new_video(&body, first_poll_at(&state), state.allow_private_targets)?;
     let outcome = state.writer.enqueue(vec![video.clone()]).await?;
-    if let Some(&EnqueueOutcome::Created { at }) = outcome.first() {
-        state.wakeups.new_videos.announce(video.first_poll_at);
-        let resource = VideoResource::accepted(&video, at);
-        return Ok((StatusCode::CREATED, Json(resource)).into_response());
+    match outcome.first() {
+        Some(&EnqueueOutcome::Created { at }) => {
+            state.wakeups.new_videos.announce(video.first_poll_at);
+            let resource = VideoResource::accepted(&video, at);
+            return Ok((StatusCode::CREATED, Json(resource)).into_response());
+        }
+        Some(&EnqueueOutcome::Conflict(fields)) => return Err(conflict(&video.video_id, fields)),
+        Some(EnqueueOutcome::Existing) | None => {}
     }
     let details = state
         .store
@@ -156,7 +175,8 @@ pub async fn enqueue(
 }
 
 /// `POST /v1/videos/batch`: track up to [`MAX_BATCH_ITEMS`] videos; each
-/// item gets its own outcome and invalid items do not stop valid ones.
+/// item gets its own outcome (`created`, `existing`, `conflict` or
+/// `invalid`) and refused items do not stop valid ones.
 #[instrument(skip_all, level = "debug")]
 pub async fn enqueue_batch(
     State(state): State<ApiState>,
@@ -209,13 +229,22 @@ pub async fn enqueue_batch(
         .iter()
         .zip(items)
         .map(|(result, item)| match result {
-            Ok(video) => {
-                let outcome = match outcomes.next() {
-                    Some(EnqueueOutcome::Created { .. }) => "created",
-                    _ => "existing",
-                };
-                json!({"video_id": video.video_id, "outcome": outcome})
-            }
+            Ok(video) => match outcomes.next() {
+                Some(EnqueueOutcome::Created { .. }) => {
+                    json!({"video_id": video.video_id, "outcome": "created"})
+                }
+                Some(EnqueueOutcome::Conflict(fields)) => {
+                    let err = conflict(&video.video_id, fields);
+                    json!({
+                        "video_id": video.video_id,
+                        "outcome": "conflict",
+                        "error": {"code": err.code, "message": err.message},
+                    })
+                }
+                Some(EnqueueOutcome::Existing) | None => {
+                    json!({"video_id": video.video_id, "outcome": "existing"})
+                }
+            },
             Err(err) => json!({
                 "video_id": item.get("video_id").cloned().unwrap_or(Value::Null),
                 "outcome": "invalid",

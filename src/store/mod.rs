@@ -24,9 +24,10 @@ use crate::config::DatabaseConfig;
 use crate::domain::{Millis, VideoId, VideoState};
 
 pub use records::{
-    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryNext, DeliveryRecord,
-    DeliveryRelease, EnqueueOutcome, NewTransition, NewVideo, PollUpdate, RedeliverOutcome,
-    Release, TerminalChange, TransitionRecord, UpstreamFields, VideoDetails, VideoRecord,
+    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, ConflictingFields, DeliveryNext,
+    DeliveryRecord, DeliveryRelease, EnqueueOutcome, NewTransition, NewVideo, PollUpdate,
+    RedeliverOutcome, Release, TerminalChange, TransitionRecord, UpstreamFields, VideoDetails,
+    VideoRecord,
 };
 pub use writer::Writer;
 

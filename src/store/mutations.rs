@@ -2,29 +2,39 @@
 //! (the [`Writer`](super::Writer)) owns.
 
 use std::collections::HashSet;
+use std::collections::hash_map::{Entry, HashMap};
 
 use serde::Serialize;
 use sqlx::SqliteConnection;
 
 use super::StoreError;
 use super::records::{
-    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryNext, DeliveryRelease,
-    EnqueueOutcome, NewVideo, PollUpdate, RedeliverOutcome, Release,
+    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, ConflictingFields, DeliveryNext,
+    DeliveryRelease, EnqueueOutcome, NewVideo, PollUpdate, RedeliverOutcome, Release,
 };
 use crate::domain::{Millis, VideoId, VideoState};
 
-/// Which of the bound array's `video_id`s are stored: one probe of the
-/// `video_id` index per element.
+/// Which of the bound array's `video_id`s are stored, with the request
+/// fields they were enqueued with: one probe of the `video_id` index per
+/// element.
 macro_rules! existing_videos {
     () => {
-        "SELECT video_id FROM videos \
+        "SELECT video_id, callback_url, metadata FROM videos \
          WHERE video_id IN (SELECT value ->> 'video_id' FROM jsonb_each(?1))"
     };
 }
 
 /// Inserts `videos` in one statement; an id already tracked (or repeated
-/// earlier in the same call) is left as it is. Returns, in order, whether
-/// each was new.
+/// earlier in the same call) is left as it is. Returns, in order, what
+/// happened to each: created; existing, when the request repeats the one
+/// the id is tracked with (same `callback_url` and `metadata`); or a
+/// conflict naming the fields that differ.
+///
+/// Enqueue is an idempotency key with a body: the id names one request.
+/// The comparison runs here, in the writer's transaction that also
+/// inserts, so two concurrent requests for one id are decided one after
+/// the other, against what the first of them stored (or, in one group
+/// commit, against the first occurrence in the call).
 ///
 /// The rows travel as one JSON array bound to a single parameter and are
 /// expanded by `jsonb_each`: one statement, and one hop to SQLite's thread,
@@ -63,10 +73,11 @@ pub(crate) async fn insert_videos(
     // the INSERT below needs no RETURNING (which would send one row per
     // video back from SQLite's thread). The writer holds the write lock, so
     // nothing can be inserted in between.
-    let existing: Vec<String> = sqlx::query_scalar(existing_videos!())
-        .bind(&rows)
-        .fetch_all(&mut *conn)
-        .await?;
+    let existing: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as(existing_videos!())
+            .bind(&rows)
+            .fetch_all(&mut *conn)
+            .await?;
     // `WHERE true` tells the parser that ON CONFLICT belongs to the INSERT,
     // not to a join of the SELECT.
     sqlx::query(
@@ -80,17 +91,59 @@ pub(crate) async fn insert_videos(
     .bind(now.0)
     .execute(&mut *conn)
     .await?;
-    let mut known: HashSet<&str> = existing.iter().map(String::as_str).collect();
+    // What each id stands for: the stored row's fields, or the first
+    // occurrence's in this call (the one the INSERT just stored).
+    let mut known: HashMap<&str, (Option<&str>, Option<&str>)> = existing
+        .iter()
+        .map(|(id, url, metadata)| (id.as_str(), (url.as_deref(), metadata.as_deref())))
+        .collect();
     Ok(videos
         .iter()
         .map(|video| {
-            if known.insert(video.video_id.as_str()) {
-                EnqueueOutcome::Created { at: now }
-            } else {
-                EnqueueOutcome::Existing
+            let request = (video.callback_url.as_deref(), video.metadata.as_deref());
+            match known.entry(video.video_id.as_str()) {
+                Entry::Vacant(slot) => {
+                    slot.insert(request);
+                    EnqueueOutcome::Created { at: now }
+                }
+                Entry::Occupied(tracked) => {
+                    let (url, metadata) = *tracked.get();
+                    let differs = ConflictingFields {
+                        callback_url: url != request.0,
+                        metadata: !same_metadata(metadata, request.1),
+                    };
+                    if differs.callback_url || differs.metadata {
+                        EnqueueOutcome::Conflict(differs)
+                    } else {
+                        EnqueueOutcome::Existing
+                    }
+                }
             }
         })
         .collect())
+}
+
+/// Whether two stored `metadata` texts are the same JSON value: key order
+/// and spacing do not count (both sides are serialized by `serde_json`,
+/// but rows written by another version or by hand need not be).
+///
+/// Absent and present differ; so would unparsable text from any other
+/// text, which the API never stores.
+fn same_metadata(stored: Option<&str>, requested: Option<&str>) -> bool {
+    match (stored, requested) {
+        (None, None) => true,
+        (Some(a), Some(b)) if a == b => true,
+        (Some(a), Some(b)) => {
+            match (
+                serde_json::from_str::<serde_json::Value>(a),
+                serde_json::from_str::<serde_json::Value>(b),
+            ) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            }
+        }
+        _ => false,
+    }
 }
 
 /// Serializes rows bound as one JSON parameter.
@@ -690,6 +743,50 @@ mod tests {
         store.close().await;
     }
 
+    /// Metadata is compared as JSON values, whatever text the row holds: a
+    /// row written with other key order and spacing (by hand, or by a
+    /// build whose serializer keeps insertion order) is the same request.
+    #[tokio::test]
+    async fn stored_metadata_is_compared_as_json_not_as_text() {
+        use crate::store::{ConflictingFields, EnqueueOutcome};
+
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            DatabaseConfig::parse(&format!("sqlite://{}/t.db", dir.path().display())).unwrap();
+        let store = Store::open(&config).await.unwrap();
+        let mut conn = store.pool().acquire().await.unwrap();
+        sqlx::query(
+            "INSERT INTO videos (video_id, metadata, enqueued_at, updated_at, next_poll_at) \
+             VALUES ('v1', '{ \"b\" : [1, {\"y\":2,\"x\":1}], \"a\": \"z\" }', 0, 0, 0)",
+        )
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        let request = |metadata: Option<&str>| NewVideo {
+            video_id: VideoId::parse("v1").unwrap(),
+            callback_url: None,
+            metadata: metadata.map(str::to_owned),
+            first_poll_at: Millis(0),
+        };
+        let same = request(Some(r#"{"a":"z","b":[1,{"x":1,"y":2}]}"#));
+        let reordered_array = request(Some(r#"{"a":"z","b":[{"x":1,"y":2},1]}"#));
+        let absent = request(None);
+        let outcomes =
+            super::insert_videos(&mut conn, &[&same, &reordered_array, &absent], Millis(1))
+                .await
+                .unwrap();
+        let metadata_differs = EnqueueOutcome::Conflict(ConflictingFields {
+            callback_url: false,
+            metadata: true,
+        });
+        assert_eq!(
+            outcomes,
+            [EnqueueOutcome::Existing, metadata_differs, metadata_differs]
+        );
+        drop(conn);
+        store.close().await;
+    }
+
     /// The detail lines of SQLite's plan for `sql` on a fresh database,
     /// with its `parameters` parameters bound to NULL (the plans checked
     /// here do not depend on the values).
@@ -713,7 +810,8 @@ mod tests {
     async fn existing_ids_are_index_probes() {
         let details = query_plan(existing_videos!(), 1).await;
         assert!(
-            details[0].starts_with("SEARCH videos USING COVERING INDEX")
+            details[0].starts_with("SEARCH videos USING ")
+                && details[0].contains("INDEX")
                 && details[0].ends_with("(video_id=?)"),
             "{details:?}"
         );

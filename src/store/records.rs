@@ -139,8 +139,39 @@ pub enum EnqueueOutcome {
         /// Its `enqueued_at`.
         at: Millis,
     },
-    /// The video was already known; nothing changed.
+    /// The video was already tracked with the same `callback_url` and
+    /// `metadata`: a repeat of the same request; nothing changed.
     Existing,
+    /// The video was already tracked with a different `callback_url` or
+    /// `metadata`: a different request for the same id, refused; nothing
+    /// changed.
+    Conflict(ConflictingFields),
+}
+
+/// Which fields of a refused enqueue differ from the tracked video's.
+///
+/// A field given on one side and absent on the other differs too: leaving
+/// out a `callback_url` the video was enqueued with asks for a video without
+/// one, which is not what is tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConflictingFields {
+    /// The `callback_url` differs.
+    pub callback_url: bool,
+    /// The `metadata` differs (as JSON values: key order and spacing do not
+    /// count).
+    pub metadata: bool,
+}
+
+impl ConflictingFields {
+    /// The differing fields' names, for messages: `callback_url`,
+    /// `metadata` or `callback_url and metadata`.
+    pub fn names(&self) -> &'static str {
+        match (self.callback_url, self.metadata) {
+            (true, true) => "callback_url and metadata",
+            (true, false) => "callback_url",
+            (false, _) => "metadata",
+        }
+    }
 }
 
 /// What a cancel did.

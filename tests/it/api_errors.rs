@@ -246,6 +246,58 @@ async fn missing_or_wrong_token_is_401() {
     app.stop().await;
 }
 
+/// The token check compares the whole token (a wrong token of the right
+/// length is refused, whichever byte differs) and reads the scheme as RFC
+/// 9110 says: case-insensitive, one or more spaces before the token.
+#[tokio::test]
+async fn the_whole_token_must_match_and_the_scheme_is_case_insensitive() {
+    let app = spawn_app().await;
+    let url = format!("{}/v1/videos", app.base);
+    let with_authorization = |value: String| {
+        let request = app
+            .client
+            .post(&url)
+            .header("authorization", value)
+            .json(&json!({"video_id": "auth-probe"}));
+        async move { reply(request.send().await.unwrap()).await }
+    };
+    // Same length as the real token, one byte different: first, middle, last.
+    for position in [0, TOKEN.len() / 2, TOKEN.len() - 1] {
+        let mut wrong = TOKEN.as_bytes().to_vec();
+        wrong[position] = if wrong[position] == b'x' { b'y' } else { b'x' };
+        let wrong = String::from_utf8(wrong).unwrap();
+        assert_eq!(wrong.len(), TOKEN.len());
+        let refused = with_authorization(format!("Bearer {wrong}")).await;
+        assert_eq!(refused.assert_json_error(401), "unauthorized", "{wrong}");
+    }
+    for refused in [
+        TOKEN.to_owned(),
+        format!("Token {TOKEN}"),
+        format!("Bearer{TOKEN}"),
+        format!("Bearer {TOKEN}x"),
+        format!("Bearer {}", &TOKEN[1..]),
+        "Bearer ".to_owned(),
+    ] {
+        let answer = with_authorization(refused.clone()).await;
+        assert_eq!(answer.assert_json_error(401), "unauthorized", "{refused:?}");
+    }
+    assert_eq!(app.count("videos").await, 0, "nothing refused was stored");
+
+    for accepted in [
+        format!("bearer {TOKEN}"),
+        format!("BEARER {TOKEN}"),
+        format!("Bearer   {TOKEN}"),
+    ] {
+        let answer = with_authorization(accepted.clone()).await;
+        assert!(
+            matches!(answer.status, 200 | 201),
+            "{accepted:?}: {answer:?}"
+        );
+    }
+    assert_eq!(app.count("videos").await, 1);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn unknown_ids_routes_and_methods_are_json_errors() {
     let app = spawn_app().await;

@@ -117,6 +117,130 @@ fn check_config_layers_and_redacts() {
     assert!(stdout.contains("api_key = \"[redacted]\""));
 }
 
+/// A configuration file that does not parse is reported by file, line and
+/// column, without the source text: an unterminated secret string would
+/// otherwise be printed back in full.
+#[test]
+fn a_config_syntax_error_never_prints_the_secret_on_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "sk-live-DO-NOT-PRINT-0123456789";
+    let config = write_config(
+        dir.path(),
+        &format!("[jogg]\napi_key = \"{secret}\nburst = 3\n"),
+    );
+    let config = config.to_str().unwrap();
+    for command in ["check-config", "serve", "status"] {
+        let args: &[&str] = if command == "status" {
+            &["--config", config, "status", "x"]
+        } else {
+            &["--config", config, command]
+        };
+        let (code, stdout, stderr) = run_binary(args, &[]);
+        assert_eq!(code, 64, "{command}: {stderr}");
+        assert!(
+            stderr.contains("relay.toml") && stderr.contains("line 7"),
+            "{command} names file and line: {stderr}"
+        );
+        for fragment in [secret, "DO-NOT-PRINT", "0123456789"] {
+            assert!(
+                !stderr.contains(fragment) && !stdout.contains(fragment),
+                "{command} leaked {fragment}: {stderr}"
+            );
+        }
+    }
+}
+
+/// Weak secrets are refused at startup by key, without showing them; a
+/// strong token on a public bind passes.
+#[test]
+fn weak_secrets_exit_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let config = config.to_str().unwrap();
+    let public = ("JOGG_RELAY__SERVER__BIND", "0.0.0.0:8080");
+    /// Environment, the key named, the secret that must not be shown.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 2] = [
+        (
+            &[public, ("JOGG_RELAY__SERVER__TOKEN", "short-token-15c")],
+            "server.token",
+            "short-token-15c",
+        ),
+        (
+            // "whsec_" + base64 of the 15 bytes "0123456789abcde".
+            &[(
+                "JOGG_RELAY__CALLBACKS__SECRET",
+                "whsec_MDEyMzQ1Njc4OWFiY2Rl",
+            )],
+            "callbacks.secret",
+            "MDEyMzQ1Njc4OWFiY2Rl",
+        ),
+    ];
+    for (env, key, secret) in cases {
+        for command in ["check-config", "serve"] {
+            let (code, stdout, stderr) = run_binary(&["--config", config, command], env);
+            assert_eq!(code, 64, "{key} {command}: {stderr}");
+            assert!(stderr.contains(key), "{command} names {key}: {stderr}");
+            assert!(
+                !stderr.contains(secret) && !stdout.contains(secret),
+                "{command} leaked {secret}: {stderr}"
+            );
+        }
+    }
+    let (code, _, stderr) = run_binary(
+        &["--config", config, "check-config"],
+        &[public, ("JOGG_RELAY__SERVER__TOKEN", "strong-token-16c")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// Plain http to a JoggAI that is not on this machine is valid but
+/// warned about; the simulators on loopback are not.
+#[test]
+fn check_config_warns_about_plain_http_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let config = config.to_str().unwrap();
+    let (code, _, stderr) = run_binary(
+        &["--config", config, "check-config"],
+        &[("JOGG_RELAY__JOGG__BASE_URL", "http://api.jogg.ai")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: jogg.base_url (http://api.jogg.ai)"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_binary(
+        &["--config", config, "check-config"],
+        &[("JOGG_RELAY__JOGG__BASE_URL", "http://127.0.0.1:9")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+/// A variable of ours that is not UTF-8 is refused by name; its value
+/// (which may be a secret) is not printed, as the standard library's
+/// panic would.
+#[test]
+fn a_non_utf8_variable_is_refused_by_name_only() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let output = std::process::Command::new(crate::helpers::binary())
+        .args(["--config", config.to_str().unwrap(), "check-config"])
+        .env_clear()
+        .env(
+            "JOGG_RELAY__JOGG__API_KEY",
+            std::ffi::OsStr::from_bytes(b"sk-HIDDEN-\xff-value"),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("JOGG_RELAY__JOGG__API_KEY"), "{stderr}");
+    assert!(!stderr.contains("HIDDEN"), "{stderr}");
+}
+
 #[test]
 fn serve_refuses_to_start_without_an_api_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,8 +269,49 @@ fn enqueue_status_and_list_work_on_the_database() {
     );
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout, "created\tcli-1\ncreated\tcli-2\n");
-    let (_, stdout, _) = run_binary(&["--config", config, "enqueue", "cli-1"], &[]);
-    assert_eq!(stdout, "existing\tcli-1\n");
+    // The same request again (metadata keys in another order) changes
+    // nothing; the same id with other metadata, or none, is a conflict:
+    // printed, left unchanged, exit 1, while the other ids are stored.
+    let (code, stdout, stderr) = run_binary(
+        &[
+            "--config",
+            config,
+            "enqueue",
+            "cli-1",
+            "--metadata",
+            r#"{ "from" : "cli" }"#,
+        ],
+        &[],
+    );
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, "existing\tcli-1\n"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = run_binary(
+        &[
+            "--config",
+            config,
+            "enqueue",
+            "cli-1",
+            "cli-3",
+            "--metadata",
+            r#"{"from":"elsewhere"}"#,
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stdout, "conflict\tcli-1\ncreated\tcli-3\n");
+    assert!(
+        stderr.contains("cli-1") && stderr.contains("metadata"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = run_binary(&["--config", config, "enqueue", "cli-2"], &[]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (1, "conflict\tcli-2\n"),
+        "{stderr}"
+    );
 
     let (code, _, stderr) = run_binary(&["--config", config, "enqueue", "ok", "../bad"], &[]);
     assert_eq!(code, 64, "an invalid id is bad usage: {stderr}");
@@ -169,7 +334,11 @@ fn enqueue_status_and_list_work_on_the_database() {
         .skip(1)
         .map(|l| l.split('\t').next().unwrap())
         .collect();
-    assert_eq!(ids, ["cli-1", "cli-2"], "the invalid batch stored nothing");
+    assert_eq!(
+        ids,
+        ["cli-1", "cli-2", "cli-3"],
+        "the invalid batch stored nothing"
+    );
     let (code, _, _) = run_binary(&["--config", config, "list", "--state", "bogus"], &[]);
     assert_eq!(code, 64);
 }
@@ -208,6 +377,35 @@ async fn acknowledged_enqueue_survives_sigkill() {
     .await;
     assert_eq!(video.status, 200, "{video:?}");
     assert_eq!(video.json["state"], "active");
+}
+
+/// A token given in the environment is the variable's exact text, even
+/// when it looks like a number: the daemon accepts `000…` and not the
+/// number it would read as.
+#[tokio::test]
+async fn a_numeric_looking_token_from_the_environment_is_used_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let token = "0001234567890123456789";
+    let relay = RelayProcess::start(
+        &config,
+        &[
+            ("JOGG_RELAY__JOGG__API_KEY", "sk-test"),
+            ("JOGG_RELAY__SERVER__TOKEN", token),
+        ],
+    );
+    let client = jogg_relay::outbound::client_builder().build().unwrap();
+    let list = |bearer: &'static str| {
+        client
+            .get(format!("{}/v1/videos", relay.base()))
+            .bearer_auth(bearer)
+            .send()
+    };
+    assert_eq!(reply(list(token).await.unwrap()).await.status, 200);
+    for guessed in ["1234567890123456789", "1.2345678901234568e18"] {
+        let refused = reply(list(guessed).await.unwrap()).await;
+        assert_eq!(refused.assert_json_error(401), "unauthorized", "{guessed}");
+    }
 }
 
 #[test]
