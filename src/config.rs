@@ -116,6 +116,12 @@ pub struct ServerSettings {
     pub token_file: Option<PathBuf>,
     /// How long shutdown waits for in-flight work.
     pub shutdown_grace: String,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: u32,
+    /// Longest wait for a request's headers (also the keep-alive idle limit).
+    pub header_timeout: String,
+    /// Longest time to receive a request's body.
+    pub body_timeout: String,
 }
 
 /// `[database]` as written.
@@ -203,6 +209,9 @@ impl Default for ServerSettings {
             token: SecretSetting::default(),
             token_file: None,
             shutdown_grace: "10s".into(),
+            max_connections: 1024,
+            header_timeout: "10s".into(),
+            body_timeout: "30s".into(),
         }
     }
 }
@@ -327,6 +336,14 @@ impl Settings {
             ));
         }
         let shutdown_grace = duration(&server.shutdown_grace, "server.shutdown_grace")?;
+        if server.max_connections == 0 {
+            return Err(ConfigError::new(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        let header_timeout = positive_duration(&server.header_timeout, "server.header_timeout")?;
+        let body_timeout = positive_duration(&server.body_timeout, "server.body_timeout")?;
 
         let database = DatabaseConfig::parse(&self.database.url)?;
 
@@ -410,6 +427,9 @@ impl Settings {
                 bind,
                 token,
                 shutdown_grace,
+                max_connections: server.max_connections as usize,
+                header_timeout,
+                body_timeout,
             },
             database,
             jogg: JoggConfig {
@@ -581,6 +601,15 @@ pub struct ServerConfig {
     pub token: Option<SecretString>,
     /// How long shutdown waits for in-flight work.
     pub shutdown_grace: Duration,
+    /// Connections served at once; further connections wait in the
+    /// listen backlog until one closes.
+    pub max_connections: usize,
+    /// Longest wait for a request's complete headers, counted from when
+    /// the connection opens or its previous response was sent (so it is
+    /// also the idle keep-alive timeout).
+    pub header_timeout: Duration,
+    /// Longest time from a request's headers to the end of its body.
+    pub body_timeout: Duration,
 }
 
 /// Where the SQLite database lives.
