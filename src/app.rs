@@ -169,7 +169,8 @@ impl App {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.extra_tasks.push((name, Box::pin(task(self.shutdown_hint.clone()))));
+        self.extra_tasks
+            .push((name, Box::pin(task(self.shutdown_hint.clone()))));
     }
 
     /// Runs the API (and the poll and delivery loops, unless taken) on `listener` until
@@ -293,16 +294,18 @@ impl App {
         // The router, the poller and with them every writer handle are gone
         // now; the writer drains its queue and stops.
         info!("shutting down: committing queued writes");
-        if !writer_done && let Err(err) = writer_task.await {
-            if let Some(failure) = task_failure("database writer", Some(err), true) {
-                failures.push(failure);
-            }
+        if !writer_done
+            && let Err(err) = writer_task.await
+            && let Some(failure) = task_failure("database writer", Some(err), true)
+        {
+            failures.push(failure);
         }
         store.close().await;
         info!("shutdown complete");
-        match failures.is_empty() {
-            true => Ok(()),
-            false => Err(AppError::TaskFailed(failures.join("; "))),
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::TaskFailed(failures.join("; ")))
         }
     }
 }

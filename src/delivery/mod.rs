@@ -31,8 +31,7 @@ use crate::store::{
 use crate::telemetry::metrics::RelayMetrics;
 use crate::worker::{
     Heartbeat, HeldLeases, StepClock, Tasks, acquire_slots, drain_within_grace, link_stopping,
-    settle,
-    settle_all,
+    settle, settle_all,
 };
 use schedule::AttemptResult;
 

@@ -26,8 +26,8 @@ use crate::jogg::{JoggClient, PauseReason, PollAnswer};
 use crate::store::{ClaimedVideo, Release, Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
 use crate::worker::{
-    HEARTBEAT_INTERVAL, Heartbeat, HeldLeases, StepClock, Tasks, acquire_slots,
-    drain_within_grace, link_stopping, settle, settle_all,
+    HEARTBEAT_INTERVAL, Heartbeat, HeldLeases, StepClock, Tasks, acquire_slots, drain_within_grace,
+    link_stopping, settle, settle_all,
 };
 use decide::{Decision, GateSignal, PollOutcome};
 use gate::{Closed, UpstreamGate};

@@ -120,9 +120,7 @@ pub fn init(format: LogFormat, default_filter: &str) {
         .with_writer(|| LossyStderr)
         .log_internal_errors(false);
     let installed = match format {
-        LogFormat::Text => builder
-            .with_ansi(io::stderr().is_terminal())
-            .try_init(),
+        LogFormat::Text => builder.with_ansi(io::stderr().is_terminal()).try_init(),
         LogFormat::Json => builder.json().with_ansi(false).try_init(),
     };
     if let (Ok(()), Some(problem)) = (installed, problem) {

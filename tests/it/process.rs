@@ -227,7 +227,11 @@ async fn the_watchdog_pings_only_while_every_heartbeat_is_fresh() {
         "{after_stall} pings, at most {expected_max} expected"
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(pings.load(Ordering::SeqCst), after_stall, "no pings while stalled");
+    assert_eq!(
+        pings.load(Ordering::SeqCst),
+        after_stall,
+        "no pings while stalled"
+    );
     // It recovers: pings resume.
     busy.beat();
     stuck.beat();
@@ -248,7 +252,10 @@ fn systemd_watchdog_stops_when_the_poller_stalls() {
     // a poll loop that hangs, deterministically.
     sim.state.inject_for(
         "stall-1",
-        [Fault::Business(10105), Fault::Slow(Duration::from_secs(600))],
+        [
+            Fault::Business(10105),
+            Fault::Slow(Duration::from_secs(600)),
+        ],
     );
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
