@@ -332,8 +332,7 @@ fn systemd_watchdog_stops_when_the_poller_stalls() {
     };
     assert!(stalled.contains("poller"), "{stalled}");
     relay.signal("TERM");
-    let code = wait_with_deadline(&mut relay.child, Duration::from_secs(30));
-    assert_eq!(code, Some(0));
+    assert_eq!(relay.wait().code(), Some(0));
 }
 
 /// Opens a connection that sends a partial request head and nothing more.
