@@ -838,6 +838,21 @@ mod tests {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case] = &[
             (
+                "[server]\nmax_connections = 0\n",
+                &[],
+                "server.max_connections",
+            ),
+            (
+                "[server]\nheader_timeout = \"0s\"\n",
+                &[],
+                "server.header_timeout",
+            ),
+            (
+                "[server]\nbody_timeout = \"soon\"\n",
+                &[],
+                "server.body_timeout",
+            ),
+            (
                 "[jogg]\nrequests_per_second = 0\n",
                 &[],
                 "jogg.requests_per_second",

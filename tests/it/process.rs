@@ -534,3 +534,30 @@ fn an_invalid_rust_log_is_reported_and_the_default_used() {
         "{warning}"
     );
 }
+
+#[test]
+fn commands_writing_to_a_closed_pipe_exit_normally() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "http://127.0.0.1:1", "");
+    let config = config.to_str().unwrap();
+    let (code, _, stderr) =
+        crate::helpers::run_binary(&["--config", config, "enqueue", "a1", "a2", "a3"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    for args in [vec!["list"], vec!["status", "a1"], vec!["check-config"]] {
+        // `jogg-relay list | head -0`: the reader is gone before the output.
+        let mut child = Command::new(binary())
+            .args(["--config", config])
+            .args(&args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
