@@ -119,6 +119,22 @@ async fn a_broken_stderr_never_stops_the_relay() {
     }
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+    // The relay knows it lost lines: the test did exercise the broken pipe.
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lost: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("jogg_relay_log_write_errors_total "))
+        .expect("the lost-lines counter")
+        .parse()
+        .unwrap();
+    assert!(lost > 0.0, "{lost} lines lost");
 
     // The signal handler logs too; SIGTERM must still stop the relay, cleanly.
     let status = Command::new("kill")
