@@ -7,7 +7,7 @@
 //! without limit, so a few hundred slow clients exhaust the file descriptors
 //! and `/healthz` stops answering.
 //!
-//! The design (README, "HTTP server limits"):
+//! The design (README, "HTTP API", under "Connections"):
 //! - a semaphore of `max_connections` permits; the loop takes a permit
 //!   *before* it accepts, so connections beyond the cap wait in the kernel's
 //!   listen backlog (they are not refused) and are accepted as slots free;
