@@ -1,10 +1,13 @@
 //! Wiring: opens the store, starts the writer, the poller and the API, and
 //! owns the order of graceful shutdown.
 
+use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -17,6 +20,7 @@ use crate::poller::policy::PollPolicy;
 use crate::poller::{Poller, Wakeups};
 use crate::store::{Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
+use crate::worker::Heartbeat;
 
 /// Longest delay between probes while JoggAI refuses the key.
 const MAX_PROBE_DELAY: Duration = Duration::from_secs(300);
@@ -36,6 +40,9 @@ pub enum AppError {
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
+    /// A background task ended or panicked before shutdown.
+    #[error("{0}")]
+    TaskFailed(String),
 }
 
 /// The upstream gate for `config`: the budget, and probes that start at
@@ -60,7 +67,18 @@ pub struct App {
     deliverer: Option<Deliverer>,
     wakeups: Wakeups,
     metrics: Arc<RelayMetrics>,
+    /// Tasks added with [`App::supervise`].
+    extra_tasks: Vec<(&'static str, SupervisedTask)>,
+    /// Cancelled with the `shutdown` given to [`App::run`].
+    shutdown_hint: CancellationToken,
 }
+
+/// A task run by [`App::run`] beside the workers.
+type SupervisedTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Shortest time without a heartbeat that counts as a stall (see
+/// [`watchdog`]).
+pub const MIN_STALL: Duration = Duration::from_secs(3);
 
 impl App {
     /// Opens the database (creating and migrating it) and builds every part.
@@ -97,6 +115,8 @@ impl App {
             deliverer: Some(deliverer),
             wakeups,
             metrics,
+            extra_tasks: Vec::new(),
+            shutdown_hint: CancellationToken::new(),
         })
     }
 
@@ -140,10 +160,29 @@ impl App {
         self.deliverer.take()
     }
 
+    /// Runs `task` beside the workers once [`App::run`] starts, supervised
+    /// like them: if it ends or panics before shutdown, the relay stops
+    /// with [`AppError::TaskFailed`]. It should end when `shutdown` is
+    /// cancelled. (Embedders use it for their own loops; tests use it to
+    /// check the supervision itself.)
+    pub fn supervise<F>(&mut self, name: &'static str, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.extra_tasks
+            .push((name, Box::pin(task(self.shutdown_hint.clone()))));
+    }
+
     /// Runs the API (and the poll and delivery loops, unless taken) on `listener` until
     /// `shutdown` is cancelled, then shuts down in order: stop accepting
     /// connections and claiming work, finish requests and polls in flight,
     /// let the writer commit everything already queued, close the database.
+    ///
+    /// Every background task is supervised: one that ends or panics before
+    /// shutdown (the poller, the delivery worker, the watchdog, the
+    /// database writer) is logged as an ERROR, shuts the relay down, and
+    /// makes this return [`AppError::TaskFailed`] (exit code 1, so systemd
+    /// restarts the service).
     pub async fn run(
         self,
         listener: TcpListener,
@@ -154,71 +193,181 @@ impl App {
             config,
             store,
             writer,
-            writer_task,
+            mut writer_task,
             poller,
             deliverer,
+            extra_tasks,
+            shutdown_hint,
             ..
         } = self;
         // The API state holds its own writer handle.
         drop(writer);
+        // Tasks given to `supervise` before `run` knew the real token.
+        let hint_link = {
+            let (shutdown, hint) = (shutdown.clone(), shutdown_hint);
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                hint.cancel();
+            })
+        };
         let address = listener.local_addr()?;
         info!(%address, database = %config.database.path.display(), "jogg-relay listening");
 
-        let poller_task = poller.map(|poller| {
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut names = HashMap::new();
+        let mut heartbeats = Vec::new();
+        if let Some(poller) = poller {
+            heartbeats.push(("poller", poller.heartbeat()));
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { poller.run(shutdown).await })
-        });
+            let task = tasks.spawn(async move { poller.run(shutdown).await });
+            names.insert(task.id(), "poller");
+        }
+        if let Some(deliverer) = deliverer {
+            heartbeats.push(("delivery worker", deliverer.heartbeat()));
+            let shutdown = shutdown.clone();
+            let task = tasks.spawn(async move { deliverer.run(shutdown).await });
+            names.insert(task.id(), "delivery worker");
+        }
+        for (name, task) in extra_tasks {
+            let task = tasks.spawn(task);
+            names.insert(task.id(), name);
+        }
         // systemd (Type=notify): the database is migrated and the listener
         // bound, so the service is ready. A no-op outside systemd.
         notify_systemd(&[sd_notify::NotifyState::Ready]);
-        let watchdog_task = sd_notify::watchdog_enabled().map(|interval| {
+        if let Some(interval) = sd_notify::watchdog_enabled() {
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                // Pinging at half the interval leaves a whole half for a
-                // late tick; a stalled runtime stops pinging and systemd
-                // restarts the service.
-                let mut ticks = tokio::time::interval(interval / 2);
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = ticks.tick() => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
+            let task = tasks.spawn(watchdog(interval, heartbeats, shutdown, || {
+                notify_systemd(&[sd_notify::NotifyState::Watchdog])
+            }));
+            names.insert(task.id(), "watchdog");
+        }
+
+        let server = api::server::serve(
+            listener,
+            api::router(state),
+            api::server::Limits::from(&config.server),
+            shutdown.clone(),
+        );
+        tokio::pin!(server);
+        let mut failures = Vec::new();
+        // Until the server has stopped: any task that ends before shutdown
+        // is a failure and starts the shutdown.
+        let mut writer_done = false;
+        loop {
+            tokio::select! {
+                () = &mut server => break,
+                Some(joined) = tasks.join_next_with_id() => {
+                    let (id, outcome) = match joined {
+                        Ok((id, ())) => (id, None),
+                        Err(err) => (err.id(), Some(err)),
+                    };
+                    let name = names.get(&id).copied().unwrap_or("task");
+                    if let Some(failure) = task_failure(name, outcome, shutdown.is_cancelled()) {
+                        failures.push(failure);
+                        shutdown.cancel();
                     }
                 }
-            })
-        });
-        let deliverer_task = deliverer.map(|deliverer| {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move { deliverer.run(shutdown).await })
-        });
-        let served = axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
-        // `serve` can also end with an error; the workers stop either way.
+                joined = &mut writer_task, if !writer_done => {
+                    writer_done = true;
+                    let outcome = joined.err();
+                    if let Some(failure) = task_failure("database writer", outcome, false) {
+                        failures.push(failure);
+                        shutdown.cancel();
+                    }
+                }
+            }
+        }
+        // The server stops only on shutdown; the workers stop now too.
         shutdown.cancel();
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
-        if let Some(task) = watchdog_task {
-            let _ = task.await;
+        while let Some(joined) = tasks.join_next_with_id().await {
+            if let Err(err) = joined {
+                let name = names.get(&err.id()).copied().unwrap_or("task");
+                if let Some(failure) = task_failure(name, Some(err), true) {
+                    failures.push(failure);
+                }
+            }
         }
-        if let Some(task) = poller_task
-            && let Err(err) = task.await
-        {
-            tracing::error!(error = %err, "poller task failed");
-        }
-        if let Some(task) = deliverer_task
-            && let Err(err) = task.await
-        {
-            tracing::error!(error = %err, "delivery task failed");
-        }
+        let _ = hint_link.await;
 
         // The router, the poller and with them every writer handle are gone
         // now; the writer drains its queue and stops.
         info!("shutting down: committing queued writes");
-        if let Err(err) = writer_task.await {
-            tracing::error!(error = %err, "database writer task failed");
+        if !writer_done
+            && let Err(err) = writer_task.await
+            && let Some(failure) = task_failure("database writer", Some(err), true)
+        {
+            failures.push(failure);
         }
         store.close().await;
         info!("shutdown complete");
-        served.map_err(AppError::from)
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::TaskFailed(failures.join("; ")))
+        }
+    }
+}
+
+/// How a background task's end is judged: a panic is always a failure;
+/// ending normally is one only before shutdown. A failure is logged as an
+/// ERROR here and described for [`AppError::TaskFailed`].
+fn task_failure(
+    name: &str,
+    panic: Option<tokio::task::JoinError>,
+    shutting_down: bool,
+) -> Option<String> {
+    let failure = match panic {
+        Some(err) if err.is_panic() => format!("the {name} panicked"),
+        // Aborted: only this module aborts tasks, and not these.
+        Some(_) => format!("the {name} was cancelled"),
+        None if shutting_down => return None,
+        None => format!("the {name} stopped unexpectedly"),
+    };
+    tracing::error!(task = name, "{failure}; shutting down");
+    Some(failure)
+}
+
+/// The systemd watchdog: every half `interval`, pings (with `ping`) if
+/// every heartbeat is fresh, that is younger than `interval` (or than
+/// [`MIN_STALL`] when the interval is shorter: the loops beat once per
+/// [`crate::worker::HEARTBEAT_INTERVAL`] when idle). A stalled worker stops the pings, and
+/// systemd restarts the service; an ERROR names the worker. Pings resume if
+/// the worker recovers first. Ends when `shutdown` is cancelled.
+pub async fn watchdog(
+    interval: Duration,
+    heartbeats: Vec<(&'static str, Arc<Heartbeat>)>,
+    shutdown: CancellationToken,
+    mut ping: impl FnMut(),
+) {
+    let stall_after = interval.max(MIN_STALL);
+    // Pinging at half the interval leaves a whole half for a late tick.
+    let mut ticks = tokio::time::interval(interval / 2);
+    let mut stalled: Option<&str> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        match heartbeats.iter().find(|(_, beat)| beat.age() > stall_after) {
+            None => {
+                if let Some(worker) = stalled.take() {
+                    info!(worker, "worker making progress again; pinging the watchdog");
+                }
+                ping();
+            }
+            Some((worker, beat)) => {
+                if stalled.is_none() {
+                    tracing::error!(
+                        worker,
+                        stalled_for = ?beat.age(),
+                        "worker stalled; no longer pinging the systemd watchdog"
+                    );
+                }
+                stalled = Some(worker);
+            }
+        }
     }
 }
 

@@ -49,19 +49,47 @@ pub struct BenchOptions {
     pub budget_window: Duration,
 }
 
-/// One row of the table.
+/// One row of the table; a figure is `None` when its phase did not run
+/// (no videos in it), and the table shows `–` for it, not a misleading `0`.
 #[derive(Debug, Clone, Default)]
 struct Row {
     scale: usize,
-    single_per_s: f64,
-    batch_ids_per_s: f64,
-    polls_per_s: f64,
-    cpu_us_per_poll: f64,
-    cpu_us_per_delivery: f64,
-    latency_ms: [f64; 3],
+    single_per_s: Option<f64>,
+    batch_ids_per_s: Option<f64>,
+    polls_per_s: Option<f64>,
+    cpu_us_per_poll: Option<f64>,
+    cpu_us_per_delivery: Option<f64>,
+    latency_ms: Option<[f64; 3]>,
     violations: u64,
     utilization: f64,
     peak_rss_mib: f64,
+}
+
+impl Row {
+    /// The row in the table's Markdown layout.
+    fn to_markdown(&self) -> String {
+        let latency = self.latency_ms.map_or_else(
+            || "–".to_owned(),
+            |[p50, p95, p99]| format!("{p50:.1} / {p95:.1} / {p99:.1}"),
+        );
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {latency} | {} | {:.1} % | {:.1} |",
+            self.scale,
+            cell(self.single_per_s, 0),
+            cell(self.batch_ids_per_s, 0),
+            cell(self.polls_per_s, 0),
+            cell(self.cpu_us_per_poll, 1),
+            cell(self.cpu_us_per_delivery, 1),
+            self.violations,
+            self.utilization * 100.0,
+            self.peak_rss_mib,
+        )
+    }
+}
+
+/// A figure with `decimals` decimals, or `–` for a phase that did not run.
+fn cell(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
 /// A relay child process.
@@ -206,21 +234,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
-        println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} / {:.1} / {:.1} | {} | {:.1} % | {:.1} |",
-            r.scale,
-            r.single_per_s,
-            r.batch_ids_per_s,
-            r.polls_per_s,
-            r.cpu_us_per_poll,
-            r.cpu_us_per_delivery,
-            r.latency_ms[0],
-            r.latency_ms[1],
-            r.latency_ms[2],
-            r.violations,
-            r.utilization * 100.0,
-            r.peak_rss_mib,
-        );
+        println!("{}", r.to_markdown());
     }
     Ok(())
 }
@@ -269,7 +283,9 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
     for worker in workers {
         worker.await??;
     }
-    row.single_per_s = singles as f64 / started.elapsed().as_secs_f64();
+    if singles > 0 {
+        row.single_per_s = Some(singles as f64 / started.elapsed().as_secs_f64());
+    }
 
     // Bodies are serialized before the clock starts: the load generator
     // shares the machine with the relay, and its own JSON work is not what
@@ -307,7 +323,7 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
         worker.await??;
     }
     if batch_ids > 0 {
-        row.batch_ids_per_s = batch_ids as f64 / started.elapsed().as_secs_f64();
+        row.batch_ids_per_s = Some(batch_ids as f64 / started.elapsed().as_secs_f64());
     }
     peak = peak.max(relay.peak_rss_mib());
     relay.stop()?;
@@ -332,8 +348,10 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
     )
     .await?;
     let polls = (sim.state.request_count() - requests_before) as f64;
-    row.polls_per_s = polls / started.elapsed().as_secs_f64();
-    row.cpu_us_per_poll = (relay.cpu_seconds() - cpu_before) * 1e6 / polls;
+    if !hot.is_empty() {
+        row.polls_per_s = Some(polls / started.elapsed().as_secs_f64());
+        row.cpu_us_per_poll = Some((relay.cpu_seconds() - cpu_before) * 1e6 / polls);
+    }
     peak = peak.max(relay.peak_rss_mib());
     relay.stop()?;
 
@@ -371,7 +389,12 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
         .context("not every callback arrived")?;
     let cpu = relay.cpu_seconds() - cpu_before;
     let n = deliver.len() as f64;
-    row.cpu_us_per_delivery = ((cpu * 1e6) - row.cpu_us_per_poll * n).max(0.0) / n;
+    if !deliver.is_empty() {
+        // Each delivered video was polled once too; that share is not
+        // delivery work.
+        let poll_share = row.cpu_us_per_poll.unwrap_or(0.0) * n;
+        row.cpu_us_per_delivery = Some(((cpu * 1e6) - poll_share).max(0.0) / n);
+    }
     let terminal = sim.state.terminal_answers();
     let mut latencies: Vec<f64> = receiver
         .state
@@ -389,11 +412,13 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
-    row.latency_ms = [
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.95),
-        percentile(&latencies, 0.99),
-    ];
+    if !latencies.is_empty() {
+        row.latency_ms = Some([
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.95),
+            percentile(&latencies, 0.99),
+        ]);
+    }
     peak = peak.max(relay.peak_rss_mib());
     relay.stop()?;
 
@@ -462,4 +487,29 @@ async fn wait_until(done: impl Fn() -> bool, limit: Duration) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phase_that_did_not_run_shows_a_dash() {
+        let row = Row {
+            scale: 1000,
+            single_per_s: Some(5000.4),
+            batch_ids_per_s: None,
+            polls_per_s: None,
+            cpu_us_per_poll: None,
+            cpu_us_per_delivery: Some(12.34),
+            latency_ms: None,
+            violations: 0,
+            utilization: 0.995,
+            peak_rss_mib: 20.0,
+        };
+        assert_eq!(
+            row.to_markdown(),
+            "| 1000 | 5000 | – | – | – | 12.3 | – | 0 | 99.5 % | 20.0 |"
+        );
+    }
 }

@@ -18,6 +18,24 @@ use crate::poller::policy::PollPolicy;
 use crate::store::{EnqueueOutcome, RedeliverOutcome, Store, Writer};
 use crate::{app, telemetry};
 
+/// `println!` that never panics: a closed or broken standard output (the
+/// reader of `jogg-relay list | head` went away) loses the text instead of
+/// turning the exit code into a panic's 101.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics (see [`say`]).
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 /// Exit code for bad usage and invalid configuration (`EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
 
@@ -125,11 +143,11 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Usage(message)) => {
-            eprintln!("jogg-relay: {message}");
+            tell!("jogg-relay: {message}");
             ExitCode::from(EXIT_USAGE)
         }
         Err(CliError::Fatal(err)) => {
-            eprintln!("jogg-relay: {err:#}");
+            tell!("jogg-relay: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -203,11 +221,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::List { state } => list(&config, state.as_deref()).await,
             Command::Redeliver { id } => redeliver(&config, &id).await,
             Command::CheckConfig => {
-                eprintln!("configuration is valid");
+                tell!("configuration is valid");
                 for warning in config.startup_warnings() {
-                    eprintln!("warning: {warning}");
+                    tell!("warning: {warning}");
                 }
-                print!("{}", settings.to_redacted_toml());
+                use std::io::Write as _;
+                let _ = std::io::stdout()
+                    .lock()
+                    .write_all(settings.to_redacted_toml().as_bytes());
                 Ok(())
             }
         }
@@ -230,10 +251,26 @@ async fn serve(config: Config) -> Result<(), CliError> {
         .await
         .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    app::run(config, listener, shutdown)
-        .await
-        .context("the relay stopped")?;
+    let mut signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let relay = app::run(config, listener, shutdown.clone());
+    tokio::pin!(relay);
+    // The signal handler is supervised like the relay's own tasks: if it
+    // died, SIGTERM would be ignored, so the relay stops and exits 1.
+    let handler_failed = tokio::select! {
+        result = &mut relay => {
+            signals.abort();
+            return result.context("the relay stopped").map_err(CliError::Fatal);
+        }
+        joined = &mut signals => joined.is_err(),
+    };
+    if handler_failed {
+        tracing::error!("the signal handler failed; shutting down");
+        shutdown.cancel();
+    }
+    relay.await.context("the relay stopped")?;
+    if handler_failed {
+        return Err(anyhow::anyhow!("the signal handler failed").into());
+    }
     Ok(())
 }
 
@@ -307,7 +344,7 @@ async fn enqueue(
                 "conflict"
             }
         };
-        println!("{word}\t{id}");
+        say!("{word}\t{id}");
     }
     store.close().await;
     // The other ids are stored; the exit code still tells a script that
@@ -345,7 +382,7 @@ async fn redeliver(config: &Config, id: &str) -> Result<(), CliError> {
     store.close().await;
     match outcome {
         RedeliverOutcome::Queued { event_id, targets } => {
-            println!("queued\t{video_id}\t{event_id}\t{targets} target(s)");
+            say!("queued\t{video_id}\t{event_id}\t{targets} target(s)");
             Ok(())
         }
         RedeliverOutcome::NotFound => {
@@ -369,7 +406,7 @@ async fn status(config: &Config, id: &str) -> Result<(), CliError> {
         .ok_or_else(|| anyhow::anyhow!("video {video_id} is not tracked"))?;
     let text = serde_json::to_string_pretty(&VideoResource::detailed(details))
         .context("cannot render the video")?;
-    println!("{text}");
+    say!("{text}");
     store.close().await;
     Ok(())
 }
@@ -382,7 +419,7 @@ async fn list(config: &Config, state: Option<&str>) -> Result<(), CliError> {
         .map_err(|err| CliError::Usage(format!("--state: {err}")))?;
     let store = open_store(config).await?;
     let mut after = 0;
-    println!("video_id\tstate\tupstream_status\tpolls\tupdated_at");
+    say!("video_id\tstate\tupstream_status\tpolls\tupdated_at");
     loop {
         let page = store
             .list_videos(state, after, 1000)
@@ -391,7 +428,7 @@ async fn list(config: &Config, state: Option<&str>) -> Result<(), CliError> {
         let Some(last) = page.last() else { break };
         after = last.id;
         for video in &page {
-            println!(
+            say!(
                 "{}\t{}\t{}\t{}\t{}",
                 video.video_id,
                 video.state,

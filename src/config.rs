@@ -121,6 +121,13 @@ pub struct ServerSettings {
     pub token_file: Option<PathBuf>,
     /// How long shutdown waits for in-flight work.
     pub shutdown_grace: String,
+    /// Connections served at once; more wait to be accepted.
+    #[serde(deserialize_with = "from_text::count")]
+    pub max_connections: u32,
+    /// Longest wait for a request's headers (also the keep-alive idle limit).
+    pub header_timeout: String,
+    /// Longest time to receive a request's body.
+    pub body_timeout: String,
 }
 
 /// `[database]` as written.
@@ -216,6 +223,9 @@ impl Default for ServerSettings {
             token: SecretSetting::default(),
             token_file: None,
             shutdown_grace: "10s".into(),
+            max_connections: 1024,
+            header_timeout: "10s".into(),
+            body_timeout: "30s".into(),
         }
     }
 }
@@ -361,6 +371,14 @@ impl Settings {
             }
         }
         let shutdown_grace = duration(&server.shutdown_grace, "server.shutdown_grace")?;
+        if server.max_connections == 0 {
+            return Err(ConfigError::new(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        let header_timeout = positive_duration(&server.header_timeout, "server.header_timeout")?;
+        let body_timeout = positive_duration(&server.body_timeout, "server.body_timeout")?;
 
         let database = DatabaseConfig::parse(&self.database.url)?;
 
@@ -442,6 +460,9 @@ impl Settings {
                 bind,
                 token,
                 shutdown_grace,
+                max_connections: server.max_connections as usize,
+                header_timeout,
+                body_timeout,
             },
             database,
             jogg: JoggConfig {
@@ -800,6 +821,15 @@ pub struct ServerConfig {
     pub token: Option<SecretString>,
     /// How long shutdown waits for in-flight work.
     pub shutdown_grace: Duration,
+    /// Connections served at once; further connections wait in the
+    /// listen backlog until one closes.
+    pub max_connections: usize,
+    /// Longest wait for a request's complete headers, counted from when
+    /// the connection opens or its previous response was sent (so it is
+    /// also the idle keep-alive timeout).
+    pub header_timeout: Duration,
+    /// Longest time from a request's headers to the end of its body.
+    pub body_timeout: Duration,
 }
 
 /// Where the SQLite database lives.
@@ -1071,6 +1101,7 @@ mod tests {
                 ("JOGG_RELAY__JOGG__REQUESTS_PER_SECOND", "1e3"),
                 ("JOGG_RELAY__JOGG__BURST", "016"),
                 ("JOGG_RELAY__JOGG__MAX_IN_FLIGHT", "4"),
+                ("JOGG_RELAY__SERVER__MAX_CONNECTIONS", "64"),
                 ("JOGG_RELAY__POLLING__MULTIPLIER", "2"),
                 ("JOGG_RELAY__POLLING__JITTER", "0.25"),
                 ("JOGG_RELAY__CALLBACKS__ALLOW_PRIVATE_TARGETS", "TRUE"),
@@ -1085,6 +1116,7 @@ mod tests {
         assert_eq!(settings.jogg.requests_per_second, 1000.0);
         assert_eq!(settings.jogg.burst, 16);
         assert_eq!(settings.jogg.max_in_flight, 4);
+        assert_eq!(settings.server.max_connections, 64);
         assert_eq!(settings.polling.multiplier, 2.0);
         assert_eq!(settings.polling.jitter, 0.25);
         assert!(settings.callbacks.allow_private_targets);
@@ -1117,6 +1149,21 @@ mod tests {
     fn every_invalid_value_names_its_key() {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case] = &[
+            (
+                "[server]\nmax_connections = 0\n",
+                &[],
+                "server.max_connections",
+            ),
+            (
+                "[server]\nheader_timeout = \"0s\"\n",
+                &[],
+                "server.header_timeout",
+            ),
+            (
+                "[server]\nbody_timeout = \"soon\"\n",
+                &[],
+                "server.body_timeout",
+            ),
             (
                 "[jogg]\nrequests_per_second = 0\n",
                 &[],

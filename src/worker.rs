@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,23 +72,66 @@ impl StepClock {
     }
 }
 
+/// Longest a worker loop goes without a heartbeat while it waits by design
+/// (idle, for slots, for the end of a throttle).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When a worker loop last came round: the systemd watchdog is pinged only
+/// while every worker's heartbeat is fresh, so a loop that hangs (or died)
+/// stops the pings and systemd restarts the relay. Loops beat on every
+/// iteration, and their waits are bounded by [`HEARTBEAT_INTERVAL`].
+#[derive(Debug)]
+pub struct Heartbeat {
+    origin: tokio::time::Instant,
+    /// Milliseconds from `origin` to the last beat.
+    last: AtomicU64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Heartbeat {
+    /// The loop is alive now.
+    pub fn beat(&self) {
+        let elapsed = self.origin.elapsed().as_millis() as u64;
+        self.last.fetch_max(elapsed, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat (since creation, before the first).
+    pub fn age(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
+    }
+}
+
 /// Slots for a claim: waits for at least `min` (one at the least) free
 /// slots of `in_flight`, then takes every other free one, up to `max`.
 /// Taking slots before claiming means a claimed item never waits for one.
+/// Waiting for slots is waiting for tasks that have their own timeouts,
+/// so it beats `heartbeat` while it waits.
 pub async fn acquire_slots(
     in_flight: &Arc<Semaphore>,
     min: usize,
     max: usize,
+    heartbeat: &Heartbeat,
 ) -> Vec<OwnedSemaphorePermit> {
     let mut permits = Vec::with_capacity(min);
     while permits.len() < min.max(1) {
-        permits.push(
-            in_flight
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the in-flight semaphore is never closed"),
-        );
+        let acquire = in_flight.clone().acquire_owned();
+        tokio::pin!(acquire);
+        let permit = loop {
+            heartbeat.beat();
+            if let Ok(permit) = tokio::time::timeout(HEARTBEAT_INTERVAL, &mut acquire).await {
+                break permit.expect("the in-flight semaphore is never closed");
+            }
+        };
+        permits.push(permit);
     }
     while permits.len() < max {
         match in_flight.clone().try_acquire_owned() {

@@ -6,6 +6,7 @@
 pub mod error;
 mod extract;
 pub mod resource;
+pub mod server;
 pub mod videos;
 
 use std::sync::Arc;

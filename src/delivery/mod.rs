@@ -30,8 +30,8 @@ use crate::store::{
 };
 use crate::telemetry::metrics::RelayMetrics;
 use crate::worker::{
-    HeldLeases, StepClock, Tasks, acquire_slots, drain_within_grace, link_stopping, settle,
-    settle_all,
+    Heartbeat, HeldLeases, StepClock, Tasks, acquire_slots, drain_within_grace, link_stopping,
+    settle, settle_all,
 };
 use schedule::AttemptResult;
 
@@ -96,6 +96,8 @@ pub struct Deliverer {
     new_work: Arc<Notify>,
     /// How long shutdown waits for attempts in flight.
     shutdown_grace: Duration,
+    /// Beaten by the delivery loop, watched by the systemd watchdog.
+    heartbeat: Arc<Heartbeat>,
 }
 
 impl Deliverer {
@@ -146,7 +148,13 @@ impl Deliverer {
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             new_work,
             shutdown_grace,
+            heartbeat: Arc::default(),
         })
+    }
+
+    /// The delivery loop's heartbeat (see [`Heartbeat`]).
+    pub fn heartbeat(&self) -> Arc<Heartbeat> {
+        self.heartbeat.clone()
     }
 
     /// Delivers until `shutdown`. Then no new claim is made, deliveries
@@ -162,6 +170,7 @@ impl Deliverer {
         let min_batch = (MAX_IN_FLIGHT / 4).max(1);
         let mut attempts = JoinSet::new();
         while !shutdown.is_cancelled() {
+            self.heartbeat.beat();
             while let Some(joined) = attempts.try_join_next() {
                 if let Err(err) = settle::<DeliveryError>(joined) {
                     warn!(error = %err, "recording a delivery attempt failed; it will be repeated");
@@ -252,7 +261,7 @@ impl Deliverer {
         // The clock starts now: waiting for slots below must not make the
         // claim's lease or the attempts' times lag behind real time.
         let clock = StepClock::starting_at(now);
-        let permits = acquire_slots(&self.in_flight, min_batch, usize::MAX).await;
+        let permits = acquire_slots(&self.in_flight, min_batch, usize::MAX, &self.heartbeat).await;
         // Worst case every claimed delivery goes to one host and waits its
         // turn behind that host's bound.
         let rounds = permits.len().div_ceil(MAX_IN_FLIGHT_PER_HOST) as u32;

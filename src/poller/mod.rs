@@ -26,8 +26,8 @@ use crate::jogg::{JoggClient, PauseReason, PollAnswer};
 use crate::store::{ClaimedVideo, Release, Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
 use crate::worker::{
-    HeldLeases, StepClock, Tasks, acquire_slots, drain_within_grace, link_stopping, settle,
-    settle_all,
+    HEARTBEAT_INTERVAL, Heartbeat, HeldLeases, StepClock, Tasks, acquire_slots, drain_within_grace,
+    link_stopping, settle, settle_all,
 };
 use decide::{Decision, GateSignal, PollOutcome};
 use gate::{Closed, UpstreamGate};
@@ -142,6 +142,8 @@ pub struct Poller {
     new_videos: Arc<NewVideos>,
     /// How long shutdown waits for polls in flight.
     shutdown_grace: Duration,
+    /// Beaten by the poll loop, watched by the systemd watchdog.
+    heartbeat: Arc<Heartbeat>,
 }
 
 impl Poller {
@@ -175,7 +177,13 @@ impl Poller {
             request_timeout: config.jogg.timeout,
             new_videos: wakeups.new_videos.clone(),
             shutdown_grace: config.server.shutdown_grace,
+            heartbeat: Arc::default(),
         }
+    }
+
+    /// The poll loop's heartbeat (see [`Heartbeat`]).
+    pub fn heartbeat(&self) -> Arc<Heartbeat> {
+        self.heartbeat.clone()
     }
 
     /// The gate this poller sends through (for `/readyz`).
@@ -196,6 +204,7 @@ impl Poller {
         let min_batch = (self.in_flight.available_permits() / 4).max(1);
         let mut polls = JoinSet::new();
         while !shutdown.is_cancelled() {
+            self.heartbeat.beat();
             while let Some(joined) = polls.try_join_next() {
                 if let Err(err) = settle::<PollerError>(joined) {
                     warn!(error = %err, "recording a poll failed; its lease will expire and it is polled again");
@@ -213,11 +222,14 @@ impl Poller {
                     let until_probe = self.shared.gate.next_probe_at().0 - Millis::now().0;
                     Duration::from_millis(until_probe.clamp(0, 1000) as u64)
                 }
+                // Looked at again every heartbeat interval: the throttle
+                // can be long, and the loop must show it is alive.
                 Ok(Outcome::Throttled) => self
                     .shared
                     .gate
                     .throttled_until()
-                    .map_or(Duration::ZERO, |until| until - tokio::time::Instant::now()),
+                    .map_or(Duration::ZERO, |until| until - tokio::time::Instant::now())
+                    .min(HEARTBEAT_INTERVAL),
                 Err(err) => {
                     warn!(error = %err, "poll round failed; retrying shortly");
                     MAX_IDLE_WAIT
@@ -226,6 +238,7 @@ impl Poller {
             let sleep = tokio::time::sleep(wait);
             tokio::pin!(sleep);
             loop {
+                self.heartbeat.beat();
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = &mut sleep => break,
@@ -332,7 +345,7 @@ impl Poller {
 
         // Slots first, then claims: a claimed video never waits for a slot,
         // so its lease only has to cover the budget wait and the request.
-        let permits = acquire_slots(&self.in_flight, min_batch, MAX_CLAIM).await;
+        let permits = acquire_slots(&self.in_flight, min_batch, MAX_CLAIM, &self.heartbeat).await;
         let claimed = self.claim(clock.now(), permits.len()).await?;
         if claimed.is_empty() {
             return Ok(Outcome::Idle);

@@ -38,6 +38,8 @@ pub const DELIVERY_LAG: &str = "jogg_relay_delivery_lag_seconds";
 pub const UPSTREAM_PAUSED: &str = "jogg_relay_upstream_paused";
 /// 1 while JoggAI's 429 throttle is in effect.
 pub const UPSTREAM_THROTTLED: &str = "jogg_relay_upstream_throttled";
+/// Log lines lost to an unwritable standard error.
+pub const LOG_WRITE_ERRORS: &str = "jogg_relay_log_write_errors_total";
 /// Constant 1, labelled with the version.
 pub const BUILD_INFO: &str = "jogg_relay_build_info";
 
@@ -278,7 +280,18 @@ impl RelayMetrics {
             vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
             1.0,
         );
-        self.handle.render()
+        let mut text = self.handle.render();
+        // Families the recorder does not hold: read at scrape time.
+        let _ = std::fmt::Write::write_fmt(
+            &mut text,
+            format_args!(
+                "# HELP {LOG_WRITE_ERRORS} Log lines lost because standard error could not be written.\n\
+                 # TYPE {LOG_WRITE_ERRORS} counter\n{LOG_WRITE_ERRORS} {}\n\n",
+                super::log_write_errors()
+            ),
+        );
+        super::process::ProcessStats::read().render(&mut text);
+        text
     }
 }
 

@@ -414,7 +414,7 @@ fn sigterm_shuts_down_cleanly_with_exit_0() {
     let config = write_config(dir.path(), "");
     let mut relay = RelayProcess::start(&config, &[("JOGG_RELAY__JOGG__API_KEY", "sk-test")]);
     relay.signal("TERM");
-    let status = relay.child.wait().unwrap();
+    let status = relay.wait();
     assert_eq!(status.code(), Some(0));
     let log: Vec<String> = relay.log.try_iter().collect();
     assert!(

@@ -18,7 +18,10 @@ fn secret() -> WebhookSecret {
 }
 
 /// A relay whose configured callback URL is `receiver`'s `/ops`, signing
-/// with [`SECRET`], retrying after 1 s, 1 s, 1 s.
+/// with [`SECRET`], retrying after 1 s, 1 s, 1 s. The attempt timeout is
+/// generous (a loaded machine must never turn a normal answer into a
+/// timeout, which would change the attempt counts the tests assert); the
+/// timeout test sets a short one and a receiver that never answers in it.
 async fn relay_for(
     receiver: &SimReceiver,
     customize: impl FnOnce(&mut jogg_relay::config::Settings),
@@ -28,7 +31,7 @@ async fn relay_for(
         s.callbacks.urls = vec![ops];
         s.callbacks.secret = jogg_relay::config::SecretSetting(Some(SECRET.into()));
         s.callbacks.retry_schedule = vec!["1s".into(), "1s".into(), "1s".into()];
-        s.callbacks.timeout = "300ms".into();
+        s.callbacks.timeout = "10s".into();
         customize(s);
     })
     .await
@@ -153,17 +156,21 @@ async fn gone_is_dead_after_one_attempt() {
 #[tokio::test]
 async fn slow_receiver_times_out_and_is_retried() {
     let receiver = SimReceiver::start(Some(secret())).await.unwrap();
-    let app = relay_for(&receiver, |_| {}).await;
+    let app = relay_for(&receiver, |s| s.callbacks.timeout = "2s".into()).await;
+    // Far beyond the timeout: the first attempt times out whatever the
+    // machine's load; the second is answered at once, well within it.
     receiver
         .state
-        .script("ops", [Reply::Slow(Duration::from_secs(5))]);
+        .script("ops", [Reply::Slow(Duration::from_secs(3600))]);
     completed_video(&app, "d-slow", json!({})).await;
     let now = Millis::now();
     app.deliver(now).await;
     let delivery = delivery_of(&app.video("d-slow").await.json, &receiver.url("ops"));
     assert_eq!(delivery["state"], "pending");
     assert_eq!(delivery["last_error"], "timeout");
-    app.deliver(now.plus(Duration::from_secs(2))).await;
+    // The retry is due 1 s (± jitter) after the attempt ended, which was
+    // the 2 s timeout after `now`.
+    app.deliver(now.plus(Duration::from_secs(10))).await;
     let delivery = delivery_of(&app.video("d-slow").await.json, &receiver.url("ops"));
     assert_eq!(delivery["state"], "delivered");
     assert_eq!(delivery["attempts"], 2);

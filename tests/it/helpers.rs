@@ -316,6 +316,27 @@ pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) 
     )
 }
 
+/// The seed of a randomized test: `JOGG_RELAY_TEST_SEED` when set, else a
+/// random one. Printed either way (the harness shows it when the test
+/// fails), so any run can be repeated.
+pub fn test_seed() -> u64 {
+    let seed = std::env::var("JOGG_RELAY_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("JOGG_RELAY_TEST_SEED={seed}");
+    seed
+}
+
+/// A proptest configuration whose generator is seeded with [`test_seed`]
+/// (case counts and the rest still come from `PROPTEST_*`).
+pub fn proptest_config() -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        rng_seed: proptest::test_runner::RngSeed::Fixed(test_seed()),
+        ..proptest::test_runner::Config::default()
+    }
+}
+
 /// `jogg-relay serve` as a child process.
 pub struct RelayProcess {
     /// The child.
@@ -324,6 +345,9 @@ pub struct RelayProcess {
     pub address: SocketAddr,
     /// Every line it wrote to standard error arrives here.
     pub log: mpsc::Receiver<String>,
+    /// The thread forwarding standard error to `log`; it ends when the
+    /// child closes standard error (when it exits).
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RelayProcess {
@@ -345,7 +369,7 @@ impl RelayProcess {
             .expect("spawn jogg-relay serve");
         let stderr = child.stderr.take().unwrap();
         let (lines, log) = mpsc::channel();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if lines.send(line).is_err() {
                     break;
@@ -354,9 +378,10 @@ impl RelayProcess {
         });
         // Blocking on the child's own output (not a sleep): the relay logs its
         // bound address once it is ready to accept connections.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let address = loop {
             let line = log
-                .recv_timeout(Duration::from_secs(30))
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
                 .expect("relay reported its address");
             // Text logs say `address=IP:PORT`, JSON logs `"address":"IP:PORT"`.
             if let Some(rest) = line.split("address=").nth(1) {
@@ -372,7 +397,31 @@ impl RelayProcess {
             child,
             address,
             log,
+            reader: Some(reader),
         }
+    }
+
+    /// Waits (at most a minute) for the child to exit, then for every line
+    /// it wrote to be in `log` (or in a receiver taken earlier): reading the
+    /// log right after `child.wait()` could miss lines the reader thread
+    /// had not forwarded yet.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the relay did not exit within a minute");
+            }
+            // A child's exit has no blocking wait with a timeout.
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the log reader thread");
+        }
+        status
     }
 
     /// Takes the log receiver (to read it on a blocking thread).

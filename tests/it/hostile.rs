@@ -1,7 +1,9 @@
 //! Hostile input, generated: raw HTTP requests at the API, configuration
 //! files and environments at the loader, answers at the upstream parser.
 //! Case counts: `JOGG_RELAY_HOSTILE_CASES` (300 HTTP requests),
-//! `PROPTEST_CASES` (proptest's own default of 256) for the others.
+//! `PROPTEST_CASES` (proptest's own default of 256) for the others. Every
+//! generator is seeded from `JOGG_RELAY_TEST_SEED` (random when unset) and
+//! prints the seed.
 
 use std::time::{Duration, SystemTime};
 
@@ -183,7 +185,8 @@ async fn random_requests_never_cause_a_5xx_and_never_reach_the_upstream_invalid(
     })
     .await;
     let address = app.base.trim_start_matches("http://").to_owned();
-    let mut runner = TestRunner::default();
+    // Seeded (and the seed printed), so a failing run can be repeated.
+    let mut runner = TestRunner::new(crate::helpers::proptest_config());
     let strategy = request();
     let mut statuses = std::collections::BTreeMap::new();
     for _ in 0..cases {
@@ -256,6 +259,9 @@ fn known_key() -> impl Strategy<Value = (&'static str, &'static str)> {
         ("server", "token"),
         ("server", "token_file"),
         ("server", "shutdown_grace"),
+        ("server", "max_connections"),
+        ("server", "header_timeout"),
+        ("server", "body_timeout"),
         ("database", "url"),
         ("jogg", "base_url"),
         ("jogg", "api_key"),
@@ -284,6 +290,9 @@ fn known_key() -> impl Strategy<Value = (&'static str, &'static str)> {
 }
 
 proptest! {
+    // Seeded from JOGG_RELAY_TEST_SEED (printed), like every randomized test.
+    #![proptest_config(crate::helpers::proptest_config())]
+
     #[test]
     fn random_configuration_is_accepted_or_refused_by_key_never_a_panic(
         entries in proptest::collection::vec((known_key(), toml_value()), 0..6),

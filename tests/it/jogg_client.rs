@@ -10,11 +10,17 @@ use jogg_relay::domain::VideoId;
 use jogg_relay::jogg::{JoggClient, PollAnswer, StatusClass};
 use jogg_relay::sim::{SIM_API_KEY, SimUpstream, Timeline};
 
+/// A client with the default request timeout (10 s: a normal answer never
+/// times out, however loaded the machine); see [`client_with_timeout`].
 fn client(base_url: &str, api_key: &str) -> JoggClient {
+    client_with_timeout(base_url, api_key, "10s")
+}
+
+fn client_with_timeout(base_url: &str, api_key: &str, timeout: &str) -> JoggClient {
     let mut settings = Settings::default();
     settings.jogg.base_url = base_url.to_owned();
     settings.jogg.api_key = SecretSetting(Some(api_key.to_owned()));
-    settings.jogg.timeout = "300ms".into();
+    settings.jogg.timeout = timeout.into();
     JoggClient::new(&settings.validate().unwrap().jogg).unwrap()
 }
 
@@ -87,7 +93,9 @@ async fn oversized_and_never_ending_answers_are_cut_off() {
         matches!(&huge, PollAnswer::Transient(why) if why.contains("larger than")),
         "{huge:?}"
     );
-    let hang = client(&format!("http://{address}/hang/"), "k")
+    // The answer never comes (an hour); a second is enough to see the
+    // timeout.
+    let hang = client_with_timeout(&format!("http://{address}/hang/"), "k", "1s")
         .poll(&id)
         .await;
     assert_eq!(hang, PollAnswer::Transient("timeout".into()));

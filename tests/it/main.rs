@@ -10,5 +10,6 @@ mod hostile;
 mod jogg_client;
 mod operations;
 mod poller;
+mod process;
 mod reliability;
 mod serve;

@@ -360,7 +360,7 @@ async fn secrets_never_appear_in_logs_errors_or_check_config() {
         "callback delivered"
     );
     relay.signal("TERM");
-    assert_eq!(relay.child.wait().unwrap().code(), Some(0));
+    assert_eq!(relay.wait().code(), Some(0));
     let log: Vec<String> = relay.take_log().try_iter().collect();
     assert!(log.len() > 20, "trace logging produced output");
     let (code, check, check_err) =
@@ -403,7 +403,7 @@ async fn json_logs_carry_video_and_event_ids() {
             .await
     );
     relay.signal("TERM");
-    relay.child.wait().unwrap();
+    relay.wait();
     let lines: Vec<Value> = relay
         .take_log()
         .try_iter()
@@ -474,7 +474,7 @@ async fn sigterm_mid_flight_exits_within_the_grace_and_hands_work_back() {
     let signalled = std::time::Instant::now();
     relay.signal("TERM");
     let status = tokio::task::spawn_blocking(move || {
-        let status = relay.child.wait().unwrap();
+        let status = relay.wait();
         (status, relay)
     })
     .await
@@ -562,6 +562,7 @@ fn systemd_hears_ready_watchdog_and_stopping() {
     );
     let mut buffer = [0u8; 256];
     let mut messages = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     // Datagrams arrive in order: READY, then watchdog pings.
     while messages
         .iter()
@@ -571,13 +572,17 @@ fn systemd_hears_ready_watchdog_and_stopping() {
     {
         let n = socket.recv(&mut buffer).expect("a notification");
         messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        assert!(std::time::Instant::now() < deadline, "{messages:?}");
     }
     assert!(messages[0].contains("READY=1"), "{messages:?}");
     relay.signal("TERM");
+    // Pings may still arrive before it; they must not keep this waiting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let n = socket.recv(&mut buffer).expect("a notification");
         if String::from_utf8_lossy(&buffer[..n]).contains("STOPPING=1") {
             break;
         }
+        assert!(std::time::Instant::now() < deadline, "no STOPPING=1");
     }
 }

@@ -191,8 +191,11 @@ async fn parameter_error_abandons_as_invalid_id() {
 
 #[tokio::test]
 async fn transient_failures_back_off_without_changing_anything() {
+    // The slow answer never comes within the timeout (an hour against
+    // 2 s), and every other answer comes well within it, whatever the
+    // machine's load: each attempt is the fault it was given.
     let app = spawn_manual_app(|s| {
-        s.jogg.timeout = "200ms".into();
+        s.jogg.timeout = "2s".into();
         s.polling.min_interval = "1s".into();
     })
     .await;
@@ -205,7 +208,7 @@ async fn transient_failures_back_off_without_changing_anything() {
             Fault::Business(50000),
             Fault::Business(31337),
             Fault::NonJson,
-            Fault::Slow(Duration::from_secs(2)),
+            Fault::Slow(Duration::from_secs(3600)),
         ],
     );
     app.enqueue(json!({"video_id": "flaky"})).await;
@@ -461,7 +464,11 @@ async fn terminal_state_and_outbox_rows_commit_together() {
         .unwrap();
     // The claim's lease is still held; once it expires, the poll is repeated.
     let mut later = now.plus(Duration::from_secs(60));
-    while app.video("atomic").await.json["state"] == "active" {
+    for steps in 1.. {
+        if app.video("atomic").await.json["state"] != "active" {
+            break;
+        }
+        assert!(steps <= 100, "the poll is never repeated");
         app.step(later).await;
         later = later.plus(Duration::from_secs(60));
     }

@@ -31,12 +31,7 @@ fn size(variable: &str, default: usize) -> usize {
 
 /// The run's seed: from `JOGG_RELAY_TEST_SEED`, or random (and printed).
 fn seed() -> u64 {
-    let seed = std::env::var("JOGG_RELAY_TEST_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("JOGG_RELAY_TEST_SEED={seed}");
-    seed
+    crate::helpers::test_seed()
 }
 
 /// A relay configuration for `dir`, polling `sim` and calling `receiver`'s
@@ -306,7 +301,7 @@ async fn repeated_sigkill_loses_nothing() {
             receiver.state.wait_for_received(callbacks, limit).await;
         }
         relay.signal("KILL");
-        let _ = relay.child.wait();
+        relay.wait();
         println!(
             "kill {} after {:?}: {} polls, {} callbacks",
             kill + 1,
@@ -318,7 +313,7 @@ async fn repeated_sigkill_loses_nothing() {
     }
     wait_for_all_callbacks(&receiver, count, Duration::from_secs(300)).await;
     relay.signal("TERM");
-    assert_eq!(relay.child.wait().unwrap().code(), Some(0));
+    assert_eq!(relay.wait().code(), Some(0));
     println!(
         "{count} videos, {kills} kills: {:?}, {} polls, {} callbacks ({} duplicates of delivered events)",
         started.elapsed(),
@@ -427,10 +422,16 @@ async fn receiver_outage_then_recovery_delivers_everything_in_retry_order() {
     // The outage lasts until every video has failed at least four attempts
     // (0.1 + 0.2 + 0.4 s of retries and more), then the receiver recovers.
     let mut attempts_per_video: HashMap<String, usize> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
     while attempts_per_video.len() < count || attempts_per_video.values().any(|n| *n < 4) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !remaining.is_zero(),
+            "not every video failed four attempts: {attempts_per_video:?}"
+        );
         receiver
             .state
-            .wait_for_received(receiver.state.received().len() + 1, Duration::from_secs(60))
+            .wait_for_received(receiver.state.received().len() + 1, remaining)
             .await;
         attempts_per_video.clear();
         for callback in receiver.state.received() {
@@ -570,7 +571,7 @@ async fn a_locked_database_is_survived_and_recovered_from() {
     }
     wait_for_all_callbacks(&receiver, acknowledged.len(), Duration::from_secs(60)).await;
     relay.signal("TERM");
-    assert_eq!(relay.child.wait().unwrap().code(), Some(0));
+    assert_eq!(relay.wait().code(), Some(0));
     let log: Vec<String> = relay.take_log().try_iter().collect();
     assert!(
         log.iter()
