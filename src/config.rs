@@ -180,6 +180,12 @@ pub struct CallbacksSettings {
     /// File holding the signing secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
+    /// `whsec_…` secret for callbacks to per-video `callback_url`s.
+    #[serde(skip_serializing_if = "SecretSetting::is_unset")]
+    pub video_secret: SecretSetting,
+    /// File holding the per-video signing secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video_secret_file: Option<PathBuf>,
     /// Per delivery attempt.
     pub timeout: String,
     /// Delays after attempt 1, 2, …
@@ -249,6 +255,8 @@ impl Default for CallbacksSettings {
             urls: Vec::new(),
             secret: SecretSetting::default(),
             secret_file: None,
+            video_secret: SecretSetting::default(),
+            video_secret_file: None,
             timeout: "10s".into(),
             retry_schedule: ["5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h"]
                 .map(String::from)
@@ -388,6 +396,13 @@ impl Settings {
         )?
         .map(|value| WebhookSecret::parse(value, "callbacks.secret"))
         .transpose()?;
+        let video_secret = secret(
+            &callbacks.video_secret,
+            &callbacks.video_secret_file,
+            "callbacks.video_secret",
+        )?
+        .map(|value| WebhookSecret::parse(value, "callbacks.video_secret"))
+        .transpose()?;
         let retry_schedule = callbacks
             .retry_schedule
             .iter()
@@ -432,6 +447,7 @@ impl Settings {
             callbacks: CallbacksConfig {
                 urls,
                 secret: webhook_secret,
+                video_secret,
                 timeout: positive_duration(&callbacks.timeout, "callbacks.timeout")?,
                 retry_schedule,
                 allow_private_targets: callbacks.allow_private_targets,
@@ -657,6 +673,10 @@ pub struct CallbacksConfig {
     pub urls: Vec<Url>,
     /// Signing secret, when callbacks are signed.
     pub secret: Option<WebhookSecret>,
+    /// Signing secret for per-video targets (a URL not among `urls`), so
+    /// that an API client's receiver cannot sign callbacks the operator's
+    /// receivers would trust; `secret` when unset.
+    pub video_secret: Option<WebhookSecret>,
     /// Per attempt.
     pub timeout: Duration,
     /// Delays after attempt 1, 2, …; after the last the delivery is dead.
