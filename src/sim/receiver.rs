@@ -1,6 +1,8 @@
-//! A callback receiver: records every callback, verifies both signatures,
-//! and can be scripted per path to fail, answer slowly, ask for a later
-//! retry, or answer 410 Gone.
+//! A callback receiver: records every callback (its raw body and headers
+//! too, for tests to verify with an implementation of their own), verifies
+//! both signatures, counts callbacks in flight, and can be scripted per
+//! path to fail, answer slowly, ask for a later retry, answer 410 Gone,
+//! redirect, or stream an endless answer.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -30,6 +32,10 @@ pub enum Reply {
     StatusWithRetryAfter(u16, String),
     /// `200`, after this long (a relay with a shorter timeout gives up).
     Slow(Duration),
+    /// `302 Found` with this `Location`.
+    Redirect(String),
+    /// `200` with a body that never ends.
+    Endless,
 }
 
 /// One callback as received.
@@ -53,6 +59,10 @@ pub struct Received {
     pub joggai_ok: bool,
     /// The body, parsed.
     pub body: Value,
+    /// The body's bytes as received.
+    pub raw_body: Vec<u8>,
+    /// Every request header as received.
+    pub headers: HeaderMap,
     /// How it was answered.
     pub reply: Reply,
     /// Time since the receiver started.
@@ -86,6 +96,8 @@ pub struct ReceiverState {
     outage: Mutex<Option<u16>>,
     /// Fail callbacks at random: probability, status, seeded generator.
     random_failures: Mutex<Option<(f64, u16, fastrand::Rng)>>,
+    /// Callbacks being answered now, and the most there ever were at once.
+    in_flight: Mutex<(usize, usize)>,
 }
 
 impl ReceiverState {
@@ -128,6 +140,12 @@ impl ReceiverState {
             .clone()
     }
 
+    /// The most callbacks that were being answered at once (on every
+    /// address of this receiver together).
+    pub fn max_in_flight(&self) -> usize {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+
     /// Callbacks answered 2xx at once so far.
     pub fn accepted_count(&self) -> usize {
         *self.accepted.borrow()
@@ -160,6 +178,14 @@ pub struct SimReceiver {
     /// Where it listens.
     pub address: SocketAddr,
     shutdown: CancellationToken,
+    /// Stops the extra listeners of [`SimReceiver::listen_again`].
+    more: Vec<CancellationToken>,
+}
+
+fn router(state: &Arc<ReceiverState>) -> Router {
+    Router::new()
+        .route("/{*path}", post(receive))
+        .with_state(state.clone())
 }
 
 impl SimReceiver {
@@ -176,16 +202,26 @@ impl SimReceiver {
             arrivals: watch::channel(0).0,
             outage: Mutex::new(None),
             random_failures: Mutex::new(None),
+            in_flight: Mutex::new((0, 0)),
         });
-        let router = Router::new()
-            .route("/{*path}", post(receive))
-            .with_state(state.clone());
-        let shutdown = super::serve_in_background(listener, router);
+        let shutdown = super::serve_in_background(listener, router(&state));
         Ok(Self {
             state,
             address,
             shutdown,
+            more: Vec::new(),
         })
+    }
+
+    /// Serves this receiver (same state, same record) on one more loopback
+    /// port as well, which the relay counts as another host; returns its
+    /// address.
+    pub async fn listen_again(&mut self) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        self.more
+            .push(super::serve_in_background(listener, router(&self.state)));
+        Ok(address)
     }
 
     /// The URL of `path` on this receiver.
@@ -197,6 +233,9 @@ impl SimReceiver {
 impl Drop for SimReceiver {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        for more in &self.more {
+            more.cancel();
+        }
     }
 }
 
@@ -207,12 +246,31 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Counts one callback in flight until dropped.
+struct InFlight(Arc<ReceiverState>);
+
+impl InFlight {
+    fn enter(state: &Arc<ReceiverState>) -> Self {
+        let mut counts = state.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        counts.0 += 1;
+        counts.1 = counts.1.max(counts.0);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.lock().unwrap_or_else(|p| p.into_inner()).0 -= 1;
+    }
+}
+
 async fn receive(
     State(state): State<Arc<ReceiverState>>,
     Path(path): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let _in_flight = InFlight::enter(&state);
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let event_id = parsed["event_id"].as_str().map(str::to_owned);
     let webhook_id = header_str(&headers, "webhook-id");
@@ -264,6 +322,8 @@ async fn receive(
         standard_ok,
         joggai_ok,
         body: parsed,
+        raw_body: body.to_vec(),
+        headers: headers.clone(),
         reply: reply.clone(),
         at: state.started.elapsed(),
         arrived: Instant::now(),
@@ -290,6 +350,14 @@ async fn receive(
         Reply::Slow(delay) => {
             tokio::time::sleep(delay).await;
             StatusCode::OK.into_response()
+        }
+        Reply::Redirect(location) => {
+            (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+        }
+        Reply::Endless => {
+            // Spaces for ever, as fast as the relay reads them.
+            let endless = tokio_util::io::ReaderStream::new(tokio::io::repeat(b' '));
+            (StatusCode::OK, axum::body::Body::from_stream(endless)).into_response()
         }
     }
 }

@@ -10,6 +10,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_manual_app};
+use crate::oracle;
 
 const SECRET: &str = "whsec_c2ltLXJlY2VpdmVyLXNlY3JldC0xMjM0NQ==";
 
@@ -87,7 +88,10 @@ async fn fails_three_times_then_delivered_with_one_event_id() {
     for callback in &received {
         assert_eq!(callback.event_id.as_deref(), Some(event_id.as_str()));
         assert_eq!(callback.webhook_id.as_deref(), Some(event_id.as_str()));
-        assert!(callback.verified(), "both signatures verify: {callback:?}");
+        assert!(
+            oracle::verified(SECRET, callback),
+            "both signatures verify: {callback:?}"
+        );
         assert_eq!(
             callback.event.as_deref(),
             Some("generated_avatar_video_success")
@@ -276,7 +280,7 @@ async fn failed_and_abandoned_events() {
     assert_eq!(abandoned.event.as_deref(), Some("relay_video_abandoned"));
     assert_eq!(abandoned.body["data"]["status"], "abandoned");
     assert_eq!(abandoned.body["data"]["reason"], "not_found");
-    assert!(failed.verified() && abandoned.verified());
+    assert!(oracle::verified(SECRET, &failed) && oracle::verified(SECRET, &abandoned));
     app.stop().await;
 }
 
@@ -443,7 +447,7 @@ async fn a_claimed_but_unsent_delivery_is_sent_after_its_lease_and_across_a_rest
     );
     let received = receiver.state.received();
     assert_eq!(received.len(), 1);
-    assert!(received[0].accepted() && received[0].verified());
+    assert!(received[0].accepted() && oracle::verified(SECRET, &received[0]));
     drop(deliverer);
     drop(relay);
     drop(dir);
