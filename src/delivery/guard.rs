@@ -387,11 +387,6 @@ pub struct GuardedResolver {
 }
 
 impl GuardedResolver {
-    /// Guards the system resolver, as a reqwest resolver.
-    pub fn shared() -> Arc<Self> {
-        Self::with_lookup(Arc::new(SystemLookup))
-    }
-
     /// Guards `lookup`, as a reqwest resolver.
     pub fn with_lookup(lookup: Arc<dyn HostLookup>) -> Arc<Self> {
         Arc::new(Self { lookup })

@@ -119,11 +119,13 @@ impl Deliverer {
         let shutdown_grace = config.server.shutdown_grace;
         let config = &config.callbacks;
         let trusted = callback_client(config.timeout, None)?;
-        let guarded = if config.allow_private_targets {
-            trusted.clone()
-        } else {
-            callback_client(config.timeout, Some(GuardedResolver::shared()))?
-        };
+        let lookup: Arc<dyn HostLookup> = Arc::new(guard::SystemLookup);
+        let guarded = guarded_client(
+            &trusted,
+            config.allow_private_targets,
+            config.timeout,
+            &lookup,
+        )?;
         if config.secret.is_some() && config.video_secret.is_none() {
             warn!(
                 "callbacks.video_secret is not set: callbacks to per-video callback_urls are \
@@ -147,7 +149,7 @@ impl Deliverer {
                 timeout: config.timeout,
                 schedule: config.retry_schedule.clone(),
                 per_host: Mutex::new(HashMap::new()),
-                lookup: Arc::new(guard::SystemLookup),
+                lookup,
                 metrics,
                 held: HeldLeases::default(),
                 stopping: CancellationToken::new(),
@@ -176,12 +178,12 @@ impl Deliverer {
                 "the worker's state is shared only once it runs, which takes it by reference"
             );
         };
-        if !shared.allow_private_targets {
-            shared.guarded = callback_client(
-                shared.timeout,
-                Some(GuardedResolver::with_lookup(lookup.clone())),
-            )?;
-        }
+        shared.guarded = guarded_client(
+            &shared.trusted,
+            shared.allow_private_targets,
+            shared.timeout,
+            &lookup,
+        )?;
         shared.lookup = lookup;
         Ok(Self {
             shared: Arc::new(shared),
@@ -333,6 +335,21 @@ fn callback_client(
         builder = builder.dns_resolver(resolver);
     }
     Ok(builder.build()?)
+}
+
+/// The client for per-video URLs: it connects only through the guard's
+/// resolver over `lookup`, or is the `trusted` one when private targets
+/// are allowed.
+fn guarded_client(
+    trusted: &reqwest::Client,
+    allow_private_targets: bool,
+    timeout: Duration,
+    lookup: &Arc<dyn HostLookup>,
+) -> Result<reqwest::Client, ClientBuildError> {
+    if allow_private_targets {
+        return Ok(trusted.clone());
+    }
+    callback_client(timeout, Some(GuardedResolver::with_lookup(lookup.clone())))
 }
 
 impl Shared {
