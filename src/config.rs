@@ -963,6 +963,28 @@ mod tests {
     }
 
     #[test]
+    fn video_secret_is_validated_named_and_redacted() {
+        assert_eq!(
+            invalid_key("[callbacks]\nvideo_secret = \"not-whsec\"\n", &[]),
+            "callbacks.video_secret"
+        );
+        let settings = load_str(
+            "[callbacks]\nvideo_secret = \"whsec_dmlkZW8tU0VDUkVULTQ=\"\n",
+            &[],
+        )
+        .unwrap();
+        let config = settings.validate().unwrap();
+        assert_eq!(
+            config.callbacks.video_secret.as_ref().map(|s| s.key()),
+            Some(&b"video-SECRET-4"[..])
+        );
+        assert!(config.callbacks.secret.is_none());
+        for rendering in [settings.to_redacted_toml(), format!("{config:?}")] {
+            assert!(!rendering.contains("dmlkZW8tU0VDUkVULTQ"), "{rendering}");
+        }
+    }
+
+    #[test]
     fn webhook_secret_keeps_both_forms() {
         let secret =
             WebhookSecret::parse(SecretString::from("whsec_aGVsbG8="), "callbacks.secret").unwrap();
