@@ -646,7 +646,9 @@ async fn at_most_32_callbacks_at_once() {
         let path = format!("ops{i}");
         receiver.state.script(
             &path,
-            std::iter::repeat_n(Reply::Slow(Duration::from_millis(400)), 3),
+            // Long enough for all 32 connections to open while the first
+            // is still held, even on a loaded machine.
+            std::iter::repeat_n(Reply::Slow(Duration::from_secs(1)), 3),
         );
         urls.push(format!("http://{address}/{path}"));
     }
