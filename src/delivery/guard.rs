@@ -725,6 +725,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_resolver_refuses_names_longer_than_dns_allows() {
+        let lookup = Scripted::new(&[&["93.184.216.34"], &["93.184.216.34"]]);
+        let resolver = GuardedResolver::with_lookup(lookup);
+        let label = "a".repeat(63);
+        let host = |last: usize| format!("{label}.{label}.{label}.{}", "b".repeat(last));
+        assert!(resolver.resolve(host(61).parse().unwrap()).await.is_ok());
+        let err = resolver
+            .resolve(host(62).parse().unwrap())
+            .await
+            .err()
+            .expect("254 octets: refused");
+        assert!(err.to_string().contains("253"), "{err}");
+    }
+
+    #[tokio::test]
     async fn check_target_on_literals_and_names() {
         let url = |s: &str| Url::parse(s).unwrap();
         assert_eq!(
