@@ -36,6 +36,9 @@ pub enum Reply {
     Redirect(String),
     /// `200` with a body that never ends.
     Endless,
+    /// `200` with this many bytes of body, then nothing more, the answer
+    /// never finishing.
+    Stall(usize),
 }
 
 /// One callback as received.
@@ -354,10 +357,38 @@ async fn receive(
         Reply::Redirect(location) => {
             (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
         }
-        Reply::Endless => {
-            // Spaces for ever, as fast as the relay reads them.
-            let endless = tokio_util::io::ReaderStream::new(tokio::io::repeat(b' '));
-            (StatusCode::OK, axum::body::Body::from_stream(endless)).into_response()
+        Reply::Endless => spaces(None),
+        Reply::Stall(bytes) => spaces(Some(bytes)),
+    }
+}
+
+/// A `200` whose body is spaces: for ever, as fast as the relay reads them
+/// (`None`), or this many and then a stall.
+fn spaces(bytes: Option<usize>) -> Response {
+    let body = tokio_util::io::ReaderStream::new(Spaces(bytes));
+    (StatusCode::OK, axum::body::Body::from_stream(body)).into_response()
+}
+
+/// Reads as spaces: without end (`None`), or this many more and then
+/// pending for ever (the connection is closed by the client).
+struct Spaces(Option<usize>);
+
+impl tokio::io::AsyncRead for Spaces {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let room = buf.remaining();
+        let count = match self.0 {
+            None => room,
+            Some(0) => return std::task::Poll::Pending,
+            Some(left) => left.min(room),
+        };
+        buf.put_slice(&vec![b' '; count]);
+        if let Some(left) = &mut self.0 {
+            *left -= count;
         }
+        std::task::Poll::Ready(Ok(()))
     }
 }

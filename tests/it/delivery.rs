@@ -614,6 +614,26 @@ async fn an_endless_answer_does_not_stall_the_attempt() {
 }
 
 #[tokio::test]
+async fn no_more_than_4_kib_of_an_answer_is_waited_for() {
+    let receiver = SimReceiver::start(None).await.unwrap();
+    let app = relay_for(&receiver, |s| s.callbacks.timeout = "5s".into()).await;
+    // A little more than 4 KiB, then the answer stalls: a relay that wanted
+    // more would wait until the timeout.
+    receiver.state.script("ops", [Reply::Stall(5000)]);
+    completed_video(&app, "d-stall", json!({})).await;
+    app.deliver(Millis::now()).await;
+    let delivery = delivery_of(&app.video("d-stall").await.json, &receiver.url("ops"));
+    assert_eq!(delivery["state"], "delivered", "{delivery}");
+    let store = app.store().await;
+    let took: i64 = sqlx::query_scalar("SELECT duration_ms FROM delivery_attempts")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(took < 2_500, "took {took} ms (timeout 5000 ms)");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn at_most_four_callbacks_to_one_host_at_once() {
     let receiver = SimReceiver::start(None).await.unwrap();
     let app = relay_for(&receiver, |s| s.callbacks.timeout = "10s".into()).await;
