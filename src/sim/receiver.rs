@@ -382,6 +382,8 @@ impl tokio::io::AsyncRead for Spaces {
         let room = buf.remaining();
         let count = match self.0 {
             None => room,
+            // Never woken: nothing more is coming, and the client's
+            // closing the connection drops this reader.
             Some(0) => return std::task::Poll::Pending,
             Some(left) => left.min(room),
         };
