@@ -198,6 +198,12 @@ pub struct CallbacksSettings {
     /// File holding the signing secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
+    /// `whsec_…` secret for callbacks to per-video `callback_url`s.
+    #[serde(skip_serializing_if = "SecretSetting::is_unset")]
+    pub video_secret: SecretSetting,
+    /// File holding the per-video signing secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video_secret_file: Option<PathBuf>,
     /// Per delivery attempt.
     pub timeout: String,
     /// Delays after attempt 1, 2, …
@@ -272,6 +278,8 @@ impl Default for CallbacksSettings {
             urls: Vec::new(),
             secret: SecretSetting::default(),
             secret_file: None,
+            video_secret: SecretSetting::default(),
+            video_secret_file: None,
             timeout: "10s".into(),
             retry_schedule: ["5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h"]
                 .map(String::from)
@@ -438,6 +446,11 @@ impl Settings {
             &callbacks.secret_file,
             "callbacks.secret",
         )?;
+        let video_secret = self::webhook_secret(
+            &callbacks.video_secret,
+            &callbacks.video_secret_file,
+            "callbacks.video_secret",
+        )?;
         let retry_schedule = callbacks
             .retry_schedule
             .iter()
@@ -485,6 +498,7 @@ impl Settings {
             callbacks: CallbacksConfig {
                 urls,
                 secret: webhook_secret,
+                video_secret,
                 timeout: positive_duration(&callbacks.timeout, "callbacks.timeout")?,
                 retry_schedule,
                 allow_private_targets: callbacks.allow_private_targets,
@@ -906,6 +920,10 @@ pub struct CallbacksConfig {
     pub urls: Vec<Url>,
     /// Signing secret, when callbacks are signed.
     pub secret: Option<WebhookSecret>,
+    /// Signing secret for per-video targets (a URL not among `urls`), so
+    /// that an API client's receiver cannot sign callbacks the operator's
+    /// receivers would trust; `secret` when unset.
+    pub video_secret: Option<WebhookSecret>,
     /// Per attempt.
     pub timeout: Duration,
     /// Delays after attempt 1, 2, …; after the last the delivery is dead.
@@ -1454,6 +1472,31 @@ mod tests {
             }
         }
         assert!(settings.to_redacted_toml().contains("[redacted]"));
+    }
+
+    #[test]
+    fn video_secret_is_validated_named_and_redacted() {
+        assert_eq!(
+            invalid_key("[callbacks]\nvideo_secret = \"not-whsec\"\n", &[]),
+            "callbacks.video_secret"
+        );
+        let settings = load_str(
+            "[callbacks]\nvideo_secret = \"whsec_dmlkZW8tU0VDUkVULTQta2V5\"\n",
+            &[],
+        )
+        .unwrap();
+        let config = settings.validate().unwrap();
+        assert_eq!(
+            config.callbacks.video_secret.as_ref().map(|s| s.key()),
+            Some(&b"video-SECRET-4-key"[..])
+        );
+        assert!(config.callbacks.secret.is_none());
+        for rendering in [settings.to_redacted_toml(), format!("{config:?}")] {
+            assert!(
+                !rendering.contains("dmlkZW8tU0VDUkVULTQta2V5"),
+                "{rendering}"
+            );
+        }
     }
 
     #[test]

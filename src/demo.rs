@@ -24,6 +24,9 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const REFRESH: Duration = Duration::from_millis(100);
 /// The demo's signing secret (`whsec_` + base64 of "jogg-relay demo secret").
 const DEMO_SECRET: &str = "whsec_am9nZy1yZWxheSBkZW1vIHNlY3JldA==";
+/// The demo's secret for per-video callback URLs, set so the demo shows a
+/// configuration without the startup warning about a shared secret.
+const DEMO_VIDEO_SECRET: &str = "whsec_am9nZy1yZWxheSBkZW1vIHBlci12aWRlbyBzZWNyZXQ=";
 
 /// The videos the demo enqueues: id, timeline, and whether it also has its
 /// own callback URL.
@@ -59,6 +62,12 @@ pub async fn run() -> anyhow::Result<()> {
     let receiver = SimReceiver::start(Some(secret))
         .await
         .context("cannot start the callback receiver")?;
+    let video_secret = WebhookSecret::parse(
+        SecretString::from(DEMO_VIDEO_SECRET),
+        "callbacks.video_secret",
+    )
+    .expect("the demo's per-video secret is valid");
+    receiver.state.verify_path_with("hooks/own", video_secret);
     let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
 
     let mut settings = Settings::default();
@@ -73,6 +82,7 @@ pub async fn run() -> anyhow::Result<()> {
     settings.polling.max_interval = "1s".into();
     settings.callbacks.urls = vec![receiver.url("hooks/app")];
     settings.callbacks.secret = SecretSetting(Some(DEMO_SECRET.into()));
+    settings.callbacks.video_secret = SecretSetting(Some(DEMO_VIDEO_SECRET.into()));
     settings.callbacks.retry_schedule = vec!["500ms".into(), "1s".into(), "2s".into()];
     // The per-video callback URL below points at the loopback receiver,
     // which the target guard would (rightly) refuse in production.

@@ -104,7 +104,8 @@ pub fn parse_new_video(
 }
 
 /// A per-video callback URL must be an absolute http(s) URL with a host and
-/// without credentials (they would be stored and shown in clear), and,
+/// without credentials (they would be stored and shown in clear), a host
+/// name no longer than DNS allows, and,
 /// unless private targets are allowed, not a literal private address (names
 /// are checked again at send time, on what they resolve to).
 fn parse_callback_url(raw: &str, allow_private_targets: bool) -> Result<String, ApiError> {
@@ -115,6 +116,12 @@ fn parse_callback_url(raw: &str, allow_private_targets: bool) -> Result<String, 
     }
     if url.host().is_none() {
         return Err(invalid("callback_url must have a host"));
+    }
+    if guard::host_too_long(&url) {
+        return Err(invalid(&format!(
+            "the callback_url host is longer than {} octets",
+            guard::MAX_HOST_LEN
+        )));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid("callback_url must not contain credentials"));

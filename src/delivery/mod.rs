@@ -22,6 +22,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use guard::{GuardedResolver, HostLookup};
+
 use crate::config::{Config, WebhookSecret};
 use crate::domain::Millis;
 use crate::jogg::answer::parse_retry_after;
@@ -75,10 +77,16 @@ struct Shared {
     guarded: reqwest::Client,
     configured: Vec<String>,
     allow_private_targets: bool,
+    /// Signs callbacks to the configured URLs.
     secret: Option<WebhookSecret>,
+    /// Signs callbacks to per-video URLs (`callbacks.video_secret`, else
+    /// `secret`).
+    video_secret: Option<WebhookSecret>,
     timeout: Duration,
     schedule: Vec<Duration>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Resolves per-video targets for the send-time check.
+    lookup: Arc<dyn HostLookup>,
     metrics: Arc<RelayMetrics>,
     /// Claims not yet settled, to hand back on shutdown.
     held: HeldLeases,
@@ -112,19 +120,21 @@ impl Deliverer {
     ) -> Result<Self, ClientBuildError> {
         let shutdown_grace = config.server.shutdown_grace;
         let config = &config.callbacks;
-        let builder = || {
-            crate::outbound::client_builder()
-                .timeout(config.timeout)
-                .connect_timeout(config.timeout)
-        };
-        let trusted = builder().build()?;
-        let guarded = if config.allow_private_targets {
-            trusted.clone()
-        } else {
-            builder()
-                .dns_resolver(guard::GuardedResolver::shared())
-                .build()?
-        };
+        let trusted = callback_client(config.timeout, None)?;
+        let lookup: Arc<dyn HostLookup> = Arc::new(guard::SystemLookup);
+        let guarded = guarded_client(
+            &trusted,
+            config.allow_private_targets,
+            config.timeout,
+            &lookup,
+        )?;
+        if config.secret.is_some() && config.video_secret.is_none() {
+            warn!(
+                "callbacks.video_secret is not set: callbacks to per-video callback_urls are \
+                 signed with callbacks.secret, so their receivers could sign callbacks that \
+                 the configured receivers accept"
+            );
+        }
         Ok(Self {
             shared: Arc::new(Shared {
                 writer,
@@ -137,9 +147,11 @@ impl Deliverer {
                     .collect(),
                 allow_private_targets: config.allow_private_targets,
                 secret: config.secret.clone(),
+                video_secret: config.video_secret.clone().or(config.secret.clone()),
                 timeout: config.timeout,
                 schedule: config.retry_schedule.clone(),
                 per_host: Mutex::new(HashMap::new()),
+                lookup,
                 metrics,
                 held: HeldLeases::default(),
                 stopping: CancellationToken::new(),
@@ -155,6 +167,41 @@ impl Deliverer {
     /// The delivery loop's heartbeat (see [`Heartbeat`]).
     pub fn heartbeat(&self) -> Arc<Heartbeat> {
         self.heartbeat.clone()
+    }
+
+    /// Resolves per-video targets with `lookup` instead of the system
+    /// resolver, both for the send-time check and for the connection (a
+    /// test seam: a name whose answer changes between the two). No effect
+    /// with `allow_private_targets`.
+    pub fn with_lookup(self, lookup: Arc<dyn HostLookup>) -> Result<Self, ClientBuildError> {
+        let Self {
+            shared,
+            store,
+            in_flight,
+            new_work,
+            shutdown_grace,
+            heartbeat,
+        } = self;
+        let Ok(mut shared) = Arc::try_unwrap(shared) else {
+            unreachable!(
+                "the worker's state is shared only once it runs, which takes it by reference"
+            );
+        };
+        shared.guarded = guarded_client(
+            &shared.trusted,
+            shared.allow_private_targets,
+            shared.timeout,
+            &lookup,
+        )?;
+        shared.lookup = lookup;
+        Ok(Self {
+            shared: Arc::new(shared),
+            store,
+            in_flight,
+            new_work,
+            shutdown_grace,
+            heartbeat,
+        })
     }
 
     /// Delivers until `shutdown`. Then no new claim is made, deliveries
@@ -286,6 +333,36 @@ impl Deliverer {
     }
 }
 
+/// A client for callbacks: never through a proxy (see `outbound`), with
+/// `resolver` (the guard) when given.
+fn callback_client(
+    timeout: Duration,
+    resolver: Option<Arc<GuardedResolver>>,
+) -> Result<reqwest::Client, ClientBuildError> {
+    let mut builder = crate::outbound::direct_client_builder()
+        .timeout(timeout)
+        .connect_timeout(timeout);
+    if let Some(resolver) = resolver {
+        builder = builder.dns_resolver(resolver);
+    }
+    Ok(builder.build()?)
+}
+
+/// The client for per-video URLs: it connects only through the guard's
+/// resolver over `lookup`, or is the `trusted` one when private targets
+/// are allowed.
+fn guarded_client(
+    trusted: &reqwest::Client,
+    allow_private_targets: bool,
+    timeout: Duration,
+    lookup: &Arc<dyn HostLookup>,
+) -> Result<reqwest::Client, ClientBuildError> {
+    if allow_private_targets {
+        return Ok(trusted.clone());
+    }
+    callback_client(timeout, Some(GuardedResolver::with_lookup(lookup.clone())))
+}
+
 impl Shared {
     /// The bound for `url`'s host.
     fn host_slots(&self, url: &Url) -> Arc<Semaphore> {
@@ -404,22 +481,35 @@ async fn send(shared: &Shared, delivery: &ClaimedDelivery, url: &Url, at: Millis
         .configured
         .iter()
         .any(|configured| configured == &delivery.url);
+    if !trusted && guard::host_too_long(url) {
+        return AttemptResult::Forbidden(guard::GuardError::HostTooLong.to_string());
+    }
     let client = if trusted || shared.allow_private_targets {
         &shared.trusted
     } else {
-        if let Err(err) = guard::check_target(url).await {
+        if let Err(err) = guard::check_target_with(url, shared.lookup.as_ref()).await {
             return match err {
-                guard::GuardError::Forbidden(_) => AttemptResult::Forbidden(err.to_string()),
+                guard::GuardError::Forbidden(_) | guard::GuardError::HostTooLong => {
+                    AttemptResult::Forbidden(err.to_string())
+                }
                 guard::GuardError::Unresolved { .. } => AttemptResult::Failed(err.to_string()),
             };
         }
         &shared.guarded
     };
+    // A per-video receiver gets its own secret: with the configured
+    // receivers' secret it could sign callbacks they would accept. A
+    // per-video URL equal to a configured one is that trusted receiver.
+    let secret = if trusted {
+        &shared.secret
+    } else {
+        &shared.video_secret
+    };
     let body = payload::event_body(delivery);
     let mut request = client
         .post(url.clone())
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(secret) = &shared.secret {
+    if let Some(secret) = secret {
         let timestamp = at.0.div_euclid(1000);
         request = request
             .header("webhook-id", &delivery.event_id)

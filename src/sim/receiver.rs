@@ -1,6 +1,8 @@
-//! A callback receiver: records every callback, verifies both signatures,
-//! and can be scripted per path to fail, answer slowly, ask for a later
-//! retry, or answer 410 Gone.
+//! A callback receiver: records every callback (its raw body and headers
+//! too, for tests to verify with an implementation of their own), verifies
+//! both signatures, counts callbacks in flight, and can be scripted per
+//! path to fail, answer slowly, ask for a later retry, answer 410 Gone,
+//! redirect, or stream an endless answer.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -30,6 +32,13 @@ pub enum Reply {
     StatusWithRetryAfter(u16, String),
     /// `200`, after this long (a relay with a shorter timeout gives up).
     Slow(Duration),
+    /// `302 Found` with this `Location`.
+    Redirect(String),
+    /// `200` with a body that never ends.
+    Endless,
+    /// `200` with this many bytes of body, then nothing more, the answer
+    /// never finishing.
+    Stall(usize),
 }
 
 /// One callback as received.
@@ -53,6 +62,10 @@ pub struct Received {
     pub joggai_ok: bool,
     /// The body, parsed.
     pub body: Value,
+    /// The body's bytes as received.
+    pub raw_body: Vec<u8>,
+    /// Every request header as received.
+    pub headers: HeaderMap,
     /// How it was answered.
     pub reply: Reply,
     /// Time since the receiver started.
@@ -77,6 +90,9 @@ impl Received {
 #[derive(Debug)]
 pub struct ReceiverState {
     secret: Option<WebhookSecret>,
+    /// Secrets that replace `secret` for callbacks to one path (a receiver
+    /// standing in for a per-video target signed with its own secret).
+    path_secrets: Mutex<HashMap<String, WebhookSecret>>,
     started: Instant,
     scripts: Mutex<HashMap<String, VecDeque<Reply>>>,
     received: Mutex<Vec<Received>>,
@@ -86,9 +102,20 @@ pub struct ReceiverState {
     outage: Mutex<Option<u16>>,
     /// Fail callbacks at random: probability, status, seeded generator.
     random_failures: Mutex<Option<(f64, u16, fastrand::Rng)>>,
+    /// Callbacks being answered now, and the most there ever were at once.
+    in_flight: Mutex<(usize, usize)>,
 }
 
 impl ReceiverState {
+    /// Verifies callbacks to `path` with `secret` instead of the receiver's
+    /// own (per-video targets are signed with `callbacks.video_secret`).
+    pub fn verify_path_with(&self, path: &str, secret: WebhookSecret) {
+        self.path_secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.trim_start_matches('/').to_owned(), secret);
+    }
+
     /// Queues the answers for the next callbacks to `path`; afterwards it
     /// answers `200`.
     pub fn script(&self, path: &str, replies: impl IntoIterator<Item = Reply>) {
@@ -128,6 +155,12 @@ impl ReceiverState {
             .clone()
     }
 
+    /// The most callbacks that were being answered at once (on every
+    /// address of this receiver together).
+    pub fn max_in_flight(&self) -> usize {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+
     /// Callbacks answered 2xx at once so far.
     pub fn accepted_count(&self) -> usize {
         *self.accepted.borrow()
@@ -160,6 +193,14 @@ pub struct SimReceiver {
     /// Where it listens.
     pub address: SocketAddr,
     shutdown: CancellationToken,
+    /// Stops the extra listeners of [`SimReceiver::listen_again`].
+    more: Vec<CancellationToken>,
+}
+
+fn router(state: &Arc<ReceiverState>) -> Router {
+    Router::new()
+        .route("/{*path}", post(receive))
+        .with_state(state.clone())
 }
 
 impl SimReceiver {
@@ -169,6 +210,7 @@ impl SimReceiver {
         let address = listener.local_addr()?;
         let state = Arc::new(ReceiverState {
             secret,
+            path_secrets: Mutex::new(HashMap::new()),
             started: Instant::now(),
             scripts: Mutex::new(HashMap::new()),
             received: Mutex::new(Vec::new()),
@@ -176,16 +218,26 @@ impl SimReceiver {
             arrivals: watch::channel(0).0,
             outage: Mutex::new(None),
             random_failures: Mutex::new(None),
+            in_flight: Mutex::new((0, 0)),
         });
-        let router = Router::new()
-            .route("/{*path}", post(receive))
-            .with_state(state.clone());
-        let shutdown = super::serve_in_background(listener, router);
+        let shutdown = super::serve_in_background(listener, router(&state));
         Ok(Self {
             state,
             address,
             shutdown,
+            more: Vec::new(),
         })
+    }
+
+    /// Serves this receiver (same state, same record) on one more loopback
+    /// port as well, which the relay counts as another host; returns its
+    /// address.
+    pub async fn listen_again(&mut self) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        self.more
+            .push(super::serve_in_background(listener, router(&self.state)));
+        Ok(address)
     }
 
     /// The URL of `path` on this receiver.
@@ -197,6 +249,9 @@ impl SimReceiver {
 impl Drop for SimReceiver {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        for more in &self.more {
+            more.cancel();
+        }
     }
 }
 
@@ -207,16 +262,41 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Counts one callback in flight until dropped.
+struct InFlight(Arc<ReceiverState>);
+
+impl InFlight {
+    fn enter(state: &Arc<ReceiverState>) -> Self {
+        let mut counts = state.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        counts.0 += 1;
+        counts.1 = counts.1.max(counts.0);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.lock().unwrap_or_else(|p| p.into_inner()).0 -= 1;
+    }
+}
+
 async fn receive(
     State(state): State<Arc<ReceiverState>>,
     Path(path): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let _in_flight = InFlight::enter(&state);
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let event_id = parsed["event_id"].as_str().map(str::to_owned);
     let webhook_id = header_str(&headers, "webhook-id");
-    let (standard_ok, joggai_ok) = match &state.secret {
+    let path_secret = state
+        .path_secrets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&path)
+        .cloned();
+    let (standard_ok, joggai_ok) = match path_secret.as_ref().or(state.secret.as_ref()) {
         Some(secret) => {
             let standard = match (
                 &webhook_id,
@@ -264,6 +344,8 @@ async fn receive(
         standard_ok,
         joggai_ok,
         body: parsed,
+        raw_body: body.to_vec(),
+        headers: headers.clone(),
         reply: reply.clone(),
         at: state.started.elapsed(),
         arrived: Instant::now(),
@@ -291,5 +373,43 @@ async fn receive(
             tokio::time::sleep(delay).await;
             StatusCode::OK.into_response()
         }
+        Reply::Redirect(location) => {
+            (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+        }
+        Reply::Endless => spaces(None),
+        Reply::Stall(bytes) => spaces(Some(bytes)),
+    }
+}
+
+/// A `200` whose body is spaces: for ever, as fast as the relay reads them
+/// (`None`), or this many and then a stall.
+fn spaces(bytes: Option<usize>) -> Response {
+    let body = tokio_util::io::ReaderStream::new(Spaces(bytes));
+    (StatusCode::OK, axum::body::Body::from_stream(body)).into_response()
+}
+
+/// Reads as spaces: without end (`None`), or this many more and then
+/// pending for ever (the connection is closed by the client).
+struct Spaces(Option<usize>);
+
+impl tokio::io::AsyncRead for Spaces {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let room = buf.remaining();
+        let count = match self.0 {
+            None => room,
+            // Never woken: nothing more is coming, and the client's
+            // closing the connection drops this reader.
+            Some(0) => return std::task::Poll::Pending,
+            Some(left) => left.min(room),
+        };
+        buf.put_slice(&vec![b' '; count]);
+        if let Some(left) = &mut self.0 {
+            *left -= count;
+        }
+        std::task::Poll::Ready(Ok(()))
     }
 }

@@ -464,3 +464,84 @@ fn a_tiny_benchmark_runs() {
     // Budget violations are a correctness figure, not a speed one.
     assert_eq!(row.split('|').nth(8).map(str::trim), Some("0"), "{row}");
 }
+
+#[tokio::test]
+async fn redeliver_queues_the_event_again_to_every_current_target() {
+    use jogg_relay::domain::Millis;
+    use jogg_relay::sim::{SimReceiver, Timeline};
+
+    let receiver = SimReceiver::start(None).await.unwrap();
+    let ops = receiver.url("ops");
+    let app = crate::helpers::spawn_manual_app(|s| s.callbacks.urls = vec![ops.clone()]).await;
+    app.sim.state.script("cli-done", Timeline::completes(0, 0));
+    assert_eq!(
+        app.enqueue(json!({"video_id": "cli-done"})).await.status,
+        201
+    );
+    app.step(Millis::now()).await;
+    app.deliver(Millis::now()).await;
+    let event_id = app.video("cli-done").await.json["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(receiver.state.accepted_count(), 1);
+    let database = app.config.database.url.clone();
+    let dir = app.stop().await;
+
+    // The operator has added a second receiver since.
+    let config = dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ntoken = \"{TOKEN}\"\n[database]\nurl = \"{database}\"\n\
+             [callbacks]\nurls = [\"{ops}\", \"{}\"]\n",
+            receiver.url("added")
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (code, stdout, stderr) = run_binary(&["--config", config, "redeliver", "cli-done"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        format!("queued\tcli-done\t{event_id}\t2 target(s)\n")
+    );
+
+    let (code, _, stderr) = run_binary(&["--config", config, "redeliver", "ghost"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("not tracked"), "{stderr}");
+    let (code, _, _) = run_binary(&["--config", config, "enqueue", "cli-active"], &[]);
+    assert_eq!(code, 0);
+    let (code, _, stderr) = run_binary(&["--config", config, "redeliver", "cli-active"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("only completed, failed and abandoned"),
+        "{stderr}"
+    );
+    let (code, _, _) = run_binary(&["--config", config, "redeliver", "../bad"], &[]);
+    assert_eq!(code, 64, "an invalid id is bad usage");
+
+    // Both targets are due now, with the same event id.
+    let (code, stdout, _) = run_binary(&["--config", config, "status", "cli-done"], &[]);
+    assert_eq!(code, 0);
+    let video: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let deliveries = video["deliveries"].as_array().unwrap();
+    let mut states: Vec<(String, String)> = deliveries
+        .iter()
+        .map(|d| {
+            (
+                d["url"].as_str().unwrap().to_owned(),
+                d["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    states.sort();
+    assert_eq!(
+        states,
+        [
+            (receiver.url("added"), "pending".to_owned()),
+            (ops, "pending".to_owned()),
+        ]
+    );
+    assert_eq!(video["event_id"], event_id.as_str());
+}

@@ -9,6 +9,7 @@ mod helpers;
 mod hostile;
 mod jogg_client;
 mod operations;
+mod oracle;
 mod poller;
 mod process;
 mod reliability;

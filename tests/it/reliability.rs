@@ -209,7 +209,10 @@ async fn check_outcome(
     let mut callbacks: HashMap<String, Vec<&jogg_relay::sim::Received>> = HashMap::new();
     let received = receiver.state.received();
     for callback in &received {
-        assert!(callback.verified(), "signatures verify: {callback:?}");
+        assert!(
+            crate::oracle::verified(SECRET, callback),
+            "signatures verify: {callback:?}"
+        );
         let id = callback.body["data"]["video_id"]
             .as_str()
             .unwrap()
