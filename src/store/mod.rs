@@ -5,6 +5,9 @@
 //! Times are stored as [`Millis`]; see `migrations/` for the schema and the
 //! reasoning behind each index.
 
+pub mod file;
+pub mod health;
+pub mod lock;
 mod mutations;
 pub mod records;
 pub mod writer;
@@ -20,6 +23,7 @@ use sqlx::sqlite::{
 };
 use tracing::instrument;
 
+use self::health::Health;
 use crate::config::DatabaseConfig;
 use crate::domain::{Millis, VideoId, VideoState};
 
@@ -28,6 +32,8 @@ pub use records::{
     DeliveryRelease, EnqueueOutcome, NewTransition, NewVideo, PollUpdate, RedeliverOutcome,
     Release, TerminalChange, TransitionRecord, UpstreamFields, VideoDetails, VideoRecord,
 };
+pub use health::Unready;
+pub use lock::{DatabaseLock, LockError};
 pub use writer::Writer;
 
 /// How long a connection waits for another writer's lock before giving up
@@ -56,6 +62,18 @@ pub enum StoreError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The database file could not be created or opened.
+    #[error("cannot open the database {path}: {cause}")]
+    Open {
+        /// The database file.
+        path: String,
+        /// Why, as the operating system or SQLite put it.
+        cause: String,
+    },
+    /// The configured path no longer names the database opened at startup,
+    /// so a write would go to a file nobody will read again.
+    #[error("{0}")]
+    FileLost(#[from] file::FileProblem),
     /// Applying the embedded migrations failed.
     #[error("cannot migrate the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -69,6 +87,15 @@ pub enum StoreError {
     /// The writer task has stopped (the process is shutting down).
     #[error("the database writer has stopped")]
     WriterStopped,
+}
+
+/// SQLite's own words for a failed open, without sqlx's wrapping (which
+/// repeats them).
+fn sqlite_cause(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
+    }
 }
 
 /// Figures read from the database for `/metrics`.
@@ -89,11 +116,18 @@ pub struct Store {
     /// How every connection is opened, for the writer's own connection
     /// (shared: a `Store` is cloned into every request's state).
     options: Arc<SqliteConnectOptions>,
+    /// The file's identity, corruption reports and the last write's
+    /// outcome, for readiness.
+    health: Arc<Health>,
 }
 
 impl Store {
-    /// Opens (creating when missing) the database file and its parent folder,
-    /// and applies the embedded migrations.
+    /// Opens (creating when missing, mode `0600`) the database file and its
+    /// parent folder, and applies the embedded migrations.
+    ///
+    /// This is the only place the file is created: every connection opened
+    /// later (the pool's, the writer's) fails if the file is gone rather
+    /// than creating an empty database at the path.
     #[instrument(skip_all, fields(path = %config.path.display()))]
     pub async fn open(config: &DatabaseConfig) -> Result<Self, StoreError> {
         if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -102,7 +136,14 @@ impl Store {
                 source,
             })?;
         }
-        let store = Self::connect(&config.path).await?;
+        let open_error = |cause: String| StoreError::Open {
+            path: config.path.display().to_string(),
+            cause,
+        };
+        let file = file::prepare(&config.path).map_err(|err| open_error(err.to_string()))?;
+        let store = Self::connect(&config.path, Health::new(file))
+            .await
+            .map_err(|err| open_error(sqlite_cause(&err)))?;
         sqlx::migrate!("./migrations").run(&store.pool).await?;
         Ok(store)
     }
@@ -110,10 +151,10 @@ impl Store {
     /// Connects with the durability settings of DESIGN 4: WAL so readers never
     /// block the writer, `synchronous=FULL` so an acknowledged commit survives
     /// power loss, a busy timeout, and foreign keys enforced.
-    async fn connect(path: &Path) -> Result<Self, StoreError> {
+    async fn connect(path: &Path, health: Health) -> Result<Self, sqlx::Error> {
         let options = SqliteConnectOptions::new()
             .filename(path)
-            .create_if_missing(true)
+            .create_if_missing(false)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
@@ -133,7 +174,20 @@ impl Store {
         Ok(Self {
             pool,
             options: Arc::new(options),
+            health: Arc::new(health),
         })
+    }
+
+    /// The shared health record (for the writer).
+    pub(crate) fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Converts a read's error, remembering a corruption report for
+    /// readiness.
+    fn read_error(&self, err: sqlx::Error) -> StoreError {
+        self.health.note_error(&err);
+        StoreError::Database(err)
     }
 
     /// A connection outside the pool, for the [`Writer`]: owning one
@@ -157,20 +211,6 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Whether the database can take a write now (for `/readyz`): takes
-    /// and releases the write lock, within `limit`. A file that became
-    /// read-only, a full disk or another process holding the write lock for
-    /// longer than `limit` all make it unusable.
-    pub async fn is_usable(&self, limit: Duration) -> bool {
-        let probe = async {
-            let mut conn = self.pool.acquire().await?;
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-            sqlx::query("ROLLBACK").execute(&mut *conn).await?;
-            Ok::<_, sqlx::Error>(())
-        };
-        matches!(tokio::time::timeout(limit, probe).await, Ok(Ok(())))
-    }
-
     /// Videos per state, and how late the most overdue poll and delivery
     /// are at `now` (seconds, 0 when nothing is overdue). Each figure is an
     /// index scan: counting by state walks `videos_state_order`, the lags
@@ -179,19 +219,22 @@ impl Store {
         let counts: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, COUNT(*) FROM videos GROUP BY state")
                 .fetch_all(&self.pool)
-                .await?;
+                .await
+                .map_err(|err| self.read_error(err))?;
         let oldest_poll: Option<i64> = sqlx::query_scalar(
             "SELECT next_poll_at FROM videos INDEXED BY videos_due \
              WHERE state = 'active' ORDER BY next_poll_at LIMIT 1",
         )
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .map_err(|err| self.read_error(err))?;
         let oldest_delivery: Option<i64> = sqlx::query_scalar(
             "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due \
              WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
         )
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .map_err(|err| self.read_error(err))?;
         let lag = |due: Option<i64>| due.map_or(0.0, |at| ((now.0 - at).max(0) as f64) / 1000.0);
         Ok(Gauges {
             videos: counts
@@ -212,7 +255,8 @@ impl Store {
         let Some(video) = sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEO_BY_ID)
             .bind(video_id.as_str())
             .fetch_optional(&self.pool)
-            .await?
+            .await
+            .map_err(|err| self.read_error(err))?
         else {
             return Ok(None);
         };
@@ -222,7 +266,8 @@ impl Store {
         )
         .bind(video.id)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(|err| self.read_error(err))?;
         let deliveries = sqlx::query_as::<_, DeliveryRecord>(
             "SELECT url, event_id, state, attempts, last_status, last_error, reason, \
                     next_attempt_at \
@@ -230,7 +275,8 @@ impl Store {
         )
         .bind(video.id)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(|err| self.read_error(err))?;
         Ok(Some(VideoDetails {
             video,
             transitions,
@@ -257,14 +303,16 @@ impl Store {
                     .bind(after)
                     .bind(limit)
                     .fetch_all(&self.pool)
-                    .await?
+                    .await
+                    .map_err(|err| self.read_error(err))?
             }
             None => {
                 sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEOS_PAGE)
                     .bind(after)
                     .bind(limit)
                     .fetch_all(&self.pool)
-                    .await?
+                    .await
+                    .map_err(|err| self.read_error(err))?
             }
         };
         Ok(rows)

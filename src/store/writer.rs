@@ -15,6 +15,15 @@
 //!
 //! If the shared transaction fails, each operation is retried in its own
 //! transaction so one bad request cannot fail its neighbours.
+//!
+//! Before writing and again after committing, the writer checks that the
+//! configured path still names the database it has open: a commit to a file
+//! that was deleted or replaced is lost for good, so its callers get an
+//! error, never an acknowledgement. Every commit's outcome is recorded in the
+//! store's [`Health`], which readiness reads.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::{Connection as _, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +34,7 @@ use super::records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryRelease, EnqueueOutcome,
     NewVideo, PollUpdate, RedeliverOutcome, Release,
 };
+use super::health::{Health, Unready};
 use super::{Store, StoreError};
 use crate::domain::{Millis, VideoId};
 
@@ -66,6 +76,8 @@ enum WriteOp {
         video_id: VideoId,
         configured: Vec<String>,
     },
+    /// Rewrite the readiness probe's row (a real commit).
+    Probe,
 }
 
 /// The result of one [`WriteOp`].
@@ -87,6 +99,8 @@ enum WriteResult {
     RecordedAttempt(bool),
     /// What a redelivery did.
     Redelivered(RedeliverOutcome),
+    /// The probe row was written.
+    Probed,
 }
 
 /// An operation and the channel its caller waits on.
@@ -99,6 +113,8 @@ struct Request {
 #[derive(Clone, Debug)]
 pub struct Writer {
     requests: mpsc::Sender<Request>,
+    /// The store's health record, which the writer task updates.
+    health: Arc<Health>,
 }
 
 impl Writer {
@@ -107,9 +123,38 @@ impl Writer {
     /// returned handle to know the last commit has happened.
     pub async fn start(store: &Store) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let conn = store.dedicated_connection().await?;
+        Ok(Self::start_on(store, conn))
+    }
+
+    /// Starts the writer task on `conn`.
+    fn start_on(store: &Store, conn: SqliteConnection) -> (Self, tokio::task::JoinHandle<()>) {
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         let task = tokio::spawn(run(store.clone(), conn, queue));
-        Ok((Self { requests }, task))
+        let health = store.health().clone();
+        (Self { requests, health }, task)
+    }
+
+    /// Whether the database can take writes now, for `/readyz`: the path
+    /// still names the open file, SQLite has not reported corruption, no
+    /// write failed in the last [`FAILED_WRITE_HOLD`](super::health::FAILED_WRITE_HOLD),
+    /// and a probe write commits within `limit`.
+    ///
+    /// The probe goes through the writer's queue like any write, so it also
+    /// proves the writer is making progress; its outcome is recorded like
+    /// any commit's.
+    pub async fn readiness(&self, limit: Duration) -> Result<(), Unready> {
+        self.health.known_problem()?;
+        match tokio::time::timeout(limit, self.submit(WriteOp::Probe)).await {
+            Err(_) => Err(Unready::Unresponsive(limit)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(StoreError::FileLost(problem))) => Err(Unready::File(problem)),
+            // The writer recorded a corruption report already, if that was it.
+            Ok(Err(err)) => Err(self
+                .health
+                .known_problem()
+                .err()
+                .unwrap_or_else(|| Unready::WriteFailed(err.to_string()))),
+        }
     }
 
     /// Tracks `videos`; returns, once committed, whether each was new.
@@ -244,7 +289,7 @@ impl Writer {
 async fn run(store: Store, mut conn: SqliteConnection, mut queue: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if commit_batch(&mut conn, &mut batch).await == Connection::Suspect {
+        if commit_batch(&mut conn, &mut batch, store.health()).await == Connection::Suspect {
             conn = reconnect(&store, conn).await;
         }
     }
@@ -281,10 +326,29 @@ async fn reconnect(store: &Store, old: SqliteConnection) -> SqliteConnection {
     }
 }
 
+/// Answers every request of `batch` with `err`.
+fn refuse_all(batch: &mut Vec<Request>, err: impl Fn() -> StoreError) {
+    for request in batch.drain(..) {
+        let _ = request.reply.send(Err(err()));
+    }
+}
+
 /// Applies `batch` in one transaction and answers every caller; on failure,
 /// falls back to one transaction per request.
 #[instrument(skip_all, level = "debug", fields(size = batch.len()))]
-async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) -> Connection {
+async fn commit_batch(
+    conn: &mut SqliteConnection,
+    batch: &mut Vec<Request>,
+    health: &Health,
+) -> Connection {
+    // Nothing is written to a file the path no longer names: it would be
+    // lost, and if the file is renamed back the writes would reappear
+    // although their callers were refused. (`check_file` logs the problem
+    // once; the refusals themselves are not logged.)
+    if let Err(problem) = health.check_file() {
+        refuse_all(batch, || StoreError::FileLost(problem.clone()));
+        return Connection::Sound;
+    }
     let shared = async {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let ops: Vec<&WriteOp> = batch.iter().map(|request| &request.op).collect();
@@ -302,6 +366,14 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) -> 
 
     match shared {
         Ok(results) => {
+            // The file may have been removed or replaced while the
+            // transaction ran: then the commit went to a file the next start
+            // will not open, and nobody may be told their write is stored.
+            if let Err(problem) = health.check_file() {
+                refuse_all(batch, || StoreError::FileLost(problem.clone()));
+                return Connection::Sound;
+            }
+            health.write_succeeded();
             for (request, result) in batch.drain(..).zip(results) {
                 // The caller may have gone away (client disconnected); the
                 // write stands regardless.
@@ -315,12 +387,12 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) -> 
             // (which would wait out the busy timeout once per request).
             warn!(error = %err, requests = batch.len(), "write failed");
             let message = err.to_string();
-            for request in batch.drain(..) {
-                let _ = request
-                    .reply
-                    .send(Err(StoreError::Unavailable(message.clone())));
+            let specific = is_request_specific(&err);
+            if !specific && let StoreError::Database(cause) = &err {
+                health.write_failed(cause, &message);
             }
-            if is_request_specific(&err) {
+            refuse_all(batch, || StoreError::Unavailable(message.clone()));
+            if specific {
                 Connection::Sound
             } else {
                 Connection::Suspect
@@ -328,6 +400,7 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) -> 
         }
         Err(err) => {
             warn!(error = %err, "batched write failed; retrying each request alone");
+            let mut answers = Vec::with_capacity(batch.len());
             for request in batch.drain(..) {
                 let result = async {
                     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
@@ -336,6 +409,18 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) -> 
                     Ok(result.pop().expect("one result per operation"))
                 }
                 .await;
+                answers.push((request, result));
+            }
+            // As above: no acknowledgement for commits to a lost file.
+            let lost = health.check_file().err();
+            if lost.is_none() && answers.iter().any(|(_, result)| result.is_ok()) {
+                health.write_succeeded();
+            }
+            for (request, result) in answers {
+                let result = match (&lost, result) {
+                    (Some(problem), _) => Err(StoreError::FileLost(problem.clone())),
+                    (None, result) => result,
+                };
                 let _ = request.reply.send(result);
             }
             Connection::Sound
@@ -482,5 +567,9 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult,
         } => Ok(WriteResult::Redelivered(
             mutations::redeliver(conn, video_id, configured, now).await?,
         )),
+        WriteOp::Probe => {
+            mutations::touch_probe(conn, now).await?;
+            Ok(WriteResult::Probed)
+        }
     }
 }

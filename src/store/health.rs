@@ -1,0 +1,153 @@
+//! What the store knows about its own health, for `/readyz` and for
+//! refusing writes: whether the configured path still names the database
+//! opened at startup, whether SQLite has reported corruption, and how the
+//! last write ended.
+//!
+//! The writer records every commit's outcome here; readers and the writer
+//! report corruption here. [`Unready`] is the reason readiness gives.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tracing::{error, info};
+
+use super::file::{DatabaseFile, FileProblem};
+
+/// How long a failed write alone decides readiness: within this, `/readyz`
+/// answers from it; after it, a probe write is tried again. Keeps a
+/// database that just failed a write out of rotation without waiting for a
+/// probe, and lets a database that recovered come back without traffic.
+pub const FAILED_WRITE_HOLD: Duration = Duration::from_secs(5);
+
+/// SQLite's primary result codes that mean the file's content is damaged:
+/// `SQLITE_CORRUPT` (11) and `SQLITE_NOTADB` (26).
+const CORRUPTION_CODES: [i64; 2] = [11, 26];
+
+/// Why the store is not ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unready {
+    /// The path no longer names the open database.
+    #[error("{0}")]
+    File(FileProblem),
+    /// SQLite reported that the database is damaged.
+    #[error("the database is corrupt ({0}); restore it from a backup and restart the relay")]
+    Corrupt(String),
+    /// The last write failed.
+    #[error("the last write to the database failed: {0}")]
+    WriteFailed(String),
+    /// A probe write did not finish in time.
+    #[error("the database did not complete a write within {0:?}")]
+    Unresponsive(Duration),
+}
+
+impl Unready {
+    /// Short machine-readable name, for `/readyz`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Unready::File(problem) => problem.reason(),
+            Unready::Corrupt(_) => "corrupt",
+            Unready::WriteFailed(_) => "write_failed",
+            Unready::Unresponsive(_) => "unresponsive",
+        }
+    }
+}
+
+/// Shared by every clone of a store and its writer.
+#[derive(Debug)]
+pub struct Health {
+    file: DatabaseFile,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// When the last write ended and its error, if it failed.
+    last_write: Option<(Instant, Option<String>)>,
+    /// SQLite's message the first time it reported corruption; kept, as a
+    /// damaged file does not mend itself.
+    corrupt: Option<String>,
+    /// The file problem already logged, so it is logged once.
+    file_problem: Option<FileProblem>,
+}
+
+impl Health {
+    /// Health of the database `file`, with nothing known yet.
+    pub fn new(file: DatabaseFile) -> Self {
+        Self {
+            file,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state
+        // inconsistent (each update is one assignment).
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the configured path still names the database opened at
+    /// startup (one `stat`). The first failure is logged as an ERROR, and a
+    /// return to normal (the file renamed back) as an INFO; the checks in
+    /// between are silent, so a refused request does not log.
+    pub fn check_file(&self) -> Result<(), FileProblem> {
+        let checked = self.file.check();
+        let mut state = self.state();
+        match (&checked, &state.file_problem) {
+            (Err(problem), logged) if logged.as_ref() != Some(problem) => {
+                error!(path = %self.file.path().display(), reason = problem.reason(), "{problem}; writes are refused");
+                state.file_problem = Some(problem.clone());
+            }
+            (Ok(()), Some(_)) => {
+                info!(path = %self.file.path().display(), "the database file is back; writes are accepted again");
+                state.file_problem = None;
+            }
+            _ => {}
+        }
+        checked
+    }
+
+    /// Records that a write committed.
+    pub fn write_succeeded(&self) {
+        self.state().last_write = Some((Instant::now(), None));
+    }
+
+    /// Records that a write failed for a reason that concerns the whole
+    /// database (locked, read-only, full, damaged).
+    pub fn write_failed(&self, err: &sqlx::Error, message: &str) {
+        self.note_error(err);
+        self.state().last_write = Some((Instant::now(), Some(message.to_owned())));
+    }
+
+    /// Remembers a corruption report in `err` (from a read or a write).
+    pub fn note_error(&self, err: &sqlx::Error) {
+        let sqlx::Error::Database(db) = err else {
+            return;
+        };
+        let code = db.code().and_then(|code| code.parse::<i64>().ok());
+        if code.is_some_and(|code| CORRUPTION_CODES.contains(&(code & 0xff))) {
+            let mut state = self.state();
+            if state.corrupt.is_none() {
+                error!(path = %self.file.path().display(), error = %db, "SQLite reports the database as corrupt");
+                state.corrupt = Some(db.message().to_owned());
+            }
+        }
+    }
+
+    /// The reasons known without writing: the file, corruption, and a
+    /// write that failed within [`FAILED_WRITE_HOLD`].
+    pub fn known_problem(&self) -> Result<(), Unready> {
+        self.check_file().map_err(Unready::File)?;
+        let state = self.state();
+        if let Some(message) = &state.corrupt {
+            return Err(Unready::Corrupt(message.clone()));
+        }
+        if let Some((at, Some(message))) = &state.last_write
+            && at.elapsed() < FAILED_WRITE_HOLD
+        {
+            return Err(Unready::WriteFailed(message.clone()));
+        }
+        Ok(())
+    }
+}
