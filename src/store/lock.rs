@@ -136,7 +136,10 @@ mod tests {
         let refused = DatabaseLock::acquire(&database).unwrap_err();
         let message = refused.to_string();
         assert!(matches!(refused, LockError::Held { .. }), "{message}");
-        assert!(message.contains(&database.display().to_string()), "{message}");
+        assert!(
+            message.contains(&database.display().to_string()),
+            "{message}"
+        );
         assert!(
             message.contains(&format!("pid {}", std::process::id())),
             "{message}"

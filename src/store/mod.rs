@@ -27,13 +27,13 @@ use self::health::Health;
 use crate::config::DatabaseConfig;
 use crate::domain::{Millis, VideoId, VideoState};
 
+pub use health::Unready;
+pub use lock::{DatabaseLock, LockError};
 pub use records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryNext, DeliveryRecord,
     DeliveryRelease, EnqueueOutcome, NewTransition, NewVideo, PollUpdate, RedeliverOutcome,
     Release, TerminalChange, TransitionRecord, UpstreamFields, VideoDetails, VideoRecord,
 };
-pub use health::Unready;
-pub use lock::{DatabaseLock, LockError};
 pub use writer::Writer;
 
 /// How long a connection waits for another writer's lock before giving up
@@ -297,23 +297,19 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<VideoRecord>, StoreError> {
         let rows = match state {
-            Some(state) => {
-                sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEOS_PAGE_BY_STATE)
-                    .bind(state.as_str())
-                    .bind(after)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(|err| self.read_error(err))?
-            }
-            None => {
-                sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEOS_PAGE)
-                    .bind(after)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(|err| self.read_error(err))?
-            }
+            Some(state) => sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEOS_PAGE_BY_STATE)
+                .bind(state.as_str())
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|err| self.read_error(err))?,
+            None => sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEOS_PAGE)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|err| self.read_error(err))?,
         };
         Ok(rows)
     }

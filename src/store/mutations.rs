@@ -604,7 +604,10 @@ pub(crate) async fn release_delivery(
 
 /// The readiness probe's write: rewrites its one row in place, so that a
 /// ready answer is backed by a real commit.
-pub(crate) async fn touch_probe(conn: &mut SqliteConnection, now: Millis) -> Result<(), StoreError> {
+pub(crate) async fn touch_probe(
+    conn: &mut SqliteConnection,
+    now: Millis,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO readiness_probe (id, written_at) VALUES (1, ?) \
          ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at",
@@ -767,4 +770,3 @@ mod tests {
         );
     }
 }
-

@@ -29,12 +29,12 @@ use sqlx::{Connection as _, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{instrument, warn};
 
+use super::health::{Health, Unready};
 use super::mutations;
 use super::records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryRelease, EnqueueOutcome,
     NewVideo, PollUpdate, RedeliverOutcome, Release,
 };
-use super::health::{Health, Unready};
 use super::{Store, StoreError};
 use crate::domain::{Millis, VideoId};
 
@@ -571,5 +571,122 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult,
             mutations::touch_probe(conn, now).await?;
             Ok(WriteResult::Probed)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::store::file::FileProblem;
+
+    async fn open(dir: &std::path::Path) -> Store {
+        let config =
+            DatabaseConfig::parse(&format!("sqlite://{}/relay.db", dir.display())).unwrap();
+        Store::open(&config).await.unwrap()
+    }
+
+    fn videos(prefix: &str, count: usize, metadata_bytes: usize) -> Vec<NewVideo> {
+        (0..count)
+            .map(|i| NewVideo {
+                video_id: VideoId::parse(&format!("{prefix}-{i}")).unwrap(),
+                callback_url: None,
+                metadata: Some(format!("{{\"pad\":\"{}\"}}", "x".repeat(metadata_bytes))),
+                first_poll_at: Millis(0),
+            })
+            .collect()
+    }
+
+    /// A full disk, simulated by forbidding the writer's connection to grow
+    /// the file: the failed write makes readiness fail (a bare
+    /// `BEGIN IMMEDIATE` still succeeds there), naming SQLite's reason,
+    /// until a later write succeeds.
+    #[tokio::test]
+    async fn a_failed_write_makes_readiness_fail_until_a_write_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        let mut conn = store.dedicated_connection().await.unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA max_page_count = {pages}"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let (writer, task) = Writer::start_on(&store, conn);
+        assert_eq!(writer.readiness(Duration::from_secs(5)).await, Ok(()));
+
+        let failed = writer.enqueue(videos("big", 200, 1000)).await.unwrap_err();
+        assert!(failed.to_string().contains("full"), "{failed}");
+        // The old probe, a write lock taken and released, is satisfied.
+        let mut other = store.pool().acquire().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        sqlx::query("ROLLBACK").execute(&mut *other).await.unwrap();
+        drop(other);
+        let unready = writer.readiness(Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(unready.reason(), "write_failed");
+        assert!(unready.to_string().contains("full"), "{unready}");
+
+        // After a database-wide failure the writer reconnects (without the
+        // limit, like a disk with room again): the next write succeeds and
+        // readiness follows it.
+        writer.enqueue(videos("small", 1, 10)).await.unwrap();
+        assert_eq!(writer.readiness(Duration::from_secs(5)).await, Ok(()));
+        drop(writer);
+        task.await.unwrap();
+        store.close().await;
+    }
+
+    /// The file is removed while the writer's transaction waits for the
+    /// write lock, that is after the check before writing: the commit lands
+    /// in the unlinked file, and the caller is refused all the same.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_commit_to_a_file_removed_during_the_transaction_is_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        let (writer, task) = Writer::start(&store).await.unwrap();
+        let mut blocker = store.pool().acquire().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+
+        let mut enqueue = Box::pin(writer.enqueue(videos("v", 1, 10)));
+        // The first poll queues the request.
+        assert!(futures_util::poll!(enqueue.as_mut()).is_pending());
+        assert_eq!(writer.requests.capacity(), QUEUE_DEPTH - 1);
+        // On this single-threaded runtime the writer runs only while the
+        // test yields, and it yields only at its `BEGIN`: once the request
+        // has left the queue, the check before writing has passed.
+        let mut yields = 0;
+        while writer.requests.capacity() < QUEUE_DEPTH {
+            tokio::task::yield_now().await;
+            yields += 1;
+            assert!(yields < 10_000, "the writer never took the request");
+        }
+        let path = dir.path().join("relay.db");
+        std::fs::remove_file(&path).unwrap();
+        sqlx::query("ROLLBACK")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        drop(blocker);
+
+        let answer = enqueue.await;
+        match answer {
+            Err(StoreError::FileLost(FileProblem::Removed { path: named })) => {
+                assert_eq!(named, path)
+            }
+            other => panic!("acknowledged or wrong error: {other:?}"),
+        }
+        drop(writer);
+        task.await.unwrap();
+        store.close().await;
     }
 }
