@@ -252,6 +252,9 @@ impl Store {
         &self,
         video_id: &VideoId,
     ) -> Result<Option<VideoDetails>, StoreError> {
+        // A pool connection opened after the file was replaced would read
+        // the other file: answer from neither.
+        self.health.check_file()?;
         let Some(video) = sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEO_BY_ID)
             .bind(video_id.as_str())
             .fetch_optional(&self.pool)
@@ -296,6 +299,7 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<VideoRecord>, StoreError> {
+        self.health.check_file()?;
         let rows = match state {
             Some(state) => sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEOS_PAGE_BY_STATE)
                 .bind(state.as_str())
