@@ -1,23 +1,18 @@
 //! What the store knows about its own health, for `/readyz` and for
 //! refusing writes: whether the configured path still names the database
 //! opened at startup, whether SQLite has reported corruption, and how the
-//! last write ended.
+//! last write ended (a failed write stays the answer until a later write,
+//! the readiness probe's included, succeeds).
 //!
 //! The writer records every commit's outcome here; readers and the writer
 //! report corruption here. [`Unready`] is the reason readiness gives.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{error, info};
 
 use super::file::{DatabaseFile, FileProblem};
-
-/// How long a failed write alone decides readiness: within this, `/readyz`
-/// answers from it; after it, a probe write is tried again. Keeps a
-/// database that just failed a write out of rotation without waiting for a
-/// probe, and lets a database that recovered come back without traffic.
-pub const FAILED_WRITE_HOLD: Duration = Duration::from_secs(5);
 
 /// SQLite's primary result codes that mean the file's content is damaged:
 /// `SQLITE_CORRUPT` (11) and `SQLITE_NOTADB` (26).
@@ -32,12 +27,17 @@ pub enum Unready {
     /// SQLite reported that the database is damaged.
     #[error("the database is corrupt ({0}); restore it from a backup and restart the relay")]
     Corrupt(String),
-    /// The last write failed.
-    #[error("the last write to the database failed: {0}")]
+    /// The probe write failed.
+    #[error("the database refused a write: {0}")]
     WriteFailed(String),
-    /// A probe write did not finish in time.
-    #[error("the database did not complete a write within {0:?}")]
-    Unresponsive(Duration),
+    /// The probe write did not finish in time.
+    #[error("the database did not complete a write within {limit:?}{}", last_failure.as_ref().map(|m| format!("; the last write failed: {m}")).unwrap_or_default())]
+    Unresponsive {
+        /// How long the probe was given.
+        limit: Duration,
+        /// Why the last write that ended failed, if it did.
+        last_failure: Option<String>,
+    },
 }
 
 impl Unready {
@@ -47,7 +47,7 @@ impl Unready {
             Unready::File(problem) => problem.reason(),
             Unready::Corrupt(_) => "corrupt",
             Unready::WriteFailed(_) => "write_failed",
-            Unready::Unresponsive(_) => "unresponsive",
+            Unready::Unresponsive { .. } => "unresponsive",
         }
     }
 }
@@ -61,8 +61,8 @@ pub struct Health {
 
 #[derive(Debug, Default)]
 struct State {
-    /// When the last write ended and its error, if it failed.
-    last_write: Option<(Instant, Option<String>)>,
+    /// The error of the last write that ended, if it failed.
+    last_failure: Option<String>,
     /// SQLite's message the first time it reported corruption; kept, as a
     /// damaged file does not mend itself.
     corrupt: Option<String>,
@@ -110,14 +110,14 @@ impl Health {
 
     /// Records that a write committed.
     pub fn write_succeeded(&self) {
-        self.state().last_write = Some((Instant::now(), None));
+        self.state().last_failure = None;
     }
 
     /// Records that a write failed for a reason that concerns the whole
     /// database (locked, read-only, full, damaged).
     pub fn write_failed(&self, err: &sqlx::Error, message: &str) {
         self.note_error(err);
-        self.state().last_write = Some((Instant::now(), Some(message.to_owned())));
+        self.state().last_failure = Some(message.to_owned());
     }
 
     /// Remembers a corruption report in `err` (from a read or a write).
@@ -135,19 +135,17 @@ impl Health {
         }
     }
 
-    /// The reasons known without writing: the file, corruption, and a
-    /// write that failed within [`FAILED_WRITE_HOLD`].
+    /// The reasons known without writing: the file and corruption.
     pub fn known_problem(&self) -> Result<(), Unready> {
         self.check_file().map_err(Unready::File)?;
-        let state = self.state();
-        if let Some(message) = &state.corrupt {
-            return Err(Unready::Corrupt(message.clone()));
+        match &self.state().corrupt {
+            Some(message) => Err(Unready::Corrupt(message.clone())),
+            None => Ok(()),
         }
-        if let Some((at, Some(message))) = &state.last_write
-            && at.elapsed() < FAILED_WRITE_HOLD
-        {
-            return Err(Unready::WriteFailed(message.clone()));
-        }
-        Ok(())
+    }
+
+    /// The error of the last write that ended, if it failed.
+    pub fn last_failure(&self) -> Option<String> {
+        self.state().last_failure.clone()
     }
 }

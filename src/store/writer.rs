@@ -135,17 +135,21 @@ impl Writer {
     }
 
     /// Whether the database can take writes now, for `/readyz`: the path
-    /// still names the open file, SQLite has not reported corruption, no
-    /// write failed in the last [`FAILED_WRITE_HOLD`](super::health::FAILED_WRITE_HOLD),
-    /// and a probe write commits within `limit`.
+    /// still names the open file, SQLite has not reported corruption, and a
+    /// probe write commits within `limit`.
     ///
-    /// The probe goes through the writer's queue like any write, so it also
-    /// proves the writer is making progress; its outcome is recorded like
-    /// any commit's.
+    /// The probe is a real write (a bare write lock taken and released
+    /// passes on a full disk or a read-only file), and it goes through the
+    /// writer's queue like any write, so it also proves the writer makes
+    /// progress. It is the latest write, so its outcome is the one readiness
+    /// reflects: a failed write is answered until a later one succeeds.
     pub async fn readiness(&self, limit: Duration) -> Result<(), Unready> {
         self.health.known_problem()?;
         match tokio::time::timeout(limit, self.submit(WriteOp::Probe)).await {
-            Err(_) => Err(Unready::Unresponsive(limit)),
+            Err(_) => Err(Unready::Unresponsive {
+                limit,
+                last_failure: self.health.last_failure(),
+            }),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(StoreError::FileLost(problem))) => Err(Unready::File(problem)),
             // The writer recorded a corruption report already, if that was it.
@@ -597,31 +601,22 @@ mod tests {
             .collect()
     }
 
-    /// A full disk, simulated by forbidding the writer's connection to grow
-    /// the file: the failed write makes readiness fail (a bare
-    /// `BEGIN IMMEDIATE` still succeeds there), naming SQLite's reason,
-    /// until a later write succeeds.
+    /// A database that cannot be written (here its writer's connection is
+    /// read-only, as when the file's permissions changed before the writer
+    /// reconnected) although its write lock can be taken: readiness fails,
+    /// with SQLite's reason, until a write succeeds again.
     #[tokio::test]
-    async fn a_failed_write_makes_readiness_fail_until_a_write_succeeds() {
+    async fn readiness_fails_while_writes_fail_and_recovers_with_them() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path()).await;
         let mut conn = store.dedicated_connection().await.unwrap();
-        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
-            .fetch_one(&mut conn)
+        sqlx::query("PRAGMA query_only = ON")
+            .execute(&mut conn)
             .await
             .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "PRAGMA max_page_count = {pages}"
-        )))
-        .execute(&mut conn)
-        .await
-        .unwrap();
         let (writer, task) = Writer::start_on(&store, conn);
-        assert_eq!(writer.readiness(Duration::from_secs(5)).await, Ok(()));
-
-        let failed = writer.enqueue(videos("big", 200, 1000)).await.unwrap_err();
-        assert!(failed.to_string().contains("full"), "{failed}");
-        // The old probe, a write lock taken and released, is satisfied.
+        // The write lock is still there for the taking: the old readiness
+        // check (take it and release it on a pool connection) passes.
         let mut other = store.pool().acquire().await.unwrap();
         sqlx::query("BEGIN IMMEDIATE")
             .execute(&mut *other)
@@ -629,14 +624,17 @@ mod tests {
             .unwrap();
         sqlx::query("ROLLBACK").execute(&mut *other).await.unwrap();
         drop(other);
-        let unready = writer.readiness(Duration::from_secs(5)).await.unwrap_err();
-        assert_eq!(unready.reason(), "write_failed");
-        assert!(unready.to_string().contains("full"), "{unready}");
 
-        // After a database-wide failure the writer reconnects (without the
-        // limit, like a disk with room again): the next write succeeds and
+        let unready = writer.readiness(Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(unready.reason(), "write_failed", "{unready}");
+        assert!(unready.to_string().contains("readonly"), "{unready}");
+        assert!(store.health().last_failure().is_some());
+
+        // After a database-wide failure the writer reconnects (writable
+        // again, like a disk with room again): the next write succeeds and
         // readiness follows it.
-        writer.enqueue(videos("small", 1, 10)).await.unwrap();
+        writer.enqueue(videos("v", 1, 10)).await.unwrap();
+        assert_eq!(store.health().last_failure(), None);
         assert_eq!(writer.readiness(Duration::from_secs(5)).await, Ok(()));
         drop(writer);
         task.await.unwrap();
