@@ -1,18 +1,31 @@
 //! What the store knows about its own health, for `/readyz` and for
 //! refusing writes: whether the configured path still names the database
 //! opened at startup, whether SQLite has reported corruption, and how the
-//! last write ended (a failed write stays the answer until a later write,
-//! the readiness probe's included, succeeds).
+//! last write ended.
 //!
 //! The writer records every commit's outcome here; readers and the writer
 //! report corruption here. [`Unready`] is the reason readiness gives.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
 use super::file::{DatabaseFile, FileProblem};
+
+/// How long a write that failed for want of storage (a full disk, an I/O
+/// error, a read-only file) keeps readiness at 503 without a probe, unless
+/// a write that changes something succeeds first.
+///
+/// A probe is one small commit, and on a nearly full disk it can still fit
+/// where an enqueue no longer does: answering from the failure keeps the
+/// relay out of rotation meanwhile. Failures to get the write lock are not
+/// held: the probe needs that same lock, so it tests them faithfully.
+pub const STORAGE_FAILURE_HOLD: Duration = Duration::from_secs(10);
+
+/// SQLite's primary result codes for another connection holding the lock
+/// (`SQLITE_BUSY`, `SQLITE_LOCKED`).
+const CONTENTION_CODES: [i64; 2] = [5, 6];
 
 /// SQLite's primary result codes that mean the file's content is damaged:
 /// `SQLITE_CORRUPT` (11) and `SQLITE_NOTADB` (26).
@@ -63,6 +76,8 @@ pub struct Health {
 struct State {
     /// The error of the last write that ended, if it failed.
     last_failure: Option<String>,
+    /// Until when a storage failure answers readiness, and its message.
+    storage_failure: Option<(Instant, String)>,
     /// SQLite's message the first time it reported corruption; kept, as a
     /// damaged file does not mend itself.
     corrupt: Option<String>,
@@ -108,16 +123,26 @@ impl Health {
         checked
     }
 
-    /// Records that a write committed.
-    pub fn write_succeeded(&self) {
-        self.state().last_failure = None;
+    /// Records that a write committed; `changed` says whether it changed
+    /// anything (only such a commit shows that storage failures are over).
+    pub fn write_succeeded(&self, changed: bool) {
+        let mut state = self.state();
+        state.last_failure = None;
+        if changed {
+            state.storage_failure = None;
+        }
     }
 
     /// Records that a write failed for a reason that concerns the whole
     /// database (locked, read-only, full, damaged).
     pub fn write_failed(&self, err: &sqlx::Error, message: &str) {
         self.note_error(err);
-        self.state().last_failure = Some(message.to_owned());
+        let mut state = self.state();
+        state.last_failure = Some(message.to_owned());
+        if primary_code(err).is_none_or(|code| !CONTENTION_CODES.contains(&code)) {
+            state.storage_failure =
+                Some((Instant::now() + STORAGE_FAILURE_HOLD, message.to_owned()));
+        }
     }
 
     /// Remembers a corruption report in `err` (from a read or a write).
@@ -125,8 +150,7 @@ impl Health {
         let sqlx::Error::Database(db) = err else {
             return;
         };
-        let code = db.code().and_then(|code| code.parse::<i64>().ok());
-        if code.is_some_and(|code| CORRUPTION_CODES.contains(&(code & 0xff))) {
+        if primary_code(err).is_some_and(|code| CORRUPTION_CODES.contains(&code)) {
             let mut state = self.state();
             if state.corrupt.is_none() {
                 error!(path = %self.file.path().display(), error = %db, "SQLite reports the database as corrupt");
@@ -135,12 +159,19 @@ impl Health {
         }
     }
 
-    /// The reasons known without writing: the file and corruption.
+    /// The reasons known without writing: the file, corruption, and a
+    /// storage failure within [`STORAGE_FAILURE_HOLD`].
     pub fn known_problem(&self) -> Result<(), Unready> {
         self.check_file().map_err(Unready::File)?;
-        match &self.state().corrupt {
-            Some(message) => Err(Unready::Corrupt(message.clone())),
-            None => Ok(()),
+        let state = self.state();
+        if let Some(message) = &state.corrupt {
+            return Err(Unready::Corrupt(message.clone()));
+        }
+        match &state.storage_failure {
+            Some((until, message)) if Instant::now() < *until => {
+                Err(Unready::WriteFailed(message.clone()))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -148,4 +179,13 @@ impl Health {
     pub fn last_failure(&self) -> Option<String> {
         self.state().last_failure.clone()
     }
+}
+
+/// SQLite's primary result code in `err`, if SQLite reported it.
+fn primary_code(err: &sqlx::Error) -> Option<i64> {
+    let sqlx::Error::Database(db) = err else {
+        return None;
+    };
+    let code = db.code()?.parse::<i64>().ok()?;
+    Some(code & 0xff)
 }

@@ -103,6 +103,27 @@ enum WriteResult {
     Probed,
 }
 
+impl WriteResult {
+    /// Whether the operation changed the database. A commit that changed
+    /// nothing (a claim with nothing due) succeeds even on a full disk, so
+    /// only a changing one shows that storage failures are over.
+    fn changed(&self) -> bool {
+        match self {
+            WriteResult::Enqueued(outcomes) => outcomes
+                .iter()
+                .any(|outcome| matches!(outcome, EnqueueOutcome::Created { .. })),
+            WriteResult::Cancel(outcome) => matches!(outcome, CancelOutcome::Cancelled),
+            WriteResult::Claimed(videos) => !videos.is_empty(),
+            WriteResult::Recorded(applied) | WriteResult::RecordedAttempt(applied) => *applied,
+            WriteResult::Released | WriteResult::Probed => true,
+            WriteResult::ClaimedDeliveries(deliveries) => !deliveries.is_empty(),
+            WriteResult::Redelivered(outcome) => {
+                matches!(outcome, RedeliverOutcome::Queued { .. })
+            }
+        }
+    }
+}
+
 /// An operation and the channel its caller waits on.
 struct Request {
     op: WriteOp,
@@ -135,8 +156,10 @@ impl Writer {
     }
 
     /// Whether the database can take writes now, for `/readyz`: the path
-    /// still names the open file, SQLite has not reported corruption, and a
-    /// probe write commits within `limit`.
+    /// still names the open file, SQLite has not reported corruption, no
+    /// write failed for want of storage lately (see
+    /// [`STORAGE_FAILURE_HOLD`](super::health::STORAGE_FAILURE_HOLD)), and
+    /// a probe write commits within `limit`.
     ///
     /// The probe is a real write (a bare write lock taken and released
     /// passes on a full disk or a read-only file), and it goes through the
@@ -377,7 +400,7 @@ async fn commit_batch(
                 refuse_all(batch, || StoreError::FileLost(problem.clone()));
                 return Connection::Sound;
             }
-            health.write_succeeded();
+            health.write_succeeded(results.iter().any(WriteResult::changed));
             for (request, result) in batch.drain(..).zip(results) {
                 // The caller may have gone away (client disconnected); the
                 // write stands regardless.
@@ -417,8 +440,13 @@ async fn commit_batch(
             }
             // As above: no acknowledgement for commits to a lost file.
             let lost = health.check_file().err();
-            if lost.is_none() && answers.iter().any(|(_, result)| result.is_ok()) {
-                health.write_succeeded();
+            if lost.is_none() {
+                let changed = answers
+                    .iter()
+                    .any(|(_, result)| result.as_ref().is_ok_and(WriteResult::changed));
+                if answers.iter().any(|(_, result)| result.is_ok()) {
+                    health.write_succeeded(changed);
+                }
             }
             for (request, result) in answers {
                 let result = match (&lost, result) {

@@ -276,43 +276,78 @@ fn a_second_serve_on_the_same_database_is_refused_naming_it_and_the_running_pid(
     assert!(stdout.contains("beside-1"), "{stdout}");
 }
 
+/// `jogg-relay serve` started through `sh -c` so that `prelude` (a umask,
+/// a file size limit: std has no call for either) applies to it.
+struct ShellRelay {
+    child: std::process::Child,
+    address: String,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ShellRelay {
+    /// Starts the relay and waits (at most 30 s) for the address it logs
+    /// once its database is open and its port bound.
+    fn start(config: &Path, prelude: &str) -> Self {
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("{prelude}; exec \"$0\" \"$@\"")])
+            .arg(binary())
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("JOGG_RELAY__JOGG__API_KEY", "sk-test")
+            .env("JOGG_RELAY__JOGG__BASE_URL", "http://127.0.0.1:1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (lines, log) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let address = loop {
+            let line = log
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the relay started");
+            if let Some(rest) = line.split("address=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        Self {
+            child,
+            address,
+            reader: Some(reader),
+        }
+    }
+
+    /// `http://ADDRESS`.
+    fn base(&self) -> String {
+        format!("http://{}", self.address)
+    }
+}
+
+impl Drop for ShellRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
 #[cfg(unix)]
 #[test]
 fn database_wal_shm_and_lock_files_are_private_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    // `serve` under the most permissive umask, through the shell (std has
-    // no umask call).
-    let mut child = Command::new("sh")
-        .args(["-c", "umask 000; exec \"$0\" \"$@\""])
-        .arg(binary())
-        .args(["--config", config.to_str().unwrap(), "serve"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .env("JOGG_RELAY__JOGG__API_KEY", "sk-test")
-        .env("JOGG_RELAY__JOGG__BASE_URL", "http://127.0.0.1:1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (lines, log) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    // The relay logs "listening" once the database is open in WAL mode.
-    loop {
-        let line = log
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the relay started");
-        if line.contains("listening") {
-            break;
-        }
-    }
+    // The most permissive umask. The relay logs its address once the
+    // database is open in WAL mode, so every file exists by then.
+    let relay = ShellRelay::start(&config, "umask 000");
     let modes: Vec<(String, u32)> = ["relay.db", "relay.db-wal", "relay.db-shm", "relay.db.lock"]
         .iter()
         .map(|name| {
@@ -320,12 +355,90 @@ fn database_wal_shm_and_lock_files_are_private_whatever_the_umask() {
             (name.to_string(), metadata.permissions().mode() & 0o777)
         })
         .collect();
-    let _ = child.kill();
-    let _ = child.wait();
-    reader.join().unwrap();
+    drop(relay);
     for (name, mode) in modes {
         assert_eq!(mode, 0o600, "{name} has mode {mode:o}");
     }
+}
+
+/// A full disk, for real as far as the relay can tell: a file size limit
+/// (`ulimit -f`, with `SIGXFSZ` ignored so writes past it fail with
+/// `EFBIG`) stops the WAL from growing. A probe of one small commit can
+/// still fit where an enqueue no longer does; readiness must not say ready
+/// while enqueues are refused.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_503_as_soon_as_a_full_disk_refuses_an_enqueue() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    // 400 blocks (of 512 bytes for dash, 1024 for bash): room for the
+    // migrated database and some dozens of pages more.
+    let relay = ShellRelay::start(&config, "trap '' XFSZ; ulimit -f 400");
+    let client = jogg_relay::outbound::client_builder().build().unwrap();
+    let pad = "x".repeat(3000);
+    let mut refused = None;
+    for i in 0..1000 {
+        let answer = client
+            .post(format!("{}/v1/videos", relay.base()))
+            .bearer_auth(TOKEN)
+            .json(&json!({"video_id": format!("vid-{i}"), "metadata": {"pad": pad}}))
+            .send()
+            .await
+            .unwrap();
+        let answer = crate::helpers::reply(answer).await;
+        if answer.status != 201 {
+            refused = Some(answer);
+            break;
+        }
+    }
+    let refused = refused.expect("the file size limit was reached");
+    assert_eq!(refused.assert_json_error(503), "storage_unavailable");
+
+    let ready = crate::helpers::reply(
+        client
+            .get(format!("{}/readyz", relay.base()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ready.assert_json_error(503), "database_unavailable");
+    assert_eq!(ready.json["error"]["reason"], "write_failed", "{ready:?}");
+    let message = ready.json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("disk I/O error"),
+        "SQLite's words: {message}"
+    );
+    let health = client
+        .get(format!("{}/healthz", relay.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "alive all the same");
+
+    // Started again on the full disk, the relay has no failed write to go
+    // by: its probe must find the disk full by writing. (A few probes may
+    // still fit in the room the refused enqueue could not use; each takes
+    // some of it.)
+    drop(relay);
+    let relay = ShellRelay::start(&config, "trap '' XFSZ; ulimit -f 400");
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        let ready = client
+            .get(format!("{}/readyz", relay.base()))
+            .send()
+            .await
+            .unwrap();
+        let ready = crate::helpers::reply(ready).await;
+        let done = ready.status == 503;
+        answers.push(ready);
+        if done {
+            break;
+        }
+    }
+    let last = answers.last().unwrap();
+    assert_eq!(last.status, 503, "ready on a full disk: {answers:?}");
+    assert_eq!(last.json["error"]["reason"], "write_failed", "{last:?}");
 }
 
 #[test]
