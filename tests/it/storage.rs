@@ -106,6 +106,57 @@ async fn nothing_is_written_while_the_file_is_moved_away_and_writes_resume_when_
     app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_database_file_is_logged_as_one_error_however_many_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let mut relay = RelayProcess::start(&config, &[("JOGG_RELAY__JOGG__API_KEY", "sk-test")]);
+    let client = jogg_relay::outbound::client_builder().build().unwrap();
+    let enqueue = |id: &str| {
+        client
+            .post(format!("{}/v1/videos", relay.base()))
+            .bearer_auth(TOKEN)
+            .json(&json!({ "video_id": id }))
+            .send()
+    };
+    assert_eq!(enqueue("kept-1").await.unwrap().status(), 201);
+    let db = dir.path().join("relay.db");
+    std::fs::remove_file(&db).unwrap();
+    for i in 0..5 {
+        let refused = enqueue(&format!("lost-{i}")).await.unwrap();
+        assert_eq!(refused.status(), 503);
+        let ready = client
+            .get(format!("{}/readyz", relay.base()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503);
+    }
+    relay.signal("TERM");
+    assert_eq!(relay.child.wait().unwrap().code(), Some(0));
+    // Every line, up to the end of the output (the reader thread ends with
+    // it), with an overall deadline.
+    let log = relay.take_log();
+    let lines = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break lines,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("the log never ended"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let errors: Vec<&String> = lines.iter().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{lines:#?}");
+    assert!(errors[0].contains(&db.display().to_string()), "{errors:?}");
+    assert!(errors[0].contains("removed"), "{errors:?}");
+}
+
 #[tokio::test]
 async fn a_database_file_replaced_by_rename_refuses_writes_and_readiness() {
     let app = spawn_manual_app(|_| {}).await;
