@@ -138,7 +138,7 @@ pub fn main() -> ExitCode {
 /// `err` and its causes on one line, `outer: inner: …`, leaving out a cause
 /// whose text the line already holds: many errors print their source in
 /// their own message too, and an operator should read each thing once.
-pub fn error_chain(err: &anyhow::Error) -> String {
+fn error_chain(err: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in err.chain() {
         let text = cause.to_string();
