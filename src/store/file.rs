@@ -119,6 +119,7 @@ impl DatabaseFile {
 /// SQLite would create a missing file itself, with mode `0644` less the
 /// umask; creating it first is what gives the database, and through it the
 /// `-wal` and `-shm` files, the relay's mode.
+#[tracing::instrument(skip_all, fields(path = %path.display()))]
 pub fn prepare(path: &Path) -> io::Result<DatabaseFile> {
     match create_private(path) {
         Ok(_) => {}

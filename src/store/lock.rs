@@ -62,6 +62,7 @@ pub fn lock_path(database: &Path) -> PathBuf {
 impl DatabaseLock {
     /// Takes the lock of `database` without waiting, creating the lock file
     /// (mode `0600`) when missing, and writes this process's pid into it.
+    #[tracing::instrument(skip_all, fields(database = %database.display()))]
     pub fn acquire(database: &Path) -> Result<Self, LockError> {
         let lock = lock_path(database);
         let io_error = |source| LockError::Io {

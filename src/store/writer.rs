@@ -164,8 +164,8 @@ impl Writer {
     /// The probe is a real write (a bare write lock taken and released
     /// passes on a full disk or a read-only file), and it goes through the
     /// writer's queue like any write, so it also proves the writer makes
-    /// progress. It is the latest write, so its outcome is the one readiness
-    /// reflects: a failed write is answered until a later one succeeds.
+    /// progress.
+    #[instrument(skip_all, level = "debug")]
     pub async fn readiness(&self, limit: Duration) -> Result<(), Unready> {
         self.health.known_problem()?;
         match tokio::time::timeout(limit, self.submit(WriteOp::Probe)).await {
