@@ -477,8 +477,9 @@ fn is_request_specific(err: &StoreError) -> bool {
 const MAX_VIDEOS_PER_STATEMENT: usize = 4096;
 
 /// How many operations at the head of `ops` are applied by one set-based
-/// statement: a run of enqueues (up to [`MAX_VIDEOS_PER_STATEMENT`] videos)
-/// or of poll results; any other operation runs alone.
+/// statement: a run of enqueues (up to [`MAX_VIDEOS_PER_STATEMENT`] videos),
+/// of poll results, or of readiness probes (concurrent `/readyz` calls share
+/// one row write); any other operation runs alone.
 ///
 /// Only neighbours are grouped, so operations still take effect in the
 /// order they were queued.
@@ -501,6 +502,12 @@ fn set_run_len(ops: &[&WriteOp]) -> usize {
             1 + ops[1..]
                 .iter()
                 .take_while(|op| matches!(op, WriteOp::RecordPoll(_)))
+                .count()
+        }
+        Some(WriteOp::Probe) => {
+            1 + ops[1..]
+                .iter()
+                .take_while(|op| matches!(op, WriteOp::Probe))
                 .count()
         }
         Some(_) => 1,
@@ -548,6 +555,10 @@ async fn apply_run(
             let applied = mutations::record_polls(conn, &updates).await?;
             Ok(applied.into_iter().map(WriteResult::Recorded).collect())
         }
+        Some(WriteOp::Probe) => {
+            mutations::touch_probe(conn, Millis::now()).await?;
+            Ok(run.iter().map(|_| WriteResult::Probed).collect())
+        }
         Some(op) => Ok(vec![apply(conn, op).await?]),
         None => Ok(Vec::new()),
     }
@@ -558,8 +569,8 @@ async fn apply_run(
 async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult, StoreError> {
     let now = Millis::now();
     match op {
-        WriteOp::Enqueue(_) | WriteOp::RecordPoll(_) => {
-            unreachable!("enqueues and poll results are applied by apply_run")
+        WriteOp::Enqueue(_) | WriteOp::RecordPoll(_) | WriteOp::Probe => {
+            unreachable!("enqueues, poll results and probes are applied by apply_run")
         }
         WriteOp::Cancel(video_id) => Ok(WriteResult::Cancel(
             mutations::cancel_video(conn, video_id, now).await?,
@@ -599,10 +610,6 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult,
         } => Ok(WriteResult::Redelivered(
             mutations::redeliver(conn, video_id, configured, now).await?,
         )),
-        WriteOp::Probe => {
-            mutations::touch_probe(conn, now).await?;
-            Ok(WriteResult::Probed)
-        }
     }
 }
 
@@ -667,6 +674,21 @@ mod tests {
         drop(writer);
         task.await.unwrap();
         store.close().await;
+    }
+
+    #[test]
+    fn neighbouring_probes_share_one_write_and_keep_their_place() {
+        let cancel = WriteOp::Cancel(VideoId::parse("v").unwrap());
+        let ops = [
+            &WriteOp::Probe,
+            &WriteOp::Probe,
+            &WriteOp::Probe,
+            &cancel,
+            &WriteOp::Probe,
+        ];
+        assert_eq!(set_run_len(&ops), 3);
+        assert_eq!(set_run_len(&ops[3..]), 1);
+        assert_eq!(set_run_len(&ops[4..]), 1);
     }
 
     /// The file is removed while the writer's transaction waits for the
