@@ -325,6 +325,11 @@ fn a_second_serve_on_the_same_database_is_refused_naming_it_and_the_running_pid(
     let (code, stdout, stderr) = run_binary(&["--config", config, "list"], &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("beside-1"), "{stdout}");
+    // `redeliver` reads and writes the database too: it gets as far as
+    // finding the video still active.
+    let (code, _, stderr) = run_binary(&["--config", config, "redeliver", "beside-1"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is active"), "{stderr}");
 }
 
 /// `jogg-relay serve` started through `sh -c` so that `prelude` (a umask,
