@@ -18,7 +18,7 @@ use crate::jogg::{ClientError, JoggClient};
 use crate::poller::gate::UpstreamGate;
 use crate::poller::policy::PollPolicy;
 use crate::poller::{Poller, Wakeups};
-use crate::store::{Store, StoreError, Writer};
+use crate::store::{DatabaseLock, LockError, Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
 use crate::worker::Heartbeat;
 
@@ -28,6 +28,10 @@ const MAX_PROBE_DELAY: Duration = Duration::from_secs(300);
 /// Why the relay stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// Another relay serves the same database, or its lock file is
+    /// unusable.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// The database could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -58,6 +62,9 @@ pub fn upstream_gate(config: &Config) -> UpstreamGate {
 
 /// The relay's long-lived parts, built and ready to run.
 pub struct App {
+    /// Held until [`App::run`] has closed the database (or the app is
+    /// dropped): one relay per database.
+    lock: DatabaseLock,
     config: Config,
     store: Store,
     writer: Writer,
@@ -81,8 +88,12 @@ type SupervisedTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub const MIN_STALL: Duration = Duration::from_secs(3);
 
 impl App {
-    /// Opens the database (creating and migrating it) and builds every part.
+    /// Takes the database's lock (refused while another relay, in this
+    /// process or another, serves it), opens the database (creating and
+    /// migrating it) and builds every part.
     pub async fn build(config: Config) -> Result<Self, AppError> {
+        // First, so a second relay changes nothing, not even by migrating.
+        let lock = DatabaseLock::acquire(&config.database.path)?;
         let store = Store::open(&config.database).await?;
         let client = JoggClient::new(&config.jogg)?;
         let (writer, writer_task) = Writer::start(&store).await?;
@@ -106,6 +117,7 @@ impl App {
             metrics.clone(),
         )?;
         Ok(Self {
+            lock,
             config,
             store,
             writer,
@@ -190,6 +202,7 @@ impl App {
     ) -> Result<(), AppError> {
         let state = self.api_state(shutdown.clone());
         let Self {
+            lock,
             config,
             store,
             writer,
@@ -301,6 +314,8 @@ impl App {
             failures.push(failure);
         }
         store.close().await;
+        // Only now may another relay take the database over.
+        drop(lock);
         info!("shutdown complete");
         if failures.is_empty() {
             Ok(())

@@ -147,7 +147,7 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
         Err(CliError::Fatal(err)) => {
-            tell!("jogg-relay: {err:#}");
+            tell!("jogg-relay: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
@@ -173,6 +173,24 @@ fn environment() -> Result<Vec<(String, String)>, CliError> {
         }
     }
     Ok(vars)
+}
+
+/// `err` and its causes on one line, `outer: inner: …`, leaving out a cause
+/// whose text the line already holds: many errors print their source in
+/// their own message too, and an operator should read each thing once.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Loads the configuration and runs the command on a Tokio runtime.
@@ -247,12 +265,17 @@ async fn serve(config: Config) -> Result<(), CliError> {
     for warning in config.startup_warnings() {
         tracing::warn!("{warning}");
     }
-    let listener = TcpListener::bind(config.server.bind)
+    // Built before binding: a second relay on the same database is refused
+    // by the database lock, with a message naming the running one, rather
+    // than by a busy port.
+    let bind = config.server.bind;
+    let relay = app::App::build(config).await.map_err(anyhow::Error::from)?;
+    let listener = TcpListener::bind(bind)
         .await
-        .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
+        .with_context(|| format!("cannot listen on {bind} (server.bind)"))?;
     let shutdown = CancellationToken::new();
     let mut signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let relay = app::run(config, listener, shutdown.clone());
+    let relay = relay.run(listener, shutdown.clone());
     tokio::pin!(relay);
     // The signal handler is supervised like the relay's own tasks: if it
     // died, SIGTERM would be ignored, so the relay stops and exits 1.
@@ -453,9 +476,10 @@ fn serve_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
 }
 
+/// Opens the database for a one-shot command (no lock: these commands
+/// work beside a running daemon). The store's error names the path.
 async fn open_store(config: &Config) -> Result<Store, CliError> {
-    Store::open(&config.database)
+    Ok(Store::open(&config.database)
         .await
-        .with_context(|| format!("cannot open the database {}", config.database.url))
-        .map_err(CliError::Fatal)
+        .map_err(anyhow::Error::from)?)
 }

@@ -77,8 +77,14 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         // The cause is logged here, with its chain; the client only learns
-        // that the store failed, which is all it can act on.
-        tracing::error!(error = %err, "store failure while serving a request");
+        // that the store failed, which is all it can act on. A lost database
+        // file is logged once by the store when it is noticed, not again for
+        // every refused request.
+        if matches!(err, StoreError::FileLost(_)) {
+            tracing::debug!(error = %err, "request refused: the database file is gone");
+        } else {
+            tracing::error!(error = %err, "store failure while serving a request");
+        }
         match err {
             StoreError::WriterStopped => ApiError::shutting_down(),
             _ => ApiError::new(

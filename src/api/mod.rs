@@ -29,7 +29,7 @@ use crate::store::{Store, Writer};
 use crate::telemetry::metrics::{RelayMetrics, ScrapeState};
 pub use error::ApiError;
 
-/// How long `/readyz` waits for the database's write lock.
+/// How long `/readyz` waits for its probe write to commit.
 const READINESS_DB_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest body accepted by the single-video endpoints.
@@ -178,12 +178,13 @@ async fn readyz(State(state): State<ApiState>) -> Result<Response, ApiError> {
         }});
         return Ok((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
     }
-    if !state.store.is_usable(READINESS_DB_LIMIT).await {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            "the database does not answer",
-        ));
+    if let Err(unready) = state.writer.readiness(READINESS_DB_LIMIT).await {
+        let body = json!({"error": {
+            "code": "database_unavailable",
+            "reason": unready.reason(),
+            "message": unready.to_string(),
+        }});
+        return Ok((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
     }
     Ok(axum::Json(json!({"status": "ready"})).into_response())
 }

@@ -5,6 +5,9 @@
 //! Times are stored as [`Millis`]; see `migrations/` for the schema and the
 //! reasoning behind each index.
 
+pub mod file;
+pub mod health;
+pub mod lock;
 mod mutations;
 pub mod records;
 pub mod writer;
@@ -20,9 +23,12 @@ use sqlx::sqlite::{
 };
 use tracing::instrument;
 
+use self::health::Health;
 use crate::config::DatabaseConfig;
 use crate::domain::{Millis, VideoId, VideoState};
 
+pub use health::Unready;
+pub use lock::{DatabaseLock, LockError};
 pub use records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, ConflictingFields, DeliveryNext,
     DeliveryRecord, DeliveryRelease, EnqueueOutcome, NewTransition, NewVideo, PollUpdate,
@@ -57,6 +63,18 @@ pub enum StoreError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The database file could not be created or opened.
+    #[error("cannot open the database {path}: {cause}")]
+    Open {
+        /// The database file.
+        path: String,
+        /// Why, as the operating system or SQLite put it.
+        cause: String,
+    },
+    /// The configured path no longer names the database opened at startup,
+    /// so a write would go to a file nobody will read again.
+    #[error("{0}")]
+    FileLost(#[from] file::FileProblem),
     /// Applying the embedded migrations failed.
     #[error("cannot migrate the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -70,6 +88,15 @@ pub enum StoreError {
     /// The writer task has stopped (the process is shutting down).
     #[error("the database writer has stopped")]
     WriterStopped,
+}
+
+/// SQLite's own words for a failed open, without sqlx's wrapping (which
+/// repeats them).
+fn sqlite_cause(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
+    }
 }
 
 /// Figures read from the database for `/metrics`.
@@ -90,11 +117,18 @@ pub struct Store {
     /// How every connection is opened, for the writer's own connection
     /// (shared: a `Store` is cloned into every request's state).
     options: Arc<SqliteConnectOptions>,
+    /// The file's identity, corruption reports and the last write's
+    /// outcome, for readiness.
+    health: Arc<Health>,
 }
 
 impl Store {
-    /// Opens (creating when missing) the database file and its parent folder,
-    /// and applies the embedded migrations.
+    /// Opens (creating when missing, mode `0600`) the database file and its
+    /// parent folder, and applies the embedded migrations.
+    ///
+    /// This is the only place the file is created: every connection opened
+    /// later (the pool's, the writer's) fails if the file is gone rather
+    /// than creating an empty database at the path.
     #[instrument(skip_all, fields(path = %config.path.display()))]
     pub async fn open(config: &DatabaseConfig) -> Result<Self, StoreError> {
         if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -103,7 +137,14 @@ impl Store {
                 source,
             })?;
         }
-        let store = Self::connect(&config.path).await?;
+        let open_error = |cause: String| StoreError::Open {
+            path: config.path.display().to_string(),
+            cause,
+        };
+        let file = file::prepare(&config.path).map_err(|err| open_error(err.to_string()))?;
+        let store = Self::connect(&config.path, Health::new(file))
+            .await
+            .map_err(|err| open_error(sqlite_cause(&err)))?;
         sqlx::migrate!("./migrations").run(&store.pool).await?;
         Ok(store)
     }
@@ -111,10 +152,10 @@ impl Store {
     /// Connects with the durability settings of DESIGN 4: WAL so readers never
     /// block the writer, `synchronous=FULL` so an acknowledged commit survives
     /// power loss, a busy timeout, and foreign keys enforced.
-    async fn connect(path: &Path) -> Result<Self, StoreError> {
+    async fn connect(path: &Path, health: Health) -> Result<Self, sqlx::Error> {
         let options = SqliteConnectOptions::new()
             .filename(path)
-            .create_if_missing(true)
+            .create_if_missing(false)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
@@ -134,7 +175,20 @@ impl Store {
         Ok(Self {
             pool,
             options: Arc::new(options),
+            health: Arc::new(health),
         })
+    }
+
+    /// The shared health record (for the writer).
+    pub(crate) fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Converts a read's error, remembering a corruption report for
+    /// readiness.
+    fn read_error(&self, err: sqlx::Error) -> StoreError {
+        self.health.note_error(&err);
+        StoreError::Database(err)
     }
 
     /// A connection outside the pool, for the [`Writer`]: owning one
@@ -158,20 +212,6 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Whether the database can take a write now (for `/readyz`): takes
-    /// and releases the write lock, within `limit`. A file that became
-    /// read-only, a full disk or another process holding the write lock for
-    /// longer than `limit` all make it unusable.
-    pub async fn is_usable(&self, limit: Duration) -> bool {
-        let probe = async {
-            let mut conn = self.pool.acquire().await?;
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-            sqlx::query("ROLLBACK").execute(&mut *conn).await?;
-            Ok::<_, sqlx::Error>(())
-        };
-        matches!(tokio::time::timeout(limit, probe).await, Ok(Ok(())))
-    }
-
     /// Videos per state, and how late the most overdue poll and delivery
     /// are at `now` (seconds, 0 when nothing is overdue). Each figure is an
     /// index scan: counting by state walks `videos_state_order`, the lags
@@ -180,19 +220,22 @@ impl Store {
         let counts: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, COUNT(*) FROM videos GROUP BY state")
                 .fetch_all(&self.pool)
-                .await?;
+                .await
+                .map_err(|err| self.read_error(err))?;
         let oldest_poll: Option<i64> = sqlx::query_scalar(
             "SELECT next_poll_at FROM videos INDEXED BY videos_due \
              WHERE state = 'active' ORDER BY next_poll_at LIMIT 1",
         )
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .map_err(|err| self.read_error(err))?;
         let oldest_delivery: Option<i64> = sqlx::query_scalar(
             "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due \
              WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
         )
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .map_err(|err| self.read_error(err))?;
         let lag = |due: Option<i64>| due.map_or(0.0, |at| ((now.0 - at).max(0) as f64) / 1000.0);
         Ok(Gauges {
             videos: counts
@@ -210,10 +253,14 @@ impl Store {
         &self,
         video_id: &VideoId,
     ) -> Result<Option<VideoDetails>, StoreError> {
+        // A pool connection opened after the file was replaced would read
+        // the other file: answer from neither.
+        self.health.check_file()?;
         let Some(video) = sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEO_BY_ID)
             .bind(video_id.as_str())
             .fetch_optional(&self.pool)
-            .await?
+            .await
+            .map_err(|err| self.read_error(err))?
         else {
             return Ok(None);
         };
@@ -223,7 +270,8 @@ impl Store {
         )
         .bind(video.id)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(|err| self.read_error(err))?;
         let deliveries = sqlx::query_as::<_, DeliveryRecord>(
             "SELECT url, event_id, state, attempts, last_status, last_error, reason, \
                     next_attempt_at \
@@ -231,7 +279,8 @@ impl Store {
         )
         .bind(video.id)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(|err| self.read_error(err))?;
         Ok(Some(VideoDetails {
             video,
             transitions,
@@ -251,22 +300,21 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<VideoRecord>, StoreError> {
+        self.health.check_file()?;
         let rows = match state {
-            Some(state) => {
-                sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEOS_PAGE_BY_STATE)
-                    .bind(state.as_str())
-                    .bind(after)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEOS_PAGE)
-                    .bind(after)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
+            Some(state) => sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEOS_PAGE_BY_STATE)
+                .bind(state.as_str())
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|err| self.read_error(err))?,
+            None => sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEOS_PAGE)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|err| self.read_error(err))?,
         };
         Ok(rows)
     }

@@ -15,11 +15,21 @@
 //!
 //! If the shared transaction fails, each operation is retried in its own
 //! transaction so one bad request cannot fail its neighbours.
+//!
+//! Before writing and again after committing, the writer checks that the
+//! configured path still names the database it has open: a commit to a file
+//! that was deleted or replaced is lost for good, so its callers get an
+//! error, never an acknowledgement. Every commit's outcome is recorded in the
+//! store's [`Health`], which readiness reads.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::{Connection as _, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{instrument, warn};
 
+use super::health::{Health, Unready};
 use super::mutations;
 use super::records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryRelease, EnqueueOutcome,
@@ -66,6 +76,8 @@ enum WriteOp {
         video_id: VideoId,
         configured: Vec<String>,
     },
+    /// Rewrite the readiness probe's row (a real commit).
+    Probe,
 }
 
 /// The result of one [`WriteOp`].
@@ -87,6 +99,29 @@ enum WriteResult {
     RecordedAttempt(bool),
     /// What a redelivery did.
     Redelivered(RedeliverOutcome),
+    /// The probe row was written.
+    Probed,
+}
+
+impl WriteResult {
+    /// Whether the operation changed the database. A commit that changed
+    /// nothing (a claim with nothing due) succeeds even on a full disk, so
+    /// only a changing one shows that storage failures are over.
+    fn changed(&self) -> bool {
+        match self {
+            WriteResult::Enqueued(outcomes) => outcomes
+                .iter()
+                .any(|outcome| matches!(outcome, EnqueueOutcome::Created { .. })),
+            WriteResult::Cancel(outcome) => matches!(outcome, CancelOutcome::Cancelled),
+            WriteResult::Claimed(videos) => !videos.is_empty(),
+            WriteResult::Recorded(applied) | WriteResult::RecordedAttempt(applied) => *applied,
+            WriteResult::Released | WriteResult::Probed => true,
+            WriteResult::ClaimedDeliveries(deliveries) => !deliveries.is_empty(),
+            WriteResult::Redelivered(outcome) => {
+                matches!(outcome, RedeliverOutcome::Queued { .. })
+            }
+        }
+    }
 }
 
 /// An operation and the channel its caller waits on.
@@ -99,6 +134,8 @@ struct Request {
 #[derive(Clone, Debug)]
 pub struct Writer {
     requests: mpsc::Sender<Request>,
+    /// The store's health record, which the writer task updates.
+    health: Arc<Health>,
 }
 
 impl Writer {
@@ -107,9 +144,44 @@ impl Writer {
     /// returned handle to know the last commit has happened.
     pub async fn start(store: &Store) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let conn = store.dedicated_connection().await?;
+        Ok(Self::start_on(store, conn))
+    }
+
+    /// Starts the writer task on `conn`.
+    fn start_on(store: &Store, conn: SqliteConnection) -> (Self, tokio::task::JoinHandle<()>) {
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         let task = tokio::spawn(run(store.clone(), conn, queue));
-        Ok((Self { requests }, task))
+        let health = store.health().clone();
+        (Self { requests, health }, task)
+    }
+
+    /// Whether the database can take writes now, for `/readyz`: the path
+    /// still names the open file, SQLite has not reported corruption, no
+    /// write failed for want of storage lately (see
+    /// [`STORAGE_FAILURE_HOLD`](super::health::STORAGE_FAILURE_HOLD)), and
+    /// a probe write commits within `limit`.
+    ///
+    /// The probe is a real write (a bare write lock taken and released
+    /// passes on a full disk or a read-only file), and it goes through the
+    /// writer's queue like any write, so it also proves the writer makes
+    /// progress.
+    #[instrument(skip_all, level = "debug")]
+    pub async fn readiness(&self, limit: Duration) -> Result<(), Unready> {
+        self.health.known_problem()?;
+        match tokio::time::timeout(limit, self.submit(WriteOp::Probe)).await {
+            Err(_) => Err(Unready::Unresponsive {
+                limit,
+                last_failure: self.health.last_failure(),
+            }),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(StoreError::FileLost(problem))) => Err(Unready::File(problem)),
+            // The writer recorded a corruption report already, if that was it.
+            Ok(Err(err)) => Err(self
+                .health
+                .known_problem()
+                .err()
+                .unwrap_or_else(|| Unready::WriteFailed(err.to_string()))),
+        }
     }
 
     /// Tracks `videos`; returns, once committed, whether each was new.
@@ -244,7 +316,7 @@ impl Writer {
 async fn run(store: Store, mut conn: SqliteConnection, mut queue: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if commit_batch(&mut conn, &mut batch).await == Connection::Suspect {
+        if commit_batch(&mut conn, &mut batch, store.health()).await == Connection::Suspect {
             conn = reconnect(&store, conn).await;
         }
     }
@@ -281,10 +353,29 @@ async fn reconnect(store: &Store, old: SqliteConnection) -> SqliteConnection {
     }
 }
 
+/// Answers every request of `batch` with `err`.
+fn refuse_all(batch: &mut Vec<Request>, err: impl Fn() -> StoreError) {
+    for request in batch.drain(..) {
+        let _ = request.reply.send(Err(err()));
+    }
+}
+
 /// Applies `batch` in one transaction and answers every caller; on failure,
 /// falls back to one transaction per request.
 #[instrument(skip_all, level = "debug", fields(size = batch.len()))]
-async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) -> Connection {
+async fn commit_batch(
+    conn: &mut SqliteConnection,
+    batch: &mut Vec<Request>,
+    health: &Health,
+) -> Connection {
+    // Nothing is written to a file the path no longer names: it would be
+    // lost, and if the file is renamed back the writes would reappear
+    // although their callers were refused. (`check_file` logs the problem
+    // once; the refusals themselves are not logged.)
+    if let Err(problem) = health.check_file() {
+        refuse_all(batch, || StoreError::FileLost(problem.clone()));
+        return Connection::Sound;
+    }
     let shared = async {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let ops: Vec<&WriteOp> = batch.iter().map(|request| &request.op).collect();
@@ -302,6 +393,14 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) -> 
 
     match shared {
         Ok(results) => {
+            // The file may have been removed or replaced while the
+            // transaction ran: then the commit went to a file the next start
+            // will not open, and nobody may be told their write is stored.
+            if let Err(problem) = health.check_file() {
+                refuse_all(batch, || StoreError::FileLost(problem.clone()));
+                return Connection::Sound;
+            }
+            health.write_succeeded(results.iter().any(WriteResult::changed));
             for (request, result) in batch.drain(..).zip(results) {
                 // The caller may have gone away (client disconnected); the
                 // write stands regardless.
@@ -315,12 +414,12 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) -> 
             // (which would wait out the busy timeout once per request).
             warn!(error = %err, requests = batch.len(), "write failed");
             let message = err.to_string();
-            for request in batch.drain(..) {
-                let _ = request
-                    .reply
-                    .send(Err(StoreError::Unavailable(message.clone())));
+            let specific = is_request_specific(&err);
+            if !specific && let StoreError::Database(cause) = &err {
+                health.write_failed(cause, &message);
             }
-            if is_request_specific(&err) {
+            refuse_all(batch, || StoreError::Unavailable(message.clone()));
+            if specific {
                 Connection::Sound
             } else {
                 Connection::Suspect
@@ -328,6 +427,7 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) -> 
         }
         Err(err) => {
             warn!(error = %err, "batched write failed; retrying each request alone");
+            let mut answers = Vec::with_capacity(batch.len());
             for request in batch.drain(..) {
                 let result = async {
                     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
@@ -336,6 +436,23 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<Request>) -> 
                     Ok(result.pop().expect("one result per operation"))
                 }
                 .await;
+                answers.push((request, result));
+            }
+            // As above: no acknowledgement for commits to a lost file.
+            let lost = health.check_file().err();
+            if lost.is_none() {
+                let changed = answers
+                    .iter()
+                    .any(|(_, result)| result.as_ref().is_ok_and(WriteResult::changed));
+                if answers.iter().any(|(_, result)| result.is_ok()) {
+                    health.write_succeeded(changed);
+                }
+            }
+            for (request, result) in answers {
+                let result = match (&lost, result) {
+                    (Some(problem), _) => Err(StoreError::FileLost(problem.clone())),
+                    (None, result) => result,
+                };
                 let _ = request.reply.send(result);
             }
             Connection::Sound
@@ -360,8 +477,9 @@ fn is_request_specific(err: &StoreError) -> bool {
 const MAX_VIDEOS_PER_STATEMENT: usize = 4096;
 
 /// How many operations at the head of `ops` are applied by one set-based
-/// statement: a run of enqueues (up to [`MAX_VIDEOS_PER_STATEMENT`] videos)
-/// or of poll results; any other operation runs alone.
+/// statement: a run of enqueues (up to [`MAX_VIDEOS_PER_STATEMENT`] videos),
+/// of poll results, or of readiness probes (concurrent `/readyz` calls share
+/// one row write); any other operation runs alone.
 ///
 /// Only neighbours are grouped, so operations still take effect in the
 /// order they were queued.
@@ -384,6 +502,12 @@ fn set_run_len(ops: &[&WriteOp]) -> usize {
             1 + ops[1..]
                 .iter()
                 .take_while(|op| matches!(op, WriteOp::RecordPoll(_)))
+                .count()
+        }
+        Some(WriteOp::Probe) => {
+            1 + ops[1..]
+                .iter()
+                .take_while(|op| matches!(op, WriteOp::Probe))
                 .count()
         }
         Some(_) => 1,
@@ -431,6 +555,10 @@ async fn apply_run(
             let applied = mutations::record_polls(conn, &updates).await?;
             Ok(applied.into_iter().map(WriteResult::Recorded).collect())
         }
+        Some(WriteOp::Probe) => {
+            mutations::touch_probe(conn, Millis::now()).await?;
+            Ok(run.iter().map(|_| WriteResult::Probed).collect())
+        }
         Some(op) => Ok(vec![apply(conn, op).await?]),
         None => Ok(Vec::new()),
     }
@@ -441,8 +569,8 @@ async fn apply_run(
 async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult, StoreError> {
     let now = Millis::now();
     match op {
-        WriteOp::Enqueue(_) | WriteOp::RecordPoll(_) => {
-            unreachable!("enqueues and poll results are applied by apply_run")
+        WriteOp::Enqueue(_) | WriteOp::RecordPoll(_) | WriteOp::Probe => {
+            unreachable!("enqueues, poll results and probes are applied by apply_run")
         }
         WriteOp::Cancel(video_id) => Ok(WriteResult::Cancel(
             mutations::cancel_video(conn, video_id, now).await?,
@@ -482,5 +610,131 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult,
         } => Ok(WriteResult::Redelivered(
             mutations::redeliver(conn, video_id, configured, now).await?,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::store::file::FileProblem;
+
+    async fn open(dir: &std::path::Path) -> Store {
+        let config =
+            DatabaseConfig::parse(&format!("sqlite://{}/relay.db", dir.display())).unwrap();
+        Store::open(&config).await.unwrap()
+    }
+
+    fn videos(prefix: &str, count: usize, metadata_bytes: usize) -> Vec<NewVideo> {
+        (0..count)
+            .map(|i| NewVideo {
+                video_id: VideoId::parse(&format!("{prefix}-{i}")).unwrap(),
+                callback_url: None,
+                metadata: Some(format!("{{\"pad\":\"{}\"}}", "x".repeat(metadata_bytes))),
+                first_poll_at: Millis(0),
+            })
+            .collect()
+    }
+
+    /// A database that cannot be written (here its writer's connection is
+    /// read-only, as when the file's permissions changed before the writer
+    /// reconnected) although its write lock can be taken: readiness fails,
+    /// with SQLite's reason, until a write succeeds again.
+    #[tokio::test]
+    async fn readiness_fails_while_writes_fail_and_recovers_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        let mut conn = store.dedicated_connection().await.unwrap();
+        sqlx::query("PRAGMA query_only = ON")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let (writer, task) = Writer::start_on(&store, conn);
+        // The write lock is still there for the taking: the old readiness
+        // check (take it and release it on a pool connection) passes.
+        let mut other = store.pool().acquire().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        sqlx::query("ROLLBACK").execute(&mut *other).await.unwrap();
+        drop(other);
+
+        let unready = writer.readiness(Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(unready.reason(), "write_failed", "{unready}");
+        assert!(unready.to_string().contains("readonly"), "{unready}");
+        assert!(store.health().last_failure().is_some());
+
+        // After a database-wide failure the writer reconnects (writable
+        // again, like a disk with room again): the next write succeeds and
+        // readiness follows it.
+        writer.enqueue(videos("v", 1, 10)).await.unwrap();
+        assert_eq!(store.health().last_failure(), None);
+        assert_eq!(writer.readiness(Duration::from_secs(5)).await, Ok(()));
+        drop(writer);
+        task.await.unwrap();
+        store.close().await;
+    }
+
+    #[test]
+    fn neighbouring_probes_share_one_write_and_keep_their_place() {
+        let cancel = WriteOp::Cancel(VideoId::parse("v").unwrap());
+        let ops = [
+            &WriteOp::Probe,
+            &WriteOp::Probe,
+            &WriteOp::Probe,
+            &cancel,
+            &WriteOp::Probe,
+        ];
+        assert_eq!(set_run_len(&ops), 3);
+        assert_eq!(set_run_len(&ops[3..]), 1);
+        assert_eq!(set_run_len(&ops[4..]), 1);
+    }
+
+    /// The file is removed while the writer's transaction waits for the
+    /// write lock, that is after the check before writing: the commit lands
+    /// in the unlinked file, and the caller is refused all the same.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_commit_to_a_file_removed_during_the_transaction_is_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        let (writer, task) = Writer::start(&store).await.unwrap();
+        let mut blocker = store.pool().acquire().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+
+        let mut enqueue = Box::pin(writer.enqueue(videos("v", 1, 10)));
+        // The first poll queues the request.
+        assert!(futures_util::poll!(enqueue.as_mut()).is_pending());
+        assert_eq!(writer.requests.capacity(), QUEUE_DEPTH - 1);
+        // On this single-threaded runtime the writer runs only while the
+        // test yields, and it yields only at its `BEGIN`: once the request
+        // has left the queue, the check before writing has passed.
+        let mut yields = 0;
+        while writer.requests.capacity() < QUEUE_DEPTH {
+            tokio::task::yield_now().await;
+            yields += 1;
+            assert!(yields < 10_000, "the writer never took the request");
+        }
+        let path = dir.path().join("relay.db");
+        std::fs::remove_file(&path).unwrap();
+        sqlx::query("ROLLBACK")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        drop(blocker);
+
+        let answer = enqueue.await;
+        match answer {
+            Err(StoreError::FileLost(FileProblem::Removed { path: named })) => {
+                assert_eq!(named, path)
+            }
+            other => panic!("acknowledged or wrong error: {other:?}"),
+        }
+        drop(writer);
+        task.await.unwrap();
+        store.close().await;
     }
 }

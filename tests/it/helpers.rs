@@ -239,8 +239,16 @@ impl TestApp {
     pub async fn step_until_idle(&self) -> usize {
         let mut now = Millis::now();
         for worked in 0..10_000 {
+            // The step records its results at `now` plus the time it took
+            // (its step clock), so the next step starts after that, not
+            // merely after `now`: under load a step takes longer than the
+            // poll interval, and `now` may run ahead of the wall clock.
+            let started = tokio::time::Instant::now();
             match self.step(now).await {
-                Outcome::Worked(_) => now = Millis::now().max(now.plus(Duration::from_millis(2))),
+                Outcome::Worked(_) => {
+                    let step_end = now.plus(started.elapsed() + Duration::from_millis(2));
+                    now = Millis::now().max(step_end);
+                }
                 _ => return worked,
             }
         }

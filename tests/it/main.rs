@@ -14,3 +14,4 @@ mod poller;
 mod process;
 mod reliability;
 mod serve;
+mod storage;

@@ -1,0 +1,534 @@
+//! The database under operational accidents: its file deleted or replaced
+//! under a running relay, damaged pages, two daemons on one file, file
+//! modes, and how an open error is reported.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use jogg_relay::app::{App, AppError};
+use jogg_relay::store::Store;
+use serde_json::json;
+
+use crate::helpers::{
+    RelayProcess, TOKEN, TestApp, binary, run_binary, spawn_app, spawn_manual_app,
+};
+
+/// The database file of a test relay.
+fn db_path(app: &TestApp) -> PathBuf {
+    app.config.database.path.clone()
+}
+
+/// Asserts `/readyz` answers 503 `database_unavailable` with `reason`, and
+/// returns its message.
+async fn assert_unready(app: &TestApp, reason: &str) -> String {
+    let ready = app.send("GET", "/readyz", None).await;
+    assert_eq!(ready.assert_json_error(503), "database_unavailable");
+    assert_eq!(ready.json["error"]["reason"], reason, "{ready:?}");
+    ready.json["error"]["message"].as_str().unwrap().to_owned()
+}
+
+/// Reads through the API: the videos' (refused) and `/metrics` (which
+/// reads the database for its gauges), many at once so the pool opens new
+/// connections (it holds up to 4; only one was opened at startup).
+async fn read_concurrently(app: &TestApp) {
+    let videos = (0..4).map(|i| async move {
+        if i % 2 == 0 {
+            app.video("kept-1").await
+        } else {
+            app.send("GET", "/v1/videos", None).await
+        }
+    });
+    for reply in futures_util::future::join_all(videos).await {
+        // Refused, as no connection can tell which file it reads.
+        assert_eq!(reply.assert_json_error(503), "storage_unavailable");
+    }
+    let scrapes = (0..8).map(|_| app.send("GET", "/metrics", None));
+    for reply in futures_util::future::join_all(scrapes).await {
+        // Answered from a connection already open, or refused by SQLite
+        // when a new connection finds no file; never from a new file
+        // (checked by the caller).
+        assert!(reply.status == 200 || reply.status == 503, "{reply:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_removed_database_file_refuses_writes_and_readiness_and_no_read_recreates_it() {
+    let app = spawn_app().await;
+    let db = db_path(&app);
+    assert_eq!(app.enqueue(json!({"video_id": "kept-1"})).await.status, 201);
+
+    std::fs::remove_file(&db).unwrap();
+
+    let refused = app.enqueue(json!({"video_id": "lost-1"})).await;
+    assert_eq!(refused.assert_json_error(503), "storage_unavailable");
+    let message = assert_unready(&app, "file_removed").await;
+    assert!(message.contains(&db.display().to_string()), "{message}");
+    read_concurrently(&app).await;
+    assert!(
+        !db.exists(),
+        "a connection created a new database file at the path"
+    );
+    // Still refused: no write slipped through to a fresh file either.
+    let refused = app
+        .send(
+            "POST",
+            "/v1/videos/batch",
+            Some(&json!({"videos": [{"video_id": "lost-2"}]})),
+        )
+        .await;
+    assert_eq!(refused.assert_json_error(503), "storage_unavailable");
+    assert_eq!(
+        app.send("GET", "/healthz", None).await.status,
+        200,
+        "alive all the same"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_is_written_while_the_file_is_moved_away_and_writes_resume_when_it_is_back() {
+    let app = spawn_manual_app(|_| {}).await;
+    let db = db_path(&app);
+    let away = db.with_file_name("relay.db.away");
+    std::fs::rename(&db, &away).unwrap();
+    let refused = app.enqueue(json!({"video_id": "vid-1"})).await;
+    assert_eq!(refused.assert_json_error(503), "storage_unavailable");
+    assert_unready(&app, "file_removed").await;
+
+    // The same file, renamed back: the relay takes writes again, and the
+    // refused video was not stored behind its caller's back.
+    std::fs::rename(&away, &db).unwrap();
+    assert_eq!(app.send("GET", "/readyz", None).await.status, 200);
+    let again = app.enqueue(json!({"video_id": "vid-1"})).await;
+    assert_eq!(again.status, 201, "{again:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_database_file_is_logged_as_one_error_however_many_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let mut relay = RelayProcess::start(&config, &[("JOGG_RELAY__JOGG__API_KEY", "sk-test")]);
+    let client = jogg_relay::outbound::client_builder().build().unwrap();
+    let enqueue = |id: &str| {
+        client
+            .post(format!("{}/v1/videos", relay.base()))
+            .bearer_auth(TOKEN)
+            .json(&json!({ "video_id": id }))
+            .send()
+    };
+    assert_eq!(enqueue("kept-1").await.unwrap().status(), 201);
+    let db = dir.path().join("relay.db");
+    std::fs::remove_file(&db).unwrap();
+    for i in 0..5 {
+        let refused = enqueue(&format!("lost-{i}")).await.unwrap();
+        assert_eq!(refused.status(), 503);
+        let ready = client
+            .get(format!("{}/readyz", relay.base()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503);
+    }
+    relay.signal("TERM");
+    assert_eq!(relay.child.wait().unwrap().code(), Some(0));
+    // Every line, up to the end of the output (the reader thread ends with
+    // it), with an overall deadline.
+    let log = relay.take_log();
+    let lines = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break lines,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("the log never ended"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let errors: Vec<&String> = lines.iter().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{lines:#?}");
+    assert!(errors[0].contains(&db.display().to_string()), "{errors:?}");
+    assert!(errors[0].contains("removed"), "{errors:?}");
+}
+
+#[tokio::test]
+async fn a_database_file_replaced_by_rename_refuses_writes_and_readiness() {
+    let app = spawn_manual_app(|_| {}).await;
+    let db = db_path(&app);
+    assert_eq!(app.enqueue(json!({"video_id": "kept-1"})).await.status, 201);
+    assert_eq!(app.send("GET", "/readyz", None).await.status, 200);
+
+    // An operator restores "a backup": another valid database, renamed over
+    // the path while the relay runs.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = other_dir.path().join("backup.db");
+    let backup = Store::open(
+        &jogg_relay::config::DatabaseConfig::parse(&format!("sqlite://{}", other.display()))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    backup.close().await;
+    let staged = db.with_file_name("relay.db.restore");
+    std::fs::copy(&other, &staged).unwrap();
+    std::fs::rename(&staged, &db).unwrap();
+
+    let refused = app.enqueue(json!({"video_id": "lost-1"})).await;
+    assert_eq!(refused.assert_json_error(503), "storage_unavailable");
+    let message = assert_unready(&app, "file_replaced").await;
+    assert!(message.contains(&db.display().to_string()), "{message}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readiness_names_corruption_once_sqlite_reports_damaged_pages() {
+    // A relay stores some videos and stops cleanly (the WAL is folded into
+    // the file and removed).
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let first = spawn_manual_app(|settings| settings.database.url = url.clone()).await;
+    for i in 0..20 {
+        let id = format!("vid-{i}");
+        assert_eq!(first.enqueue(json!({"video_id": id})).await.status, 201);
+    }
+    let db = db_path(&first);
+    let store = first.store().await;
+    let (root, page_size): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT rootpage FROM sqlite_schema WHERE name = 'videos'), \
+                (SELECT page_size FROM pragma_page_size())",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    store.close().await;
+    first.stop().await;
+    assert!(!db.with_file_name("relay.db-wal").exists());
+
+    // The `videos` table's root page is overwritten with garbage, as a
+    // failing disk or a stray write would.
+    {
+        use std::io::{Seek as _, SeekFrom, Write as _};
+        let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        file.seek(SeekFrom::Start(((root - 1) * page_size) as u64))
+            .unwrap();
+        file.write_all(&vec![0xA5; page_size as usize]).unwrap();
+    }
+
+    let app = spawn_manual_app(|settings| settings.database.url = url.clone()).await;
+    let refused = app.enqueue(json!({"video_id": "vid-new"})).await;
+    assert_eq!(refused.assert_json_error(503), "storage_unavailable");
+    let message = assert_unready(&app, "corrupt").await;
+    assert!(message.contains("malformed"), "SQLite's words: {message}");
+    // It stays so: a damaged file does not mend itself.
+    assert_unready(&app, "corrupt").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_relay_on_the_same_database_in_one_process_is_refused_until_the_first_stops() {
+    let app = spawn_app().await;
+    let db = db_path(&app);
+    let refused = App::build(app.config.clone()).await.err().expect("refused");
+    assert!(matches!(refused, AppError::Lock(_)), "{refused}");
+    let message = refused.to_string();
+    assert!(message.contains(&db.display().to_string()), "{message}");
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+    let config = app.config.clone();
+    app.stop().await;
+    // Stopping released the lock.
+    let again = App::build(config).await.expect("the lock was released");
+    drop(again);
+}
+
+/// Writes a configuration for the real binary with its database in `dir`.
+fn write_config(dir: &Path) -> PathBuf {
+    let path = dir.join("relay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
+             [database]\nurl = \"sqlite://{}\"\n",
+            dir.join("relay.db").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Waits (at most 30 s) for `child` to exit, killing it past that;
+/// returns its exit code (`None` when killed) and standard error.
+fn wait_with_deadline(mut child: std::process::Child) -> (Option<i32>, String) {
+    let mut stderr = child.stderr.take().unwrap();
+    let (done, read) = std::sync::mpsc::channel();
+    // Standard error reaches its end when the child exits.
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        let _ = done.send(());
+        text
+    });
+    let exited = read.recv_timeout(Duration::from_secs(30)).is_ok();
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    let text = reader.join().unwrap();
+    (if exited { status.code() } else { None }, text)
+}
+
+#[test]
+fn a_second_serve_on_the_same_database_is_refused_naming_it_and_the_running_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let key = [("JOGG_RELAY__JOGG__API_KEY", "sk-test")];
+    let first = RelayProcess::start(&config, &key);
+
+    let second = Command::new(binary())
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env_clear()
+        .env("JOGG_RELAY__JOGG__API_KEY", "sk-test")
+        .env("JOGG_RELAY__JOGG__BASE_URL", "http://127.0.0.1:1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, stderr) = wait_with_deadline(second);
+    assert_eq!(code, Some(1), "the second serve must exit: {stderr}");
+    let db = dir.path().join("relay.db");
+    assert!(stderr.contains(&db.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", first.child.id())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("already in use"), "{stderr}");
+
+    // The one-shot commands work beside the running daemon.
+    let config = config.to_str().unwrap();
+    let (code, stdout, stderr) = run_binary(&["--config", config, "enqueue", "beside-1"], &[]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, "created\tbeside-1\n"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = run_binary(&["--config", config, "status", "beside-1"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"active\""), "{stdout}");
+    let (code, stdout, stderr) = run_binary(&["--config", config, "list"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("beside-1"), "{stdout}");
+    // `redeliver` reads and writes the database too: it gets as far as
+    // finding the video still active.
+    let (code, _, stderr) = run_binary(&["--config", config, "redeliver", "beside-1"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is active"), "{stderr}");
+}
+
+/// `jogg-relay serve` started through `sh -c` so that `prelude` (a umask,
+/// a file size limit: std has no call for either) applies to it.
+struct ShellRelay {
+    child: std::process::Child,
+    address: String,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ShellRelay {
+    /// Starts the relay and waits (at most 30 s) for the address it logs
+    /// once its database is open and its port bound.
+    fn start(config: &Path, prelude: &str) -> Self {
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("{prelude}; exec \"$0\" \"$@\"")])
+            .arg(binary())
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("JOGG_RELAY__JOGG__API_KEY", "sk-test")
+            .env("JOGG_RELAY__JOGG__BASE_URL", "http://127.0.0.1:1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (lines, log) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let address = loop {
+            let line = log
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the relay started");
+            if let Some(rest) = line.split("address=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        Self {
+            child,
+            address,
+            reader: Some(reader),
+        }
+    }
+
+    /// `http://ADDRESS`.
+    fn base(&self) -> String {
+        format!("http://{}", self.address)
+    }
+}
+
+impl Drop for ShellRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn database_wal_shm_and_lock_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    // The most permissive umask. The relay logs its address once the
+    // database is open in WAL mode, so every file exists by then.
+    let relay = ShellRelay::start(&config, "umask 000");
+    let modes: Vec<(String, Option<u32>)> =
+        ["relay.db", "relay.db-wal", "relay.db-shm", "relay.db.lock"]
+            .iter()
+            .map(|name| {
+                let metadata = std::fs::metadata(dir.path().join(name)).ok();
+                let mode = metadata.map(|m| m.permissions().mode() & 0o777);
+                (name.to_string(), mode)
+            })
+            .collect();
+    drop(relay);
+    assert!(
+        modes.iter().all(|(_, mode)| *mode == Some(0o600)),
+        "every file 0600: {:?}",
+        modes
+            .iter()
+            .map(|(name, mode)| format!(
+                "{name}: {}",
+                mode.map_or("missing".into(), |m| format!("{m:o}"))
+            ))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// A full disk, for real as far as the relay can tell: a file size limit
+/// (`ulimit -f`, with `SIGXFSZ` ignored so writes past it fail with
+/// `EFBIG`) stops the WAL from growing. A probe of one small commit can
+/// still fit where an enqueue no longer does; readiness must not say ready
+/// while enqueues are refused.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_503_as_soon_as_a_full_disk_refuses_an_enqueue() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    // 400 blocks (of 512 bytes for dash, 1024 for bash): room for the
+    // migrated database and some dozens of pages more.
+    let relay = ShellRelay::start(&config, "trap '' XFSZ; ulimit -f 400");
+    let client = jogg_relay::outbound::client_builder().build().unwrap();
+    let pad = "x".repeat(3000);
+    let mut refused = None;
+    for i in 0..1000 {
+        let answer = client
+            .post(format!("{}/v1/videos", relay.base()))
+            .bearer_auth(TOKEN)
+            .json(&json!({"video_id": format!("vid-{i}"), "metadata": {"pad": pad}}))
+            .send()
+            .await
+            .unwrap();
+        let answer = crate::helpers::reply(answer).await;
+        if answer.status != 201 {
+            refused = Some(answer);
+            break;
+        }
+    }
+    let refused = refused.expect("the file size limit was reached");
+    assert_eq!(refused.assert_json_error(503), "storage_unavailable");
+
+    let ready = crate::helpers::reply(
+        client
+            .get(format!("{}/readyz", relay.base()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ready.assert_json_error(503), "database_unavailable");
+    assert_eq!(ready.json["error"]["reason"], "write_failed", "{ready:?}");
+    let message = ready.json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("disk I/O error"),
+        "SQLite's words: {message}"
+    );
+    let health = client
+        .get(format!("{}/healthz", relay.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "alive all the same");
+
+    // Started again on the full disk, the relay has no failed write to go
+    // by: its probe must find the disk full by writing. (A few probes may
+    // still fit in the room the refused enqueue could not use; each takes
+    // some of it.)
+    drop(relay);
+    let relay = ShellRelay::start(&config, "trap '' XFSZ; ulimit -f 400");
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        let ready = client
+            .get(format!("{}/readyz", relay.base()))
+            .send()
+            .await
+            .unwrap();
+        let ready = crate::helpers::reply(ready).await;
+        let done = ready.status == 503;
+        answers.push(ready);
+        if done {
+            break;
+        }
+    }
+    let last = answers.last().unwrap();
+    assert_eq!(last.status, 503, "ready on a full disk: {answers:?}");
+    assert_eq!(last.json["error"]["reason"], "write_failed", "{last:?}");
+}
+
+#[test]
+fn a_database_open_error_is_one_line_naming_the_path_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // The configured database is a folder.
+    let db = dir.path().join("relay.db");
+    std::fs::create_dir(&db).unwrap();
+    let config = write_config(dir.path());
+    let (code, stdout, stderr) = run_binary(
+        &["--config", config.to_str().unwrap(), "status", "vid-1"],
+        &[],
+    );
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let path = db.display().to_string();
+    assert_eq!(stderr.matches(&path).count(), 1, "{stderr}");
+    // No cause is repeated along the chain.
+    let parts: Vec<&str> = stderr.trim_end().split(": ").collect();
+    for (i, part) in parts.iter().enumerate() {
+        assert!(
+            !parts[i + 1..].contains(part),
+            "{part:?} repeated: {stderr}"
+        );
+    }
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+}
