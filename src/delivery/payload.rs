@@ -152,6 +152,35 @@ mod tests {
         assert!(abandoned["data"].get("error").is_none());
     }
 
+    #[test]
+    fn a_failure_with_only_a_code_or_only_a_message_still_carries_the_error() {
+        let only_message = ClaimedDelivery {
+            error_code: None,
+            ..delivery(VideoState::Failed)
+        };
+        let body: Value = serde_json::from_slice(&event_body(&only_message)).unwrap();
+        assert_eq!(
+            body["data"]["error"],
+            json!({"code": null, "message": "boom"})
+        );
+        let only_code = ClaimedDelivery {
+            error_message: None,
+            ..delivery(VideoState::Failed)
+        };
+        let body: Value = serde_json::from_slice(&event_body(&only_code)).unwrap();
+        assert_eq!(
+            body["data"]["error"],
+            json!({"code": "render_failed", "message": null})
+        );
+        let neither = ClaimedDelivery {
+            error_code: None,
+            error_message: None,
+            ..delivery(VideoState::Failed)
+        };
+        let body: Value = serde_json::from_slice(&event_body(&neither)).unwrap();
+        assert!(body["data"].get("error").is_none(), "{body}");
+    }
+
     // That every attempt sends the same bytes is tested on the bytes
     // actually sent: tests/it/delivery.rs,
     // `two_attempts_send_the_same_bytes_and_the_same_ids`.

@@ -125,6 +125,21 @@ mod tests {
     }
 
     #[test]
+    fn jitter_maps_the_sample_onto_the_whole_range() {
+        // The sample's sign decides the side: a constant or mirrored
+        // mapping would keep every delay within bounds but stop spreading
+        // them (or invert the caller's sample).
+        let p = policy();
+        let base = Duration::from_secs(100);
+        assert_eq!(p.jittered(base, -1.0), Duration::from_secs(90));
+        assert_eq!(p.jittered(base, 1.0), Duration::from_secs(110));
+        assert_eq!(p.jittered(base, 0.5), Duration::from_secs(105));
+        assert_eq!(p.jittered(base, 0.0), base);
+        assert_eq!(p.jittered(base, -7.0), Duration::from_secs(90), "clamped");
+        assert_eq!(p.jittered(base, f64::NAN), base);
+    }
+
+    #[test]
     fn error_backoff_doubles_until_its_cap() {
         let p = policy();
         let secs: Vec<u64> = (1..=7).map(|n| p.error_backoff(n).as_secs()).collect();
