@@ -146,6 +146,8 @@ pub struct JoggSettings {
     pub burst: u32,
     /// Concurrent upstream requests.
     pub max_in_flight: u32,
+    /// Longest pause after a 429, whatever `Retry-After` asks for.
+    pub max_pause: String,
 }
 
 /// `[polling]` as written.
@@ -225,6 +227,7 @@ impl Default for JoggSettings {
             requests_per_second: 10.0,
             burst: 10,
             max_in_flight: 16,
+            max_pause: "10m".into(),
         }
     }
 }
@@ -349,6 +352,11 @@ impl Settings {
         if jogg.max_in_flight == 0 {
             return Err(ConfigError::new("jogg.max_in_flight", "must be at least 1"));
         }
+        let max_pause = duration(&jogg.max_pause, "jogg.max_pause")?;
+        if max_pause < Duration::from_secs(1) {
+            // Shorter would all but ignore JoggAI's 429s.
+            return Err(ConfigError::new("jogg.max_pause", "must be at least 1s"));
+        }
 
         let polling = &self.polling;
         let min_interval = positive_duration(&polling.min_interval, "polling.min_interval")?;
@@ -419,6 +427,7 @@ impl Settings {
                 requests_per_second: jogg.requests_per_second,
                 burst: jogg.burst,
                 max_in_flight: jogg.max_in_flight as usize,
+                max_pause,
             },
             polling: PollingConfig {
                 first_after: duration(&polling.first_after, "polling.first_after")?,
@@ -629,6 +638,8 @@ pub struct JoggConfig {
     pub burst: u32,
     /// Concurrent upstream requests.
     pub max_in_flight: usize,
+    /// Longest pause after a 429, whatever `Retry-After` asks for.
+    pub max_pause: Duration,
 }
 
 /// The per-video poll schedule.
@@ -768,6 +779,17 @@ mod tests {
     }
 
     #[test]
+    fn max_pause_defaults_to_ten_minutes_and_is_configurable() {
+        let config = Settings::default().validate().unwrap();
+        assert_eq!(config.jogg.max_pause, Duration::from_secs(600));
+        let settings = load_str("[jogg]\nmax_pause = \"90s\"\n", &[]).unwrap();
+        assert_eq!(
+            settings.validate().unwrap().jogg.max_pause,
+            Duration::from_secs(90)
+        );
+    }
+
+    #[test]
     fn file_overrides_defaults_and_environment_overrides_file() {
         let toml =
             "[jogg]\nburst = 3\nrequests_per_second = 2.5\n[polling]\nmin_interval = \"250ms\"\n";
@@ -832,6 +854,8 @@ mod tests {
                 "jogg.base_url",
             ),
             ("[jogg]\ntimeout = \"soon\"\n", &[], "jogg.timeout"),
+            ("[jogg]\nmax_pause = \"500ms\"\n", &[], "jogg.max_pause"),
+            ("[jogg]\nmax_pause = \"a year\"\n", &[], "jogg.max_pause"),
             (
                 "[polling]\nmin_interval = \"2m\"\nmax_interval = \"1m\"\n",
                 &[],
