@@ -12,3 +12,4 @@ mod operations;
 mod poller;
 mod reliability;
 mod serve;
+mod upstream_faults;
