@@ -121,7 +121,11 @@ fn millis(rfc3339: &Value) -> Millis {
         .as_str()
         .unwrap_or_else(|| panic!("not a timestamp: {rfc3339}"));
     let at = humantime::parse_rfc3339(text).unwrap();
-    Millis(at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64)
+    Millis(
+        at.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    )
 }
 
 /// A video that answers `status` forever.
@@ -176,7 +180,10 @@ async fn an_answer_about_another_video_changes_nothing_and_backs_off() {
     // Backed off like a transient error: the first failure waits
     // `min_interval` (10 s) from the poll, not the pending interval.
     let next = millis(&video["next_poll_at"]).0 - t1.0;
-    assert!((10_000..11_000).contains(&next), "next poll {next} ms later");
+    assert!(
+        (10_000..11_000).contains(&next),
+        "next poll {next} ms later"
+    );
     deliver_all(&app, t1).await;
     assert!(receiver.state.received().is_empty(), "nothing sent");
 
@@ -185,7 +192,12 @@ async fn an_answer_about_another_video_changes_nothing_and_backs_off() {
         metric(&app, r#"jogg_relay_polls_total{outcome="misrouted"}"#).await,
         1.0
     );
-    let warned = logs.matching(&["WARN", "another video", "mis-a", "answered_video_id=\"mis-b\""]);
+    let warned = logs.matching(&[
+        "WARN",
+        "another video",
+        "mis-a",
+        "answered_video_id=\"mis-b\"",
+    ]);
     assert_eq!(warned.len(), 1, "{:?}", logs.lines());
 
     // The right answers are trusted again and the video ends normally.
@@ -303,11 +315,7 @@ async fn urls_that_are_not_absolute_http_are_neither_stored_nor_sent() {
 async fn a_retry_after_of_a_year_pauses_at_most_max_pause() {
     // (configured jogg.max_pause, the 429 fault, the expected pause)
     for (max_pause, fault, expected) in [
-        (
-            None,
-            Fault::HttpRateLimit(Some("31536000".into())),
-            600_000,
-        ),
+        (None, Fault::HttpRateLimit(Some("31536000".into())), 600_000),
         (
             Some("2m"),
             Fault::BusinessRateLimit(Some("31536000".into())),
@@ -400,7 +408,11 @@ async fn readyz_and_the_gauge_show_a_refusal_until_the_next_probe() {
     let gauge = metric(&app, "jogg_relay_upstream_pause_remaining_seconds").await;
     assert!(gauge > 15.0 && gauge <= 20.01, "{gauge}");
     assert_eq!(
-        metric(&app, r#"jogg_relay_upstream_paused{reason="no_permission"}"#).await,
+        metric(
+            &app,
+            r#"jogg_relay_upstream_paused{reason="no_permission"}"#
+        )
+        .await,
         1.0
     );
     app.stop().await;
@@ -555,7 +567,10 @@ async fn unknown_statuses_are_warned_about_once_per_value() {
     let unknown = logs.matching(&["WARN", "unknown status"]);
     assert_eq!(unknown.len(), 2, "{unknown:?}");
     assert_eq!(logs.matching(&["unknown status", "rendering"]).len(), 1);
-    assert_eq!(logs.matching(&["unknown status", "queued_for_gpu"]).len(), 1);
+    assert_eq!(
+        logs.matching(&["unknown status", "queued_for_gpu"]).len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -582,7 +597,10 @@ async fn the_deadline_abandons_and_tells_the_receiver() {
         "{video}"
     );
     let requests = app.sim.state.request_count();
-    assert_eq!(app.step(now.plus(Duration::from_secs(3600))).await, Outcome::Idle);
+    assert_eq!(
+        app.step(now.plus(Duration::from_secs(3600))).await,
+        Outcome::Idle
+    );
     assert_eq!(app.sim.state.request_count(), requests, "no poll after");
 
     // ...and the receiver is told, once.
