@@ -215,9 +215,13 @@ fn parse_status(envelope: &Value) -> PollAnswer {
         let value = data.get(field)?;
         let usable = value.as_str().filter(|url| is_absolute_http_url(url));
         if usable.is_none() && !is_blank(value) {
+            // A string as its text, anything else as JSON.
+            let shown = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
             rejected_urls.push(RejectedUrl {
                 field,
-                value: truncated(&value.to_string()),
+                value: truncated(&shown),
             });
         }
         usable.map(str::to_owned)
@@ -510,6 +514,21 @@ mod tests {
             let fields: Vec<&str> = status.rejected_urls.iter().map(|r| r.field).collect();
             assert_eq!(fields, ["video_url", "cover_url"], "{bad}");
         }
+        // The log shows a string's text, anything else as JSON.
+        let status = with_urls(r#""javascript:alert(1)""#, "42");
+        assert_eq!(
+            status.rejected_urls,
+            [
+                RejectedUrl {
+                    field: "video_url",
+                    value: "javascript:alert(1)".into()
+                },
+                RejectedUrl {
+                    field: "cover_url",
+                    value: "42".into()
+                }
+            ]
+        );
         // Empty values are absent, not rejected.
         let status = with_urls("null", r#""""#);
         assert_eq!((status.video_url, status.cover_url), (None, None));
