@@ -499,8 +499,13 @@ async fn terminal_state_and_outbox_rows_commit_together() {
         .await
         .unwrap();
     // The claim's lease is still held; once it expires, the poll is repeated.
+    // (Bounded: a poller that never records the result fails the test
+    // instead of hanging it.)
     let mut later = now.plus(Duration::from_secs(60));
-    while app.video("atomic").await.json["state"] == "active" {
+    for _ in 0..20 {
+        if app.video("atomic").await.json["state"] != "active" {
+            break;
+        }
         app.step(later).await;
         later = later.plus(Duration::from_secs(60));
     }
