@@ -277,9 +277,9 @@ fn is_absolute_http_url(raw: &str) -> bool {
     {
         return false;
     }
-    reqwest::Url::parse(raw).is_ok_and(|url| {
-        matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| !h.is_empty())
-    })
+    // Scheme and host are checked above; the parser checks the rest (the
+    // host's syntax, the port, percent-encoding).
+    reqwest::Url::parse(raw).is_ok()
 }
 
 /// `null`, `""` or whitespace: a field upstream left empty, not a bad URL.
@@ -499,6 +499,8 @@ mod tests {
             r#""https://:443/v.mp4""#,
             r#""https://user@/v.mp4""#,
             r#""https://cdn.example\\evil.example/v.mp4""#,
+            r#""https://cdn.example:99999/v.mp4""#,
+            r#""https://[::1/v.mp4""#,
             r#""ftp://cdn.example/v.mp4""#,
             r#""file:///etc/passwd""#,
             r#"" https://cdn.example/v.mp4""#,
