@@ -467,6 +467,72 @@ mod tests {
         assert_eq!(default_pauses(&gate, 5, T0), [1, 2, 4, 5, 5]);
     }
 
+    /// The WARN lines `f` logs.
+    fn warnings(f: impl FnOnce()) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn each_429_pause_is_logged_once_saying_whether_it_was_clamped() {
+        let gate = gate(10.0, 10).with_max_pause(Duration::from_secs(600));
+        let thirty = Some(Duration::from_secs(30));
+        let logged = warnings(|| {
+            // One pause, and the 429s of requests already in flight.
+            gate.throttle(thirty, T0);
+            gate.throttle(thirty, T0.plus(Duration::from_secs(10)));
+            gate.throttle(Some(Duration::from_secs(31_536_000)), Millis(T0.0 + 29_999));
+        });
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(logged[0].contains("rate-limited"), "{logged:?}");
+        assert!(!logged[0].contains("max_pause"), "not clamped: {logged:?}");
+
+        // A 429 when the (stretched) pause has ended begins a new one; a
+        // year is clamped, and the log says so.
+        let ended = gate.throttled_until(T0).unwrap();
+        let logged = warnings(|| {
+            gate.throttle(Some(Duration::from_secs(31_536_000)), ended);
+        });
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(
+            logged[0].contains("longer than jogg.max_pause")
+                && logged[0].contains("retry_after_s=31536000")
+                && logged[0].contains("pause_ms=600000"),
+            "{logged:?}"
+        );
+
+        // Exactly max_pause is not a clamp.
+        let gate = self::gate(10.0, 10).with_max_pause(Duration::from_secs(30));
+        let logged = warnings(|| {
+            gate.throttle(thirty, T0);
+        });
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(!logged[0].contains("max_pause"), "{logged:?}");
+    }
+
     #[tokio::test]
     async fn global_pause_names_the_refusal_first_then_the_throttle() {
         let gate = gate(10.0, 10);
