@@ -49,8 +49,9 @@ pub enum AppError {
     TaskFailed(String),
 }
 
-/// The upstream gate for `config`: the budget, and probes that start at
-/// `min_interval` and back off to five minutes.
+/// The upstream gate for `config`: the budget, probes that start at
+/// `min_interval` and back off to five minutes, and 429 pauses of at most
+/// `jogg.max_pause`.
 pub fn upstream_gate(config: &Config) -> UpstreamGate {
     UpstreamGate::new(
         config.jogg.requests_per_second,
@@ -58,6 +59,7 @@ pub fn upstream_gate(config: &Config) -> UpstreamGate {
         config.polling.min_interval,
         MAX_PROBE_DELAY.max(config.polling.max_interval),
     )
+    .with_max_pause(config.jogg.max_pause)
 }
 
 /// The relay's long-lived parts, built and ready to run.

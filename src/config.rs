@@ -161,6 +161,8 @@ pub struct JoggSettings {
     /// Concurrent upstream requests.
     #[serde(deserialize_with = "from_text::count")]
     pub max_in_flight: u32,
+    /// Longest pause after a 429, whatever `Retry-After` asks for.
+    pub max_pause: String,
 }
 
 /// `[polling]` as written.
@@ -254,6 +256,7 @@ impl Default for JoggSettings {
             requests_per_second: 10.0,
             burst: 10,
             max_in_flight: 16,
+            max_pause: "10m".into(),
         }
     }
 }
@@ -409,6 +412,11 @@ impl Settings {
         if jogg.max_in_flight == 0 {
             return Err(ConfigError::new("jogg.max_in_flight", "must be at least 1"));
         }
+        let max_pause = duration(&jogg.max_pause, "jogg.max_pause")?;
+        if max_pause < Duration::from_secs(1) {
+            // Shorter would all but ignore JoggAI's 429s.
+            return Err(ConfigError::new("jogg.max_pause", "must be at least 1s"));
+        }
 
         let polling = &self.polling;
         let min_interval = positive_duration(&polling.min_interval, "polling.min_interval")?;
@@ -485,6 +493,7 @@ impl Settings {
                 requests_per_second: jogg.requests_per_second,
                 burst: jogg.burst,
                 max_in_flight: jogg.max_in_flight as usize,
+                max_pause,
             },
             polling: PollingConfig {
                 first_after: duration(&polling.first_after, "polling.first_after")?,
@@ -892,6 +901,8 @@ pub struct JoggConfig {
     pub burst: u32,
     /// Concurrent upstream requests.
     pub max_in_flight: usize,
+    /// Longest pause after a 429, whatever `Retry-After` asks for.
+    pub max_pause: Duration,
 }
 
 /// The per-video poll schedule.
@@ -1043,6 +1054,17 @@ mod tests {
             Settings::default()
         );
         Settings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn max_pause_defaults_to_ten_minutes_and_is_configurable() {
+        let config = Settings::default().validate().unwrap();
+        assert_eq!(config.jogg.max_pause, Duration::from_secs(600));
+        let settings = load_str("[jogg]\nmax_pause = \"90s\"\n", &[]).unwrap();
+        assert_eq!(
+            settings.validate().unwrap().jogg.max_pause,
+            Duration::from_secs(90)
+        );
     }
 
     #[test]
@@ -1206,6 +1228,8 @@ mod tests {
                 "jogg.base_url",
             ),
             ("[jogg]\ntimeout = \"soon\"\n", &[], "jogg.timeout"),
+            ("[jogg]\nmax_pause = \"500ms\"\n", &[], "jogg.max_pause"),
+            ("[jogg]\nmax_pause = \"a year\"\n", &[], "jogg.max_pause"),
             (
                 "[polling]\nmin_interval = \"2m\"\nmax_interval = \"1m\"\n",
                 &[],

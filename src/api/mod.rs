@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::Millis;
 use crate::poller::Wakeups;
-use crate::poller::gate::UpstreamGate;
+use crate::poller::gate::{GlobalPause, UpstreamGate};
 use crate::poller::policy::PollPolicy;
 use crate::store::{Store, Writer};
 use crate::telemetry::metrics::{RelayMetrics, ScrapeState};
@@ -167,7 +167,17 @@ async fn readyz(State(state): State<ApiState>) -> Result<Response, ApiError> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::shutting_down());
     }
-    if let Some(reason) = state.gate.paused() {
+    // Every pause of all polling is named with its end: a refusal of the key
+    // or account (503: it lasts until an operator acts and a probe
+    // succeeds), or a 429 pause (200: bounded by `jogg.max_pause`, it ends by
+    // itself and the API keeps taking work).
+    let now = Millis::now();
+    let pause = state.gate.global_pause(now);
+    if let Some(GlobalPause::Refused {
+        reason,
+        next_probe_at,
+    }) = pause
+    {
         let body = json!({"error": {
             "code": "upstream_paused",
             "reason": reason.as_str(),
@@ -175,6 +185,8 @@ async fn readyz(State(state): State<ApiState>) -> Result<Response, ApiError> {
                 "JoggAI refuses the relay's requests ({}); polling is paused until a probe succeeds",
                 reason.as_str()
             ),
+            "next_probe_at": next_probe_at.to_rfc3339(),
+            "remaining_seconds": remaining_seconds(pause, now),
         }});
         return Ok((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
     }
@@ -186,16 +198,34 @@ async fn readyz(State(state): State<ApiState>) -> Result<Response, ApiError> {
         }});
         return Ok((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
     }
-    Ok(axum::Json(json!({"status": "ready"})).into_response())
+    let mut body = json!({"status": "ready"});
+    if let Some(GlobalPause::RateLimited { until }) = pause {
+        body["upstream_pause"] = json!({
+            "reason": "rate_limited",
+            "until": until.to_rfc3339(),
+            "remaining_seconds": remaining_seconds(pause, now),
+        });
+    }
+    Ok(axum::Json(body).into_response())
+}
+
+/// Whole seconds until `pause` ends, rounded up (0 without a pause).
+fn remaining_seconds(pause: Option<GlobalPause>, now: Millis) -> u64 {
+    pause.map_or(0, |pause| {
+        pause.remaining(now).as_millis().div_ceil(1000) as u64
+    })
 }
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let gauges = state.store.gauges(Millis::now()).await?;
+    let now = Millis::now();
+    let gauges = state.store.gauges(now).await?;
+    let pause = state.gate.global_pause(now);
     let text = state.metrics.render(&ScrapeState {
         gauges,
         paused: state.gate.paused(),
-        throttled: state.gate.throttled_until().is_some(),
+        throttled: state.gate.throttled_until(now).is_some(),
+        pause_remaining_seconds: pause.map_or(0.0, |pause| pause.remaining(now).as_secs_f64()),
     });
     Ok((
         [(

@@ -57,13 +57,15 @@ impl StatusClass {
 /// A successful answer: the video's status and whatever else upstream said.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VideoStatus {
+    /// The video the answer says it is about (`data.video_id`), when given.
+    pub video_id: Option<String>,
     /// The status string exactly as upstream sent it.
     pub status: String,
     /// How the relay reads it.
     pub class: StatusClass,
-    /// Rendered video URL.
+    /// Rendered video URL: only an absolute `http`/`https` URL.
     pub video_url: Option<String>,
-    /// Cover image URL.
+    /// Cover image URL: only an absolute `http`/`https` URL.
     pub cover_url: Option<String>,
     /// Creation time, unix seconds.
     pub created_at: Option<i64>,
@@ -73,7 +75,23 @@ pub struct VideoStatus {
     pub error_code: Option<String>,
     /// Error message of a failed render.
     pub error_message: Option<String>,
+    /// URL fields that were present but not usable, and so dropped.
+    pub rejected_urls: Vec<RejectedUrl>,
 }
+
+/// A `video_url` or `cover_url` that is not an absolute `http`/`https` URL
+/// (`javascript:`, `data:`, relative, garbage): it is neither stored nor
+/// sent, only logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedUrl {
+    /// `video_url` or `cover_url`.
+    pub field: &'static str,
+    /// The start of the value, for the log ([`MAX_LOGGED_CHARS`] characters).
+    pub value: String,
+}
+
+/// How much of an upstream value is kept for a log line.
+pub const MAX_LOGGED_CHARS: usize = 128;
 
 /// Why polling as a whole is paused until a probe succeeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,6 +135,32 @@ pub enum PollAnswer {
     /// video backs off, nothing else changes. The text is for logs and never
     /// contains the API key.
     Transient(String),
+    /// A status answer about another video than the one asked for (its
+    /// `data.video_id` differs: a proxy or cache mix-up upstream). Nothing in
+    /// it is trusted; like a transient error, this video backs off.
+    Misrouted {
+        /// The id the answer names (at most [`MAX_LOGGED_CHARS`] characters).
+        answered: String,
+    },
+}
+
+impl PollAnswer {
+    /// Checks a status answer against the id that was asked for: one whose
+    /// `data.video_id` is present and different becomes
+    /// [`PollAnswer::Misrouted`]. An answer without `video_id` is accepted
+    /// (JoggAI's documented body always has it, but leniency costs nothing
+    /// here: the request named the video).
+    pub fn for_video(self, requested: &str) -> PollAnswer {
+        match self {
+            PollAnswer::Status(VideoStatus {
+                video_id: Some(answered),
+                ..
+            }) if answered != requested => PollAnswer::Misrouted {
+                answered: truncated(&answered),
+            },
+            other => other,
+        }
+    }
 }
 
 /// Classifies an HTTP answer. `retry_after` is the raw `Retry-After` header.
@@ -166,16 +210,90 @@ fn parse_status(envelope: &Value) -> PollAnswer {
         return PollAnswer::Transient("code 0 without data.status".into());
     };
     let error = data.get("error").unwrap_or(&Value::Null);
+    let mut rejected_urls = Vec::new();
+    let mut url = |field: &'static str| {
+        let value = data.get(field)?;
+        let usable = value.as_str().filter(|url| is_absolute_http_url(url));
+        if usable.is_none() && !is_blank(value) {
+            // A string as its text, anything else as JSON.
+            let shown = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            rejected_urls.push(RejectedUrl {
+                field,
+                value: truncated(&shown),
+            });
+        }
+        usable.map(str::to_owned)
+    };
+    let video_url = url("video_url");
+    let cover_url = url("cover_url");
     PollAnswer::Status(VideoStatus {
+        // A number is accepted as the id's text; `null` or `""` count as
+        // absent, anything else must equal the requested id.
+        video_id: data.get("video_id").and_then(|id| match id {
+            Value::Null => None,
+            Value::String(s) if s.is_empty() => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }),
         status: status.to_owned(),
         class: StatusClass::of(status),
-        video_url: non_empty_string(data.get("video_url")),
-        cover_url: non_empty_string(data.get("cover_url")),
+        video_url,
+        cover_url,
         created_at: data.get("created_at").and_then(integer),
         duration: data.get("duration").and_then(number),
         error_code: error.get("code").and_then(text),
         error_message: non_empty_string(error.get("message")),
+        rejected_urls,
     })
+}
+
+/// Whether `raw` is an absolute `http`/`https` URL with a host, written out
+/// as such: no surrounding or embedded whitespace, control characters or
+/// backslashes (which a lenient parser would quietly strip, encode or turn
+/// into `/`), and an explicit `scheme://host` (not `https:host`, which the
+/// parser would repair). The value is kept as sent, so a signed CDN link is
+/// not re-encoded.
+fn is_absolute_http_url(raw: &str) -> bool {
+    let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
+    let rest = if lower.starts_with("http://") {
+        &raw[7..]
+    } else if lower.starts_with("https://") {
+        &raw[8..]
+    } else {
+        return false;
+    };
+    // The parser would also repair `https:///host` and read `\` as `/`;
+    // a receiver might not, so such values are not URLs here.
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return false;
+    }
+    if raw
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+    {
+        return false;
+    }
+    // Scheme and host are checked above; the parser checks the rest (the
+    // host's syntax, the port, percent-encoding).
+    reqwest::Url::parse(raw).is_ok()
+}
+
+/// `null`, `""` or whitespace: a field upstream left empty, not a bad URL.
+fn is_blank(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(s) => s.trim().is_empty(),
+        _ => false,
+    }
+}
+
+/// The first [`MAX_LOGGED_CHARS`] characters of `value`.
+fn truncated(value: &str) -> String {
+    value.chars().take(MAX_LOGGED_CHARS).collect()
 }
 
 /// An integer sent as a JSON number or a numeric string.
@@ -289,6 +407,134 @@ mod tests {
             panic!()
         };
         assert_eq!(bare.video_url, None);
+    }
+
+    #[test]
+    fn an_answer_about_another_video_is_misrouted() {
+        let body = r#"{"code":0,"data":{"video_id":"B","status":"completed",
+            "video_url":"https://cdn.example/B.mp4"}}"#;
+        assert_eq!(
+            answer(body).for_video("A"),
+            PollAnswer::Misrouted {
+                answered: "B".into()
+            }
+        );
+        let PollAnswer::Status(status) = answer(body).for_video("B") else {
+            panic!("the right id is accepted")
+        };
+        assert_eq!(status.video_id.as_deref(), Some("B"));
+        // The comparison is exact: ids are case-sensitive.
+        assert!(matches!(
+            answer(body).for_video("b"),
+            PollAnswer::Misrouted { .. }
+        ));
+        // A numeric id is compared as its text.
+        let numeric = r#"{"code":0,"data":{"video_id":42,"status":"pending"}}"#;
+        assert!(matches!(
+            answer(numeric).for_video("42"),
+            PollAnswer::Status(_)
+        ));
+        assert!(matches!(
+            answer(numeric).for_video("43"),
+            PollAnswer::Misrouted { .. }
+        ));
+        // A hostile id is cut short for the log.
+        let long = format!(
+            r#"{{"code":0,"data":{{"video_id":"{}","status":"pending"}}}}"#,
+            "x".repeat(10_000)
+        );
+        let PollAnswer::Misrouted { answered } = answer(&long).for_video("A") else {
+            panic!()
+        };
+        assert_eq!(answered.len(), MAX_LOGGED_CHARS);
+    }
+
+    #[test]
+    fn an_answer_without_video_id_is_accepted() {
+        for body in [
+            r#"{"code":0,"data":{"status":"completed"}}"#,
+            r#"{"code":0,"data":{"video_id":null,"status":"completed"}}"#,
+            r#"{"code":0,"data":{"video_id":"","status":"completed"}}"#,
+        ] {
+            let PollAnswer::Status(status) = answer(body).for_video("A") else {
+                panic!("{body}")
+            };
+            assert_eq!(status.class, StatusClass::Completed);
+        }
+        // Other answers carry no id to check.
+        assert_eq!(
+            answer(r#"{"code":10104}"#).for_video("A"),
+            PollAnswer::NotFound
+        );
+    }
+
+    #[test]
+    fn only_absolute_http_urls_are_kept() {
+        let with_urls = |video_url: &str, cover_url: &str| {
+            let body = format!(
+                r#"{{"code":0,"data":{{"status":"completed","video_url":{video_url},"cover_url":{cover_url}}}}}"#
+            );
+            let PollAnswer::Status(status) = answer(&body) else {
+                panic!("{body}")
+            };
+            status
+        };
+        for good in [
+            "https://cdn.example/v.mp4",
+            "http://cdn.example:8080/v.mp4?sig=a%2Fb&x=1#t",
+            "HTTPS://CDN.example/V.mp4",
+        ] {
+            let status = with_urls(&format!("{good:?}"), &format!("{good:?}"));
+            assert_eq!(status.video_url.as_deref(), Some(good), "kept as sent");
+            assert_eq!(status.cover_url.as_deref(), Some(good));
+            assert!(status.rejected_urls.is_empty());
+        }
+        for bad in [
+            r#""javascript:alert(1)""#,
+            r#""data:text/html,<script>alert(1)</script>""#,
+            r#""/relative/v.mp4""#,
+            r#""cdn.example/v.mp4""#,
+            r#""https:cdn.example/v.mp4""#,
+            r#""https:///v.mp4""#,
+            r#""https://:443/v.mp4""#,
+            r#""https://user@/v.mp4""#,
+            r#""https://cdn.example\\evil.example/v.mp4""#,
+            r#""https://cdn.example:99999/v.mp4""#,
+            r#""https://[::1/v.mp4""#,
+            r#""ftp://cdn.example/v.mp4""#,
+            r#""file:///etc/passwd""#,
+            r#"" https://cdn.example/v.mp4""#,
+            r#""https://cdn.example/a b.mp4""#,
+            r#""https://cdn.example/v.mp4\n""#,
+            r#""not a url at all""#,
+            "42",
+            r#"{"href":"https://cdn.example/v.mp4"}"#,
+        ] {
+            let status = with_urls(bad, bad);
+            assert_eq!(status.class, StatusClass::Completed, "still completed");
+            assert_eq!((status.video_url, status.cover_url), (None, None), "{bad}");
+            let fields: Vec<&str> = status.rejected_urls.iter().map(|r| r.field).collect();
+            assert_eq!(fields, ["video_url", "cover_url"], "{bad}");
+        }
+        // The log shows a string's text, anything else as JSON.
+        let status = with_urls(r#""javascript:alert(1)""#, "42");
+        assert_eq!(
+            status.rejected_urls,
+            [
+                RejectedUrl {
+                    field: "video_url",
+                    value: "javascript:alert(1)".into()
+                },
+                RejectedUrl {
+                    field: "cover_url",
+                    value: "42".into()
+                }
+            ]
+        );
+        // Empty values are absent, not rejected.
+        let status = with_urls("null", r#""""#);
+        assert_eq!((status.video_url, status.cover_url), (None, None));
+        assert!(status.rejected_urls.is_empty());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use reqwest::header::{ACCEPT, HeaderName, HeaderValue, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{instrument, warn};
 
-pub use answer::{PauseReason, PollAnswer, StatusClass, VideoStatus};
+pub use answer::{PauseReason, PollAnswer, RejectedUrl, StatusClass, VideoStatus};
 
 use crate::config::JoggConfig;
 use crate::domain::VideoId;
@@ -122,11 +122,29 @@ impl JoggClient {
                 Err(err) => return PollAnswer::Transient(describe(&err)),
             }
         }
-        let answer = answer::classify(status, retry_after.as_deref(), &body, SystemTime::now());
-        if let PollAnswer::Status(video) = &answer
-            && video.class == StatusClass::Unknown
-        {
-            self.warn_unknown_status(&video.status);
+        let answer = answer::classify(status, retry_after.as_deref(), &body, SystemTime::now())
+            .for_video(video_id.as_str());
+        match &answer {
+            PollAnswer::Status(video) => {
+                for rejected in &video.rejected_urls {
+                    warn!(
+                        %video_id,
+                        field = rejected.field,
+                        value = ?rejected.value,
+                        "JoggAI sent a URL that is not an absolute http(s) URL; it is dropped"
+                    );
+                }
+                if video.class == StatusClass::Unknown {
+                    self.warn_unknown_status(&video.status);
+                }
+            }
+            PollAnswer::Misrouted { answered } => warn!(
+                %video_id,
+                answered_video_id = ?answered,
+                "JoggAI answered about another video than the one asked for; the answer is \
+                 ignored and the video backs off"
+            ),
+            _ => {}
         }
         answer
     }

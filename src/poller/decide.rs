@@ -33,7 +33,8 @@ pub enum Decision {
     },
     /// Nothing about the video: hand it back and act on the whole upstream.
     Global {
-        /// Hand the video back, due again at `next_poll_at`.
+        /// Hand the video back, due again at `next_poll_at` (for a 429, the
+        /// poller moves it to the end of the gate's pause).
         release: Release,
         /// What the gate must do.
         signal: GateSignal,
@@ -62,6 +63,8 @@ pub enum PollOutcome {
     NotFoundRetry,
     /// A failed poll; the video backs off.
     Error,
+    /// An answer about another video; ignored, the video backs off.
+    Misrouted,
 }
 
 impl PollOutcome {
@@ -73,6 +76,7 @@ impl PollOutcome {
             PollOutcome::Terminal(_) => "terminal",
             PollOutcome::NotFoundRetry => "not_found",
             PollOutcome::Error => "error",
+            PollOutcome::Misrouted => "misrouted",
         }
     }
 }
@@ -192,23 +196,28 @@ pub fn decide(
         PollAnswer::NotFound if !policy.not_found_is_retried(enqueued_at, now) => {
             terminal(&mut update, VideoState::Abandoned, Some(reason::NOT_FOUND))
         }
-        PollAnswer::NotFound | PollAnswer::Transient(_) => {
+        // A misrouted answer is an upstream fault like any other: nothing in
+        // it is about this video, so only the error backoff applies.
+        PollAnswer::NotFound | PollAnswer::Transient(_) | PollAnswer::Misrouted { .. } => {
             update.error_streak = video.error_streak.saturating_add(1);
             let streak = u32::try_from(update.error_streak).unwrap_or(u32::MAX);
             let delay = policy.jittered(policy.error_backoff(streak), jitter);
             update.next_poll_at = Some(policy.next_poll_at(now, delay, enqueued_at));
-            if matches!(answer, PollAnswer::NotFound) {
-                PollOutcome::NotFoundRetry
-            } else {
-                PollOutcome::Error
+            match answer {
+                PollAnswer::NotFound => PollOutcome::NotFoundRetry,
+                PollAnswer::Misrouted { .. } => PollOutcome::Misrouted,
+                _ => PollOutcome::Error,
             }
         }
         PollAnswer::RateLimited { retry_after } => {
+            // Due again when the gate's pause ends: the poller sets that
+            // (the gate clamps `retry_after` to `jogg.max_pause` and never
+            // shortens a pause already in effect).
             return Decision::Global {
                 release: Release {
                     video_rowid: video.id,
                     lease_until: video.lease_until,
-                    next_poll_at: now.plus(retry_after.unwrap_or_default()),
+                    next_poll_at: now,
                 },
                 signal: GateSignal::Throttle(*retry_after),
             };
@@ -287,6 +296,7 @@ mod tests {
 
     fn status(s: &str) -> PollAnswer {
         PollAnswer::Status(VideoStatus {
+            video_id: Some("v".into()),
             status: s.into(),
             class: StatusClass::of(s),
             video_url: None,
@@ -295,6 +305,7 @@ mod tests {
             duration: None,
             error_code: None,
             error_message: None,
+            rejected_urls: Vec::new(),
         })
     }
 
@@ -444,6 +455,32 @@ mod tests {
     }
 
     #[test]
+    fn a_misrouted_answer_changes_nothing_and_backs_off() {
+        // A "completed" answer about another video, for a video in progress.
+        let answer = status("completed").for_video("other");
+        assert_eq!(
+            answer,
+            PollAnswer::Misrouted {
+                answered: "v".into()
+            }
+        );
+        let video = video(Some("processing"));
+        let (update, outcome) = record(run(&video, &answer, NOW));
+        assert_eq!(outcome, PollOutcome::Misrouted);
+        assert_eq!(outcome.as_str(), "misrouted");
+        assert!(update.terminal.is_none(), "no terminal state");
+        assert!(update.transitions.is_empty(), "no transition");
+        assert_eq!(update.upstream_status.as_deref(), Some("processing"));
+        assert_eq!(update.fields, UpstreamFields::default(), "no URL taken");
+        assert_eq!(update.unchanged_polls, video.unchanged_polls);
+        // Backs off like a transient error: streak 3 → 4, 10 s × 2^3.
+        assert_eq!(update.error_streak, 4);
+        assert_eq!(update.next_poll_at, Some(Millis(140_000)));
+        let (transient, _) = record(run(&video, &PollAnswer::Transient("x".into()), NOW));
+        assert_eq!(update.next_poll_at, transient.next_poll_at);
+    }
+
+    #[test]
     fn global_answers_release_the_video_untouched() {
         let decision = run(
             &video(Some("processing")),
@@ -469,7 +506,7 @@ mod tests {
                 release: Release {
                     video_rowid: 7,
                     lease_until: 99,
-                    next_poll_at: Millis(65_000)
+                    next_poll_at: NOW
                 },
                 signal: GateSignal::Throttle(retry_after),
             }

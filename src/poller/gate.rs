@@ -6,7 +6,10 @@
 //! the number of videos.
 //!
 //! The limiter is GCRA on Tokio's clock (so it follows `tokio::time::pause`
-//! in tests). It keeps a little of the bucket in reserve: requests leave the
+//! in tests). The pauses are kept in [`Millis`], the clock the poller's steps
+//! are given: a step handed a later `now` sees a pause as over, so tests
+//! step through a pause without waiting for it, and `/readyz` can show its
+//! end as a timestamp. It keeps a little of the bucket in reserve: requests leave the
 //! relay on schedule but reach JoggAI after a variable network delay, and a
 //! sender with no slack at all would be seen over budget whenever one
 //! request travels faster than the one before it. The steady rate is the
@@ -27,13 +30,16 @@ const JITTER_ALLOWANCE: Duration = Duration::from_millis(20);
 /// this fraction instead.
 const SINGLE_TOKEN_RATE_MARGIN: f64 = 0.05;
 
+/// Longest 429 pause unless configured otherwise (`jogg.max_pause`).
+pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(600);
+
 /// Why [`UpstreamGate::acquire`] did not grant a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closed {
     /// Polling is paused until a probe succeeds.
     Paused(PauseReason),
-    /// JoggAI asked us to slow down; try again at this instant.
-    Throttled(Instant),
+    /// JoggAI asked us to slow down; try again at this time.
+    Throttled(Millis),
     /// The relay is shutting down (set by the caller, never by the gate).
     Stopping,
 }
@@ -43,8 +49,9 @@ pub enum Closed {
 struct GateState {
     /// GCRA theoretical arrival time of the next request.
     tat: Instant,
-    /// Set while JoggAI's 429 pause lasts.
-    throttled_until: Option<Instant>,
+    /// Set while JoggAI's 429 pause lasts (cleared by the first request
+    /// admitted after it).
+    throttled_until: Option<Millis>,
     /// Bumped on every new throttle, so requests already waiting for their
     /// slot notice that a throttle began while they waited.
     throttle_epoch: u64,
@@ -58,6 +65,47 @@ struct GateState {
     next_probe_at: Millis,
 }
 
+/// A pause of all polling, as `/readyz` and `/metrics` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalPause {
+    /// JoggAI refuses the key or the account: nothing is polled until a
+    /// probe succeeds; the next probe goes out at `next_probe_at`.
+    Refused {
+        /// Why.
+        reason: PauseReason,
+        /// The earliest time the pause can end.
+        next_probe_at: Millis,
+    },
+    /// JoggAI answered 429: nothing is polled until `until`.
+    RateLimited {
+        /// When polling resumes.
+        until: Millis,
+    },
+}
+
+impl GlobalPause {
+    /// The earliest time polling can resume.
+    pub fn ends_at(self) -> Millis {
+        match self {
+            GlobalPause::Refused { next_probe_at, .. } => next_probe_at,
+            GlobalPause::RateLimited { until } => until,
+        }
+    }
+
+    /// Time from `now` until [`GlobalPause::ends_at`] (zero once it passed).
+    pub fn remaining(self, now: Millis) -> Duration {
+        Duration::from_millis(u64::try_from(self.ends_at().0 - now.0).unwrap_or(0))
+    }
+
+    /// Stable snake_case name: the refusal's reason, or `rate_limited`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            GlobalPause::Refused { reason, .. } => reason.as_str(),
+            GlobalPause::RateLimited { .. } => "rate_limited",
+        }
+    }
+}
+
 /// The global budget and pause state (see the module docs).
 #[derive(Debug)]
 pub struct UpstreamGate {
@@ -69,6 +117,8 @@ pub struct UpstreamGate {
     probe_base: Duration,
     /// Longest probe delay.
     probe_cap: Duration,
+    /// Longest 429 pause, whatever `Retry-After` says.
+    max_pause: Duration,
     state: Mutex<GateState>,
 }
 
@@ -89,6 +139,7 @@ impl UpstreamGate {
             tolerance: interval * (usable_burst - 1),
             probe_base,
             probe_cap: probe_cap.max(probe_base),
+            max_pause: DEFAULT_MAX_PAUSE,
             state: Mutex::new(GateState {
                 tat: Instant::now(),
                 throttled_until: None,
@@ -101,6 +152,14 @@ impl UpstreamGate {
         }
     }
 
+    /// The same gate with 429 pauses clamped to `max_pause`
+    /// (`jogg.max_pause`), so that one absurd `Retry-After` cannot stop
+    /// polling for a year.
+    pub fn with_max_pause(mut self, max_pause: Duration) -> Self {
+        self.max_pause = max_pause;
+        self
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         self.state
             .lock()
@@ -108,22 +167,32 @@ impl UpstreamGate {
     }
 
     /// Waits for a slot in the budget. Fails at once while paused or
-    /// throttled, and also if a throttle begins while waiting: the caller
-    /// then hands its video back instead of holding it through the pause.
-    pub async fn acquire(&self) -> Result<(), Closed> {
+    /// throttled at `now`, and also if a throttle begins while waiting: the
+    /// caller then hands its video back instead of holding it through the
+    /// pause.
+    pub async fn acquire(&self, now: Millis) -> Result<(), Closed> {
         let (send_at, epoch) = {
             let mut state = self.lock();
             if let Some(reason) = state.paused {
                 return Err(Closed::Paused(reason));
             }
-            let now = Instant::now();
+            let instant = Instant::now();
             match state.throttled_until {
                 Some(until) if until > now => return Err(Closed::Throttled(until)),
-                Some(_) => state.throttled_until = None,
+                Some(_) => {
+                    // The first request after a 429 pause: resume at the
+                    // steady rate with an empty bucket, so the catch-up is
+                    // not a burst.
+                    state.throttled_until = None;
+                    state.tat = instant + self.tolerance;
+                }
                 None => {}
             }
-            let tat = state.tat.max(now);
-            let send_at = tat.checked_sub(self.tolerance).unwrap_or(now).max(now);
+            let tat = state.tat.max(instant);
+            let send_at = tat
+                .checked_sub(self.tolerance)
+                .unwrap_or(instant)
+                .max(instant);
             state.tat = tat + self.interval;
             (send_at, state.throttle_epoch)
         };
@@ -140,26 +209,35 @@ impl UpstreamGate {
         Ok(())
     }
 
-    /// JoggAI answered 429: pause every request for `retry_after` (or a
-    /// growing default), then resume at the steady rate with an empty bucket
-    /// so the catch-up is not a burst.
-    pub fn throttle(&self, retry_after: Option<Duration>) -> Instant {
+    /// JoggAI answered 429 at `now`: pause every request for `retry_after`
+    /// (or a growing default), never longer than `max_pause`; afterwards
+    /// requests resume at the steady rate. Returns when the pause ends.
+    pub fn throttle(&self, retry_after: Option<Duration>, now: Millis) -> Millis {
         let mut state = self.lock();
-        let pause =
+        let asked =
             retry_after.unwrap_or_else(|| default_rate_limit_pause(state.consecutive_throttles));
+        let pause = asked.min(self.max_pause);
         state.consecutive_throttles = state.consecutive_throttles.saturating_add(1);
-        let until = Instant::now() + pause;
-        let already_throttled = state
-            .throttled_until
-            .is_some_and(|current| current > Instant::now());
+        let until = now.plus(pause);
+        let already_throttled = state.throttled_until.is_some_and(|current| current > now);
         if state.throttled_until.is_none_or(|current| current < until) {
             state.throttled_until = Some(until);
             state.throttle_epoch += 1;
-            state.tat = until + self.tolerance;
         }
-        if !already_throttled {
+        // Logged once per pause: answers to requests that were already in
+        // flight add nothing.
+        if !already_throttled && asked > pause {
+            warn!(
+                retry_after_s = asked.as_secs(),
+                pause_ms = pause.as_millis() as u64,
+                until = %until.to_rfc3339(),
+                "JoggAI rate-limited the relay (429) and asked for a pause longer than \
+                 jogg.max_pause; all polling paused for jogg.max_pause"
+            );
+        } else if !already_throttled {
             warn!(
                 pause_ms = pause.as_millis() as u64,
+                until = %until.to_rfc3339(),
                 "JoggAI rate-limited the relay (429); all polling paused"
             );
         }
@@ -224,11 +302,25 @@ impl UpstreamGate {
         self.lock().next_probe_at
     }
 
-    /// The end of the current 429 throttle, if one is in effect.
-    pub fn throttled_until(&self) -> Option<Instant> {
-        self.lock()
+    /// The end of the 429 throttle in effect at `now`, if any.
+    pub fn throttled_until(&self, now: Millis) -> Option<Millis> {
+        self.lock().throttled_until.filter(|until| *until > now)
+    }
+
+    /// The pause of all polling in effect at `now`, if any; a refusal wins
+    /// over a 429 pause (it lasts until a probe succeeds).
+    pub fn global_pause(&self, now: Millis) -> Option<GlobalPause> {
+        let state = self.lock();
+        if let Some(reason) = state.paused {
+            return Some(GlobalPause::Refused {
+                reason,
+                next_probe_at: state.next_probe_at,
+            });
+        }
+        state
             .throttled_until
-            .filter(|until| *until > Instant::now())
+            .filter(|until| *until > now)
+            .map(|until| GlobalPause::RateLimited { until })
     }
 }
 
@@ -240,12 +332,16 @@ mod tests {
         UpstreamGate::new(rate, burst, Duration::from_secs(1), Duration::from_secs(60))
     }
 
-    /// Instants at which `n` back-to-back acquisitions are granted.
-    async fn grant_times(gate: &UpstreamGate, n: usize) -> Vec<Duration> {
+    /// A step clock reading, far from zero like a real one.
+    const T0: Millis = Millis(1_800_000_000_000);
+
+    /// Instants at which `n` back-to-back acquisitions are granted, for
+    /// requests made at step time `at`.
+    async fn grant_times(gate: &UpstreamGate, n: usize, at: Millis) -> Vec<Duration> {
         let start = Instant::now();
         let mut times = Vec::new();
         for _ in 0..n {
-            gate.acquire().await.unwrap();
+            gate.acquire(at).await.unwrap();
             times.push(Instant::now() - start);
         }
         times
@@ -254,7 +350,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn steady_rate_after_a_burst_with_a_reserve() {
         // 10/s, burst 10: interval 100 ms, one token kept in reserve.
-        let times = grant_times(&gate(10.0, 10), 12).await;
+        let times = grant_times(&gate(10.0, 10), 12, T0).await;
         let millis: Vec<u128> = times.iter().map(Duration::as_millis).collect();
         assert_eq!(millis, [0, 0, 0, 0, 0, 0, 0, 0, 0, 100, 200, 300]);
     }
@@ -263,7 +359,7 @@ mod tests {
     async fn never_more_than_the_budget_in_any_window() {
         let rate = 50.0;
         let burst = 5;
-        let times = grant_times(&gate(rate, burst), 300).await;
+        let times = grant_times(&gate(rate, burst), 300, T0).await;
         // A strict bucket (capacity `burst`, refill `rate`) fed these times
         // never goes below zero.
         let mut tokens = f64::from(burst);
@@ -279,10 +375,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn throttle_refuses_then_resumes_without_a_burst() {
         let gate = gate(10.0, 10);
-        let until = gate.throttle(Some(Duration::from_secs(2)));
-        assert_eq!(gate.acquire().await, Err(Closed::Throttled(until)));
-        tokio::time::sleep_until(until).await;
-        let times = grant_times(&gate, 3).await;
+        let until = gate.throttle(Some(Duration::from_secs(2)), T0);
+        assert_eq!(until, T0.plus(Duration::from_secs(2)));
+        let just_before = Millis(until.0 - 1);
+        assert_eq!(
+            gate.acquire(just_before).await,
+            Err(Closed::Throttled(until))
+        );
+        assert_eq!(gate.throttled_until(just_before), Some(until));
+        assert_eq!(gate.throttled_until(until), None);
+        // The bucket was full before the pause; afterwards it is empty.
+        let times = grant_times(&gate, 3, until).await;
         let millis: Vec<u128> = times.iter().map(Duration::as_millis).collect();
         assert_eq!(millis, [0, 100, 200], "steady rate, no catch-up burst");
     }
@@ -290,29 +393,171 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_throttle_during_the_wait_is_noticed() {
         let gate = std::sync::Arc::new(gate(1.0, 1));
-        gate.acquire().await.unwrap();
+        gate.acquire(T0).await.unwrap();
         let waiting = tokio::spawn({
             let gate = gate.clone();
-            async move { gate.acquire().await }
+            async move { gate.acquire(T0).await }
         });
         tokio::task::yield_now().await;
-        gate.throttle(Some(Duration::from_secs(30)));
+        gate.throttle(Some(Duration::from_secs(30)), T0);
         assert!(matches!(waiting.await.unwrap(), Err(Closed::Throttled(_))));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn default_throttle_grows() {
+    /// The length of each of `n` consecutive 429 pauses without
+    /// `Retry-After`, the first at `from`, each next one arriving as the
+    /// previous pause ends.
+    fn default_pauses(gate: &UpstreamGate, n: usize, from: Millis) -> Vec<u64> {
+        let mut now = from;
+        (0..n)
+            .map(|_| {
+                let until = gate.throttle(None, now);
+                let pause = (until.0 - now.0) as u64 / 1000;
+                now = until;
+                pause
+            })
+            .collect()
+    }
+
+    #[test]
+    fn default_throttle_doubles_up_to_a_minute() {
         let gate = gate(10.0, 10);
-        let start = Instant::now();
-        assert_eq!(gate.throttle(None) - start, Duration::from_secs(1));
-        assert_eq!(gate.throttle(None) - start, Duration::from_secs(2));
-        assert_eq!(gate.throttle(None) - start, Duration::from_secs(4));
+        assert_eq!(
+            default_pauses(&gate, 9, T0),
+            [1, 2, 4, 8, 16, 32, 60, 60, 60],
+            "1 s doubling, capped at 60 s"
+        );
+        gate.note_not_throttled();
+        let later = T0.plus(Duration::from_secs(3600));
+        assert_eq!(
+            default_pauses(&gate, 2, later),
+            [1, 2],
+            "growth starts over"
+        );
+    }
+
+    #[test]
+    fn a_later_429_never_shortens_a_pause() {
+        let gate = gate(10.0, 10);
+        assert_eq!(gate.throttle(None, T0), T0.plus(Duration::from_secs(1)));
+        assert_eq!(gate.throttle(None, T0), T0.plus(Duration::from_secs(2)));
         gate.note_not_throttled();
         assert_eq!(
-            gate.throttle(None) - start,
-            Duration::from_secs(4),
+            gate.throttle(None, T0),
+            T0.plus(Duration::from_secs(2)),
             "never shortens a pause"
         );
+    }
+
+    #[test]
+    fn every_429_pause_is_clamped_to_max_pause() {
+        let gate = gate(10.0, 10).with_max_pause(DEFAULT_MAX_PAUSE);
+        let year = Duration::from_secs(31_536_000);
+        assert_eq!(
+            gate.throttle(Some(year), T0),
+            T0.plus(Duration::from_secs(600))
+        );
+        assert_eq!(
+            gate.global_pause(T0),
+            Some(GlobalPause::RateLimited {
+                until: T0.plus(Duration::from_secs(600))
+            })
+        );
+        // The default growth is clamped too.
+        let gate = self::gate(10.0, 10).with_max_pause(Duration::from_secs(5));
+        assert_eq!(default_pauses(&gate, 5, T0), [1, 2, 4, 5, 5]);
+    }
+
+    /// The WARN lines `f` logs.
+    fn warnings(f: impl FnOnce()) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn each_429_pause_is_logged_once_saying_whether_it_was_clamped() {
+        let gate = gate(10.0, 10).with_max_pause(Duration::from_secs(600));
+        let thirty = Some(Duration::from_secs(30));
+        let logged = warnings(|| {
+            // One pause, and the 429s of requests already in flight.
+            gate.throttle(thirty, T0);
+            gate.throttle(thirty, T0.plus(Duration::from_secs(10)));
+            gate.throttle(Some(Duration::from_secs(31_536_000)), Millis(T0.0 + 29_999));
+        });
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(logged[0].contains("rate-limited"), "{logged:?}");
+        assert!(!logged[0].contains("max_pause"), "not clamped: {logged:?}");
+
+        // A 429 when the (stretched) pause has ended begins a new one; a
+        // year is clamped, and the log says so.
+        let ended = gate.throttled_until(T0).unwrap();
+        let logged = warnings(|| {
+            gate.throttle(Some(Duration::from_secs(31_536_000)), ended);
+        });
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(
+            logged[0].contains("longer than jogg.max_pause")
+                && logged[0].contains("retry_after_s=31536000")
+                && logged[0].contains("pause_ms=600000"),
+            "{logged:?}"
+        );
+
+        // Exactly max_pause is not a clamp.
+        let gate = self::gate(10.0, 10).with_max_pause(Duration::from_secs(30));
+        let logged = warnings(|| {
+            gate.throttle(thirty, T0);
+        });
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(!logged[0].contains("max_pause"), "{logged:?}");
+    }
+
+    #[tokio::test]
+    async fn global_pause_names_the_refusal_first_then_the_throttle() {
+        let gate = gate(10.0, 10);
+        assert_eq!(gate.global_pause(T0), None);
+        let until = gate.throttle(Some(Duration::from_secs(30)), T0);
+        let throttled = gate.global_pause(T0).unwrap();
+        assert_eq!(throttled, GlobalPause::RateLimited { until });
+        assert_eq!(throttled.reason(), "rate_limited");
+        assert_eq!(throttled.remaining(T0), Duration::from_secs(30));
+        assert_eq!(
+            throttled.remaining(until.plus(Duration::from_secs(5))),
+            Duration::ZERO
+        );
+        gate.pause(PauseReason::NoPermission, T0);
+        let refused = gate.global_pause(T0).unwrap();
+        assert_eq!(
+            refused,
+            GlobalPause::Refused {
+                reason: PauseReason::NoPermission,
+                next_probe_at: T0.plus(Duration::from_secs(1))
+            }
+        );
+        assert_eq!(refused.reason(), "no_permission");
+        gate.resume();
+        assert_eq!(gate.global_pause(until), None, "both over");
     }
 
     #[tokio::test]
@@ -321,7 +566,7 @@ mod tests {
         let now = Millis(1_000_000);
         gate.pause(PauseReason::InvalidApiKey, now);
         assert_eq!(
-            gate.acquire().await,
+            gate.acquire(now).await,
             Err(Closed::Paused(PauseReason::InvalidApiKey))
         );
         assert_eq!(gate.next_probe_at(), Millis(1_001_000));
@@ -334,6 +579,6 @@ mod tests {
         assert_eq!(gate.next_probe_at(), Millis(1_004_000));
         gate.resume();
         assert_eq!(gate.paused(), None);
-        assert!(gate.acquire().await.is_ok());
+        assert!(gate.acquire(now).await.is_ok());
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
 use crate::config::Config;
-use crate::domain::{Millis, VideoId};
+use crate::domain::{Millis, VideoId, VideoState};
 use crate::jogg::{JoggClient, PauseReason, PollAnswer};
 use crate::store::{ClaimedVideo, Release, Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
@@ -224,12 +224,16 @@ impl Poller {
                 }
                 // Looked at again every heartbeat interval: the throttle
                 // can be long, and the loop must show it is alive.
-                Ok(Outcome::Throttled) => self
-                    .shared
-                    .gate
-                    .throttled_until()
-                    .map_or(Duration::ZERO, |until| until - tokio::time::Instant::now())
-                    .min(HEARTBEAT_INTERVAL),
+                Ok(Outcome::Throttled) => {
+                    let now = Millis::now();
+                    self.shared
+                        .gate
+                        .throttled_until(now)
+                        .map_or(Duration::ZERO, |until| {
+                            Duration::from_millis(until.0.saturating_sub(now.0).max(0) as u64)
+                        })
+                        .min(HEARTBEAT_INTERVAL)
+                }
                 Err(err) => {
                     warn!(error = %err, "poll round failed; retrying shortly");
                     MAX_IDLE_WAIT
@@ -339,7 +343,7 @@ impl Poller {
         if let Some(reason) = gate.paused() {
             return self.probe(reason, now).await;
         }
-        if gate.throttled_until().is_some() {
+        if gate.throttled_until(now).is_some() {
             return Ok(Outcome::Throttled);
         }
 
@@ -413,7 +417,7 @@ async fn poll_one(
 ) -> Result<(), StoreError> {
     let waited = tokio::time::Instant::now();
     let admitted = tokio::select! {
-        admitted = shared.gate.acquire() => admitted,
+        admitted = shared.gate.acquire(clock.now()) => admitted,
         _ = shared.stopping.cancelled() => Err(Closed::Stopping),
     };
     shared.metrics.limiter_wait(waited.elapsed().as_secs_f64());
@@ -427,9 +431,7 @@ async fn poll_one(
             // back, due when the gate reopens.
             let next_poll_at = match closed {
                 Closed::Paused(_) | Closed::Stopping => clock.now(),
-                Closed::Throttled(until) => clock
-                    .now()
-                    .plus(until.saturating_duration_since(tokio::time::Instant::now())),
+                Closed::Throttled(until) => until,
             };
             shared
                 .writer
@@ -485,6 +487,7 @@ async fn apply(
                 debug!(video_id = %video.video_id, %error, "poll failed; backing off");
             }
             let transitions = update.transitions.clone();
+            let update_video_url = update.fields.video_url.clone();
             let recorded = shared.writer.record_poll(*update).await?;
             if !recorded {
                 warn!(video_id = %video.video_id, "lease lost before the result was recorded; it will be polled again");
@@ -492,6 +495,17 @@ async fn apply(
             }
             if let PollOutcome::Terminal(state) = outcome {
                 shared.metrics.transition(state);
+            }
+            if outcome == PollOutcome::Terminal(VideoState::Completed) && update_video_url.is_none()
+            {
+                // JoggAI decides that the video is done; the receiver learns
+                // it without a link (README, Callbacks).
+                shared.metrics.completed_without_video_url();
+                warn!(
+                    video_id = %video.video_id,
+                    "JoggAI reported the video completed without a usable video_url in its \
+                     answer; it is completed all the same"
+                );
             }
             for transition in transitions {
                 info!(
@@ -507,11 +521,15 @@ async fn apply(
                 shared.deliveries_queued.notify_one();
             }
         }
-        Decision::Global { release, signal } => {
+        Decision::Global {
+            mut release,
+            signal,
+        } => {
             match signal {
                 GateSignal::Throttle(retry_after) => {
                     shared.metrics.poll("rate_limited");
-                    shared.gate.throttle(retry_after);
+                    // Due again when the (clamped) pause ends.
+                    release.next_poll_at = shared.gate.throttle(retry_after, now);
                 }
                 GateSignal::Pause(reason) => {
                     shared.metrics.poll("paused");

@@ -115,6 +115,11 @@ pub enum Fault {
     Slow(Duration),
     /// HTTP 200 with an HTML body.
     NonJson,
+    /// A proxy or cache mix-up: HTTP 200, code 0, `completed` with its URLs,
+    /// but for this other video id.
+    Misrouted(String),
+    /// HTTP 200 with exactly this body (`application/json`).
+    Body(String),
 }
 
 /// How a failing key is reported.
@@ -126,6 +131,10 @@ pub enum AuthFailure {
     Http401,
     /// HTTP 200 with code 18020 (out of credit).
     NoCredit,
+    /// HTTP 200 with code 18025 (no permission).
+    NoPermission,
+    /// HTTP 403.
+    Http403,
 }
 
 /// One request as the simulator saw it.
@@ -408,6 +417,8 @@ async fn answer(
             AuthFailure::Http401 => (StatusCode::UNAUTHORIZED, "unauthorized").into_response(),
             AuthFailure::BusinessCode => envelope(10105, "invalid api key", None),
             AuthFailure::NoCredit => envelope(18020, "insufficient credit", None),
+            AuthFailure::NoPermission => envelope(18025, "no permission", None),
+            AuthFailure::Http403 => (StatusCode::FORBIDDEN, "forbidden").into_response(),
         };
     }
     match fault {
@@ -435,6 +446,25 @@ async fn answer(
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/html")],
                 "<html><body>Bad gateway</body></html>",
+            )
+                .into_response();
+        }
+        Some(Fault::Misrouted(other)) => {
+            let data = json!({
+                "video_id": other,
+                "status": "completed",
+                "video_url": format!("https://cdn.sim.invalid/{other}.mp4"),
+                "cover_url": format!("https://cdn.sim.invalid/{other}.jpg"),
+                "created_at": 1_640_995_200,
+                "duration": 12.5,
+            });
+            return envelope(0, "Success", Some(data));
+        }
+        Some(Fault::Body(body)) => {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
             )
                 .into_response();
         }

@@ -16,7 +16,7 @@ use crate::jogg::PauseReason;
 use crate::store::Gauges;
 
 /// Polls by outcome (`changed`, `unchanged`, `terminal`, `not_found`, `error`,
-/// `rate_limited`, `paused`).
+/// `misrouted`, `rate_limited`, `paused`).
 pub const POLLS: &str = "jogg_relay_polls_total";
 /// Upstream request duration.
 pub const UPSTREAM_DURATION: &str = "jogg_relay_upstream_request_duration_seconds";
@@ -40,6 +40,11 @@ pub const UPSTREAM_PAUSED: &str = "jogg_relay_upstream_paused";
 pub const UPSTREAM_THROTTLED: &str = "jogg_relay_upstream_throttled";
 /// Log lines lost to an unwritable standard error.
 pub const LOG_WRITE_ERRORS: &str = "jogg_relay_log_write_errors_total";
+/// Seconds until polling can resume: the end of a 429 pause, or the next
+/// probe while JoggAI refuses the key; 0 while polling runs.
+pub const UPSTREAM_PAUSE_REMAINING: &str = "jogg_relay_upstream_pause_remaining_seconds";
+/// Videos JoggAI reported completed without a usable `video_url`.
+pub const COMPLETED_WITHOUT_VIDEO_URL: &str = "jogg_relay_completed_without_video_url_total";
 /// Constant 1, labelled with the version.
 pub const BUILD_INFO: &str = "jogg_relay_build_info";
 
@@ -51,12 +56,13 @@ const DURATION_BUCKETS: &[f64] = &[
 const WAIT_BUCKETS: &[f64] = &[0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
 
 /// Poll outcomes, each a label value of [`POLLS`].
-const POLL_OUTCOMES: [&str; 7] = [
+const POLL_OUTCOMES: [&str; 8] = [
     "changed",
     "unchanged",
     "terminal",
     "not_found",
     "error",
+    "misrouted",
     "rate_limited",
     "paused",
 ];
@@ -84,6 +90,7 @@ struct HotSeries {
     polls: Vec<(&'static str, Counter)>,
     transitions: Vec<(VideoState, Counter)>,
     deliveries: Vec<(&'static str, Counter)>,
+    completed_without_video_url: Counter,
     upstream_duration: Histogram,
     limiter_wait: Histogram,
     delivery_duration: Histogram,
@@ -104,6 +111,8 @@ pub struct ScrapeState {
     pub paused: Option<PauseReason>,
     /// Whether a 429 throttle is in effect.
     pub throttled: bool,
+    /// Seconds until polling can resume (0 while it runs).
+    pub pause_remaining_seconds: f64,
 }
 
 static METADATA: Metadata<'static> =
@@ -172,6 +181,17 @@ impl RelayMetrics {
             None,
             "1 while JoggAI's rate limiting (429) pauses polling.",
         );
+        describe(
+            UPSTREAM_PAUSE_REMAINING,
+            Some(Unit::Seconds),
+            "Seconds until polling can resume: the end of a 429 pause, or the next probe while \
+             JoggAI refuses the key; 0 while polling runs.",
+        );
+        describe(
+            COMPLETED_WITHOUT_VIDEO_URL,
+            None,
+            "Videos JoggAI reported completed without a usable video_url.",
+        );
         describe(BUILD_INFO, None, "Build information; always 1.");
         let counter = |name: &'static str, label: &'static str, value: &str| {
             let key = Key::from_parts(name, vec![Label::new(label, value.to_owned())]);
@@ -193,6 +213,12 @@ impl RelayMetrics {
             deliveries: DELIVERY_OUTCOMES
                 .map(|outcome| (outcome, counter(DELIVERIES, "outcome", outcome)))
                 .into(),
+            completed_without_video_url: {
+                let counter = recorder
+                    .register_counter(&Key::from_name(COMPLETED_WITHOUT_VIDEO_URL), &METADATA);
+                counter.increment(0);
+                counter
+            },
             upstream_duration: histogram(UPSTREAM_DURATION),
             limiter_wait: histogram(LIMITER_WAIT),
             delivery_duration: histogram(DELIVERY_DURATION),
@@ -213,6 +239,11 @@ impl RelayMetrics {
     /// One poll ended with `outcome`.
     pub fn poll(&self, outcome: &'static str) {
         count(&self.hot.polls, &outcome);
+    }
+
+    /// A video was completed without a usable `video_url`.
+    pub fn completed_without_video_url(&self) {
+        self.hot.completed_without_video_url.increment(1);
     }
 
     /// One upstream request took `seconds`.
@@ -274,6 +305,11 @@ impl RelayMetrics {
             UPSTREAM_THROTTLED,
             Vec::new(),
             if state.throttled { 1.0 } else { 0.0 },
+        );
+        self.gauge(
+            UPSTREAM_PAUSE_REMAINING,
+            Vec::new(),
+            state.pause_remaining_seconds,
         );
         self.gauge(
             BUILD_INFO,

@@ -15,3 +15,4 @@ mod process;
 mod reliability;
 mod serve;
 mod storage;
+mod upstream_faults;

@@ -241,12 +241,24 @@ async fn transient_failures_back_off_without_changing_anything() {
     app.stop().await;
 }
 
+/// Reads an RFC 3339 timestamp the API shows.
+fn millis(rfc3339: &Value) -> Millis {
+    let at = humantime::parse_rfc3339(rfc3339.as_str().expect("a timestamp")).unwrap();
+    Millis(
+        at.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    )
+}
+
 #[tokio::test]
 async fn rate_limit_pauses_all_polling() {
-    for fault in [
-        Fault::HttpRateLimit(Some("30".into())),
-        Fault::BusinessRateLimit(Some("30".into())),
-        Fault::HttpRateLimit(None),
+    // (fault, the pause it asks for). The clock is the one the steps are
+    // given: nothing here depends on how fast the machine runs.
+    for (fault, pause) in [
+        (Fault::HttpRateLimit(Some("30".into())), 30_000),
+        (Fault::BusinessRateLimit(Some("30".into())), 30_000),
+        (Fault::HttpRateLimit(None), 1_000),
     ] {
         let app = relay().await;
         for i in 0..5 {
@@ -261,13 +273,27 @@ async fn rate_limit_pauses_all_polling() {
             .await;
         app.sim.state.inject([fault.clone()]);
 
-        app.step(Millis::now()).await;
+        let t0 = Millis::now();
+        app.step(t0).await;
         let after_429 = app.sim.state.request_count();
-        for _ in 0..3 {
+        // Readiness is about the key, not about throttling: still 200, but
+        // the pause and its end are named.
+        let ready = app.send("GET", "/readyz", None).await;
+        assert_eq!(ready.status, 200, "{fault:?}");
+        let until = millis(&ready.json["upstream_pause"]["until"]);
+        assert_eq!(ready.json["upstream_pause"]["reason"], "rate_limited");
+        // The pause starts when the 429 is handled, a little after t0.
+        assert!(
+            until.0 >= t0.0 + pause && until.0 < t0.0 + pause + 5_000,
+            "{fault:?}: {} ms after t0",
+            until.0 - t0.0
+        );
+        for at in [t0.0, t0.0 + pause / 2, until.0 - 1] {
             assert_eq!(
-                app.step(Millis::now().plus(Duration::from_secs(1))).await,
+                app.step(Millis(at)).await,
                 Outcome::Throttled,
-                "{fault:?}"
+                "{fault:?} at t0 + {} ms",
+                at - t0.0
             );
         }
         assert_eq!(
@@ -275,12 +301,16 @@ async fn rate_limit_pauses_all_polling() {
             after_429,
             "nothing is sent during the pause"
         );
-        // No video changed state or counted the 429 as a poll of its own.
+        // No video changed state or counted the 429 as a poll of its own;
+        // the one that got the 429 is due when the pause ends.
         for i in 0..5 {
-            assert_eq!(app.video(&format!("r{i}")).await.json["state"], "active");
+            let video = app.video(&format!("r{i}")).await.json;
+            assert_eq!(video["state"], "active");
+            assert!(millis(&video["next_poll_at"]) <= until, "{video}");
         }
-        // Readiness is about the key, not about throttling.
-        assert_eq!(app.send("GET", "/readyz", None).await.status, 200);
+        // The pause is over at its end: polling resumes.
+        assert!(matches!(app.step(until).await, Outcome::Worked(_)));
+        assert!(app.sim.state.request_count() > after_429);
         app.stop().await;
     }
 }
@@ -291,6 +321,8 @@ async fn auth_failure_pauses_everything_until_a_probe_succeeds() {
         AuthFailure::BusinessCode,
         AuthFailure::Http401,
         AuthFailure::NoCredit,
+        AuthFailure::NoPermission,
+        AuthFailure::Http403,
     ] {
         let app = spawn_manual_app(|s| {
             s.polling.min_interval = "1s".into();
@@ -310,12 +342,19 @@ async fn auth_failure_pauses_everything_until_a_probe_succeeds() {
 
         let ready = app.send("GET", "/readyz", None).await;
         assert_eq!(ready.status, 503);
-        let reason = if failure == AuthFailure::NoCredit {
-            "insufficient_credit"
-        } else {
-            "invalid_api_key"
+        let reason = match failure {
+            AuthFailure::NoCredit => "insufficient_credit",
+            AuthFailure::NoPermission | AuthFailure::Http403 => "no_permission",
+            AuthFailure::BusinessCode | AuthFailure::Http401 => "invalid_api_key",
         };
-        assert_eq!(ready.json["error"]["reason"], reason);
+        assert_eq!(ready.json["error"]["reason"], reason, "{failure:?}");
+        // The pause's earliest end: the first probe, `min_interval` after
+        // the refusal was handled (a little after `now`).
+        let next_probe = millis(&ready.json["error"]["next_probe_at"]).0 - now.0;
+        assert!(
+            (1_000..1_500).contains(&next_probe),
+            "{failure:?}: next probe {next_probe} ms after now"
+        );
 
         // Before the probe delay: nothing at all is sent.
         assert!(matches!(app.step(now).await, Outcome::Paused(_)));
@@ -463,6 +502,8 @@ async fn terminal_state_and_outbox_rows_commit_together() {
         .await
         .unwrap();
     // The claim's lease is still held; once it expires, the poll is repeated.
+    // (Bounded: a poller that never records the result fails the test
+    // instead of hanging it.)
     let mut later = now.plus(Duration::from_secs(60));
     for steps in 1.. {
         if app.video("atomic").await.json["state"] != "active" {
