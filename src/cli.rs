@@ -1,4 +1,4 @@
-//! The command line (DESIGN 3.1) and its exit codes: 0 success, 64 bad usage
+//! The command line (README, "Command line") and its exit codes: 0 success, 64 bad usage
 //! or invalid configuration (naming the key), 1 any other fatal error.
 
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-/// Longest video id the relay accepts (DESIGN 3.3).
+/// Longest video id the relay accepts (README, "HTTP API").
 pub const MAX_VIDEO_ID_LEN: usize = 128;
 
 /// A JoggAI video id that passed validation: 1 to 128 characters of
@@ -72,7 +72,7 @@ impl fmt::Debug for VideoId {
     }
 }
 
-/// Where a tracked video stands (DESIGN 3.4).
+/// Where a tracked video stands (README, "HTTP API": `state`).
 ///
 /// `Active` is the only non-terminal state; a terminal state never changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! jogg-relay: tracks JoggAI avatar video renders and relays their outcome as
 //! signed callbacks.
 //!
-//! The crate is organised one module per concern (see `DESIGN.md` section 4):
+//! The crate is organised one module per concern (ARCHITECTURE.md draws the map):
 //!
 //! - [`config`]: layered configuration (defaults, TOML file, environment) and validation.
 //! - [`domain`]: the vocabulary shared by every module (video ids, states, timestamps).

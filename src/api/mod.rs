@@ -1,4 +1,4 @@
-//! The HTTP API (DESIGN 3.3): routes, bearer authentication, health checks.
+//! The HTTP API (README, "HTTP API"): routes, bearer authentication, health checks.
 //!
 //! Every response an API client can get, success or error, is JSON; see
 //! [`error`] for how framework-generated errors are brought into line.

@@ -1,4 +1,4 @@
-//! The video resource as the API shows it (DESIGN 3.3): stored records
+//! The video resource as the API shows it (README, "HTTP API"): stored records
 //! rendered with RFC 3339 timestamps and metadata as a JSON object.
 
 use serde::Serialize;

@@ -1,4 +1,4 @@
-//! The callback body (DESIGN 3.5), mirroring JoggAI's own webhook so that
+//! The callback body (README, "Callbacks"), mirroring JoggAI's own webhook so that
 //! receivers can consume either.
 
 use serde::Serialize;

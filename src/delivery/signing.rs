@@ -1,4 +1,5 @@
-//! Callback signatures (DESIGN 3.5): Standard Webhooks and JoggAI style.
+//! Callback signatures (README, "Verifying signatures"): Standard Webhooks
+//! and JoggAI style.
 //! Used by the delivery worker to sign and by the simulator's receiver to
 //! verify, so both sides share one implementation of the byte layout.
 

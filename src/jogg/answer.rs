@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-/// Business codes JoggAI documents (DESIGN 2).
+/// Business codes JoggAI documents.
 pub mod code {
     /// Success.
     pub const OK: i64 = 0;

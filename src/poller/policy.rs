@@ -12,7 +12,7 @@ const ERROR_BACKOFF_FACTOR: f64 = 2.0;
 /// The error backoff is capped at this many `max_interval`s.
 const ERROR_BACKOFF_CAP_INTERVALS: u32 = 5;
 
-/// The schedule parameters (DESIGN 3.2, `[polling]`).
+/// The schedule parameters (`[polling]` in the README's configuration reference).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PollPolicy {
     /// Delay from enqueue to the first poll.

@@ -149,7 +149,7 @@ impl Store {
         Ok(store)
     }
 
-    /// Connects with the durability settings of DESIGN 4: WAL so readers never
+    /// Connects with the durability settings ARCHITECTURE.md explains: WAL so readers never
     /// block the writer, `synchronous=FULL` so an acknowledged commit survives
     /// power loss, a busy timeout, and foreign keys enforced.
     async fn connect(path: &Path, health: Health) -> Result<Self, sqlx::Error> {
