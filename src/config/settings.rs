@@ -1,0 +1,253 @@
+//! The configuration as written: what the layers merge into, what
+//! `config/default.toml` must equal, and what `check-config` prints (with
+//! secrets redacted by [`SecretSetting`]).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::from_text;
+
+/// A secret as written in the configuration. Its `Debug` and `Serialize`
+/// never show the value, so the whole [`Settings`] tree can be logged or
+/// printed safely.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretSetting(pub Option<String>);
+
+impl SecretSetting {
+    /// Whether no value was given.
+    pub fn is_unset(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl fmt::Debug for SecretSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(_) => f.write_str("[redacted]"),
+            None => f.write_str("None"),
+        }
+    }
+}
+
+impl Serialize for SecretSetting {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(_) => serializer.serialize_some("[redacted]"),
+            None => serializer.serialize_none(),
+        }
+    }
+}
+
+/// The whole configuration as written (see the module docs).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// `[server]`: the HTTP API.
+    pub server: ServerSettings,
+    /// `[database]`: the SQLite file.
+    pub database: DatabaseSettings,
+    /// `[jogg]`: the upstream API and its budget.
+    pub jogg: JoggSettings,
+    /// `[polling]`: the per-video poll schedule.
+    pub polling: PollingSettings,
+    /// `[callbacks]`: where and how events are delivered.
+    pub callbacks: CallbacksSettings,
+    /// `[log]`: log output.
+    pub log: LogSettings,
+}
+
+/// `[server]` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// API listen address.
+    pub bind: String,
+    /// Bearer token for `/v1/*`.
+    #[serde(skip_serializing_if = "SecretSetting::is_unset")]
+    pub token: SecretSetting,
+    /// File holding the bearer token (systemd `LoadCredential`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// How long shutdown waits for in-flight work.
+    pub shutdown_grace: String,
+    /// Connections served at once; more wait to be accepted.
+    #[serde(deserialize_with = "from_text::count")]
+    pub max_connections: u32,
+    /// Longest wait for a request's headers (also the keep-alive idle limit).
+    pub header_timeout: String,
+    /// Longest time to receive a request's body.
+    pub body_timeout: String,
+}
+
+/// `[database]` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `sqlite://path/to/file.db`.
+    pub url: String,
+}
+
+/// `[jogg]` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JoggSettings {
+    /// Upstream origin.
+    pub base_url: String,
+    /// The `x-api-key`.
+    #[serde(skip_serializing_if = "SecretSetting::is_unset")]
+    pub api_key: SecretSetting,
+    /// File holding the API key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<PathBuf>,
+    /// Per upstream request.
+    pub timeout: String,
+    /// Global poll budget.
+    #[serde(deserialize_with = "from_text::number")]
+    pub requests_per_second: f64,
+    /// Token bucket size.
+    #[serde(deserialize_with = "from_text::count")]
+    pub burst: u32,
+    /// Concurrent upstream requests.
+    #[serde(deserialize_with = "from_text::count")]
+    pub max_in_flight: u32,
+    /// Longest pause after a 429, whatever `Retry-After` asks for.
+    pub max_pause: String,
+}
+
+/// `[polling]` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollingSettings {
+    /// Delay from enqueue to the first poll.
+    pub first_after: String,
+    /// First interval between polls.
+    pub min_interval: String,
+    /// Interval cap.
+    pub max_interval: String,
+    /// Interval growth per unchanged poll.
+    #[serde(deserialize_with = "from_text::number")]
+    pub multiplier: f64,
+    /// ± fraction applied to every delay.
+    #[serde(deserialize_with = "from_text::number")]
+    pub jitter: f64,
+    /// After this the video is abandoned (`deadline`).
+    pub give_up_after: String,
+    /// Window in which "not found" is retried.
+    pub not_found_grace: String,
+}
+
+/// `[callbacks]` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbacksSettings {
+    /// Endpoints that get every event.
+    #[serde(deserialize_with = "from_text::list")]
+    pub urls: Vec<String>,
+    /// `whsec_…` signing secret.
+    #[serde(skip_serializing_if = "SecretSetting::is_unset")]
+    pub secret: SecretSetting,
+    /// File holding the signing secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// `whsec_…` secret for callbacks to per-video `callback_url`s.
+    #[serde(skip_serializing_if = "SecretSetting::is_unset")]
+    pub video_secret: SecretSetting,
+    /// File holding the per-video signing secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video_secret_file: Option<PathBuf>,
+    /// Per delivery attempt.
+    pub timeout: String,
+    /// Delays after attempt 1, 2, …
+    #[serde(deserialize_with = "from_text::list")]
+    pub retry_schedule: Vec<String>,
+    /// Allow per-video callback URLs on private addresses.
+    #[serde(deserialize_with = "from_text::flag")]
+    pub allow_private_targets: bool,
+}
+
+/// `[log]` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `"text"` or `"json"`.
+    pub format: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            token: SecretSetting::default(),
+            token_file: None,
+            shutdown_grace: "10s".into(),
+            max_connections: 1024,
+            header_timeout: "10s".into(),
+            body_timeout: "30s".into(),
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/jogg-relay.db".into(),
+        }
+    }
+}
+
+impl Default for JoggSettings {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.jogg.ai".into(),
+            api_key: SecretSetting::default(),
+            api_key_file: None,
+            timeout: "10s".into(),
+            requests_per_second: 10.0,
+            burst: 10,
+            max_in_flight: 16,
+            max_pause: "10m".into(),
+        }
+    }
+}
+
+impl Default for PollingSettings {
+    fn default() -> Self {
+        Self {
+            first_after: "10s".into(),
+            min_interval: "10s".into(),
+            max_interval: "60s".into(),
+            multiplier: 1.5,
+            jitter: 0.1,
+            give_up_after: "48h".into(),
+            not_found_grace: "5m".into(),
+        }
+    }
+}
+
+impl Default for CallbacksSettings {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            secret: SecretSetting::default(),
+            secret_file: None,
+            video_secret: SecretSetting::default(),
+            video_secret_file: None,
+            timeout: "10s".into(),
+            retry_schedule: ["5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h"]
+                .map(String::from)
+                .to_vec(),
+            allow_private_targets: false,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+        }
+    }
+}
