@@ -575,6 +575,28 @@ mod tests {
     }
 
     #[test]
+    fn an_address_is_judged_on_every_bit_up_to_the_top_one() {
+        // The mirror of each block's first address in the top bit (e.g.
+        // 7f00:: for ff00::/8, 74.0.0.0 for 202.0.0.0) lies in no block:
+        // a mask that dropped the top bit would call it forbidden.
+        let mut checked = 0;
+        for (cidr, name) in REGISTRY {
+            let (first, _, width) = block(cidr);
+            let mirrored = first ^ (1u128 << (width - 1));
+            if in_registry(mirrored, width) {
+                continue;
+            }
+            let outside = address(mirrored, width);
+            assert!(
+                !is_forbidden(outside),
+                "{outside} (the top-bit mirror of {name}, {cidr}) must be allowed"
+            );
+            checked += 1;
+        }
+        assert!(checked > 5, "only {checked} mirrors checked");
+    }
+
+    #[test]
     fn every_table_block_names_its_registry_entry() {
         for (first, prefix, name) in V4_BLOCKS {
             assert!(*prefix <= 32 && !name.is_empty(), "{first}/{prefix}");
