@@ -355,6 +355,42 @@ mod tests {
     }
 
     #[test]
+    fn whole_numbers_sent_as_floats_are_codes_and_fractions_are_not() {
+        assert_eq!(
+            answer(r#"{"code":10104.0,"msg":"x"}"#),
+            PollAnswer::NotFound,
+            "a whole float is the code it spells"
+        );
+        assert!(
+            matches!(
+                answer(r#"{"code":0.5,"data":{"status":"completed"}}"#),
+                PollAnswer::Transient(_)
+            ),
+            "a fraction is no code, so nothing is decided"
+        );
+        assert!(matches!(
+            answer(r#"{"code":1e300,"data":{"status":"completed"}}"#),
+            PollAnswer::Transient(_)
+        ));
+    }
+
+    #[test]
+    fn numbers_and_error_codes_sent_as_text_are_read() {
+        let body = r#"{"code":0,"data":{"status":"failed","duration":" 12.5 ",
+            "error":{"code":"E_RENDER","message":"m"}}}"#;
+        let PollAnswer::Status(status) = answer(body) else {
+            panic!()
+        };
+        assert_eq!(status.duration, Some(12.5));
+        assert_eq!(status.error_code.as_deref(), Some("E_RENDER"));
+        let body = r#"{"code":0,"data":{"status":"failed","error":{"code":"","message":"m"}}}"#;
+        let PollAnswer::Status(status) = answer(body) else {
+            panic!()
+        };
+        assert_eq!(status.error_code, None, "an empty code is no code");
+    }
+
+    #[test]
     fn every_status_spelling() {
         for (status, class) in [
             ("pending", StatusClass::InProgress),

@@ -256,6 +256,28 @@ mod tests {
     use super::*;
     use crate::jogg::VideoStatus;
 
+    #[test]
+    fn production_randomness_spreads_jitter_over_both_sides_and_mints_event_ids() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let samples: Vec<f64> = (0..2000).map(|_| rng.jitter_unit()).collect();
+        assert!(samples.iter().all(|u| (-1.0..=1.0).contains(u)));
+        let (low, high) = samples
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), u| (lo.min(*u), hi.max(*u)));
+        assert!(low < -0.95 && high > 0.95, "[{low}, {high}]");
+        let first = rng.event_id();
+        let second = rng.event_id();
+        assert_ne!(first, second);
+        for id in [first, second] {
+            let hex = id.strip_prefix("evt_").expect("evt_ prefix");
+            assert_eq!(hex.len(), 32, "{id}");
+            assert!(
+                hex.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+        }
+    }
+
     /// Fixed randomness: no jitter, numbered event ids.
     struct Fixed(u32);
 
