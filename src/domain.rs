@@ -159,10 +159,17 @@ impl Millis {
         Millis(self.0.saturating_add(delay))
     }
 
+    /// The latest instant RFC 3339 can write: 9999-12-31T23:59:59.999Z.
+    pub const MAX_RFC3339: Millis = Millis(253_402_300_799_999);
+
     /// RFC 3339 UTC rendering with millisecond precision, as the API shows
-    /// timestamps.
+    /// timestamps. Instants outside what RFC 3339 can write (before 1970 or
+    /// after the year 9999: an upstream that sends milliseconds where
+    /// seconds belong, a huge configured delay) are clamped to its range
+    /// rather than failing: rendering never panics, whatever was stored.
     pub fn to_rfc3339(self) -> String {
-        let since_epoch = Duration::from_millis(u64::try_from(self.0).unwrap_or(0));
+        let clamped = self.0.clamp(0, Self::MAX_RFC3339.0);
+        let since_epoch = Duration::from_millis(u64::try_from(clamped).unwrap_or(0));
         humantime::format_rfc3339_millis(UNIX_EPOCH + since_epoch).to_string()
     }
 }
@@ -207,5 +214,20 @@ mod tests {
             Millis(1_732_806_631_250).to_rfc3339(),
             "2024-11-28T15:10:31.250Z"
         );
+    }
+
+    #[test]
+    fn instants_beyond_rfc3339_are_clamped_not_fatal() {
+        assert_eq!(Millis::MAX_RFC3339.to_rfc3339(), "9999-12-31T23:59:59.999Z");
+        for beyond in [
+            Millis::MAX_RFC3339.0 + 1,
+            1_732_806_631_000 * 1000,
+            i64::MAX,
+        ] {
+            assert_eq!(Millis(beyond).to_rfc3339(), "9999-12-31T23:59:59.999Z");
+        }
+        for before in [-1, i64::MIN] {
+            assert_eq!(Millis(before).to_rfc3339(), "1970-01-01T00:00:00.000Z");
+        }
     }
 }

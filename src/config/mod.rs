@@ -353,13 +353,25 @@ fn toml_syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigEr
 
 /// Parses a duration string such as `"250ms"`, `"10s"` or `"48h"`.
 fn duration(raw: &str, key: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(raw.trim()).map_err(|err| {
+    let parsed = humantime::parse_duration(raw.trim()).map_err(|err| {
         ConfigError::new(
             key,
             format!("{raw:?} is not a duration like \"250ms\", \"10s\" or \"48h\" ({err})"),
         )
-    })
+    })?;
+    if parsed > MAX_DURATION {
+        return Err(ConfigError::new(
+            key,
+            format!("{raw:?} is longer than the longest duration accepted, 3650d"),
+        ));
+    }
+    Ok(parsed)
 }
+
+/// Longest duration any key accepts (ten years): far beyond any sensible
+/// schedule, and short enough that every time computed from it stays a
+/// representable date.
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
 
 /// Like [`duration`], refusing zero.
 fn positive_duration(raw: &str, key: &str) -> Result<Duration, ConfigError> {

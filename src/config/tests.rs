@@ -169,6 +169,16 @@ fn every_invalid_value_names_its_key() {
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case] = &[
         (
+            "[polling]\nfirst_after = \"10000years\"\n",
+            &[],
+            "polling.first_after",
+        ),
+        (
+            "[callbacks]\nretry_schedule = [\"5s\", \"3651d\"]\n",
+            &[],
+            "callbacks.retry_schedule",
+        ),
+        (
             "[server]\nmax_connections = 0\n",
             &[],
             "server.max_connections",

@@ -202,6 +202,9 @@ pub fn classify(
     }
 }
 
+/// Latest plausible `created_at` (unix seconds): 9999-12-31T23:59:59Z.
+const MAX_CREATED_AT: i64 = 253_402_300_799;
+
 /// Reads `data` of a code-0 answer, tolerating missing and mistyped fields
 /// everywhere except the status itself.
 fn parse_status(envelope: &Value) -> PollAnswer {
@@ -241,7 +244,12 @@ fn parse_status(envelope: &Value) -> PollAnswer {
         class: StatusClass::of(status),
         video_url,
         cover_url,
-        created_at: data.get("created_at").and_then(integer),
+        // Unix seconds; anything outside what a date can be (milliseconds
+        // sent by mistake, garbage) is dropped rather than stored.
+        created_at: data
+            .get("created_at")
+            .and_then(integer)
+            .filter(|seconds| (0..=MAX_CREATED_AT).contains(seconds)),
         duration: data.get("duration").and_then(number),
         error_code: error.get("code").and_then(text),
         error_message: non_empty_string(error.get("message")),
@@ -406,6 +414,22 @@ mod tests {
             ("", StatusClass::Unknown),
         ] {
             assert_eq!(StatusClass::of(status), class, "{status}");
+        }
+    }
+
+    #[test]
+    fn created_at_outside_any_date_is_dropped() {
+        for (raw, expected) in [
+            ("1732806631", Some(1_732_806_631)),
+            ("253402300799", Some(253_402_300_799)),
+            ("1732806631000", None),
+            ("-5", None),
+        ] {
+            let body = format!(r#"{{"code":0,"data":{{"status":"pending","created_at":{raw}}}}}"#);
+            let PollAnswer::Status(status) = answer(&body) else {
+                panic!("{body}")
+            };
+            assert_eq!(status.created_at, expected, "{raw}");
         }
     }
 

@@ -615,3 +615,37 @@ async fn the_deadline_abandons_and_tells_the_receiver() {
     assert_eq!(body["data"]["reason"], "deadline");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_created_at_in_milliseconds_neither_breaks_reads_nor_reaches_the_callback() {
+    let receiver = SimReceiver::start(None).await.unwrap();
+    let app = relay_for(&receiver, |_| {}).await;
+    app.sim.state.inject_for(
+        "ms-created",
+        [Fault::Body(
+            json!({"code": 0, "msg": "Success", "data": {
+                "video_id": "ms-created", "status": "completed",
+                "video_url": "https://cdn.example/ms.mp4",
+                "created_at": 1_732_806_631_000_i64,
+            }})
+            .to_string(),
+        )],
+    );
+    app.enqueue(json!({"video_id": "ms-created"})).await;
+    assert_eq!(app.step(Millis::now()).await, Outcome::Worked(1));
+
+    // Before the fix this video made its own page, every list page holding
+    // it and `status` fail with a panic while rendering the date.
+    let video = app.video("ms-created").await;
+    assert_eq!(video.status, 200, "{video:?}");
+    assert_eq!(video.json["state"], "completed");
+    assert_eq!(video.json["created_at"], Value::Null);
+    let page = app.send("GET", "/v1/videos", None).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    deliver_all(&app, Millis::now()).await;
+    let received = receiver.state.received();
+    assert_eq!(received.len(), 1);
+    let body: Value = serde_json::from_slice(&received[0].raw_body).unwrap();
+    assert_eq!(body["data"]["created_at"], Value::Null, "{body}");
+    app.stop().await;
+}
