@@ -90,9 +90,9 @@ impl Settings {
             // Checked here, with our own parser, so that the error can be
             // told without the source line the parsers quote (it may hold
             // a secret, e.g. an unterminated `api_key = "…`).
-            if let Err(err) = toml::from_str::<toml::Table>(&text) {
-                return Err(toml_syntax_error(path, &text, &err));
-            }
+            let table = toml::from_str::<toml::Table>(&text)
+                .map_err(|err| toml_syntax_error(path, &text, &err))?;
+            check_string_keys(&table)?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
         // Only our own variables are handed to the config crate, so that an
@@ -343,12 +343,64 @@ fn toml_syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigEr
         })
         .unwrap_or_default();
     // The description is the parser's wording of what it expected; only
-    // its first line is kept, in case a later one ever quotes the source.
-    let description = err.message().lines().next().unwrap_or("invalid TOML");
+    // its first line is kept, and any value it quotes between backticks
+    // (`integer \`123…\``) is left out: that value may be a secret.
+    let first_line = err.message().lines().next().unwrap_or("invalid TOML");
+    let description = without_quoted_values(first_line);
     ConfigError::new(
         "--config",
         format!("{} is not valid TOML{place}: {description}", path.display()),
     )
+}
+
+/// `text` with every part between backticks replaced by `…`.
+fn without_quoted_values(text: &str) -> String {
+    let mut kept = String::with_capacity(text.len());
+    for (index, part) in text.split('`').enumerate() {
+        // Even parts are outside backticks, odd ones inside.
+        kept.push_str(if index % 2 == 0 { part } else { "…" });
+    }
+    kept
+}
+
+/// Keys written in the file that must be TOML strings. The config crate
+/// would turn `api_key = 123` into the text `"123"` (and a number too large
+/// for an integer into an error quoting it), so a secret or path written
+/// without quotes is refused by name instead of silently reinterpreted.
+/// Secrets and `*_file` paths have no default to learn their type from;
+/// every other string key is found in the defaults.
+fn check_string_keys(table: &toml::Table) -> Result<(), ConfigError> {
+    const UNSET_STRING_KEYS: &[&str] = &[
+        "server.token",
+        "server.token_file",
+        "jogg.api_key",
+        "jogg.api_key_file",
+        "callbacks.secret",
+        "callbacks.secret_file",
+        "callbacks.video_secret",
+        "callbacks.video_secret_file",
+    ];
+    let defaults = toml::Table::try_from(Settings::default()).unwrap_or_default();
+    for (section, keys) in table {
+        let Some(keys) = keys.as_table() else {
+            continue;
+        };
+        for (key, value) in keys {
+            let name = format!("{section}.{key}");
+            let is_string_key = UNSET_STRING_KEYS.contains(&name.as_str())
+                || defaults
+                    .get(section)
+                    .and_then(|defaults| defaults.get(key))
+                    .is_some_and(toml::Value::is_str);
+            if is_string_key && !value.is_str() {
+                return Err(ConfigError::new(
+                    &name,
+                    format!("must be a string in quotes, not a {}", value.type_str()),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses a duration string such as `"250ms"`, `"10s"` or `"48h"`.

@@ -304,6 +304,35 @@ fn toml_syntax_errors_never_quote_the_source() {
     assert!(err.message.contains("at line 2, column "), "{err}");
 }
 
+/// A secret or path written without quotes is refused by its key, and the
+/// value is not shown: the config crate would have turned `api_key = 123`
+/// into the text "123", and quoted a number too large for an integer.
+#[test]
+fn unquoted_values_of_string_keys_are_refused_by_key_without_the_value() {
+    for (text, key) in [
+        ("[jogg]\napi_key = 12345678901234567890123\n", "--config"),
+        ("[jogg]\napi_key = 1234567890123456\n", "jogg.api_key"),
+        ("[jogg]\napi_key = 0x1234567890abcdef\n", "jogg.api_key"),
+        ("[server]\ntoken = 1234567890123456.5\n", "server.token"),
+        (
+            "[callbacks]\nvideo_secret = true\n",
+            "callbacks.video_secret",
+        ),
+        ("[jogg]\napi_key_file = 7\n", "jogg.api_key_file"),
+        ("[jogg]\nbase_url = 8080\n", "jogg.base_url"),
+        ("[polling]\nfirst_after = 10\n", "polling.first_after"),
+    ] {
+        let err = load_str(text, &[]).expect_err(text);
+        assert_eq!(err.key, key, "{err}");
+        for fragment in ["12345678901234567890123", "1234567890123456", "0x1234"] {
+            assert!(!err.to_string().contains(fragment), "{err}");
+        }
+    }
+    // Keys that are not strings still take their own types.
+    let settings = load_str("[jogg]\nburst = 3\nrequests_per_second = 2\n", &[]).unwrap();
+    assert_eq!(settings.jogg.burst, 3);
+}
+
 /// Plain http to JoggAI is warned about unless it stays on this
 /// machine (the tests' simulators); the warning shows no credentials.
 #[test]
