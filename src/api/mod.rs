@@ -8,6 +8,7 @@ mod extract;
 pub mod resource;
 pub mod server;
 pub mod videos;
+mod write_deadline;
 
 use std::sync::Arc;
 

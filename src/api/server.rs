@@ -16,12 +16,17 @@
 //!   previous response, which bounds slow headers and idle keep-alive alike;
 //! - [`body_deadline`] gives the body `body_timeout` from the end of the
 //!   headers; a slower body gets `408 request_timeout` and the connection
-//!   is closed.
+//!   is closed;
+//! - [`WriteDeadline`] closes a connection whose response writes make no
+//!   progress for `write_timeout`: the client is not reading (hyper's header
+//!   timer does not run while hyper writes, so without it a client that
+//!   pipelines requests and never reads would keep its slot forever).
 //!
 //! Every slot is therefore freed within `header_timeout` (or
-//! `header_timeout + body_timeout` for a request that trickles its body)
-//! whatever the clients do, so a health check waiting in the backlog is
-//! answered within that time even when slow clients hold every slot.
+//! `header_timeout + body_timeout` for a request that trickles its body, or
+//! `write_timeout` after a client stops reading) whatever the clients do,
+//! so a health check waiting in the backlog is answered within that time
+//! even when slow clients hold every slot.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -44,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::ApiError;
+use super::write_deadline::WriteDeadline;
 use crate::config::ServerConfig;
 
 /// Pause after a failed `accept` (typically EMFILE, out of descriptors), so
@@ -59,6 +65,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Longest time for a request body, from the end of its headers.
     pub body_timeout: Duration,
+    /// Longest time a response write may make no progress.
+    pub write_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
 }
@@ -69,6 +77,7 @@ impl From<&ServerConfig> for Limits {
             max_connections: config.max_connections,
             header_timeout: config.header_timeout,
             body_timeout: config.body_timeout,
+            write_timeout: config.write_timeout,
             shutdown_grace: config.shutdown_grace,
         }
     }
@@ -121,6 +130,9 @@ pub async fn serve(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout);
+            // Writes that stall (the client does not read) end the
+            // connection; see `WriteDeadline`.
+            let stream = WriteDeadline::new(stream, limits.write_timeout);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let result = tokio::select! {

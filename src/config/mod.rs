@@ -160,6 +160,7 @@ impl Settings {
         }
         let header_timeout = positive_duration(&server.header_timeout, "server.header_timeout")?;
         let body_timeout = positive_duration(&server.body_timeout, "server.body_timeout")?;
+        let write_timeout = positive_duration(&server.write_timeout, "server.write_timeout")?;
 
         let database = DatabaseConfig::parse(&self.database.url)?;
 
@@ -254,6 +255,7 @@ impl Settings {
                 max_connections: server.max_connections as usize,
                 header_timeout,
                 body_timeout,
+                write_timeout,
             },
             database,
             jogg: JoggConfig {

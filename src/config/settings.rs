@@ -80,6 +80,9 @@ pub struct ServerSettings {
     pub header_timeout: String,
     /// Longest time to receive a request's body.
     pub body_timeout: String,
+    /// Longest time a response write may make no progress (a client that
+    /// does not read).
+    pub write_timeout: String,
 }
 
 /// `[database]` as written.
@@ -186,6 +189,7 @@ impl Default for ServerSettings {
             max_connections: 1024,
             header_timeout: "10s".into(),
             body_timeout: "30s".into(),
+            write_timeout: "30s".into(),
         }
     }
 }

@@ -194,6 +194,11 @@ fn every_invalid_value_names_its_key() {
             "server.body_timeout",
         ),
         (
+            "[server]\nwrite_timeout = \"0s\"\n",
+            &[],
+            "server.write_timeout",
+        ),
+        (
             "[jogg]\nrequests_per_second = 0\n",
             &[],
             "jogg.requests_per_second",

@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Longest time from a request's headers to the end of its body.
     pub body_timeout: Duration,
+    /// Longest time a response write may go without progress (the client
+    /// reads nothing) before the connection is closed.
+    pub write_timeout: Duration,
 }
 
 /// Where the SQLite database lives.

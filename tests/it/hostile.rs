@@ -262,6 +262,7 @@ fn known_key() -> impl Strategy<Value = (&'static str, &'static str)> {
         ("server", "max_connections"),
         ("server", "header_timeout"),
         ("server", "body_timeout"),
+        ("server", "write_timeout"),
         ("database", "url"),
         ("jogg", "base_url"),
         ("jogg", "api_key"),

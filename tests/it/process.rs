@@ -474,6 +474,97 @@ async fn slow_and_idle_connections_are_closed_and_the_api_keeps_answering() {
     app.stop().await;
 }
 
+/// Opens a connection with a small receive buffer and, from a background
+/// task, pipelines `GET /metrics` on it without end, never reading an
+/// answer. The task ends with the error its writes get once the relay
+/// closes the connection; the read half is returned so that the client side
+/// stays open.
+async fn non_reading_connection(
+    address: SocketAddr,
+) -> (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::task::JoinHandle<std::io::Error>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // Set before connecting, so the window the relay sees stays small.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let (reader, mut writer) = socket.connect(address).await.unwrap().into_split();
+    let requests = b"GET /metrics HTTP/1.1\r\nhost: relay\r\n\r\n".repeat(100);
+    // A relay stuck writing answers stops reading requests, so this blocks
+    // once the buffers are full; only the relay closing the connection can
+    // make a write fail (the client never closes it).
+    let writes = tokio::spawn(async move {
+        loop {
+            if let Err(err) = writer.write_all(&requests).await {
+                return err;
+            }
+        }
+    });
+    (reader, writes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_their_answers_cannot_hold_the_slots() {
+    const CAP: usize = 4;
+    let app = spawn_app_with(|s| {
+        s.server.max_connections = CAP as u32;
+        s.server.write_timeout = "1s".into();
+    })
+    .await;
+    let address: SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+
+    // Every slot taken by a client that pipelines scrapes (far more answer
+    // bytes than the socket buffers hold) and reads nothing.
+    let mut stalled = Vec::new();
+    for _ in 0..CAP {
+        stalled.push(non_reading_connection(address).await);
+    }
+    let started = tokio::time::Instant::now();
+    // A fresh client's health check waits in the backlog until a stalled
+    // connection is closed. (The test app's pooled connection holds a slot
+    // too, until its header timeout of 10 s.)
+    let health = jogg_relay::outbound::client_builder()
+        .build()
+        .unwrap()
+        .get(format!("{}/healthz", app.base))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("healthz answers while clients that never read hold the slots");
+    assert_eq!(health.status(), 200);
+    let health_after = started.elapsed();
+    assert!(
+        health_after >= Duration::from_millis(900),
+        "the health check waited for a slot: {health_after:?}"
+    );
+
+    // Every stalled connection was closed by the relay: the client's writes
+    // fail (reset, or a broken pipe after the relay's FIN).
+    let mut readers = Vec::new();
+    for (index, (reader, writes)) in stalled.into_iter().enumerate() {
+        let err = tokio::time::timeout(Duration::from_secs(10), writes)
+            .await
+            .unwrap_or_else(|_| panic!("the relay closed connection {index}"))
+            .unwrap();
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "connection {index}: {err}"
+        );
+        readers.push(reader);
+    }
+    drop(readers);
+
+    // And the API answers normally.
+    let enqueued = app
+        .enqueue(json!({"video_id": "after-stalled-readers"}))
+        .await;
+    assert_eq!(enqueued.status, 201, "{enqueued:?}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn process_metrics_describe_this_process() {
     let app = spawn_app_with(|_| {}).await;
