@@ -7,6 +7,7 @@
 //! opened after the file was removed fails instead of creating a fresh empty
 //! database at the path.
 
+use std::ffi::OsString;
 use std::fs::{Metadata, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -41,27 +42,71 @@ impl FileId {
     }
 }
 
-/// Why the configured path no longer names the database the relay opened.
+/// Which of the database's files a [`FileProblem`] concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The database file itself (the configured path).
+    Database,
+    /// SQLite's write-ahead log, `<database>-wal`.
+    Wal,
+    /// SQLite's shared-memory index of the log, `<database>-shm`.
+    Shm,
+}
+
+impl Part {
+    /// How messages name the file.
+    fn noun(self) -> &'static str {
+        match self {
+            Part::Database => "database file",
+            Part::Wal => "database's write-ahead log",
+            Part::Shm => "database's shared-memory index",
+        }
+    }
+
+    /// What to do about it, for messages. A log or index unlinked under
+    /// the relay is still open in it: the last connection's clean close
+    /// checkpoints that log into the database file (unless another
+    /// connection opened meanwhile keeps it from being the last), which a
+    /// kill never does.
+    fn advice(self) -> &'static str {
+        match self {
+            Part::Database => "restart the relay",
+            Part::Wal | Part::Shm => {
+                "stop the relay with SIGTERM, not SIGKILL (a clean stop can still fold the latest \
+                 commits, held in the relay's open log, into the database file) and start it again"
+            }
+        }
+    }
+}
+
+/// Why the configured path no longer names the database the relay opened,
+/// or the log files beside it are no longer the ones it has open.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FileProblem {
     /// Nothing is at the path any more.
-    #[error("the database file {path} was removed while the relay was running; restart the relay")]
+    #[error("the {} {path} was removed while the relay was running; {}", part.noun(), part.advice())]
     Removed {
-        /// The configured path.
+        /// Which file.
+        part: Part,
+        /// Its path.
         path: PathBuf,
     },
     /// Another file is at the path (a restore or a copy renamed over it).
     #[error(
-        "the database file {path} was replaced by another file while the relay was running; restart the relay"
+        "the {} {path} was replaced by another file while the relay was running; {}", part.noun(), part.advice()
     )]
     Replaced {
-        /// The configured path.
+        /// Which file.
+        part: Part,
+        /// Its path.
         path: PathBuf,
     },
     /// The path cannot be examined (its folder lost its permissions).
-    #[error("cannot examine the database file {path}: {message}")]
+    #[error("cannot examine the {} {path}: {message}", part.noun())]
     Unreadable {
-        /// The configured path.
+        /// Which file.
+        part: Part,
+        /// Its path.
         path: PathBuf,
         /// The operating system's message.
         message: String,
@@ -72,18 +117,87 @@ impl FileProblem {
     /// Short machine-readable name, for `/readyz`.
     pub fn reason(&self) -> &'static str {
         match self {
-            FileProblem::Removed { .. } => "file_removed",
-            FileProblem::Replaced { .. } => "file_replaced",
-            FileProblem::Unreadable { .. } => "file_unreadable",
+            FileProblem::Removed { part, .. } => match part {
+                Part::Database => "file_removed",
+                Part::Wal => "wal_removed",
+                Part::Shm => "shm_removed",
+            },
+            FileProblem::Replaced { part, .. } => match part {
+                Part::Database => "file_replaced",
+                Part::Wal => "wal_replaced",
+                Part::Shm => "shm_replaced",
+            },
+            FileProblem::Unreadable { part, .. } => match part {
+                Part::Database => "file_unreadable",
+                Part::Wal => "wal_unreadable",
+                Part::Shm => "shm_unreadable",
+            },
         }
     }
 }
 
-/// The database file as opened at startup.
+/// One file the relay has open, as identified when it was opened.
+#[derive(Debug, Clone)]
+struct Watched {
+    part: Part,
+    path: PathBuf,
+    id: FileId,
+}
+
+impl Watched {
+    /// The file at `path` now, to be compared later; `None` when it cannot
+    /// be identified (no such file, or no inode numbers on this system).
+    fn record(part: Part, path: PathBuf) -> Option<Self> {
+        let metadata = std::fs::metadata(&path).ok()?;
+        Some(Self {
+            part,
+            id: FileId::of(&metadata)?,
+            path,
+        })
+    }
+
+    /// Whether the path still names the file recorded.
+    fn check(&self) -> Result<(), FileProblem> {
+        let (part, path) = (self.part, || self.path.clone());
+        match std::fs::metadata(&self.path) {
+            Ok(metadata) if FileId::of(&metadata) == Some(self.id) => Ok(()),
+            Ok(_) => Err(FileProblem::Replaced { part, path: path() }),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                Err(FileProblem::Removed { part, path: path() })
+            }
+            Err(err) => Err(FileProblem::Unreadable {
+                part,
+                path: path(),
+                message: err.to_string(),
+            }),
+        }
+    }
+}
+
+/// `<database><suffix>`, the name SQLite gives a companion file.
+fn companion(database: &Path, suffix: &str) -> PathBuf {
+    let mut name = OsString::from(database.as_os_str());
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The database file as opened at startup, and (once recorded with
+/// [`DatabaseFile::record_log_files`]) SQLite's `-wal` and `-shm` files.
+///
+/// SQLite unlinks `-wal` and `-shm` only when the last connection to the
+/// database closes (in any process: closing needs an exclusive lock that
+/// every other open connection blocks), and a checkpoint rewinds or
+/// truncates the log in place. The relay's writer keeps one connection open
+/// for its whole life, so while it runs the two files keep their identity;
+/// one deleted or replaced is an accident, and commits appended to an
+/// unlinked log are lost when the process dies.
 #[derive(Debug, Clone)]
 pub struct DatabaseFile {
     path: PathBuf,
-    id: Option<FileId>,
+    /// The files compared on every check: the database first (so that
+    /// moving everything away reports the database), then the log files
+    /// once recorded. Empty where files have no inode numbers.
+    watched: Vec<Watched>,
 }
 
 impl DatabaseFile {
@@ -92,24 +206,25 @@ impl DatabaseFile {
         &self.path
     }
 
-    /// Whether `path` still names the file opened at startup.
-    pub fn check(&self) -> Result<(), FileProblem> {
-        let Some(expected) = self.id else {
-            return Ok(());
-        };
-        match std::fs::metadata(&self.path) {
-            Ok(metadata) if FileId::of(&metadata) == Some(expected) => Ok(()),
-            Ok(_) => Err(FileProblem::Replaced {
-                path: self.path.clone(),
-            }),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Err(FileProblem::Removed {
-                path: self.path.clone(),
-            }),
-            Err(err) => Err(FileProblem::Unreadable {
-                path: self.path.clone(),
-                message: err.to_string(),
-            }),
+    /// Records the identity of `<database>-wal` and `<database>-shm` as
+    /// they are now (call with a connection open, so that both exist); a
+    /// file absent now is not checked later.
+    pub fn record_log_files(&mut self) {
+        self.watched.retain(|file| file.part == Part::Database);
+        if self.watched.is_empty() {
+            // Without the database's identity there is none of theirs.
+            return;
         }
+        for (part, suffix) in [(Part::Wal, "-wal"), (Part::Shm, "-shm")] {
+            self.watched
+                .extend(Watched::record(part, companion(&self.path, suffix)));
+        }
+    }
+
+    /// Whether `path` still names the file opened at startup, and the log
+    /// files beside it the ones recorded.
+    pub fn check(&self) -> Result<(), FileProblem> {
+        self.watched.iter().try_for_each(Watched::check)
     }
 }
 
@@ -133,9 +248,14 @@ pub fn prepare(path: &Path) -> io::Result<DatabaseFile> {
             "not a regular file",
         ));
     }
+    let watched = FileId::of(&metadata).map(|id| Watched {
+        part: Part::Database,
+        path: path.to_owned(),
+        id,
+    });
     Ok(DatabaseFile {
         path: path.to_owned(),
-        id: FileId::of(&metadata),
+        watched: watched.into_iter().collect(),
     })
 }
 
@@ -155,6 +275,50 @@ pub fn create_private(path: &Path) -> io::Result<std::fs::File> {
     }
     #[cfg(not(unix))]
     options.open(path)
+}
+
+/// Mode of every folder the relay creates for its database: only the
+/// service user may add, remove or rename files in it (a folder others can
+/// write lets them swap the database or its lock file).
+pub const FOLDER_MODE: u32 = 0o700;
+
+/// Creates `folder` and its missing ancestors with mode `0700` whatever
+/// the umask; folders that already exist keep their mode.
+#[tracing::instrument(level = "debug", fields(folder = %folder.display()))]
+pub fn create_private_dirs(folder: &Path) -> io::Result<()> {
+    // The missing folders, deepest first: up to the first that exists.
+    let mut missing = Vec::new();
+    let mut next = Some(folder);
+    while let Some(current) = next.filter(|p| !p.as_os_str().is_empty()) {
+        match std::fs::symlink_metadata(current) {
+            Ok(_) => break,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => missing.push(current),
+            Err(err) => return Err(err),
+        }
+        next = current.parent();
+    }
+    for created in missing.into_iter().rev() {
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            builder.mode(FOLDER_MODE);
+        }
+        match builder.create(created) {
+            Ok(()) => {}
+            // Created meanwhile by someone else: theirs, with their mode.
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists && created.is_dir() => continue,
+            Err(err) => return Err(err),
+        }
+        // The mode given to mkdir() is reduced by the umask; setting it
+        // afterwards makes it exact.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(created, std::fs::Permissions::from_mode(FOLDER_MODE))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -197,5 +361,25 @@ mod tests {
         assert_eq!(file.check().unwrap_err().reason(), "file_replaced");
         std::fs::remove_file(&path).unwrap();
         assert_eq!(file.check().unwrap_err().reason(), "file_removed");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn missing_folders_are_created_private_and_existing_ones_keep_their_mode() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let existing = dir.path().join("existing");
+        std::fs::create_dir(&existing).unwrap();
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let deep = existing.join("a").join("b");
+        create_private_dirs(&deep).unwrap();
+        assert_eq!(mode(&existing), 0o755);
+        assert_eq!(mode(&existing.join("a")), 0o700);
+        assert_eq!(mode(&deep), 0o700);
+        // Again: nothing to create, nothing changed.
+        std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_private_dirs(&deep).unwrap();
+        assert_eq!(mode(&deep), 0o750);
     }
 }

@@ -1,7 +1,8 @@
 //! What the store knows about its own health, for `/readyz` and for
 //! refusing writes: whether the configured path still names the database
-//! opened at startup, whether SQLite has reported corruption, and how the
-//! last write ended.
+//! opened at startup (and `-wal`/`-shm` the files it has open), whether
+//! SQLite has reported corruption, how the last write ended, and when the
+//! last readiness probe committed (reused for [`PROBE_REUSE`]).
 //!
 //! The writer records every commit's outcome here; readers and the writer
 //! report corruption here. [`Unready`] is the reason readiness gives.
@@ -23,6 +24,13 @@ use super::file::{DatabaseFile, FileProblem};
 /// held: the probe needs that same lock, so it tests them faithfully.
 pub const STORAGE_FAILURE_HOLD: Duration = Duration::from_secs(10);
 
+/// How long a readiness probe that committed answers for later readiness
+/// checks: `/readyz` is unauthenticated, and each probe is a commit with an
+/// fsync, so a flood of probes would compete with enqueues. At most one
+/// probe write per second; a failure is not reused (see
+/// [`Health::write_failed`]).
+pub const PROBE_REUSE: Duration = Duration::from_secs(1);
+
 /// SQLite's primary result codes for another connection holding the lock
 /// (`SQLITE_BUSY`, `SQLITE_LOCKED`).
 const CONTENTION_CODES: [i64; 2] = [5, 6];
@@ -34,7 +42,8 @@ const CORRUPTION_CODES: [i64; 2] = [11, 26];
 /// Why the store is not ready.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unready {
-    /// The path no longer names the open database.
+    /// The path no longer names the open database, or its log files are
+    /// not the ones the relay has open.
     #[error("{0}")]
     File(FileProblem),
     /// SQLite reported that the database is damaged.
@@ -83,6 +92,9 @@ struct State {
     corrupt: Option<String>,
     /// The file problem already logged, so it is logged once.
     file_problem: Option<FileProblem>,
+    /// When the last readiness probe that committed was asked for; cleared
+    /// by a failed write, so that a failure is never hidden behind it.
+    probe_succeeded_at: Option<Instant>,
 }
 
 impl Health {
@@ -103,7 +115,8 @@ impl Health {
     }
 
     /// Whether the configured path still names the database opened at
-    /// startup (one `stat`). The first failure is logged as an ERROR, and a
+    /// startup, and its `-wal` and `-shm` the files recorded then (a
+    /// `stat` each). The first failure is logged as an ERROR, and a
     /// return to normal (the file renamed back) as an INFO; the checks in
     /// between are silent, so a refused request does not log.
     pub fn check_file(&self) -> Result<(), FileProblem> {
@@ -115,7 +128,7 @@ impl Health {
                 state.file_problem = Some(problem.clone());
             }
             (Ok(()), Some(_)) => {
-                info!(path = %self.file.path().display(), "the database file is back; writes are accepted again");
+                info!(path = %self.file.path().display(), "the database's files are back; writes are accepted again");
                 state.file_problem = None;
             }
             _ => {}
@@ -139,6 +152,7 @@ impl Health {
         self.note_error(err);
         let mut state = self.state();
         state.last_failure = Some(message.to_owned());
+        state.probe_succeeded_at = None;
         if primary_code(err).is_none_or(|code| !CONTENTION_CODES.contains(&code)) {
             state.storage_failure =
                 Some((Instant::now() + STORAGE_FAILURE_HOLD, message.to_owned()));
@@ -175,6 +189,20 @@ impl Health {
         }
     }
 
+    /// Records that a readiness probe asked for at `at` committed.
+    pub fn probe_succeeded(&self, at: Instant) {
+        let mut state = self.state();
+        state.probe_succeeded_at = state.probe_succeeded_at.max(Some(at));
+    }
+
+    /// Whether a probe committed for a request less than [`PROBE_REUSE`]
+    /// before `now` (or after it), with no write failed since.
+    pub fn probe_is_fresh(&self, now: Instant) -> bool {
+        self.state()
+            .probe_succeeded_at
+            .is_some_and(|at| now.saturating_duration_since(at) < PROBE_REUSE)
+    }
+
     /// The error of the last write that ended, if it failed.
     pub fn last_failure(&self) -> Option<String> {
         self.state().last_failure.clone()
@@ -188,4 +216,25 @@ fn primary_code(err: &sqlx::Error) -> Option<i64> {
     };
     let code = db.code()?.parse::<i64>().ok()?;
     Some(code & 0xff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A probe's success answers for a second, and not at all once a
+    /// write failed after it.
+    #[test]
+    fn a_probe_is_reused_for_a_second_and_never_past_a_failed_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = super::super::file::prepare(&dir.path().join("relay.db")).unwrap();
+        let health = Health::new(file);
+        let start = Instant::now();
+        assert!(!health.probe_is_fresh(start), "no probe yet");
+        health.probe_succeeded(start);
+        assert!(health.probe_is_fresh(start + Duration::from_millis(999)));
+        assert!(!health.probe_is_fresh(start + PROBE_REUSE));
+        health.write_failed(&sqlx::Error::PoolTimedOut, "database is locked");
+        assert!(!health.probe_is_fresh(start));
+    }
 }

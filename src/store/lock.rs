@@ -2,6 +2,18 @@
 //! file beside the database, `<database>.lock`, held by `serve` for its
 //! whole life and holding its pid as text.
 //!
+//! The lock file is named after the database's canonical path (symbolic
+//! links, `.` and `..` resolved, relative paths made absolute), so two
+//! configurations that reach one file through a symlink or a relative and
+//! an absolute path share one lock. Hard links and bind mounts still give
+//! one file two canonical paths, which the lock cannot tell apart: do not
+//! configure a database through them.
+//!
+//! The lock is not taken on the database file itself: SQLite locks that
+//! file with POSIX locks, which belong to the process and are all dropped
+//! when ANY descriptor of the file the process has open is closed, so the
+//! relay opens no descriptor of its own on it.
+//!
 //! Two daemons on one database would each poll at the full budget and each
 //! keep their own upstream pause, so together they break the rate limit the
 //! relay promises. The CLI's one-shot commands (`enqueue`, `status`, `list`,
@@ -33,6 +45,15 @@ pub enum LockError {
         /// "pid N" as written by the holder, or a note that it wrote none.
         holder: String,
     },
+    /// The database file could not be created or resolved to its
+    /// canonical path (which names the lock file).
+    #[error("cannot open the database {database}: {source}")]
+    Open {
+        /// The database file, as configured.
+        database: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
     /// The lock file could not be created, opened or locked.
     #[error("cannot lock the database {database} (lock file {lock}): {source}")]
     Io {
@@ -52,7 +73,8 @@ pub struct DatabaseLock {
     _file: File,
 }
 
-/// The lock file of `database`: its path with `.lock` appended.
+/// The lock file of the database at the canonical path `database`: that
+/// path with `.lock` appended.
 pub fn lock_path(database: &Path) -> PathBuf {
     let mut name = OsString::from(database.as_os_str());
     name.push(".lock");
@@ -62,9 +84,22 @@ pub fn lock_path(database: &Path) -> PathBuf {
 impl DatabaseLock {
     /// Takes the lock of `database` without waiting, creating the lock file
     /// (mode `0600`) when missing, and writes this process's pid into it.
+    ///
+    /// The database file (and its folders) is created first when missing,
+    /// as [`Store::open`](super::Store::open) would: only an existing file
+    /// has a canonical path to name the lock file after.
     #[tracing::instrument(skip_all, fields(database = %database.display()))]
     pub fn acquire(database: &Path) -> Result<Self, LockError> {
-        let lock = lock_path(database);
+        let open_error = |source| LockError::Open {
+            database: database.to_owned(),
+            source,
+        };
+        if let Some(parent) = database.parent().filter(|p| !p.as_os_str().is_empty()) {
+            super::file::create_private_dirs(parent).map_err(open_error)?;
+        }
+        super::file::prepare(database).map_err(open_error)?;
+        let canonical = std::fs::canonicalize(database).map_err(open_error)?;
+        let lock = lock_path(&canonical);
         let io_error = |source| LockError::Io {
             database: database.to_owned(),
             lock: lock.clone(),
@@ -94,13 +129,10 @@ impl DatabaseLock {
     }
 }
 
-/// Opens (creating with mode `0600`, and its folder, which is the
-/// database's) the lock file. Never truncates: the holder's pid must
-/// survive a refused process opening it.
+/// Opens (creating with mode `0600`) the lock file, in the database's
+/// folder. Never truncates: the holder's pid must survive a refused process
+/// opening it.
 fn open_lock_file(path: &Path) -> io::Result<File> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
     match super::file::create_private(path) {
         Ok(file) => Ok(file),
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
@@ -147,5 +179,20 @@ mod tests {
         );
         drop(first);
         DatabaseLock::acquire(&database).expect("released with the first holder");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_database_reached_through_a_symlink_shares_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = dir.path().join("relay.db");
+        let _first = DatabaseLock::acquire(&database).unwrap();
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&database, &link).unwrap();
+        let refused = DatabaseLock::acquire(&link).unwrap_err();
+        assert!(matches!(refused, LockError::Held { .. }), "{refused}");
+        // The lock file is the real database's; none is created beside
+        // the link.
+        assert!(!dir.path().join("link.db.lock").exists());
     }
 }

@@ -72,7 +72,8 @@ pub enum StoreError {
         cause: String,
     },
     /// The configured path no longer names the database opened at startup,
-    /// so a write would go to a file nobody will read again.
+    /// or its `-wal`/`-shm` are no longer the files the relay has open, so
+    /// a write would go to a file nobody will read again.
     #[error("{0}")]
     FileLost(#[from] file::FileProblem),
     /// Applying the embedded migrations failed.
@@ -124,15 +125,17 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating when missing, mode `0600`) the database file and its
-    /// parent folder, and applies the embedded migrations.
+    /// parent folders (mode `0700`), applies the embedded migrations, and
+    /// records the identity of the file and of its `-wal` and `-shm`.
     ///
-    /// This is the only place the file is created: every connection opened
-    /// later (the pool's, the writer's) fails if the file is gone rather
-    /// than creating an empty database at the path.
+    /// Only start-up creates the file (here, or the daemon's
+    /// [`DatabaseLock`] just before): every connection opened later (the
+    /// pool's, the writer's) fails if the file is gone rather than creating
+    /// an empty database at the path.
     #[instrument(skip_all, fields(path = %config.path.display()))]
     pub async fn open(config: &DatabaseConfig) -> Result<Self, StoreError> {
         if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+            file::create_private_dirs(parent).map_err(|source| StoreError::CreateDir {
                 path: parent.display().to_string(),
                 source,
             })?;
@@ -141,18 +144,26 @@ impl Store {
             path: config.path.display().to_string(),
             cause,
         };
-        let file = file::prepare(&config.path).map_err(|err| open_error(err.to_string()))?;
-        let store = Self::connect(&config.path, Health::new(file))
+        let mut file = file::prepare(&config.path).map_err(|err| open_error(err.to_string()))?;
+        let (pool, options) = Self::connect(&config.path)
             .await
             .map_err(|err| open_error(sqlite_cause(&err)))?;
-        sqlx::migrate!("./migrations").run(&store.pool).await?;
-        Ok(store)
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        // The pool's connection is open in WAL mode: `-wal` and `-shm`
+        // exist, and keep their identity while a connection stays open
+        // (the writer's, for the daemon's whole life).
+        file.record_log_files();
+        Ok(Self {
+            pool,
+            options: Arc::new(options),
+            health: Arc::new(Health::new(file)),
+        })
     }
 
     /// Connects with the durability settings ARCHITECTURE.md explains: WAL so readers never
     /// block the writer, `synchronous=FULL` so an acknowledged commit survives
     /// power loss, a busy timeout, and foreign keys enforced.
-    async fn connect(path: &Path, health: Health) -> Result<Self, sqlx::Error> {
+    async fn connect(path: &Path) -> Result<(SqlitePool, SqliteConnectOptions), sqlx::Error> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(false)
@@ -172,11 +183,7 @@ impl Store {
             .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
-        Ok(Self {
-            pool,
-            options: Arc::new(options),
-            health: Arc::new(health),
-        })
+        Ok((pool, options))
     }
 
     /// The shared health record (for the writer).

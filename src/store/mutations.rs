@@ -656,14 +656,17 @@ pub(crate) async fn release_delivery(
 }
 
 /// The readiness probe's write: rewrites its one row in place, so that a
-/// ready answer is backed by a real commit.
+/// ready answer is backed by a real commit. The row's `writes` counter
+/// changes on every probe, so the page is written even when `now` is the
+/// previous probe's millisecond.
 pub(crate) async fn touch_probe(
     conn: &mut SqliteConnection,
     now: Millis,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO readiness_probe (id, written_at) VALUES (1, ?) \
-         ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at",
+        "INSERT INTO readiness_probe (id, written_at, writes) VALUES (1, ?, 1) \
+         ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at, \
+                                        writes = writes + 1",
     )
     .bind(now.0)
     .execute(conn)
@@ -702,6 +705,34 @@ mod tests {
                 targets: vec!["https://hooks.example.com/x".into()],
             }),
         }
+    }
+
+    /// Two probes within one millisecond: the second still writes a page
+    /// (SQLite's log grows by a frame), so it still proves the disk takes
+    /// writes.
+    #[tokio::test]
+    async fn every_probe_writes_a_page_even_within_one_millisecond() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let config = DatabaseConfig::parse(&format!("sqlite://{}", path.display())).unwrap();
+        let store = Store::open(&config).await.unwrap();
+        let mut conn = store.pool().acquire().await.unwrap();
+        let wal = dir.path().join("t.db-wal");
+        let wal_len = || std::fs::metadata(&wal).unwrap().len();
+        let probe = async |conn: &mut sqlx::SqliteConnection| {
+            let mut tx = sqlx::Connection::begin(conn).await.unwrap();
+            super::touch_probe(&mut tx, Millis(7)).await.unwrap();
+            tx.commit().await.unwrap();
+        };
+        probe(&mut conn).await;
+        let after_first = wal_len();
+        probe(&mut conn).await;
+        let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        // A frame is a 24-byte header and the page.
+        assert_eq!(wal_len() - after_first, 24 + page_size as u64);
     }
 
     #[tokio::test]

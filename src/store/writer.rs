@@ -17,13 +17,14 @@
 //! transaction so one bad request cannot fail its neighbours.
 //!
 //! Before writing and again after committing, the writer checks that the
-//! configured path still names the database it has open: a commit to a file
-//! that was deleted or replaced is lost for good, so its callers get an
-//! error, never an acknowledgement. Every commit's outcome is recorded in the
+//! configured path still names the database it has open, and `-wal` and
+//! `-shm` the files it has open: a commit to a file that was deleted or
+//! replaced is lost for good, so its callers get an error, never an
+//! acknowledgement. Every commit's outcome is recorded in the
 //! store's [`Health`], which readiness reads.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{Connection as _, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
@@ -136,6 +137,9 @@ pub struct Writer {
     requests: mpsc::Sender<Request>,
     /// The store's health record, which the writer task updates.
     health: Arc<Health>,
+    /// Held by the readiness check that probes: concurrent checks wait for
+    /// its probe and reuse its success instead of each writing.
+    probe_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Writer {
@@ -152,7 +156,15 @@ impl Writer {
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
         let task = tokio::spawn(run(store.clone(), conn, queue));
         let health = store.health().clone();
-        (Self { requests, health }, task)
+        let probe_turn = Arc::default();
+        (
+            Self {
+                requests,
+                health,
+                probe_turn,
+            },
+            task,
+        )
     }
 
     /// Whether the database can take writes now, for `/readyz`: the path
@@ -165,15 +177,37 @@ impl Writer {
     /// passes on a full disk or a read-only file), and it goes through the
     /// writer's queue like any write, so it also proves the writer makes
     /// progress.
+    ///
+    /// A probe that committed answers for the checks of the next second
+    /// ([`PROBE_REUSE`](super::health::PROBE_REUSE)): at most one probe
+    /// write per second however many `/readyz` calls arrive. The checks
+    /// without writing are made on every call, and a failed probe or write
+    /// is never reused.
     #[instrument(skip_all, level = "debug")]
     pub async fn readiness(&self, limit: Duration) -> Result<(), Unready> {
+        self.readiness_at(limit, Instant::now()).await
+    }
+
+    /// [`Writer::readiness`] for a check made at `now`.
+    async fn readiness_at(&self, limit: Duration, now: Instant) -> Result<(), Unready> {
         self.health.known_problem()?;
-        match tokio::time::timeout(limit, self.submit(WriteOp::Probe)).await {
+        let probe = async {
+            // One probe at a time: a check arriving while one runs waits
+            // for it, then finds its success fresh.
+            let _turn = self.probe_turn.lock().await;
+            if self.health.probe_is_fresh(now) {
+                return Ok(());
+            }
+            self.submit(WriteOp::Probe).await?;
+            self.health.probe_succeeded(now);
+            Ok(())
+        };
+        match tokio::time::timeout(limit, probe).await {
             Err(_) => Err(Unready::Unresponsive {
                 limit,
                 last_failure: self.health.last_failure(),
             }),
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(StoreError::FileLost(problem))) => Err(Unready::File(problem)),
             // The writer recorded a corruption report already, if that was it.
             Ok(Err(err)) => Err(self
@@ -617,7 +651,7 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult,
 mod tests {
     use super::*;
     use crate::config::DatabaseConfig;
-    use crate::store::file::FileProblem;
+    use crate::store::file::{FileProblem, Part};
 
     async fn open(dir: &std::path::Path) -> Store {
         let config =
@@ -728,7 +762,10 @@ mod tests {
 
         let answer = enqueue.await;
         match answer {
-            Err(StoreError::FileLost(FileProblem::Removed { path: named })) => {
+            Err(StoreError::FileLost(FileProblem::Removed {
+                part: Part::Database,
+                path: named,
+            })) => {
                 assert_eq!(named, path)
             }
             other => panic!("acknowledged or wrong error: {other:?}"),
@@ -736,5 +773,99 @@ mod tests {
         drop(writer);
         task.await.unwrap();
         store.close().await;
+    }
+
+    /// How many probes SQLite's readiness row has taken.
+    async fn probe_writes(store: &Store) -> i64 {
+        sqlx::query_scalar("SELECT COALESCE((SELECT writes FROM readiness_probe), 0)")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    }
+
+    /// A hundred readiness checks within a second, one after the other or
+    /// all at once, make one probe write; a check a second after the probe
+    /// writes again.
+    #[tokio::test]
+    async fn readiness_writes_at_most_one_probe_per_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        let (writer, task) = Writer::start(&store).await.unwrap();
+        let limit = Duration::from_secs(5);
+        let start = Instant::now();
+        let at = |millis: u64| start + Duration::from_millis(millis);
+
+        for i in 0..100 {
+            writer.readiness_at(limit, at(i * 9)).await.unwrap();
+        }
+        assert_eq!(probe_writes(&store).await, 1, "one after the other");
+
+        writer.readiness_at(limit, at(1000)).await.unwrap();
+        assert_eq!(probe_writes(&store).await, 2, "a second later");
+
+        let checks = (0..100).map(|_| writer.readiness_at(limit, at(2500)));
+        for ready in futures_util::future::join_all(checks).await {
+            assert_eq!(ready, Ok(()));
+        }
+        assert_eq!(probe_writes(&store).await, 3, "all at once");
+        drop(writer);
+        task.await.unwrap();
+        store.close().await;
+    }
+
+    /// SQLite keeps `-wal` and `-shm` (same device and inode) while the
+    /// writer's connection is open, whatever else happens: checkpoints
+    /// (automatic ones, and one that truncates the log), the pool closing
+    /// all its connections, another process-like store opening and closing.
+    /// Only the last connection's close removes them, so the check that
+    /// refuses writes after they are deleted never fires by itself.
+    #[tokio::test]
+    async fn the_log_files_keep_their_identity_while_the_writer_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        let (writer, task) = Writer::start(&store).await.unwrap();
+        // Past the automatic checkpoint (1000 pages): the log is
+        // checkpointed and then rewritten from its start.
+        for batch in 0..10 {
+            writer
+                .enqueue(videos(&format!("b{batch}"), 200, 2000))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.health().check_file(), Ok(()));
+
+        // Another store (as the CLI opens): truncating checkpoint with a
+        // journal size limit, then closing its connections.
+        let other = open(dir.path()).await;
+        let mut conn = other.pool().acquire().await.unwrap();
+        sqlx::query("PRAGMA journal_size_limit = 0")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let (busy,): (i64,) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(busy, 0, "the checkpoint ran");
+        drop(conn);
+        other.close().await;
+        let wal = std::fs::metadata(dir.path().join("relay.db-wal")).unwrap();
+        assert_eq!(wal.len(), 0, "truncated in place");
+        assert_eq!(store.health().check_file(), Ok(()));
+
+        // Every pooled connection closes (as idle ones do after a while).
+        store.pool().close().await;
+        assert_eq!(store.health().check_file(), Ok(()));
+        writer.enqueue(videos("after", 1, 10)).await.unwrap();
+        assert_eq!(writer.readiness(Duration::from_secs(5)).await, Ok(()));
+
+        // The writer's was the last connection: closing it removes both,
+        // which the check, watching all along, reports.
+        drop(writer);
+        task.await.unwrap();
+        assert!(!dir.path().join("relay.db-wal").exists());
+        assert!(!dir.path().join("relay.db-shm").exists());
+        let lost = store.health().check_file().unwrap_err();
+        assert_eq!(lost.reason(), "wal_removed", "{lost}");
     }
 }

@@ -186,6 +186,116 @@ async fn a_database_file_replaced_by_rename_refuses_writes_and_readiness() {
     app.stop().await;
 }
 
+/// SQLite's file `<database><suffix>` beside the database of `app`.
+fn log_file(app: &TestApp, suffix: &str) -> PathBuf {
+    let mut name = db_path(app).into_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Asserts that `app` refuses writes and reads and answers `/readyz` with
+/// `reason`, naming `file`.
+async fn assert_refused(app: &TestApp, reason: &str, file: &Path) {
+    let refused = app.enqueue(json!({"video_id": "lost-1"})).await;
+    assert_eq!(refused.assert_json_error(503), "storage_unavailable");
+    let refused = app
+        .send(
+            "POST",
+            "/v1/videos/batch",
+            Some(&json!({"videos": [{"video_id": "lost-2"}]})),
+        )
+        .await;
+    assert_eq!(refused.assert_json_error(503), "storage_unavailable");
+    let message = assert_unready(app, reason).await;
+    assert!(message.contains(&file.display().to_string()), "{message}");
+    // What the running relay still has open is not what a restart reads.
+    let read = app.video("kept-1").await;
+    assert_eq!(read.assert_json_error(503), "storage_unavailable");
+}
+
+/// The write-ahead log holds every commit since the last checkpoint; a
+/// relay that kept appending to a deleted one would acknowledge enqueues
+/// that a kill loses.
+#[tokio::test]
+async fn a_removed_write_ahead_log_refuses_writes_and_readiness() {
+    let app = spawn_manual_app(|_| {}).await;
+    assert_eq!(app.enqueue(json!({"video_id": "kept-1"})).await.status, 201);
+    assert_eq!(app.send("GET", "/readyz", None).await.status, 200);
+    let wal = log_file(&app, "-wal");
+    std::fs::remove_file(&wal).unwrap();
+    assert_refused(&app, "wal_removed", &wal).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_replaced_write_ahead_log_refuses_writes_and_readiness() {
+    let app = spawn_manual_app(|_| {}).await;
+    assert_eq!(app.enqueue(json!({"video_id": "kept-1"})).await.status, 201);
+    let wal = log_file(&app, "-wal");
+    let staged = wal.with_file_name("relay.db-wal.copy");
+    std::fs::copy(&wal, &staged).unwrap();
+    std::fs::rename(&staged, &wal).unwrap();
+    assert_refused(&app, "wal_replaced", &wal).await;
+    app.stop().await;
+}
+
+/// The shared-memory index is how processes agree on the log's content: a
+/// CLI command would build another one beside a deleted one.
+#[tokio::test]
+async fn a_removed_shared_memory_index_refuses_writes_and_readiness() {
+    let app = spawn_manual_app(|_| {}).await;
+    assert_eq!(app.enqueue(json!({"video_id": "kept-1"})).await.status, 201);
+    let shm = log_file(&app, "-shm");
+    std::fs::remove_file(&shm).unwrap();
+    assert_refused(&app, "shm_removed", &shm).await;
+    app.stop().await;
+}
+
+/// What an operator relies on: an enqueue answered 201 survives a crash.
+/// After the log is deleted under the real daemon, nothing is answered 201
+/// (each enqueue would be appended to the unlinked log and lost with the
+/// process), and what a restart reads agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_enqueue_acknowledged_after_the_log_is_deleted_is_lost_by_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let mut relay = RelayProcess::start(&config, &[("JOGG_RELAY__JOGG__API_KEY", "sk-test")]);
+    let client = jogg_relay::outbound::client_builder().build().unwrap();
+    let enqueue = |id: String| {
+        client
+            .post(format!("{}/v1/videos", relay.base()))
+            .bearer_auth(TOKEN)
+            .json(&json!({ "video_id": id }))
+            .send()
+    };
+    assert_eq!(enqueue("kept-1".into()).await.unwrap().status(), 201);
+    std::fs::remove_file(dir.path().join("relay.db-wal")).unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let id = format!("after-{i}");
+        let answer = enqueue(id.clone()).await.unwrap();
+        match answer.status().as_u16() {
+            201 => acknowledged.push(id),
+            status => assert_eq!(status, 503),
+        }
+    }
+    relay.signal("KILL");
+    relay.wait();
+
+    let config = config.to_str().unwrap();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| {
+            let (code, _, _) = run_binary(&["--config", config, "status", id], &[]);
+            code != 0
+        })
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged with 201, gone after the kill: {lost:?}"
+    );
+}
+
 #[tokio::test]
 async fn readiness_names_corruption_once_sqlite_reports_damaged_pages() {
     // A relay stores some videos and stops cleanly (the WAL is folded into
@@ -251,13 +361,19 @@ async fn a_second_relay_on_the_same_database_in_one_process_is_refused_until_the
 
 /// Writes a configuration for the real binary with its database in `dir`.
 fn write_config(dir: &Path) -> PathBuf {
+    write_config_for(dir, &dir.join("relay.db"))
+}
+
+/// Writes a configuration for the real binary in `dir`, for the database
+/// `database`.
+fn write_config_for(dir: &Path, database: &Path) -> PathBuf {
     let path = dir.join("relay.toml");
     std::fs::write(
         &path,
         format!(
             "[server]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
              [database]\nurl = \"sqlite://{}\"\n",
-            dir.join("relay.db").display()
+            database.display()
         ),
     )
     .unwrap();
@@ -332,6 +448,39 @@ fn a_second_serve_on_the_same_database_is_refused_naming_it_and_the_running_pid(
     assert!(stderr.contains("is active"), "{stderr}");
 }
 
+/// A second `serve` configured with another path to the same file (a
+/// symbolic link in another folder) is refused like one with the same path.
+#[cfg(unix)]
+#[test]
+fn a_second_serve_reaching_the_database_through_a_symlink_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let key = [("JOGG_RELAY__JOGG__API_KEY", "sk-test")];
+    let first = RelayProcess::start(&config, &key);
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let link = elsewhere.path().join("link.db");
+    std::os::unix::fs::symlink(dir.path().join("relay.db"), &link).unwrap();
+    let config = write_config_for(elsewhere.path(), &link);
+    let second = Command::new(binary())
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env_clear()
+        .env("JOGG_RELAY__JOGG__API_KEY", "sk-test")
+        .env("JOGG_RELAY__JOGG__BASE_URL", "http://127.0.0.1:1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, stderr) = wait_with_deadline(second);
+    assert_eq!(code, Some(1), "the second serve must exit: {stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", first.child.id())),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&link.display().to_string()), "{stderr}");
+}
+
 /// `jogg-relay serve` started through `sh -c` so that `prelude` (a umask,
 /// a file size limit: std has no call for either) applies to it.
 struct ShellRelay {
@@ -397,23 +546,32 @@ impl Drop for ShellRelay {
 
 #[cfg(unix)]
 #[test]
-fn database_wal_shm_and_lock_files_are_private_whatever_the_umask() {
+fn database_folders_wal_shm_and_lock_files_are_private_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+    // The database's folders do not exist yet: the relay creates them.
+    let folder = dir.path().join("state").join("db");
+    let config = write_config_for(dir.path(), &folder.join("relay.db"));
     // The most permissive umask. The relay logs its address once the
     // database is open in WAL mode, so every file exists by then.
     let relay = ShellRelay::start(&config, "umask 000");
+    let mode_of = |path: &Path| {
+        let metadata = std::fs::metadata(path).ok();
+        metadata.map(|m| m.permissions().mode() & 0o777)
+    };
     let modes: Vec<(String, Option<u32>)> =
         ["relay.db", "relay.db-wal", "relay.db-shm", "relay.db.lock"]
             .iter()
-            .map(|name| {
-                let metadata = std::fs::metadata(dir.path().join(name)).ok();
-                let mode = metadata.map(|m| m.permissions().mode() & 0o777);
-                (name.to_string(), mode)
-            })
+            .map(|name| (name.to_string(), mode_of(&folder.join(name))))
             .collect();
+    let folder_modes = [mode_of(&dir.path().join("state")), mode_of(&folder)];
     drop(relay);
+    assert_eq!(
+        folder_modes,
+        [Some(0o700), Some(0o700)],
+        "created folders 0700: {:?}",
+        folder_modes.map(|mode| mode.map(|m| format!("{m:o}")))
+    );
     assert!(
         modes.iter().all(|(_, mode)| *mode == Some(0o600)),
         "every file 0600: {:?}",
@@ -485,11 +643,13 @@ async fn readiness_is_503_as_soon_as_a_full_disk_refuses_an_enqueue() {
     // Started again on the full disk, the relay has no failed write to go
     // by: its probe must find the disk full by writing. (A few probes may
     // still fit in the room the refused enqueue could not use; each takes
-    // some of it.)
+    // some of it.) A probe's success answers for a second, so the checks
+    // are spread over seconds: this real process's clock cannot be paused.
     drop(relay);
     let relay = ShellRelay::start(&config, "trap '' XFSZ; ulimit -f 400");
     let mut answers = Vec::new();
-    for _ in 0..20 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
         let ready = client
             .get(format!("{}/readyz", relay.base()))
             .send()
@@ -501,7 +661,9 @@ async fn readiness_is_503_as_soon_as_a_full_disk_refuses_an_enqueue() {
         if done {
             break;
         }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+
     let last = answers.last().unwrap();
     assert_eq!(last.status, 503, "ready on a full disk: {answers:?}");
     assert_eq!(last.json["error"]["reason"], "write_failed", "{last:?}");
