@@ -1017,3 +1017,84 @@ async fn callbacks_go_straight_to_the_receiver_whatever_proxy_the_environment_na
     assert_eq!(warnings, 1, "one startup warning: {log:#?}");
     assert!(!log.iter().any(|line| line.contains(SECRET)));
 }
+
+#[tokio::test]
+async fn redelivery_counts_the_videos_own_callback_url_once() {
+    let receiver = SimReceiver::start(None).await.unwrap();
+    let app = relay_for(&receiver, |s| s.callbacks.allow_private_targets = true).await;
+    let own = receiver.url("own");
+    completed_video(&app, "d-own", json!({"callback_url": own})).await;
+    let same = receiver.url("ops");
+    completed_video(&app, "d-same", json!({"callback_url": same})).await;
+    deliver_rounds(&app, Millis::now(), 1).await;
+
+    // The configured receiver and the video's own: two targets.
+    let queued = app.send("POST", "/v1/videos/d-own/redeliver", None).await;
+    assert_eq!(queued.status, 202, "{queued:?}");
+    assert_eq!(queued.json["targets"], 2, "{queued:?}");
+    // An own URL that is a configured one is one target, not two.
+    let queued = app.send("POST", "/v1/videos/d-same/redeliver", None).await;
+    assert_eq!(queued.json["targets"], 1, "{queued:?}");
+
+    let before = receiver.state.received().len();
+    deliver_rounds(&app, Millis::now(), 1).await;
+    let mut again: Vec<String> = receiver.state.received()[before..]
+        .iter()
+        .map(|r| format!("{} {}", r.path, r.event_id.as_deref().unwrap_or("-")))
+        .collect();
+    again.sort();
+    let own_event = app.video("d-own").await.json["event_id"].clone();
+    let same_event = app.video("d-same").await.json["event_id"].clone();
+    let (own_event, same_event) = (own_event.as_str().unwrap(), same_event.as_str().unwrap());
+    let mut expected = vec![
+        format!("ops {own_event}"),
+        format!("own {own_event}"),
+        format!("ops {same_event}"),
+    ];
+    expected.sort();
+    assert_eq!(
+        again, expected,
+        "each target once, with the original event ids"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_attempt_cut_off_by_shutdown_is_handed_back_due_at_once() {
+    let receiver = SimReceiver::start(None).await.unwrap();
+    // The receiver answers 200 and then never finishes the body: the
+    // attempt is still in flight when the relay is told to stop.
+    receiver.state.script("ops", [Reply::Stall(0)]);
+    let ops = receiver.url("ops");
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.callbacks.urls = vec![ops];
+        s.callbacks.timeout = "60s".into();
+        s.polling.first_after = "0s".into();
+        s.server.shutdown_grace = "200ms".into();
+    })
+    .await;
+    app.sim.state.script("d-cut", Timeline::completes(0, 0));
+    assert_eq!(app.enqueue(json!({"video_id": "d-cut"})).await.status, 201);
+    assert!(
+        receiver
+            .state
+            .wait_for_received(1, Duration::from_secs(30))
+            .await,
+        "the callback was sent"
+    );
+    let database = app.config.database.clone();
+    let _dir = app.stop().await;
+
+    // Handed back: no lease left (the next start sends it at once instead of
+    // waiting the lease out), due now, and the cut-off attempt not counted.
+    let store = jogg_relay::store::Store::open(&database).await.unwrap();
+    let (lease_until, next_attempt_at, attempts): (Option<i64>, i64, i64) =
+        sqlx::query_as("SELECT lease_until, next_attempt_at, attempts FROM deliveries")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(lease_until, None);
+    assert!(next_attempt_at <= Millis::now().0, "due at once");
+    assert_eq!(attempts, 0);
+    store.close().await;
+}
