@@ -186,6 +186,18 @@ impl TestApp {
         self.send("GET", &format!("/v1/videos/{id}"), None).await
     }
 
+    /// The text of `GET /metrics` (no token needed).
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics text")
+    }
+
     /// A second handle on the relay's database, for assertions.
     pub async fn store(&self) -> Store {
         Store::open(&self.config.database).await.unwrap()

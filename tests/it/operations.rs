@@ -213,15 +213,7 @@ async fn metrics_after_a_run_have_every_family_with_its_type() {
         .set_auth_failure(Some(AuthFailure::BusinessCode));
     app.step(Millis::now().plus(Duration::from_secs(3600)))
         .await;
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let metrics = Exposition::parse(&text);
     assert_eq!(
         metrics.value("jogg_relay_upstream_paused", "reason=\"invalid_api_key\""),

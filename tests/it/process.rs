@@ -570,15 +570,7 @@ async fn process_metrics_describe_this_process() {
     let app = spawn_app_with(|_| {}).await;
     // Files the process holds open: the count must include them.
     let held: Vec<_> = (0..40).map(|_| tempfile::tempfile().unwrap()).collect();
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let sample = |name: &str| -> f64 {
         let line = text
             .lines()

@@ -401,13 +401,9 @@ fn wait_with_deadline(mut child: std::process::Child) -> (Option<i32>, String) {
     (if exited { status.code() } else { None }, text)
 }
 
-#[test]
-fn a_second_serve_on_the_same_database_is_refused_naming_it_and_the_running_pid() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
-    let key = [("JOGG_RELAY__JOGG__API_KEY", "sk-test")];
-    let first = RelayProcess::start(&config, &key);
-
+/// Runs `serve` with `config` while another one runs, until it exits (with
+/// a deadline); its exit code and standard error.
+fn second_serve(config: &Path) -> (Option<i32>, String) {
     let second = Command::new(binary())
         .args(["--config", config.to_str().unwrap(), "serve"])
         .env_clear()
@@ -417,7 +413,17 @@ fn a_second_serve_on_the_same_database_is_refused_naming_it_and_the_running_pid(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (code, stderr) = wait_with_deadline(second);
+    wait_with_deadline(second)
+}
+
+#[test]
+fn a_second_serve_on_the_same_database_is_refused_naming_it_and_the_running_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let key = [("JOGG_RELAY__JOGG__API_KEY", "sk-test")];
+    let first = RelayProcess::start(&config, &key);
+
+    let (code, stderr) = second_serve(&config);
     assert_eq!(code, Some(1), "the second serve must exit: {stderr}");
     let db = dir.path().join("relay.db");
     assert!(stderr.contains(&db.display().to_string()), "{stderr}");
@@ -462,16 +468,7 @@ fn a_second_serve_reaching_the_database_through_a_symlink_is_refused() {
     let link = elsewhere.path().join("link.db");
     std::os::unix::fs::symlink(dir.path().join("relay.db"), &link).unwrap();
     let config = write_config_for(elsewhere.path(), &link);
-    let second = Command::new(binary())
-        .args(["--config", config.to_str().unwrap(), "serve"])
-        .env_clear()
-        .env("JOGG_RELAY__JOGG__API_KEY", "sk-test")
-        .env("JOGG_RELAY__JOGG__BASE_URL", "http://127.0.0.1:1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (code, stderr) = wait_with_deadline(second);
+    let (code, stderr) = second_serve(&config);
     assert_eq!(code, Some(1), "the second serve must exit: {stderr}");
     assert!(stderr.contains("already in use"), "{stderr}");
     assert!(

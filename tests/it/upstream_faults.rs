@@ -98,15 +98,7 @@ async fn relay_for(receiver: &SimReceiver, customize: impl FnOnce(&mut Settings)
 /// The value of the series `series` (name and labels, as rendered) in the
 /// relay's `/metrics`.
 async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no {series} in\n{text}"))
