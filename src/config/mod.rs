@@ -168,17 +168,22 @@ impl Settings {
         let base_url = http_url(&jogg.base_url, "jogg.base_url")?;
         let api_key = secret(&jogg.api_key, &jogg.api_key_file, "jogg.api_key")?;
         let jogg_timeout = positive_duration(&jogg.timeout, "jogg.timeout")?;
-        if !(jogg.requests_per_second.is_finite() && jogg.requests_per_second > 0.0) {
+        if !(MIN_REQUESTS_PER_SECOND..=MAX_REQUESTS_PER_SECOND).contains(&jogg.requests_per_second)
+        {
             return Err(ConfigError::new(
                 "jogg.requests_per_second",
                 format!(
-                    "must be a positive number, got {}",
+                    "must be a number from {MIN_REQUESTS_PER_SECOND} to \
+                     {MAX_REQUESTS_PER_SECOND}, got {}",
                     jogg.requests_per_second
                 ),
             ));
         }
-        if jogg.burst == 0 {
-            return Err(ConfigError::new("jogg.burst", "must be at least 1"));
+        if !(1..=MAX_BURST).contains(&jogg.burst) {
+            return Err(ConfigError::new(
+                "jogg.burst",
+                format!("must be from 1 to {MAX_BURST}, got {}", jogg.burst),
+            ));
         }
         if jogg.max_in_flight == 0 {
             return Err(ConfigError::new("jogg.max_in_flight", "must be at least 1"));
@@ -218,7 +223,20 @@ impl Settings {
         let urls = callbacks
             .urls
             .iter()
-            .map(|url| http_url(url, "callbacks.urls"))
+            .enumerate()
+            .map(|(index, url)| {
+                // Webhook URLs often carry a token in their path or query,
+                // so the entry is named by position, never shown.
+                http_url(url, "callbacks.urls").map_err(|_| {
+                    ConfigError::new(
+                        "callbacks.urls",
+                        format!(
+                            "entry {} is not an http:// or https:// URL with a host",
+                            index + 1
+                        ),
+                    )
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let webhook_secret = webhook_secret(
             &callbacks.secret,
@@ -421,6 +439,17 @@ fn duration(raw: &str, key: &str) -> Result<Duration, ConfigError> {
     }
     Ok(parsed)
 }
+
+/// Slowest budget accepted: one request in about 17 minutes. Slower is no
+/// budget a relay can work with, and the schedule arithmetic stays within
+/// representable times.
+const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
+/// Fastest budget accepted; beyond it the interval between requests would
+/// round to nothing, which would be no limit at all.
+const MAX_REQUESTS_PER_SECOND: f64 = 100_000.0;
+/// Largest burst accepted (a bucket of a whole day at the slowest budget
+/// stays far within representable times).
+const MAX_BURST: u32 = 100_000;
 
 /// Longest duration any key accepts (ten years): far beyond any sensible
 /// schedule, and short enough that every time computed from it stays a

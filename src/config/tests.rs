@@ -169,6 +169,22 @@ fn every_invalid_value_names_its_key() {
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case] = &[
         (
+            "[jogg]\nrequests_per_second = 1e-20\n",
+            &[],
+            "jogg.requests_per_second",
+        ),
+        (
+            "[jogg]\nrequests_per_second = 1e300\n",
+            &[],
+            "jogg.requests_per_second",
+        ),
+        (
+            "",
+            &[("JOGG_RELAY__JOGG__REQUESTS_PER_SECOND", "nan")],
+            "jogg.requests_per_second",
+        ),
+        ("[jogg]\nburst = 4294967295\n", &[], "jogg.burst"),
+        (
             "[polling]\nfirst_after = \"10000years\"\n",
             &[],
             "polling.first_after",
@@ -333,6 +349,17 @@ fn unquoted_values_of_string_keys_are_refused_by_key_without_the_value() {
             assert!(!err.to_string().contains(fragment), "{err}");
         }
     }
+    // A callback URL may carry a token: a bad one is named by position.
+    let err = load_str(
+        "[callbacks]\nurls = [\"https://ok.example/a\", \"hooks.example/T0KEN-in-path\"]\n",
+        &[],
+    )
+    .unwrap()
+    .validate()
+    .unwrap_err();
+    assert_eq!(err.key, "callbacks.urls");
+    assert!(err.message.contains("entry 2"), "{err}");
+    assert!(!err.to_string().contains("T0KEN"), "{err}");
     // Keys that are not strings still take their own types.
     let settings = load_str("[jogg]\nburst = 3\nrequests_per_second = 2\n", &[]).unwrap();
     assert_eq!(settings.jogg.burst, 3);

@@ -126,7 +126,9 @@ impl UpstreamGate {
     /// A gate for `rate` requests per second with bursts of `burst`.
     /// `probe_base`/`probe_cap` bound the delay between probes while paused.
     pub fn new(rate: f64, burst: u32, probe_base: Duration, probe_cap: Duration) -> Self {
-        let mut interval = Duration::from_secs_f64(1.0 / rate);
+        // The configuration bounds `rate` and `burst`; saturating here keeps
+        // the gate total should a caller not.
+        let mut interval = Duration::try_from_secs_f64(1.0 / rate).unwrap_or(Duration::MAX);
         let usable_burst = if burst >= 2 {
             let reserve = (JITTER_ALLOWANCE.as_secs_f64() / interval.as_secs_f64()).ceil() as u32;
             burst - reserve.clamp(1, burst - 1)
@@ -136,7 +138,7 @@ impl UpstreamGate {
         };
         Self {
             interval,
-            tolerance: interval * (usable_burst - 1),
+            tolerance: interval.saturating_mul(usable_burst - 1),
             probe_base,
             probe_cap: probe_cap.max(probe_base),
             max_pause: DEFAULT_MAX_PAUSE,

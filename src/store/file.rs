@@ -215,9 +215,19 @@ impl DatabaseFile {
             // Without the database's identity there is none of theirs.
             return;
         }
+        // SQLite follows a symbolic link to the database and keeps its log
+        // files beside the real file, not beside the link.
+        let real = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
         for (part, suffix) in [(Part::Wal, "-wal"), (Part::Shm, "-shm")] {
-            self.watched
-                .extend(Watched::record(part, companion(&self.path, suffix)));
+            let companion = companion(&real, suffix);
+            match Watched::record(part, companion.clone()) {
+                Some(watched) => self.watched.push(watched),
+                None => tracing::warn!(
+                    file = %companion.display(),
+                    "cannot find SQLite's log file beside the database; it is not watched \
+                     for deletion"
+                ),
+            }
         }
     }
 

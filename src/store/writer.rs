@@ -473,6 +473,16 @@ async fn commit_batch(
                 answers.push((request, result));
             }
             // As above: no acknowledgement for commits to a lost file.
+            // A request that failed alone for a database-wide reason (the
+            // disk filled between the shared try and this one) counts as a
+            // failed write for readiness, like a failed shared batch.
+            for (_, result) in &answers {
+                if let Err(err @ StoreError::Database(cause)) = result
+                    && !is_request_specific(err)
+                {
+                    health.write_failed(cause, &err.to_string());
+                }
+            }
             let lost = health.check_file().err();
             if lost.is_none() {
                 let changed = answers

@@ -227,6 +227,30 @@ async fn a_removed_write_ahead_log_refuses_writes_and_readiness() {
     app.stop().await;
 }
 
+/// SQLite keeps the log files beside the real file when the configured
+/// path is a symbolic link; they are watched there.
+#[tokio::test]
+async fn a_removed_write_ahead_log_behind_a_symlinked_path_refuses_writes() {
+    let real = tempfile::tempdir().unwrap();
+    let links = tempfile::tempdir().unwrap();
+    let real_db = real.path().join("real.db");
+    let link = links.path().join("link.db");
+    // An empty file is a new database to SQLite; a link to nothing is
+    // refused at start (the relay does not create files through links).
+    std::fs::File::create(&real_db).unwrap();
+    std::os::unix::fs::symlink(&real_db, &link).unwrap();
+    let app = spawn_manual_app(|s| s.database.url = format!("sqlite://{}", link.display())).await;
+    assert_eq!(app.enqueue(json!({"video_id": "kept-1"})).await.status, 201);
+    let mut wal = real_db.into_os_string();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    std::fs::remove_file(&wal).unwrap();
+    let refused = app.enqueue(json!({"video_id": "lost-1"})).await;
+    assert_eq!(refused.assert_json_error(503), "storage_unavailable");
+    assert_unready(&app, "wal_removed").await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_replaced_write_ahead_log_refuses_writes_and_readiness() {
     let app = spawn_manual_app(|_| {}).await;
