@@ -446,7 +446,7 @@ fn duration(raw: &str, key: &str) -> Result<Duration, ConfigError> {
 const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
 /// Fastest budget accepted; beyond it the interval between requests would
 /// round to nothing, which would be no limit at all.
-const MAX_REQUESTS_PER_SECOND: f64 = 100_000.0;
+const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
 /// Largest burst accepted (a bucket of a whole day at the slowest budget
 /// stays far within representable times).
 const MAX_BURST: u32 = 100_000;
