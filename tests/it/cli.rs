@@ -8,18 +8,7 @@ use serde_json::json;
 use crate::helpers::{RelayProcess, TOKEN, reply, run_binary};
 
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
-    let path = dir.join("relay.toml");
-    let db = dir.join("db").join("relay.db");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
-             [database]\nurl = \"sqlite://{}\"\n{extra}",
-            db.display()
-        ),
-    )
-    .unwrap();
-    path
+    crate::helpers::write_relay_config(dir, &dir.join("db").join("relay.db"), extra)
 }
 
 #[test]

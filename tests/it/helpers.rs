@@ -115,6 +115,35 @@ async fn start(customize: impl FnOnce(&mut Settings), manual_poller: bool) -> Te
     app
 }
 
+/// Writes `dir/relay.toml` for the real binary: loopback on port 0, the
+/// test token, the database at `database`, then `extra` (more sections).
+pub fn write_relay_config(dir: &Path, database: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("relay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
+             [database]\nurl = \"sqlite://{}\"\n{extra}",
+            database.display()
+        ),
+    )
+    .expect("write the configuration");
+    path
+}
+
+/// An RFC 3339 timestamp as the API shows it, as [`Millis`].
+pub fn api_millis(rfc3339: &Value) -> Millis {
+    let text = rfc3339
+        .as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {rfc3339}"));
+    let at = humantime::parse_rfc3339(text).expect("an RFC 3339 timestamp");
+    Millis(
+        at.duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as i64,
+    )
+}
+
 /// A response reduced to what tests assert on.
 #[derive(Debug)]
 pub struct Reply {

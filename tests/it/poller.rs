@@ -241,16 +241,6 @@ async fn transient_failures_back_off_without_changing_anything() {
     app.stop().await;
 }
 
-/// Reads an RFC 3339 timestamp the API shows.
-fn millis(rfc3339: &Value) -> Millis {
-    let at = humantime::parse_rfc3339(rfc3339.as_str().expect("a timestamp")).unwrap();
-    Millis(
-        at.duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
-}
-
 #[tokio::test]
 async fn rate_limit_pauses_all_polling() {
     // (fault, the pause it asks for). The clock is the one the steps are
@@ -280,7 +270,7 @@ async fn rate_limit_pauses_all_polling() {
         // the pause and its end are named.
         let ready = app.send("GET", "/readyz", None).await;
         assert_eq!(ready.status, 200, "{fault:?}");
-        let until = millis(&ready.json["upstream_pause"]["until"]);
+        let until = crate::helpers::api_millis(&ready.json["upstream_pause"]["until"]);
         assert_eq!(ready.json["upstream_pause"]["reason"], "rate_limited");
         // The pause starts when the 429 is handled, a little after t0.
         assert!(
@@ -306,7 +296,10 @@ async fn rate_limit_pauses_all_polling() {
         for i in 0..5 {
             let video = app.video(&format!("r{i}")).await.json;
             assert_eq!(video["state"], "active");
-            assert!(millis(&video["next_poll_at"]) <= until, "{video}");
+            assert!(
+                crate::helpers::api_millis(&video["next_poll_at"]) <= until,
+                "{video}"
+            );
         }
         // The pause is over at its end: polling resumes.
         assert!(matches!(app.step(until).await, Outcome::Worked(_)));
@@ -350,7 +343,8 @@ async fn auth_failure_pauses_everything_until_a_probe_succeeds() {
         assert_eq!(ready.json["error"]["reason"], reason, "{failure:?}");
         // The pause's earliest end: the first probe, `min_interval` after
         // the refusal was handled (a little after `now`).
-        let next_probe = millis(&ready.json["error"]["next_probe_at"]).0 - now.0;
+        let next_probe =
+            crate::helpers::api_millis(&ready.json["error"]["next_probe_at"]).0 - now.0;
         assert!(
             (1_000..1_500).contains(&next_probe),
             "{failure:?}: next probe {next_probe} ms after now"

@@ -20,18 +20,11 @@ use crate::helpers::{TOKEN, binary, reply, spawn_app_with, test_settings};
 /// Writes a `serve` configuration for the simulator at `sim_url` into
 /// `dir`, with `extra` appended.
 fn write_config(dir: &std::path::Path, sim_url: &str, extra: &str) -> std::path::PathBuf {
-    let path = dir.join("relay.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
-             [database]\nurl = \"sqlite://{}/relay.db\"\n\
-             [jogg]\nbase_url = \"{sim_url}\"\napi_key = \"{SIM_API_KEY}\"\n{extra}",
-            dir.display()
-        ),
+    crate::helpers::write_relay_config(
+        dir,
+        &dir.join("relay.db"),
+        &format!("[jogg]\nbase_url = \"{sim_url}\"\napi_key = \"{SIM_API_KEY}\"\n{extra}"),
     )
-    .unwrap();
-    path
 }
 
 /// Waits for `child` to exit, at most `limit`; its exit code.

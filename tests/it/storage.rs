@@ -391,17 +391,7 @@ fn write_config(dir: &Path) -> PathBuf {
 /// Writes a configuration for the real binary in `dir`, for the database
 /// `database`.
 fn write_config_for(dir: &Path, database: &Path) -> PathBuf {
-    let path = dir.join("relay.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
-             [database]\nurl = \"sqlite://{}\"\n",
-            database.display()
-        ),
-    )
-    .unwrap();
-    path
+    crate::helpers::write_relay_config(dir, database, "")
 }
 
 /// Waits (at most 30 s) for `child` to exit, killing it past that;

@@ -107,19 +107,6 @@ async fn metric(app: &TestApp, series: &str) -> f64 {
         .unwrap()
 }
 
-/// Reads an RFC 3339 timestamp the API shows.
-fn millis(rfc3339: &Value) -> Millis {
-    let text = rfc3339
-        .as_str()
-        .unwrap_or_else(|| panic!("not a timestamp: {rfc3339}"));
-    let at = humantime::parse_rfc3339(text).unwrap();
-    Millis(
-        at.duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
-}
-
 /// A video that answers `status` forever.
 fn stuck(status: &str) -> Timeline {
     Timeline {
@@ -171,7 +158,7 @@ async fn an_answer_about_another_video_changes_nothing_and_backs_off() {
     assert_eq!(video["deliveries"], json!([]), "no callback queued");
     // Backed off like a transient error: the first failure waits
     // `min_interval` (10 s) from the poll, not the pending interval.
-    let next = millis(&video["next_poll_at"]).0 - t1.0;
+    let next = crate::helpers::api_millis(&video["next_poll_at"]).0 - t1.0;
     assert!(
         (10_000..11_000).contains(&next),
         "next poll {next} ms later"
@@ -338,7 +325,7 @@ async fn a_retry_after_of_a_year_pauses_at_most_max_pause() {
         assert_eq!(ready.status, 200, "{ready:?}");
         let pause = &ready.json["upstream_pause"];
         assert_eq!(pause["reason"], "rate_limited");
-        let until = millis(&pause["until"]);
+        let until = crate::helpers::api_millis(&pause["until"]);
         let length = until.0 - t0.0;
         assert!(
             (expected..expected + 5_000).contains(&length),
@@ -366,7 +353,10 @@ async fn a_retry_after_of_a_year_pauses_at_most_max_pause() {
         assert_eq!(app.sim.state.request_count(), sent);
         for i in 0..3 {
             let video = app.video(&format!("y{i}")).await.json;
-            assert!(millis(&video["next_poll_at"]) <= until, "{video}");
+            assert!(
+                crate::helpers::api_millis(&video["next_poll_at"]) <= until,
+                "{video}"
+            );
         }
         // At the end, polling resumes and every video completes.
         let mut now = until;
@@ -507,7 +497,7 @@ async fn a_restarted_relay_keeps_the_stored_schedule() {
     app.sim.state.script("keep", Timeline::completes(3, 0));
     app.enqueue(json!({"video_id": "keep"})).await;
     assert_eq!(app.step(Millis::now()).await, Outcome::Worked(1));
-    let stored = millis(&app.video("keep").await.json["next_poll_at"]);
+    let stored = crate::helpers::api_millis(&app.video("keep").await.json["next_poll_at"]);
     let database = app.config.database.url.clone();
     // Keep the folder (and the database in it) past the first relay.
     let _dir = app.stop().await;
@@ -520,7 +510,7 @@ async fn a_restarted_relay_keeps_the_stored_schedule() {
     .await;
     app.sim.state.script("keep", Timeline::completes(3, 0));
     assert_eq!(
-        millis(&app.video("keep").await.json["next_poll_at"]),
+        crate::helpers::api_millis(&app.video("keep").await.json["next_poll_at"]),
         stored
     );
     for at in [Millis::now(), Millis(stored.0 - 1)] {
