@@ -218,13 +218,7 @@ impl App {
         // The API state holds its own writer handle.
         drop(writer);
         // Tasks given to `supervise` before `run` knew the real token.
-        let hint_link = {
-            let (shutdown, hint) = (shutdown.clone(), shutdown_hint);
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                hint.cancel();
-            })
-        };
+        crate::worker::link_stopping(&shutdown, &shutdown_hint);
         let address = listener.local_addr()?;
         info!(%address, database = %config.database.path.display(), "jogg-relay listening");
 
@@ -304,7 +298,6 @@ impl App {
                 }
             }
         }
-        let _ = hint_link.await;
 
         // The router, the poller and with them every writer handle are gone
         // now; the writer drains its queue and stops.
