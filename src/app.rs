@@ -11,12 +11,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::adaptive::SharedLearner;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::delivery::{ClientBuildError, Deliverer};
 use crate::jogg::{ClientError, JoggClient};
 use crate::poller::gate::UpstreamGate;
 use crate::poller::policy::PollPolicy;
+use crate::poller::learning::load_learner;
 use crate::poller::{Poller, Wakeups};
 use crate::store::{DatabaseLock, LockError, Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
@@ -76,6 +78,9 @@ pub struct App {
     deliverer: Option<Deliverer>,
     wakeups: Wakeups,
     metrics: Arc<RelayMetrics>,
+    /// What was learned of render times (the poller feeds it, the API
+    /// shows it).
+    learner: SharedLearner,
     /// Tasks added with [`App::supervise`].
     extra_tasks: Vec<(&'static str, SupervisedTask)>,
     /// Cancelled with the `shutdown` given to [`App::run`].
@@ -102,6 +107,7 @@ impl App {
         let gate = Arc::new(upstream_gate(&config));
         let wakeups = Wakeups::default();
         let metrics = Arc::new(RelayMetrics::new());
+        let learner = SharedLearner::new(load_learner(&store, &config.polling).await?);
         let poller = Poller::new(
             &config,
             store.clone(),
@@ -110,6 +116,7 @@ impl App {
             gate.clone(),
             &wakeups,
             metrics.clone(),
+            learner.clone(),
         );
         let deliverer = Deliverer::new(
             &config,
@@ -129,6 +136,7 @@ impl App {
             deliverer: Some(deliverer),
             wakeups,
             metrics,
+            learner,
             extra_tasks: Vec::new(),
             shutdown_hint: CancellationToken::new(),
         })
@@ -165,6 +173,8 @@ impl App {
             allow_private_targets: self.config.callbacks.allow_private_targets,
             wakeups: self.wakeups.clone(),
             metrics: self.metrics.clone(),
+            learner: self.learner.clone(),
+            strategy: self.config.polling.strategy,
             shutdown,
         }
     }

@@ -7,6 +7,7 @@
 //! - [`domain`]: the vocabulary shared by every module (video ids, states, timestamps).
 //! - [`store`]: every SQL statement, the migrations and the group-commit writer.
 //! - [`jogg`]: the upstream protocol (client, answer classification).
+//! - [`adaptive`]: the learned render-time distribution and the adaptive schedule.
 //! - [`poller`]: claiming due videos, the schedule policy, the rate limiter.
 //! - [`delivery`]: the outbox worker (signing, retries, the target guard).
 //! - [`api`]: the HTTP API (axum routes, authentication, JSON errors).
@@ -19,6 +20,7 @@
 //! - [`worker`]: leases and bounded shutdown shared by the workers.
 //! - [`cli`]: the command line, used by the thin `main.rs`.
 
+pub mod adaptive;
 pub mod api;
 pub mod app;
 pub mod bench;

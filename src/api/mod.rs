@@ -7,6 +7,7 @@ pub mod error;
 mod extract;
 pub mod resource;
 pub mod server;
+pub mod stats;
 pub mod videos;
 mod write_deadline;
 
@@ -22,6 +23,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::adaptive::SharedLearner;
+use crate::config::PollStrategy;
 use crate::domain::Millis;
 use crate::poller::Wakeups;
 use crate::poller::gate::{GlobalPause, UpstreamGate};
@@ -59,6 +62,10 @@ pub struct ApiState {
     pub wakeups: Wakeups,
     /// Counters and histograms, rendered by `/metrics`.
     pub metrics: Arc<RelayMetrics>,
+    /// What was learned of render times (`/v1/stats`, `/metrics`).
+    pub learner: SharedLearner,
+    /// `polling.strategy`, reported by `/v1/stats`.
+    pub strategy: PollStrategy,
     /// Cancelled when the process starts shutting down: enqueues then get 503
     /// and `/readyz` reports not ready.
     pub shutdown: CancellationToken,
@@ -83,6 +90,7 @@ pub fn router(state: ApiState) -> Router {
                 .delete(videos::cancel)
                 .layer(DefaultBodyLimit::max(SINGLE_BODY_LIMIT)),
         )
+        .route("/stats", get(stats::show))
         .route(
             "/videos/{video_id}/redeliver",
             post(videos::redeliver).layer(DefaultBodyLimit::max(SINGLE_BODY_LIMIT)),
@@ -227,6 +235,7 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
         paused: state.gate.paused(),
         throttled: state.gate.throttled_until(now).is_some(),
         pause_remaining_seconds: pause.map_or(0.0, |pause| pause.remaining(now).as_secs_f64()),
+        render_times: state.learner.with(|learner| learner.stats()),
     });
     Ok((
         [(

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
+use crate::adaptive::AdaptiveSettings;
 
 /// The documented default configuration, shipped in the repository.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/default.toml");
@@ -66,7 +67,8 @@ pub use settings::{
     ServerSettings, Settings,
 };
 pub use validated::{
-    CallbacksConfig, Config, DatabaseConfig, JoggConfig, LogConfig, LogFormat, PollingConfig,
+    CallbacksConfig, Config, DatabaseConfig, JoggConfig, LogConfig, LogFormat, PollStrategy,
+    PollingConfig,
     ServerConfig, WebhookSecret,
 };
 
@@ -218,6 +220,48 @@ impl Settings {
                 format!("must be a fraction in [0, 1), got {}", polling.jitter),
             ));
         }
+        let strategy = match polling.strategy.as_str() {
+            "exponential" => PollStrategy::Exponential,
+            "adaptive" => PollStrategy::Adaptive,
+            other => {
+                return Err(ConfigError::new(
+                    "polling.strategy",
+                    format!("must be \"adaptive\" or \"exponential\", got {other:?}"),
+                ));
+            }
+        };
+        // Beyond half, two polls would cover the whole distribution: the
+        // schedule degenerates into max_interval polling.
+        if !(polling.adaptive_step.is_finite()
+            && polling.adaptive_step >= 0.001
+            && polling.adaptive_step <= 0.5)
+        {
+            return Err(ConfigError::new(
+                "polling.adaptive_step",
+                format!(
+                    "must be a fraction from 0.001 to 0.5, got {}",
+                    polling.adaptive_step
+                ),
+            ));
+        }
+        if !(1..=MAX_LEARNING_COUNT).contains(&polling.adaptive_half_life) {
+            return Err(ConfigError::new(
+                "polling.adaptive_half_life",
+                format!(
+                    "must be from 1 to {MAX_LEARNING_COUNT} finished videos, got {}",
+                    polling.adaptive_half_life
+                ),
+            ));
+        }
+        if !(1..=MAX_LEARNING_COUNT).contains(&polling.adaptive_warmup) {
+            return Err(ConfigError::new(
+                "polling.adaptive_warmup",
+                format!(
+                    "must be from 1 to {MAX_LEARNING_COUNT} finished videos, got {}",
+                    polling.adaptive_warmup
+                ),
+            ));
+        }
 
         let callbacks = &self.callbacks;
         let urls = callbacks
@@ -293,6 +337,12 @@ impl Settings {
                 jitter: polling.jitter,
                 give_up_after: positive_duration(&polling.give_up_after, "polling.give_up_after")?,
                 not_found_grace: duration(&polling.not_found_grace, "polling.not_found_grace")?,
+                strategy,
+                adaptive: AdaptiveSettings {
+                    step: polling.adaptive_step,
+                    half_life: polling.adaptive_half_life,
+                    warmup: polling.adaptive_warmup,
+                },
             },
             callbacks: CallbacksConfig {
                 urls,
@@ -450,6 +500,10 @@ const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
 /// Largest burst accepted (a bucket of a whole day at the slowest budget
 /// stays far within representable times).
 const MAX_BURST: u32 = 100_000;
+
+/// Largest `polling.adaptive_half_life` and `adaptive_warmup`: the learner
+/// keeps ten half-lives of observations, so this bounds its memory.
+const MAX_LEARNING_COUNT: u32 = 10_000;
 
 /// Longest duration any key accepts (ten years): far beyond any sensible
 /// schedule, and short enough that every time computed from it stays a

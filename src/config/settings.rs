@@ -140,6 +140,17 @@ pub struct PollingSettings {
     pub give_up_after: String,
     /// Window in which "not found" is retried.
     pub not_found_grace: String,
+    /// `adaptive` or `exponential`.
+    pub strategy: String,
+    /// Adaptive: probability mass between two polls of one video.
+    #[serde(deserialize_with = "from_text::number")]
+    pub adaptive_step: f64,
+    /// Adaptive: finished videos after which an observation weighs half.
+    #[serde(deserialize_with = "from_text::count")]
+    pub adaptive_half_life: u32,
+    /// Adaptive: finished videos learned before the learned schedule is used.
+    #[serde(deserialize_with = "from_text::count")]
+    pub adaptive_warmup: u32,
 }
 
 /// `[callbacks]` as written.
@@ -227,6 +238,10 @@ impl Default for PollingSettings {
             jitter: 0.1,
             give_up_after: "48h".into(),
             not_found_grace: "5m".into(),
+            strategy: "exponential".into(),
+            adaptive_step: 0.05,
+            adaptive_half_life: 100,
+            adaptive_warmup: 20,
         }
     }
 }

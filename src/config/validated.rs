@@ -11,6 +11,7 @@ use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{ConfigError, MIN_SECRET_LEN};
+use crate::adaptive::AdaptiveSettings;
 
 /// The validated configuration the program runs with.
 #[derive(Debug, Clone)]
@@ -153,6 +154,30 @@ pub struct PollingConfig {
     pub give_up_after: Duration,
     /// Window in which "not found" is retried.
     pub not_found_grace: Duration,
+    /// How unfinished videos are scheduled.
+    pub strategy: PollStrategy,
+    /// The learned schedule's settings (the relay learns whatever the
+    /// strategy, so `/v1/stats` shows what `adaptive` would do).
+    pub adaptive: AdaptiveSettings,
+}
+
+/// `polling.strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollStrategy {
+    /// Intervals grow by `multiplier` per unchanged answer.
+    Exponential,
+    /// Polls spaced by the learned render-time distribution.
+    Adaptive,
+}
+
+impl PollStrategy {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollStrategy::Exponential => "exponential",
+            PollStrategy::Adaptive => "adaptive",
+        }
+    }
 }
 
 /// Callback delivery settings.

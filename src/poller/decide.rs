@@ -5,6 +5,7 @@
 use reqwest::Url;
 
 use super::policy::PollPolicy;
+use crate::adaptive::{Learner, Observation, VideoClock, started_at};
 use crate::domain::{Millis, VideoState};
 use crate::jogg::{PauseReason, PollAnswer, StatusClass};
 use crate::store::{
@@ -30,6 +31,9 @@ pub enum Decision {
         update: Box<PollUpdate>,
         /// A label for logs and metrics.
         outcome: PollOutcome,
+        /// What the video teaches the learned schedule, when this answer
+        /// saw it finish (to be learned once the update is committed).
+        finished: Option<Observation>,
     },
     /// Nothing about the video: hand it back and act on the whole upstream.
     Global {
@@ -111,12 +115,23 @@ pub fn targets(configured: &[Url], own: Option<&str>) -> Vec<String> {
     targets
 }
 
-/// Decides what `answer` does to `video` at `now`.
+/// Whether an unfinished status says the video is rendering (JoggAI's
+/// `processing`), as opposed to waiting in its queue (`pending`) or a word
+/// the relay does not know.
+fn is_rendering(status: &str) -> bool {
+    status.trim().eq_ignore_ascii_case("processing")
+}
+
+/// Decides what `answer` does to `video` at `now`. With a `learner`
+/// (`polling.strategy = "adaptive"`), unfinished videos are scheduled by
+/// what it learned once it has learned enough; without one, or before
+/// that, by the exponential schedule.
 pub fn decide(
     video: &ClaimedVideo,
     answer: &PollAnswer,
     now: Millis,
     policy: &PollPolicy,
+    learner: Option<&Learner>,
     configured_targets: &[Url],
     rng: &mut impl Randomness,
 ) -> Decision {
@@ -134,9 +149,12 @@ pub fn decide(
         unchanged_polls: video.unchanged_polls,
         error_streak: 0,
         next_poll_at: None,
+        unfinished_seen_at: None,
+        rendering_seen_at: None,
         transitions: Vec::new(),
         terminal: None,
     };
+    let mut finished = None;
     let mut terminal = |update: &mut PollUpdate, state: VideoState, reason: Option<&str>| {
         update.transitions.push(NewTransition {
             kind: "state",
@@ -175,12 +193,45 @@ pub fn decide(
                 error_code: status.error_code.clone(),
                 error_message: status.error_message.clone(),
             };
+            let started = started_at(
+                enqueued_at,
+                status.created_at.or(video.created_at),
+                policy.give_up_after,
+            );
+            let video_rendering_seen_at = video.rendering_seen_at.map(Millis);
+            let observation = Observation {
+                started_at: started,
+                unfinished_seen_at: video.unfinished_seen_at.map(Millis),
+                rendering_seen_at: video_rendering_seen_at,
+                finished_seen_at: now,
+            };
             match status.class {
-                StatusClass::Completed => terminal(&mut update, VideoState::Completed, None),
-                StatusClass::Failed => terminal(&mut update, VideoState::Failed, None),
+                StatusClass::Completed => {
+                    finished = Some(observation);
+                    terminal(&mut update, VideoState::Completed, None)
+                }
+                StatusClass::Failed => {
+                    finished = Some(observation);
+                    terminal(&mut update, VideoState::Failed, None)
+                }
                 StatusClass::InProgress | StatusClass::Unknown => {
+                    update.unfinished_seen_at = Some(now);
+                    let rendering_seen_at = video_rendering_seen_at.or_else(|| {
+                        is_rendering(&status.status).then(|| {
+                            update.rendering_seen_at = Some(now);
+                            now
+                        })
+                    });
+                    let clock = VideoClock {
+                        started_at: started,
+                        rendering_seen_at,
+                    };
+                    let learned = learner.and_then(|learner| {
+                        learner.next_gap(&clock, now, policy.min_interval, policy.max_interval)
+                    });
                     let unchanged = u32::try_from(update.unchanged_polls).unwrap_or(u32::MAX);
-                    let delay = policy.jittered(policy.interval(unchanged), jitter);
+                    let base = learned.unwrap_or_else(|| policy.interval(unchanged));
+                    let delay = policy.jittered(base, jitter);
                     update.next_poll_at = Some(policy.next_poll_at(now, delay, enqueued_at));
                     if changed {
                         PollOutcome::Changed
@@ -241,11 +292,13 @@ pub fn decide(
         return Decision::Record {
             update: Box::new(update),
             outcome,
+            finished: None,
         };
     }
     Decision::Record {
         update: Box::new(update),
         outcome,
+        finished,
     }
 }
 
@@ -313,6 +366,10 @@ mod tests {
             error_streak: 3,
             callback_url: Some("https://own.example/cb".into()),
             lease_until: 99,
+            created_at: None,
+            polls: 4,
+            unfinished_seen_at: None,
+            rendering_seen_at: None,
         }
     }
 
@@ -333,7 +390,9 @@ mod tests {
 
     fn record(decision: Decision) -> (PollUpdate, PollOutcome) {
         match decision {
-            Decision::Record { update, outcome } => (*update, outcome),
+            Decision::Record {
+                update, outcome, ..
+            } => (*update, outcome),
             other => panic!("expected a record, got {other:?}"),
         }
     }
@@ -342,7 +401,7 @@ mod tests {
 
     fn run(video: &ClaimedVideo, answer: &PollAnswer, now: Millis) -> Decision {
         let configured = [Url::parse("https://ops.example/hook").unwrap()];
-        decide(video, answer, now, &policy(), &configured, &mut Fixed(0))
+        decide(video, answer, now, &policy(), None, &configured, &mut Fixed(0))
     }
 
     #[test]

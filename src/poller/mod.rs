@@ -8,6 +8,7 @@
 
 pub mod decide;
 pub mod gate;
+pub mod learning;
 pub mod policy;
 
 use std::sync::Arc;
@@ -20,10 +21,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
-use crate::config::Config;
+use crate::adaptive::SharedLearner;
+use crate::config::{Config, PollStrategy};
 use crate::domain::{Millis, VideoId, VideoState};
 use crate::jogg::{JoggClient, PauseReason, PollAnswer};
-use crate::store::{ClaimedVideo, Release, Store, StoreError, Writer};
+use crate::store::{ClaimedVideo, Ranker, Release, Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
 use crate::worker::{
     HEARTBEAT_INTERVAL, Heartbeat, HeldLeases, StepClock, Tasks, acquire_slots, drain_within_grace,
@@ -117,6 +119,11 @@ struct Shared {
     client: JoggClient,
     gate: Arc<UpstreamGate>,
     policy: PollPolicy,
+    /// What was learned of render times; fed by every finished video
+    /// whatever the strategy, used for scheduling only when `adaptive`.
+    learner: SharedLearner,
+    /// Whether the learned schedule is used (`polling.strategy`).
+    adaptive: bool,
     targets: Vec<Url>,
     /// Notified when a terminal result queued deliveries.
     deliveries_queued: Arc<Notify>,
@@ -144,12 +151,16 @@ pub struct Poller {
     shutdown_grace: Duration,
     /// Beaten by the poll loop, watched by the systemd watchdog.
     heartbeat: Arc<Heartbeat>,
+    /// Ranks due videos when more are due than a claim takes (adaptive).
+    ranker: Option<Ranker>,
 }
 
 impl Poller {
     /// Builds a poller that writes through `writer` and checks `gate`. It
     /// wakes from idle when `wakeups.new_videos` is notified, and notifies
-    /// `wakeups.new_deliveries` when it queued callbacks.
+    /// `wakeups.new_deliveries` when it queued callbacks. It feeds
+    /// `learner` with every finished video.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         store: Store,
@@ -158,13 +169,19 @@ impl Poller {
         gate: Arc<UpstreamGate>,
         wakeups: &Wakeups,
         metrics: Arc<RelayMetrics>,
+        learner: SharedLearner,
     ) -> Self {
+        let adaptive = config.polling.strategy == PollStrategy::Adaptive;
+        let ranker = adaptive
+            .then(|| learning::ranker(learner.clone(), config.polling.give_up_after));
         Self {
             shared: Arc::new(Shared {
                 writer,
                 client,
                 gate,
                 policy: PollPolicy::from(&config.polling),
+                learner,
+                adaptive,
                 targets: config.callbacks.urls.clone(),
                 deliveries_queued: wakeups.new_deliveries.clone(),
                 metrics,
@@ -178,6 +195,7 @@ impl Poller {
             new_videos: wakeups.new_videos.clone(),
             shutdown_grace: config.server.shutdown_grace,
             heartbeat: Arc::default(),
+            ranker,
         }
     }
 
@@ -371,7 +389,7 @@ impl Poller {
         let lease = budget_wait + self.request_timeout + LEASE_MARGIN;
         self.shared
             .writer
-            .claim_due(now, now.plus(lease), limit as u32)
+            .claim_due_ranked(now, now.plus(lease), limit as u32, self.ranker.clone())
             .await
     }
 
@@ -471,16 +489,23 @@ async fn apply(
     answer: &PollAnswer,
     now: Millis,
 ) -> Result<(), StoreError> {
-    let decision = decide::decide(
-        video,
-        answer,
-        now,
-        &shared.policy,
-        &shared.targets,
-        &mut fastrand::Rng::new(),
-    );
+    let decision = shared.learner.with(|learner| {
+        decide::decide(
+            video,
+            answer,
+            now,
+            &shared.policy,
+            shared.adaptive.then_some(&*learner),
+            &shared.targets,
+            &mut fastrand::Rng::new(),
+        )
+    });
     match decision {
-        Decision::Record { update, outcome } => {
+        Decision::Record {
+            update,
+            outcome,
+            finished,
+        } => {
             shared.gate.note_not_throttled();
             shared.metrics.poll(outcome.as_str());
             if let PollAnswer::Transient(error) = answer {
@@ -495,6 +520,15 @@ async fn apply(
             }
             if let PollOutcome::Terminal(state) = outcome {
                 shared.metrics.transition(state);
+            }
+            if let Some(observation) = finished {
+                // Learned only now that the result is committed: a crash
+                // before this point loses nothing, the restart replays it
+                // from the database.
+                shared.learner.with(|learner| learner.observe(&observation));
+                shared
+                    .metrics
+                    .finished_render(video.polls.saturating_add(1));
             }
             if outcome == PollOutcome::Terminal(VideoState::Completed) && update_video_url.is_none()
             {

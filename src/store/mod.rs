@@ -32,7 +32,7 @@ pub use lock::{DatabaseLock, LockError};
 pub use records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, ConflictingFields, DeliveryNext,
     DeliveryRecord, DeliveryRelease, EnqueueOutcome, NewTransition, NewVideo, PollUpdate,
-    RedeliverOutcome, Release, TerminalChange, TransitionRecord, UpstreamFields, VideoDetails,
+    RedeliverOutcome, Release, FinishedRender, DueVideo, Ranker, TerminalChange, TransitionRecord, UpstreamFields, VideoDetails,
     VideoRecord,
 };
 pub use writer::Writer;
@@ -323,6 +323,41 @@ impl Store {
                 .await
                 .map_err(|err| self.read_error(err))?,
         };
+        Ok(rows)
+    }
+
+    /// Finished renders (videos JoggAI reported completed or failed), in
+    /// the order they finished, starting after `after` (`terminal_at`,
+    /// rowid), at most `limit`. What the learned schedule replays at start
+    /// and `export-renders` writes out.
+    #[instrument(skip(self), level = "debug")]
+    pub async fn finished_renders(
+        &self,
+        after: Option<(i64, i64)>,
+        limit: u32,
+    ) -> Result<Vec<FinishedRender>, StoreError> {
+        let (at, id) = after.unwrap_or((i64::MIN, i64::MIN));
+        sqlx::query_as::<_, FinishedRender>(records::SELECT_FINISHED_RENDERS_AFTER)
+            .bind(at)
+            .bind(id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|err| self.read_error(err))
+    }
+
+    /// The newest `count` finished renders, oldest first.
+    #[instrument(skip(self), level = "debug")]
+    pub async fn newest_finished_renders(
+        &self,
+        count: u32,
+    ) -> Result<Vec<FinishedRender>, StoreError> {
+        let mut rows = sqlx::query_as::<_, FinishedRender>(records::SELECT_NEWEST_FINISHED_RENDERS)
+            .bind(count)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|err| self.read_error(err))?;
+        rows.reverse();
         Ok(rows)
     }
 }

@@ -10,7 +10,7 @@ use sqlx::SqliteConnection;
 use super::StoreError;
 use super::records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, ConflictingFields, DeliveryNext,
-    DeliveryRelease, EnqueueOutcome, NewVideo, PollUpdate, RedeliverOutcome, Release,
+    DeliveryRelease, DueVideo, EnqueueOutcome, NewVideo, PollUpdate, Ranker, RedeliverOutcome, Release,
 };
 use crate::domain::{Millis, VideoId, VideoState};
 
@@ -252,6 +252,8 @@ macro_rules! poll_result_columns {
          unchanged_polls = u.value ->> 'unchanged_polls', \
          error_streak = u.value ->> 'error_streak', \
          next_poll_at = u.value ->> 'next_poll_at', lease_until = NULL, \
+         unfinished_seen_at = COALESCE(u.value ->> 'unfinished_seen_at', videos.unfinished_seen_at), \
+         rendering_seen_at = COALESCE(videos.rendering_seen_at, u.value ->> 'rendering_seen_at'), \
          updated_at = u.value ->> 'at'"
     };
 }
@@ -272,11 +274,65 @@ pub(crate) async fn claim_due(
         "UPDATE videos SET next_poll_at = ?1, lease_until = ?1 WHERE id IN (",
         due_videos!(),
         ") RETURNING id, video_id, upstream_status, enqueued_at, unchanged_polls, error_streak, \
-           callback_url, lease_until"
+           callback_url, lease_until, created_at, polls, unfinished_seen_at, rendering_seen_at"
     ))
     .bind(lease_until.0)
     .bind(now.0)
     .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(claimed)
+}
+
+/// How many of the most overdue videos a ranked claim chooses from, per
+/// video it takes: enough choice to matter, bounded work per claim.
+const RANKED_WINDOW: u32 = 4;
+
+/// Like [`claim_due`], but when more videos are due than `limit`, takes the
+/// `limit` that `rank` scores highest among the `RANKED_WINDOW × limit`
+/// most overdue (ties go to the more overdue). Every video eventually
+/// becomes one of the most overdue, so none is starved.
+pub(crate) async fn claim_due_ranked(
+    conn: &mut SqliteConnection,
+    now: Millis,
+    lease_until: Millis,
+    limit: u32,
+    rank: &Ranker,
+) -> Result<Vec<ClaimedVideo>, StoreError> {
+    let candidates = sqlx::query_as::<_, DueVideo>(
+        "SELECT id, enqueued_at, created_at, unfinished_seen_at, rendering_seen_at, next_poll_at \
+         FROM videos INDEXED BY videos_due \
+         WHERE state = 'active' AND next_poll_at <= ?1 ORDER BY next_poll_at LIMIT ?2 + 0",
+    )
+    .bind(now.0)
+    .bind(limit.saturating_mul(RANKED_WINDOW))
+    .fetch_all(&mut *conn)
+    .await?;
+    if candidates.len() <= limit as usize {
+        return claim_due(conn, now, lease_until, limit).await;
+    }
+    let scores = (rank.0)(&candidates, now);
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    // Stable: equal scores keep the most-overdue-first order.
+    order.sort_by(|&a, &b| {
+        let score = |i: usize| scores.get(i).copied().filter(|s| s.is_finite()).unwrap_or(0.0);
+        score(b).total_cmp(&score(a))
+    });
+    let chosen: Vec<i64> = order
+        .into_iter()
+        .take(limit as usize)
+        .map(|i| candidates[i].id)
+        .collect();
+    let claimed = sqlx::query_as::<_, ClaimedVideo>(
+        "UPDATE videos SET next_poll_at = ?1, lease_until = ?1 \
+         WHERE id IN (SELECT value FROM json_each(?2)) AND state = 'active' \
+           AND next_poll_at <= ?3 \
+         RETURNING id, video_id, upstream_status, enqueued_at, unchanged_polls, error_streak, \
+           callback_url, lease_until, created_at, polls, unfinished_seen_at, rendering_seen_at",
+    )
+    .bind(lease_until.0)
+    .bind(to_json(&chosen))
+    .bind(now.0)
     .fetch_all(conn)
     .await?;
     Ok(claimed)
@@ -335,6 +391,8 @@ async fn record_distinct_polls(
         unchanged_polls: i64,
         error_streak: i64,
         next_poll_at: Option<i64>,
+        unfinished_seen_at: Option<i64>,
+        rendering_seen_at: Option<i64>,
         state: &'a str,
         reason: Option<&'a str>,
         event_id: Option<&'a str>,
@@ -359,6 +417,8 @@ async fn record_distinct_polls(
                 unchanged_polls: update.unchanged_polls,
                 error_streak: update.error_streak,
                 next_poll_at: update.next_poll_at.map(|at| at.0),
+                unfinished_seen_at: update.unfinished_seen_at.map(|at| at.0),
+                rendering_seen_at: update.rendering_seen_at.map(|at| at.0),
                 state: terminal.map_or(VideoState::Active, |t| t.state).as_str(),
                 reason: terminal.and_then(|t| t.reason.as_deref()),
                 event_id: terminal.map(|t| t.event_id.as_str()),
@@ -693,6 +753,8 @@ mod tests {
             unchanged_polls: 0,
             error_streak: 0,
             next_poll_at: None,
+            unfinished_seen_at: None,
+            rendering_seen_at: None,
             transitions: vec![NewTransition {
                 kind: "status",
                 from: None,

@@ -216,6 +216,14 @@ pub struct ClaimedVideo {
     /// The lease: this claim owns the video until then, and the result is
     /// only recorded if the video still carries this exact value.
     pub lease_until: i64,
+    /// JoggAI's `created_at` (Unix seconds), once an answer gave it.
+    pub created_at: Option<i64>,
+    /// Answers about the video so far.
+    pub polls: i64,
+    /// The last poll that saw it unfinished.
+    pub unfinished_seen_at: Option<i64>,
+    /// The first poll that saw it rendering.
+    pub rendering_seen_at: Option<i64>,
 }
 
 /// One transition to append.
@@ -281,6 +289,10 @@ pub struct PollUpdate {
     pub error_streak: i64,
     /// Next poll, `None` when terminal.
     pub next_poll_at: Option<Millis>,
+    /// Set when this answer saw the video unfinished (kept otherwise).
+    pub unfinished_seen_at: Option<Millis>,
+    /// Set when this answer is the first to see it rendering (kept otherwise).
+    pub rendering_seen_at: Option<Millis>,
     /// Transitions to append, in order.
     pub transitions: Vec<NewTransition>,
     /// The terminal state, when reached.
@@ -394,4 +406,78 @@ pub enum RedeliverOutcome {
     NoEvent(VideoState),
     /// No such video.
     NotFound,
+}
+
+/// The columns of a finished render; the `WHERE` matches the partial index
+/// `videos_finished` exactly, so SQLite walks it instead of the table.
+macro_rules! finished_renders {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, video_id, state, enqueued_at, created_at, unfinished_seen_at, \
+                    rendering_seen_at, terminal_at \
+             FROM videos INDEXED BY videos_finished WHERE state IN ('completed', 'failed') ",
+            $rest
+        )
+    };
+}
+
+/// Finished renders after a (`terminal_at`, rowid) cursor, oldest first.
+pub(crate) const SELECT_FINISHED_RENDERS_AFTER: &str = finished_renders!(
+    "AND (terminal_at, id) > (?1, ?2) ORDER BY terminal_at, id LIMIT ?3 + 0"
+);
+
+/// The newest finished renders, newest first.
+pub(crate) const SELECT_NEWEST_FINISHED_RENDERS: &str =
+    finished_renders!("ORDER BY terminal_at DESC, id DESC LIMIT ?1 + 0");
+
+/// A video JoggAI reported completed or failed, with the times the relay
+/// learns its render time from.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct FinishedRender {
+    /// Rowid (the export's cursor, with `terminal_at`).
+    pub id: i64,
+    /// JoggAI's id.
+    pub video_id: String,
+    /// `completed` or `failed`.
+    pub state: String,
+    /// When the relay accepted it.
+    pub enqueued_at: i64,
+    /// JoggAI's `created_at` (Unix seconds), if it gave one.
+    pub created_at: Option<i64>,
+    /// The last poll that saw it unfinished.
+    pub unfinished_seen_at: Option<i64>,
+    /// The first poll that saw it rendering.
+    pub rendering_seen_at: Option<i64>,
+    /// The poll that saw it finished.
+    pub terminal_at: i64,
+}
+
+/// A due video as the claim's ranking sees it (see [`Ranker`]).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DueVideo {
+    /// Rowid.
+    pub id: i64,
+    /// When the relay accepted it.
+    pub enqueued_at: i64,
+    /// JoggAI's `created_at` (Unix seconds), once an answer gave it.
+    pub created_at: Option<i64>,
+    /// The last poll that saw it unfinished.
+    pub unfinished_seen_at: Option<i64>,
+    /// The first poll that saw it rendering.
+    pub rendering_seen_at: Option<i64>,
+    /// When it became due.
+    pub next_poll_at: i64,
+}
+
+/// Scores due videos at a time (higher is polled first), for when more are
+/// due than one claim takes: the adaptive strategy ranks them by the chance
+/// that they have finished. Pure and quick: it runs inside the claim's
+/// write transaction.
+#[derive(Clone)]
+pub struct Ranker(pub std::sync::Arc<dyn Fn(&[DueVideo], Millis) -> Vec<f64> + Send + Sync>);
+
+impl std::fmt::Debug for Ranker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ranker")
+    }
 }

@@ -34,6 +34,7 @@ use super::health::{Health, Unready};
 use super::mutations;
 use super::records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryRelease, EnqueueOutcome,
+    Ranker,
     NewVideo, PollUpdate, RedeliverOutcome, Release,
 };
 use super::{Store, StoreError};
@@ -57,6 +58,7 @@ enum WriteOp {
         now: Millis,
         lease_until: Millis,
         limit: u32,
+        rank: Option<Ranker>,
     },
     /// Record one poll's result.
     RecordPoll(Box<PollUpdate>),
@@ -234,11 +236,25 @@ impl Writer {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<ClaimedVideo>, StoreError> {
+        self.claim_due_ranked(now, lease_until, limit, None).await
+    }
+
+    /// Like [`Writer::claim_due`]; when more videos are due than `limit`
+    /// and a `rank` is given, takes the ones it scores highest among the
+    /// most overdue.
+    pub async fn claim_due_ranked(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+        rank: Option<Ranker>,
+    ) -> Result<Vec<ClaimedVideo>, StoreError> {
         match self
             .submit(WriteOp::Claim {
                 now,
                 lease_until,
                 limit,
+                rank,
             })
             .await?
         {
@@ -623,8 +639,17 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult,
             now,
             lease_until,
             limit,
+            rank: None,
         } => Ok(WriteResult::Claimed(
             mutations::claim_due(conn, *now, *lease_until, *limit).await?,
+        )),
+        WriteOp::Claim {
+            now,
+            lease_until,
+            limit,
+            rank: Some(rank),
+        } => Ok(WriteResult::Claimed(
+            mutations::claim_due_ranked(conn, *now, *lease_until, *limit, rank).await?,
         )),
         WriteOp::Release(releases) => {
             for release in releases {

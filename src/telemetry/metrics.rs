@@ -45,6 +45,15 @@ pub const LOG_WRITE_ERRORS: &str = "jogg_relay_log_write_errors_total";
 pub const UPSTREAM_PAUSE_REMAINING: &str = "jogg_relay_upstream_pause_remaining_seconds";
 /// Videos JoggAI reported completed without a usable `video_url`.
 pub const COMPLETED_WITHOUT_VIDEO_URL: &str = "jogg_relay_completed_without_video_url_total";
+/// Learned render time by `model` (`from_start`, `from_rendering`) and
+/// `quantile`.
+pub const RENDER_TIME_QUANTILE: &str = "jogg_relay_render_time_seconds";
+/// Finished videos each learned model has seen.
+pub const RENDER_TIME_OBSERVATIONS: &str = "jogg_relay_render_time_observations";
+/// 1 once a learned model has learned enough to schedule polls.
+pub const RENDER_TIME_WARMED_UP: &str = "jogg_relay_render_time_model_warmed_up";
+/// Polls each finished (completed or failed) video took.
+pub const POLLS_PER_FINISHED_VIDEO: &str = "jogg_relay_polls_per_finished_video";
 /// Constant 1, labelled with the version.
 pub const BUILD_INFO: &str = "jogg_relay_build_info";
 
@@ -54,6 +63,8 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 /// Histogram buckets (seconds) for limiter waits.
 const WAIT_BUCKETS: &[f64] = &[0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
+/// Histogram buckets (polls) for polls per finished video.
+const POLL_COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0, 128.0];
 
 /// Poll outcomes, each a label value of [`POLLS`].
 const POLL_OUTCOMES: [&str; 8] = [
@@ -94,6 +105,7 @@ struct HotSeries {
     upstream_duration: Histogram,
     limiter_wait: Histogram,
     delivery_duration: Histogram,
+    polls_per_finished_video: Histogram,
 }
 
 impl std::fmt::Debug for RelayMetrics {
@@ -113,6 +125,8 @@ pub struct ScrapeState {
     pub throttled: bool,
     /// Seconds until polling can resume (0 while it runs).
     pub pause_remaining_seconds: f64,
+    /// The learned render-time models.
+    pub render_times: Vec<crate::adaptive::ModelStats>,
 }
 
 static METADATA: Metadata<'static> =
@@ -131,6 +145,12 @@ impl RelayMetrics {
             .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), DURATION_BUCKETS)
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(LIMITER_WAIT.into()), WAIT_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(POLLS_PER_FINISHED_VIDEO.into()),
+                    POLL_COUNT_BUCKETS,
+                )
             })
             .expect("bucket lists are not empty")
             .build_recorder();
@@ -192,6 +212,27 @@ impl RelayMetrics {
             None,
             "Videos JoggAI reported completed without a usable video_url.",
         );
+        describe(
+            RENDER_TIME_QUANTILE,
+            Some(Unit::Seconds),
+            "Learned render time quantiles, by model (from_start: since the video's start; \
+             from_rendering: since a poll first saw it processing).",
+        );
+        describe(
+            RENDER_TIME_OBSERVATIONS,
+            None,
+            "Finished videos each learned render-time model has seen.",
+        );
+        describe(
+            RENDER_TIME_WARMED_UP,
+            None,
+            "1 once a learned model has seen enough finished videos to schedule polls (with polling.strategy adaptive).",
+        );
+        describe(
+            POLLS_PER_FINISHED_VIDEO,
+            None,
+            "Polls each completed or failed video took.",
+        );
         describe(BUILD_INFO, None, "Build information; always 1.");
         let counter = |name: &'static str, label: &'static str, value: &str| {
             let key = Key::from_parts(name, vec![Label::new(label, value.to_owned())]);
@@ -222,6 +263,7 @@ impl RelayMetrics {
             upstream_duration: histogram(UPSTREAM_DURATION),
             limiter_wait: histogram(LIMITER_WAIT),
             delivery_duration: histogram(DELIVERY_DURATION),
+            polls_per_finished_video: histogram(POLLS_PER_FINISHED_VIDEO),
         };
         Self {
             recorder,
@@ -259,6 +301,11 @@ impl RelayMetrics {
     /// A video moved to `state`.
     pub fn transition(&self, state: VideoState) {
         count(&self.hot.transitions, &state);
+    }
+
+    /// A video finished (completed or failed) after `polls` polls.
+    pub fn finished_render(&self, polls: i64) {
+        self.hot.polls_per_finished_video.record(polls as f64);
     }
 
     /// A delivery attempt ended with `outcome` after `seconds`.
@@ -311,6 +358,29 @@ impl RelayMetrics {
             Vec::new(),
             state.pause_remaining_seconds,
         );
+        for model in &state.render_times {
+            let name = model.phase.as_str();
+            self.gauge(
+                RENDER_TIME_OBSERVATIONS,
+                vec![Label::new("model", name)],
+                model.observations as f64,
+            );
+            self.gauge(
+                RENDER_TIME_WARMED_UP,
+                vec![Label::new("model", name)],
+                if model.warmed_up { 1.0 } else { 0.0 },
+            );
+            for (p, seconds) in &model.quantiles {
+                self.gauge(
+                    RENDER_TIME_QUANTILE,
+                    vec![
+                        Label::new("model", name),
+                        Label::new("quantile", p.to_string()),
+                    ],
+                    *seconds,
+                );
+            }
+        }
         self.gauge(
             BUILD_INFO,
             vec![Label::new("version", env!("CARGO_PKG_VERSION"))],

@@ -1,0 +1,69 @@
+//! Between the store and the learned schedule: the observation a finished
+//! row stands for, the learner rebuilt from the database at start, and the
+//! claim's ranking by completion chance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::info;
+
+use crate::adaptive::{Learner, Observation, SharedLearner, VideoClock, started_at};
+use crate::config::PollingConfig;
+use crate::domain::Millis;
+use crate::store::{DueVideo, FinishedRender, Ranker, Store, StoreError};
+
+/// What a finished row teaches.
+pub fn observation(render: &FinishedRender, give_up_after: Duration) -> Observation {
+    Observation {
+        started_at: started_at(Millis(render.enqueued_at), render.created_at, give_up_after),
+        unfinished_seen_at: render.unfinished_seen_at.map(Millis),
+        rendering_seen_at: render.rendering_seen_at.map(Millis),
+        finished_seen_at: Millis(render.terminal_at),
+    }
+}
+
+/// How many of the newest finished renders a learner replays: ten
+/// half-lives, beyond which an observation weighs under 0.1 %.
+pub fn replayed(polling: &PollingConfig) -> u32 {
+    polling.adaptive.half_life.saturating_mul(10)
+}
+
+/// A learner rebuilt from the newest finished renders in `store`, in the
+/// order they finished, so a restart keeps what was learned.
+pub async fn load_learner(store: &Store, polling: &PollingConfig) -> Result<Learner, StoreError> {
+    let mut learner = Learner::new(polling.adaptive);
+    let renders = store.newest_finished_renders(replayed(polling)).await?;
+    for render in &renders {
+        learner.observe(&observation(render, polling.give_up_after));
+    }
+    learner.refit();
+    if !renders.is_empty() {
+        info!(
+            finished_videos = renders.len(),
+            "render times learned from the database"
+        );
+    }
+    Ok(learner)
+}
+
+/// The claim's ranking under the adaptive strategy: the chance that each
+/// due video has finished since it was last seen unfinished.
+pub fn ranker(learner: SharedLearner, give_up_after: Duration) -> Ranker {
+    Ranker(Arc::new(move |due: &[DueVideo], now: Millis| {
+        learner.with(|learner| {
+            due.iter()
+                .map(|video| {
+                    let clock = VideoClock {
+                        started_at: started_at(
+                            Millis(video.enqueued_at),
+                            video.created_at,
+                            give_up_after,
+                        ),
+                        rendering_seen_at: video.rendering_seen_at.map(Millis),
+                    };
+                    learner.completion_chance(&clock, video.unfinished_seen_at.map(Millis), now)
+                })
+                .collect()
+        })
+    }))
+}
