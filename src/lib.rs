@@ -18,6 +18,7 @@
 //! - [`bench`]: the benchmark command.
 //! - [`demo`]: the end-to-end demonstration against the simulators.
 //! - [`worker`]: leases and bounded shutdown shared by the workers.
+//! - [`workload`]: render workloads (reference distribution, CSV) and delay reports.
 //! - [`cli`]: the command line, used by the thin `main.rs`.
 
 pub mod adaptive;
@@ -36,3 +37,4 @@ pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod worker;
+pub mod workload;
