@@ -1,7 +1,7 @@
 //! The command line (README, "Command line") and its exit codes: 0 success, 64 bad usage
 //! or invalid configuration (naming the key), 1 any other fatal error.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -81,6 +81,28 @@ pub enum Command {
         /// Only videos in this state (active, completed, failed, abandoned, cancelled).
         #[arg(long)]
         state: Option<String>,
+    },
+    /// Replay a render workload against the poll strategies in virtual
+    /// time (seconds, no network) and print calls per video and detection
+    /// delays for each, using the [polling] settings of the configuration.
+    Simulate {
+        /// Videos in the reference workload.
+        #[arg(long, default_value_t = 2_000)]
+        videos: usize,
+        /// Replay these renders instead (a CSV as `export-renders` writes, or
+        /// with a `render_seconds` column).
+        #[arg(long, value_name = "FILE")]
+        renders: Option<PathBuf>,
+        /// Seed of the workload and of the jitter.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Multiply every duration (workload and schedule) by this; figures
+        /// are reported divided by it, in real-time seconds.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Upstream budget in requests per second (real time); none if unset.
+        #[arg(long)]
+        budget: Option<f64>,
     },
     /// Measure the relay (as a child process) against the simulators at
     /// several numbers of tracked videos, and print a table.
@@ -230,6 +252,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             })
             .await
             .map_err(CliError::Fatal),
+            Command::Simulate {
+                videos,
+                renders,
+                seed,
+                scale,
+                budget,
+            } => simulate(&config, videos, renders.as_deref(), seed, scale, budget),
             Command::Enqueue {
                 ids,
                 callback_url,
@@ -251,6 +280,85 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
     })
+}
+
+/// `simulate`: the strategies compared on a workload (see [`crate::simulate`]).
+fn simulate(
+    config: &Config,
+    videos: usize,
+    renders: Option<&Path>,
+    seed: u64,
+    scale: f64,
+    budget: Option<f64>,
+) -> Result<(), CliError> {
+    use crate::simulate::{Budget, Comparison, Scenario, compare, scaled_polling, table};
+    use crate::workload::{ReferenceWorkload, from_csv};
+    if !(scale.is_finite() && scale > 0.0 && scale <= 1000.0) {
+        return Err(CliError::Usage(format!(
+            "--scale must be a number above 0 and at most 1000, got {scale}"
+        )));
+    }
+    if let Some(rate) = budget
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err(CliError::Usage(format!(
+            "--budget must be a positive number of requests per second, got {rate}"
+        )));
+    }
+    let (jobs, training) = match renders {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| CliError::Usage(format!("cannot read {}: {err}", path.display())))?;
+            let load = |seed| {
+                from_csv(&text, seed)
+                    .map_err(|err| CliError::Usage(format!("{}: {err}", path.display())))
+            };
+            (load(seed)?, load(seed.wrapping_add(1))?)
+        }
+        None => {
+            let workload = |seed| ReferenceWorkload {
+                videos,
+                scale: 1.0,
+                seed,
+            };
+            (
+                workload(seed).generate(),
+                workload(seed.wrapping_add(1)).generate(),
+            )
+        }
+    };
+    let scaled = |jobs: Vec<crate::workload::RenderJob>| -> Vec<crate::workload::RenderJob> {
+        jobs.into_iter()
+            .map(|job| crate::workload::RenderJob {
+                arrival: job.arrival.mul_f64(scale),
+                queued: job.queued.mul_f64(scale),
+                render: job.render.mul_f64(scale),
+                ..job
+            })
+            .collect()
+    };
+    let comparison = Comparison {
+        jobs: scaled(jobs),
+        training: scaled(training),
+        scenario: Scenario {
+            polling: scaled_polling(&config.polling, scale),
+            budget: budget.map(|rate| Budget {
+                rate: rate / scale,
+                burst: config.jogg.burst,
+                claim: (config.jogg.max_in_flight as u32 / 4).max(1),
+            }),
+            seed,
+            scale,
+        },
+    };
+    let rows = compare(&comparison);
+    say!(
+        "{} videos, seed {seed}, scale {scale}, budget {}; delays in real-time seconds\n",
+        comparison.jobs.len(),
+        budget.map_or("none".to_owned(), |rate| format!("{rate}/s"))
+    );
+    say!("{}", table(&rows, 1.0 / scale));
+    Ok(())
 }
 
 /// `serve`: the daemon, until SIGTERM or SIGINT.

@@ -11,6 +11,7 @@
 //! - [`poller`]: claiming due videos, the schedule policy, the rate limiter.
 //! - [`delivery`]: the outbox worker (signing, retries, the target guard).
 //! - [`api`]: the HTTP API (axum routes, authentication, JSON errors).
+//! - [`simulate`]: the `simulate` command (poll strategies replayed in virtual time).
 //! - [`sim`]: a JoggAI simulator for tests, `demo` and benchmarks.
 //! - [`outbound`]: outbound HTTP client set-up.
 //! - [`app`]: wires the pieces together and owns graceful shutdown.
@@ -34,6 +35,7 @@ pub mod jogg;
 pub mod outbound;
 pub mod poller;
 pub mod sim;
+pub mod simulate;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

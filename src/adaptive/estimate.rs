@@ -359,7 +359,8 @@ mod tests {
         let t = 1.0 / (1.0 + 0.327_591_1 * x);
         let poly = t
             * (0.254_829_592
-                + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+                + t * (-0.284_496_736
+                    + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
         let erf = 1.0 - poly * (-x * x).exp();
         0.5 * (1.0 + erf.copysign(z))
     }
@@ -458,7 +459,11 @@ mod tests {
             let (mut low, mut high) = (1e-3f64, 1e6f64);
             for _ in 0..200 {
                 let mid = (low * high).sqrt();
-                if mixture_cdf(mid) < p { low = mid } else { high = mid }
+                if mixture_cdf(mid) < p {
+                    low = mid
+                } else {
+                    high = mid
+                }
             }
             low
         };

@@ -34,6 +34,10 @@ pub const REPORTED_QUANTILES: [f64; 7] = [0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99]
 /// the video is past everything seen: it is polled every `max_interval`.
 const EXHAUSTED: f64 = 1e-3;
 
+/// Beyond the last this much of the learned mass, the completion chance
+/// uses an exponential tail (see [`Learner::completion_chance`]).
+const TAIL: f64 = 0.01;
+
 /// The adaptive strategy's own settings (`polling.adaptive_*`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdaptiveSettings {
@@ -85,7 +89,9 @@ pub fn started_at(enqueued_at: Millis, created_at: Option<i64>, give_up_after: D
     let Some(created_ms) = created_at.and_then(|s| s.checked_mul(1000)) else {
         return enqueued_at;
     };
-    let oldest = enqueued_at.0.saturating_sub(give_up_after.as_millis() as i64);
+    let oldest = enqueued_at
+        .0
+        .saturating_sub(give_up_after.as_millis() as i64);
     if created_ms >= oldest && created_ms.saturating_add(1000) <= enqueued_at.0 {
         Millis(created_ms + 500)
     } else {
@@ -246,14 +252,25 @@ impl Learner {
             return 0.0;
         };
         let model = self.model(phase);
-        let done_then = last_seen.map_or(0.0, |at| model.cdf(seconds_between(origin, at)));
-        let done_now = model.cdf(seconds_between(origin, now));
+        let age_then = last_seen.map_or(0.0, |at| seconds_between(origin, at));
+        let age_now = seconds_between(origin, now);
+        let done_then = model.cdf(age_then);
         let left = 1.0 - done_then;
-        if left <= EXHAUSTED {
-            // Past all that was learned: as likely as anything in the tail.
-            return EXHAUSTED;
+        if left > TAIL {
+            return ((model.cdf(age_now) - done_then) / left).clamp(0.0, 1.0);
         }
-        ((done_now - done_then) / left).clamp(0.0, 1.0)
+        // In the last percent of what was learned the estimate rests on a
+        // handful of videos, and beyond it on none: the tail is taken as
+        // exponential, with the mean an exponential tail would have given
+        // the learned p90 and p99. Its chance still grows with the time
+        // since the last poll, so a video JoggAI keeps in its queue for
+        // long is not starved by younger ones.
+        let (Some(p90), Some(p99)) = (model.quantile(0.9), model.quantile(0.99)) else {
+            return 0.0;
+        };
+        let tail_mean = ((p99 - p90) / std::f64::consts::LN_10).max(1e-3);
+        let waited = age_now - age_then.max(model.quantile(1.0 - TAIL).unwrap_or(age_then));
+        (1.0 - (-waited.max(0.0) / tail_mean).exp()).clamp(0.0, 1.0)
     }
 
     /// Both models, for `/v1/stats`, the CLI and `/metrics`.
@@ -318,5 +335,189 @@ impl SharedLearner {
     pub fn with<R>(&self, f: impl FnOnce(&mut Learner) -> R) -> R {
         let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn settings() -> AdaptiveSettings {
+        AdaptiveSettings {
+            step: 0.06,
+            half_life: 1000,
+            warmup: 20,
+        }
+    }
+
+    /// A learner that has seen `count` videos finish at exactly 100 s, 101
+    /// s, … from their start (and 10 s less from when rendering was seen).
+    fn trained(count: u32) -> Learner {
+        let mut learner = Learner::new(settings());
+        for i in 0..count {
+            let start = Millis(1_000_000 * i64::from(i));
+            let done = start.plus(Duration::from_secs(100 + u64::from(i % 100)));
+            learner.observe(&Observation {
+                started_at: start,
+                unfinished_seen_at: Some(done),
+                rendering_seen_at: Some(start.plus(Duration::from_secs(10))),
+                finished_seen_at: done,
+            });
+        }
+        learner
+    }
+
+    const MIN: Duration = Duration::from_secs(5);
+    const MAX: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_cold_learner_leaves_the_schedule_to_the_exponential_one() {
+        let video = VideoClock {
+            started_at: Millis(0),
+            rendering_seen_at: None,
+        };
+        assert_eq!(trained(19).next_gap(&video, Millis(30_000), MIN, MAX), None);
+        assert!(
+            trained(20)
+                .next_gap(&video, Millis(30_000), MIN, MAX)
+                .is_some()
+        );
+        assert_eq!(
+            trained(19).completion_chance(&video, None, Millis(150_000)),
+            0.0
+        );
+    }
+
+    #[test]
+    fn polls_follow_the_learned_mass() {
+        // Renders take 100–200 s, uniformly: before them the next poll goes
+        // where 6 % of them are done (106 s); inside, 6 % further (6 s);
+        // past them all, every max_interval.
+        let learner = trained(1000);
+        let video = VideoClock {
+            started_at: Millis(0),
+            rendering_seen_at: None,
+        };
+        let gap = |age_s: u64| {
+            learner
+                .next_gap(&video, Millis(age_s as i64 * 1000), MIN, MAX)
+                .unwrap()
+                .as_secs_f64()
+        };
+        assert!((gap(10) - 60.0).abs() < 1e-9, "capped at max: {}", gap(10));
+        assert!(
+            (gap(60) - 46.0).abs() < 4.0,
+            "to the 6 % point: {}",
+            gap(60)
+        );
+        assert!(
+            (gap(150) - 6.0).abs() < 1.5,
+            "one step of mass: {}",
+            gap(150)
+        );
+        assert_eq!(gap(400), 60.0, "past everything learned");
+    }
+
+    #[test]
+    fn the_rendering_clock_is_used_once_seen_and_learned() {
+        let learner = trained(1000);
+        // Seen rendering at 500 s (it waited in JoggAI's queue): its clock
+        // restarts, renders end 90–190 s after that, so at 585 s the next
+        // poll is due soon (6 % of renders end by about 96 s), where the
+        // clock from its start is past everything learned.
+        let queued = VideoClock {
+            started_at: Millis(0),
+            rendering_seen_at: Some(Millis(500_000)),
+        };
+        let gap = learner
+            .next_gap(&queued, Millis(585_000), MIN, MAX)
+            .unwrap();
+        assert!((gap.as_secs_f64() - 11.0).abs() < 2.0, "{gap:?}");
+        let unseen = VideoClock {
+            rendering_seen_at: None,
+            ..queued
+        };
+        assert_eq!(
+            learner.next_gap(&unseen, Millis(585_000), MIN, MAX),
+            Some(MAX)
+        );
+    }
+
+    #[test]
+    fn the_completion_chance_grows_with_time_and_stays_a_probability() {
+        let learner = trained(1000);
+        let video = VideoClock {
+            started_at: Millis(0),
+            rendering_seen_at: None,
+        };
+        let chance = |last: Option<i64>, now: i64| {
+            learner.completion_chance(&video, last.map(|s| Millis(s * 1000)), Millis(now * 1000))
+        };
+        assert!(chance(None, 50) < 1e-3);
+        assert!(
+            (chance(None, 150) - 0.5).abs() < 0.05,
+            "{}",
+            chance(None, 150)
+        );
+        assert!(
+            (chance(Some(150), 175) - 0.5).abs() < 0.06,
+            "{}",
+            chance(Some(150), 175)
+        );
+        assert!(chance(None, 250) > 0.99);
+        // Past everything learned, the chance still grows with the wait.
+        assert!(chance(Some(300), 310) < chance(Some(300), 400));
+        assert!(chance(Some(300), 400) <= 1.0);
+    }
+
+    #[test]
+    fn created_at_is_the_start_only_when_plausible() {
+        let day = Duration::from_secs(86_400);
+        let enqueued = Millis(1_700_000_100_400);
+        // A minute before the enqueue, or the whole second before it: the
+        // middle of that second.
+        assert_eq!(
+            started_at(enqueued, Some(1_700_000_040), day),
+            Millis(1_700_000_040_500)
+        );
+        assert_eq!(
+            started_at(enqueued, Some(1_700_000_099), day),
+            Millis(1_700_000_099_500)
+        );
+        // The second of the enqueue itself (the start may be after the
+        // middle), after it, or older than give_up_after: the enqueue time.
+        for created in [1_700_000_100, 1_700_000_101, 1_700_000_500, 1_600_000_000] {
+            assert_eq!(
+                started_at(enqueued, Some(created), day),
+                enqueued,
+                "{created}"
+            );
+        }
+        assert_eq!(started_at(enqueued, None, day), enqueued);
+        assert_eq!(started_at(enqueued, Some(i64::MAX), day), enqueued);
+    }
+
+    proptest! {
+        #![proptest_config(crate::poller::policy::seeded_for_tests())]
+
+        #[test]
+        fn gaps_stay_within_bounds_and_grow_with_the_step(
+            age_ms in 0u64..1_000_000,
+            step in 0.001f64..0.5,
+            bigger in 0.0f64..0.5,
+            min_ms in 1u64..30_000,
+            extra_ms in 0u64..120_000,
+        ) {
+            let learner = trained(300);
+            let model = learner.model(Phase::FromStart);
+            let (min, max) = (Duration::from_millis(min_ms), Duration::from_millis(min_ms + extra_ms));
+            let age = age_ms as f64 / 1000.0;
+            let small = gap_by_mass(model, age, step, min, max);
+            let large = gap_by_mass(model, age, (step + bigger).min(0.5), min, max);
+            prop_assert!(small >= min && small <= max, "{small:?} not in [{min:?}, {max:?}]");
+            prop_assert!(large >= small, "step {step} gave {small:?}, larger gave {large:?}");
+        }
     }
 }

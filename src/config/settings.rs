@@ -238,8 +238,8 @@ impl Default for PollingSettings {
             jitter: 0.1,
             give_up_after: "48h".into(),
             not_found_grace: "5m".into(),
-            strategy: "exponential".into(),
-            adaptive_step: 0.05,
+            strategy: "adaptive".into(),
+            adaptive_step: 0.06,
             adaptive_half_life: 100,
             adaptive_warmup: 20,
         }

@@ -98,6 +98,21 @@ impl PollPolicy {
     }
 }
 
+/// Proptest settings seeded from `JOGG_RELAY_TEST_SEED` when set (random
+/// otherwise), the seed printed, so a failing run can be repeated.
+#[cfg(test)]
+pub(crate) fn seeded_for_tests() -> proptest::test_runner::Config {
+    let seed = std::env::var("JOGG_RELAY_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("JOGG_RELAY_TEST_SEED={seed}");
+    proptest::test_runner::Config {
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        ..proptest::test_runner::Config::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -170,22 +185,8 @@ mod tests {
         assert!(!p.not_found_is_retried(enqueued, Millis(300_000)));
     }
 
-    /// Seeded from `JOGG_RELAY_TEST_SEED` when set (random otherwise), and
-    /// the seed printed, so a failing run can be repeated.
-    fn seeded() -> proptest::test_runner::Config {
-        let seed = std::env::var("JOGG_RELAY_TEST_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| fastrand::u64(..));
-        println!("JOGG_RELAY_TEST_SEED={seed}");
-        proptest::test_runner::Config {
-            rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
-            ..proptest::test_runner::Config::default()
-        }
-    }
-
     proptest! {
-        #![proptest_config(seeded())]
+        #![proptest_config(seeded_for_tests())]
 
         #[test]
         fn jitter_stays_within_its_bounds(base_ms in 1u64..10_000_000, unit in -5.0f64..5.0, jitter in 0.0f64..0.99) {

@@ -10,7 +10,8 @@ use sqlx::SqliteConnection;
 use super::StoreError;
 use super::records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, ConflictingFields, DeliveryNext,
-    DeliveryRelease, DueVideo, EnqueueOutcome, NewVideo, PollUpdate, Ranker, RedeliverOutcome, Release,
+    DeliveryRelease, DueVideo, EnqueueOutcome, NewVideo, PollUpdate, RANKED_WINDOW, Ranker,
+    RedeliverOutcome, Release,
 };
 use crate::domain::{Millis, VideoId, VideoState};
 
@@ -284,10 +285,6 @@ pub(crate) async fn claim_due(
     Ok(claimed)
 }
 
-/// How many of the most overdue videos a ranked claim chooses from, per
-/// video it takes: enough choice to matter, bounded work per claim.
-const RANKED_WINDOW: u32 = 4;
-
 /// Like [`claim_due`], but when more videos are due than `limit`, takes the
 /// `limit` that `rank` scores highest among the `RANKED_WINDOW × limit`
 /// most overdue (ties go to the more overdue). Every video eventually
@@ -315,7 +312,13 @@ pub(crate) async fn claim_due_ranked(
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     // Stable: equal scores keep the most-overdue-first order.
     order.sort_by(|&a, &b| {
-        let score = |i: usize| scores.get(i).copied().filter(|s| s.is_finite()).unwrap_or(0.0);
+        let score = |i: usize| {
+            scores
+                .get(i)
+                .copied()
+                .filter(|s| s.is_finite())
+                .unwrap_or(0.0)
+        };
         score(b).total_cmp(&score(a))
     });
     let chosen: Vec<i64> = order

@@ -422,9 +422,8 @@ macro_rules! finished_renders {
 }
 
 /// Finished renders after a (`terminal_at`, rowid) cursor, oldest first.
-pub(crate) const SELECT_FINISHED_RENDERS_AFTER: &str = finished_renders!(
-    "AND (terminal_at, id) > (?1, ?2) ORDER BY terminal_at, id LIMIT ?3 + 0"
-);
+pub(crate) const SELECT_FINISHED_RENDERS_AFTER: &str =
+    finished_renders!("AND (terminal_at, id) > (?1, ?2) ORDER BY terminal_at, id LIMIT ?3 + 0");
 
 /// The newest finished renders, newest first.
 pub(crate) const SELECT_NEWEST_FINISHED_RENDERS: &str =
@@ -468,6 +467,10 @@ pub struct DueVideo {
     /// When it became due.
     pub next_poll_at: i64,
 }
+
+/// How many of the most overdue videos a ranked claim chooses from, per
+/// video it takes: enough choice to matter, bounded work per claim.
+pub const RANKED_WINDOW: u32 = 4;
 
 /// Scores due videos at a time (higher is polled first), for when more are
 /// due than one claim takes: the adaptive strategy ranks them by the chance
