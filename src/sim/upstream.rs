@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Millis;
-use crate::workload::RenderJob;
+use crate::workload::{DelayReport, RenderJob};
 
 /// The API key the simulator accepts unless told otherwise.
 pub const SIM_API_KEY: &str = "sim-api-key";
@@ -294,6 +294,23 @@ impl SimState {
     /// The simulator's current time: the manual clock if set, else wall time.
     pub fn now(&self) -> Millis {
         self.lock().manual_clock.unwrap_or_else(Millis::now)
+    }
+
+    /// The detection delays and poll counts of every scripted render so
+    /// far, from [`render_outcomes`](Self::render_outcomes): one delay
+    /// (first terminal answer − render end) per detected render; the others
+    /// count as undetected.
+    pub fn delay_report(&self) -> DelayReport {
+        let outcomes = self.render_outcomes();
+        let polls: Vec<u32> = outcomes.iter().map(|o| o.polls).collect();
+        let delays: Vec<Duration> = outcomes
+            .iter()
+            .filter_map(|o| {
+                let late = o.detected_at?.0.saturating_sub(o.finished_at.0);
+                Some(Duration::from_millis(u64::try_from(late).unwrap_or(0)))
+            })
+            .collect();
+        DelayReport::from_samples(&polls, &delays, outcomes.len() - delays.len())
     }
 
     /// The record of every scripted render, sorted by video id.

@@ -161,6 +161,15 @@ async fn outcomes_record_the_first_terminal_answer_and_count_answered_polls() {
             },
         ]
     );
+    let report = sim.state.delay_report();
+    assert_eq!(
+        (report.videos, report.undetected, report.calls_per_video),
+        (3, 1, 5.0 / 3.0)
+    );
+    // Delays of 10 s (b) and 20 s (a).
+    assert_eq!(report.delay_p50, Duration::from_secs(10));
+    assert_eq!(report.delay_p99, Duration::from_secs(20));
+    assert_eq!(report.delay_mean, Duration::from_secs(15));
     assert_eq!(sim.state.answers_for("b"), 4);
     assert!(sim.state.terminal_answers().contains_key("b"));
     assert!(!sim.state.terminal_answers().contains_key("never-asked"));
