@@ -116,9 +116,11 @@ impl Relay {
             .context("cannot start the relay")?;
         let stderr = child.stderr.take().expect("piped");
         let mut lines = BufReader::new(stderr).lines();
+        let mut last = String::new();
         let address = loop {
             let Some(Ok(line)) = lines.next() else {
-                bail!("the relay exited before listening");
+                // Its last line says why (e.g. a configuration error).
+                bail!("the relay exited before listening: {last}");
             };
             if let Some(rest) = line.split("address=").nth(1) {
                 break rest
@@ -127,6 +129,7 @@ impl Relay {
                     .unwrap_or_default()
                     .to_owned();
             }
+            last = line;
         };
         // Keep draining its output so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
