@@ -13,6 +13,11 @@
 //!    latency from the simulator's terminal answer to the verified callback;
 //! 4. budget: a backlog polled under a 200/s budget that the simulator
 //!    enforces strictly.
+//!
+//! `bench --schedule` measures something else: how soon the relay notices
+//! renders finish, and how many polls that costs, per polling strategy, on
+//! the reference workload ([`crate::workload::ReferenceWorkload`]) run
+//! `compress` times faster than real time ([`run_schedule`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -26,6 +31,7 @@ use serde_json::{Value, json};
 
 use crate::config::WebhookSecret;
 use crate::sim::{SIM_API_KEY, SimReceiver, SimUpstream, Timeline};
+use crate::workload::{DelayReport, ReferenceWorkload};
 
 const SECRET: &str = "whsec_YmVuY2htYXJrLXNpZ25pbmctc2VjcmV0";
 /// Concurrent clients for single enqueues.
@@ -110,9 +116,11 @@ impl Relay {
             .context("cannot start the relay")?;
         let stderr = child.stderr.take().expect("piped");
         let mut lines = BufReader::new(stderr).lines();
+        let mut last = String::new();
         let address = loop {
             let Some(Ok(line)) = lines.next() else {
-                bail!("the relay exited before listening");
+                // Its last line says why (e.g. a configuration error).
+                bail!("the relay exited before listening: {last}");
             };
             if let Some(rest) = line.split("address=").nth(1) {
                 break rest
@@ -121,6 +129,7 @@ impl Relay {
                     .unwrap_or_default()
                     .to_owned();
             }
+            last = line;
         };
         // Keep draining its output so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
@@ -489,9 +498,278 @@ async fn wait_until(done: impl Fn() -> bool, limit: Duration) -> anyhow::Result<
     Ok(())
 }
 
+/// Which polling strategies `bench --schedule` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StrategyChoice {
+    /// `polling.strategy = "exponential"`: backoff from the last change.
+    Exponential,
+    /// `polling.strategy = "adaptive"`: polls when completions are likely.
+    Adaptive,
+    /// Both, one after the other, each on a fresh relay and database.
+    Both,
+}
+
+impl StrategyChoice {
+    /// The `polling.strategy` values to run, in order.
+    pub fn strategies(self) -> &'static [&'static str] {
+        match self {
+            StrategyChoice::Exponential => &["exponential"],
+            StrategyChoice::Adaptive => &["adaptive"],
+            StrategyChoice::Both => &["exponential", "adaptive"],
+        }
+    }
+}
+
+/// What `bench --schedule` runs.
+#[derive(Debug, Clone)]
+pub struct ScheduleOptions {
+    /// Videos of the reference workload.
+    pub videos: usize,
+    /// Time compression: every duration of the workload and of the polling
+    /// configuration is divided by it, every measured delay multiplied.
+    pub compress: f64,
+    /// Strategies to run.
+    pub strategy: StrategyChoice,
+    /// Seed of the workload (the same for every strategy).
+    pub seed: u64,
+    /// The poll budget in real-time-equivalent requests per second (the
+    /// relay gets `rate × compress`, the simulator enforces the same).
+    pub rate: f64,
+}
+
+impl ScheduleOptions {
+    /// Whether the options can run; the problem, naming the flag, if not.
+    pub fn check(&self) -> Result<(), String> {
+        if self.videos == 0 {
+            return Err("--videos must be at least 1".into());
+        }
+        if !(self.compress.is_finite() && self.compress > 0.0) {
+            return Err(format!(
+                "--compress must be a positive number, got {}",
+                self.compress
+            ));
+        }
+        // The relay's budget (rate × compress) must be one it accepts.
+        let relay_rate = self.rate * self.compress;
+        if !(relay_rate.is_finite() && (0.001..=1_000_000.0).contains(&relay_rate)) {
+            return Err(format!(
+                "--rate × --compress must be between 0.001 and 1000000 requests per second, got {relay_rate}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Burst of the schedule benchmark's budget: the shipped default. A burst
+/// is a number of requests, not a duration, so it is not compressed.
+const SCHEDULE_BURST: u32 = 10;
+
+/// One row of the schedule table: a strategy's report, its delays already
+/// in real-time-equivalent terms.
+#[derive(Debug, Clone)]
+struct ScheduleRow {
+    strategy: &'static str,
+    report: DelayReport,
+    violations: u64,
+}
+
+impl ScheduleRow {
+    const HEADER: &str = "| strategy | videos | calls per video | detection delay p50 / p95 / p99 s | mean delay s | undetected | budget violations |\n|---|---:|---:|---:|---:|---:|---:|";
+
+    fn to_markdown(&self) -> String {
+        let r = &self.report;
+        format!(
+            "| {} | {} | {:.2} | {:.1} / {:.1} / {:.1} | {:.1} | {} | {} |",
+            self.strategy,
+            r.videos,
+            r.calls_per_video,
+            r.delay_p50.as_secs_f64(),
+            r.delay_p95.as_secs_f64(),
+            r.delay_p99.as_secs_f64(),
+            r.delay_mean.as_secs_f64(),
+            r.undetected,
+            self.violations,
+        )
+    }
+}
+
+/// A duration as the configuration writes it, in whole microseconds (at
+/// least one).
+fn config_duration(duration: Duration) -> String {
+    format!("{}us", duration.as_micros().max(1))
+}
+
+/// The relay's configuration for one strategy: every polling duration of
+/// the shipped defaults divided by `compress`, the budget multiplied.
+fn schedule_config(options: &ScheduleOptions, strategy: &str) -> String {
+    let scaled =
+        |seconds: f64| config_duration(Duration::from_secs_f64(seconds / options.compress));
+    // Until every build knows `polling.strategy`, the default (exponential)
+    // is left implicit, so this runs on builds that predate the key.
+    let strategy_line = if strategy == "exponential" {
+        String::new()
+    } else {
+        format!("strategy = \"{strategy}\"\n")
+    };
+    format!(
+        "requests_per_second = {:.3}\nburst = {SCHEDULE_BURST}\n\
+         [polling]\nfirst_after = \"{}\"\nmin_interval = \"{}\"\nmax_interval = \"{}\"\n\
+         jitter = 0.1\n{strategy_line}",
+        options.rate * options.compress,
+        scaled(10.0),
+        scaled(10.0),
+        scaled(60.0),
+    )
+}
+
+/// `bench --schedule`: runs the reference workload against the real relay
+/// once per strategy and prints one table row per strategy.
+pub async fn run_schedule(options: ScheduleOptions) -> anyhow::Result<()> {
+    if let Err(problem) = options.check() {
+        bail!("{problem}");
+    }
+    println!(
+        "jogg-relay bench --schedule: {} videos of the reference workload (seed {}), \
+         {}x faster than real time, budget {} requests/s (real time); delays in \
+         real-time-equivalent seconds",
+        options.videos, options.seed, options.compress, options.rate
+    );
+    let mut rows = Vec::new();
+    for &strategy in options.strategy.strategies() {
+        let row = run_strategy(&options, strategy)
+            .await
+            .with_context(|| format!("strategy {strategy}"))?;
+        eprintln!("strategy {strategy} done: {row:?}");
+        rows.push(row);
+    }
+    println!();
+    println!("{}", ScheduleRow::HEADER);
+    for row in &rows {
+        println!("{}", row.to_markdown());
+    }
+    Ok(())
+}
+
+/// One strategy on a fresh simulator, relay and database: enqueues each
+/// video at its (compressed) arrival, scripting the simulator with the
+/// render created at that moment, then waits until the relay has seen
+/// every render end.
+async fn run_strategy(
+    options: &ScheduleOptions,
+    strategy: &'static str,
+) -> anyhow::Result<ScheduleRow> {
+    let jobs = ReferenceWorkload {
+        videos: options.videos,
+        scale: 1.0 / options.compress,
+        seed: options.seed,
+    }
+    .generate();
+    let dir = tempfile::tempdir()?;
+    let sim = SimUpstream::start().await?;
+    let config = write_config(dir.path(), &sim, &schedule_config(options, strategy))?;
+    let relay = Relay::start(&config)?;
+    let client = crate::outbound::client_builder().build()?;
+    sim.state
+        .set_budget(options.rate * options.compress, SCHEDULE_BURST);
+
+    let started = tokio::time::Instant::now();
+    for (i, job) in jobs.iter().enumerate() {
+        tokio::time::sleep_until(started + job.arrival).await;
+        let id = format!("render-{i}");
+        sim.state.script_render(&id, *job, sim.state.now());
+        let response = client
+            .post(format!("{}/v1/videos", relay.base))
+            .json(&json!({"video_id": id}))
+            .send()
+            .await?;
+        if response.status() != 201 {
+            bail!("enqueue answered {}", response.status());
+        }
+    }
+    // Every render ends by its arrival plus its duration; past that, the
+    // relay needs at most a few of its longest intervals to notice. The
+    // margin is generous: a slow relay shows as delay, not as a failure.
+    let last_end = jobs
+        .iter()
+        .map(|job| job.arrival + job.finishes_after())
+        .max()
+        .unwrap_or_default();
+    let max_interval = Duration::from_secs_f64(60.0 / options.compress);
+    let deadline = started + last_end + max_interval * 10 + Duration::from_secs(30);
+    while sim
+        .state
+        .render_outcomes()
+        .iter()
+        .any(|o| o.detected_at.is_none())
+    {
+        if tokio::time::Instant::now() > deadline {
+            eprintln!("strategy {strategy}: deadline passed with renders still undetected");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let violations = sim.state.violations();
+    relay.stop()?;
+    Ok(ScheduleRow {
+        strategy,
+        report: sim.state.delay_report().scaled(options.compress),
+        violations,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_schedule_config_compresses_the_default_polling() {
+        let options = ScheduleOptions {
+            videos: 1,
+            compress: 30.0,
+            strategy: StrategyChoice::Both,
+            seed: 1,
+            rate: 10.0,
+        };
+        let exponential = schedule_config(&options, "exponential");
+        assert_eq!(
+            exponential,
+            "requests_per_second = 300.000\nburst = 10\n[polling]\nfirst_after = \"333333us\"\n\
+             min_interval = \"333333us\"\nmax_interval = \"2000000us\"\njitter = 0.1\n"
+        );
+        assert!(!exponential.contains("strategy"));
+        assert!(schedule_config(&options, "adaptive").ends_with("strategy = \"adaptive\"\n"));
+        // And the relay accepts it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, format!("[jogg]\napi_key = \"k\"\n{exponential}")).unwrap();
+        let settings = crate::config::Settings::load(Some(&path), []).expect("loads");
+        let config = settings.validate().expect("a valid configuration");
+        assert_eq!(config.polling.min_interval, Duration::from_micros(333_333));
+        assert_eq!(config.polling.max_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_schedule_row_shows_real_time_seconds() {
+        let report = DelayReport::from_samples(
+            &[4, 6],
+            &[Duration::from_millis(100), Duration::from_millis(300)],
+            0,
+        )
+        .scaled(30.0);
+        let row = ScheduleRow {
+            strategy: "adaptive",
+            report,
+            violations: 0,
+        };
+        assert_eq!(
+            row.to_markdown(),
+            "| adaptive | 2 | 5.00 | 3.0 / 9.0 / 9.0 | 6.0 | 0 | 0 |"
+        );
+        assert_eq!(
+            StrategyChoice::Both.strategies(),
+            ["exponential", "adaptive"]
+        );
+    }
 
     #[test]
     fn a_phase_that_did_not_run_shows_a_dash() {

@@ -105,7 +105,9 @@ pub enum Command {
         budget: Option<f64>,
     },
     /// Measure the relay (as a child process) against the simulators at
-    /// several numbers of tracked videos, and print a table.
+    /// several numbers of tracked videos, and print a table; with
+    /// `--schedule`, measure instead how soon each polling strategy notices
+    /// renders finish on the reference workload, time-compressed.
     Bench {
         /// Numbers of tracked videos, comma-separated.
         #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 100_000, 1_000_000])]
@@ -122,6 +124,27 @@ pub enum Command {
         /// Seconds of the budget phase.
         #[arg(long, default_value_t = 10)]
         budget_seconds: u64,
+        /// Run the scheduling benchmark instead of the scales: the reference
+        /// render workload, time-compressed, once per polling strategy.
+        #[arg(long)]
+        schedule: bool,
+        /// Videos of the scheduling benchmark.
+        #[arg(long, default_value_t = 300, requires = "schedule")]
+        videos: usize,
+        /// Time compression of the scheduling benchmark (30: renders and
+        /// poll intervals 30 times shorter; delays are shown multiplied back).
+        #[arg(long, default_value_t = 30.0, requires = "schedule")]
+        compress: f64,
+        /// Polling strategies to compare.
+        #[arg(long, value_enum, default_value_t = crate::bench::StrategyChoice::Both, requires = "schedule")]
+        strategy: crate::bench::StrategyChoice,
+        /// Seed of the scheduling benchmark's workload.
+        #[arg(long, default_value_t = 1, requires = "schedule")]
+        seed: u64,
+        /// Poll budget of the scheduling benchmark, real-time requests per
+        /// second (the relay gets rate × compress).
+        #[arg(long, default_value_t = 10.0, requires = "schedule")]
+        rate: f64,
     },
     /// Queue a terminal video's callback event again (same event id).
     Redeliver {
@@ -238,11 +261,33 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::Serve => serve(config).await,
             Command::Demo => crate::demo::run().await.map_err(CliError::Fatal),
             Command::Bench {
+                schedule: true,
+                videos,
+                compress,
+                strategy,
+                seed,
+                rate,
+                ..
+            } => {
+                let options = crate::bench::ScheduleOptions {
+                    videos,
+                    compress,
+                    strategy,
+                    seed,
+                    rate,
+                };
+                options.check().map_err(CliError::Usage)?;
+                crate::bench::run_schedule(options)
+                    .await
+                    .map_err(CliError::Fatal)
+            }
+            Command::Bench {
                 scales,
                 single_requests,
                 hot_videos,
                 delivery_videos,
                 budget_seconds,
+                ..
             } => crate::bench::run(crate::bench::BenchOptions {
                 scales,
                 single_requests,

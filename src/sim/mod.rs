@@ -7,8 +7,8 @@ pub mod upstream;
 
 pub use receiver::{Received, ReceiverState, Reply, SimReceiver};
 pub use upstream::{
-    AuthFailure, Ending, Fault, LoggedRequest, SIM_API_KEY, SimState, SimUpstream, Spelling,
-    Timeline,
+    AuthFailure, Ending, Fault, LoggedRequest, RenderOutcome, SIM_API_KEY, SimState, SimUpstream,
+    Spelling, Timeline,
 };
 
 /// Serves `router` on `listener` in a background task until the returned

@@ -2,8 +2,15 @@
 //! timelines, fault injection, a strict token bucket that counts budget
 //! violations, concurrency high-water marks and a request log.
 //!
-//! Timelines advance per answered poll (not per second), so tests are
-//! deterministic whatever the machine's speed.
+//! Two kinds of scripted videos:
+//! - [`Timeline`]s advance per answered poll (not per second), so tests are
+//!   deterministic whatever the machine's speed;
+//! - renders ([`SimState::script_render`]) follow a [`RenderJob`] on the
+//!   simulator's clock: wall time by default, or a manual clock that a test
+//!   driving the relay with a virtual `now` moves in step. The simulator
+//!   records when each render finished and when its terminal status was
+//!   first answered ([`SimState::render_outcomes`]): the oracle for the
+//!   relay's detection delay.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -19,6 +26,9 @@ use reqwest::Url;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::domain::Millis;
+use crate::workload::{DelayReport, RenderJob};
 
 /// The API key the simulator accepts unless told otherwise.
 pub const SIM_API_KEY: &str = "sim-api-key";
@@ -171,9 +181,38 @@ impl StrictBucket {
     }
 }
 
+/// A video whose status follows a [`RenderJob`] on the simulator's clock.
+#[derive(Debug, Clone)]
+struct ScriptedRender {
+    job: RenderJob,
+    created: Millis,
+    detected_at: Option<Millis>,
+    polls: u32,
+}
+
+/// What became of one scripted render: the simulator's own record, to judge
+/// how quickly the relay noticed it finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderOutcome {
+    /// The video.
+    pub video_id: String,
+    /// When the render reached its terminal status: `created` +
+    /// [`RenderJob::finishes_after`], on the simulator's clock.
+    pub finished_at: Millis,
+    /// When the terminal status was first answered (simulator's clock), if
+    /// it was.
+    pub detected_at: Option<Millis>,
+    /// Requests for the video that were answered with its status (faults,
+    /// authentication failures and rate limits excluded).
+    pub polls: u32,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     timelines: HashMap<String, Timeline>,
+    renders: HashMap<String, ScriptedRender>,
+    /// The manual clock, when set; wall time otherwise.
+    manual_clock: Option<Millis>,
     answers: HashMap<String, u32>,
     /// When each video was first answered with a terminal status.
     turned_terminal: HashMap<String, Instant>,
@@ -207,11 +246,88 @@ impl SimState {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Scripts `video_id`'s timeline (restarting its answer count).
+    /// Scripts `video_id`'s timeline (restarting its answer count, and
+    /// replacing a render scripted for it).
     pub fn script(&self, video_id: &str, timeline: Timeline) {
         let mut inner = self.lock();
         inner.timelines.insert(video_id.to_owned(), timeline);
+        inner.renders.remove(video_id);
         inner.answers.remove(video_id);
+    }
+
+    /// Scripts `video_id` as a render submitted at `created` (simulator's
+    /// clock): its status is `job.status_at(now - created)`, and its answers
+    /// carry `created_at` = `created` in whole Unix seconds, as JoggAI's do.
+    /// Replaces any timeline or render scripted for the id before (and
+    /// restarts its record).
+    pub fn script_render(&self, video_id: &str, job: RenderJob, created: Millis) {
+        let mut inner = self.lock();
+        inner.timelines.remove(video_id);
+        inner.answers.remove(video_id);
+        inner.turned_terminal.remove(video_id);
+        inner.renders.insert(
+            video_id.to_owned(),
+            ScriptedRender {
+                job,
+                created,
+                detected_at: None,
+                polls: 0,
+            },
+        );
+    }
+
+    /// Stops the wall clock: from now on the simulator's time is `now`,
+    /// until moved with [`advance_clock`](Self::advance_clock).
+    pub fn set_manual_clock(&self, now: Millis) {
+        self.lock().manual_clock = Some(now);
+    }
+
+    /// Moves the manual clock forward to `to` (starting it there if the
+    /// simulator was on wall time). The clock never goes back: an earlier
+    /// `to` leaves it where it is, as the relay's own time never goes back.
+    pub fn advance_clock(&self, to: Millis) {
+        let mut inner = self.lock();
+        let current = inner.manual_clock.unwrap_or(to);
+        inner.manual_clock = Some(current.max(to));
+    }
+
+    /// The simulator's current time: the manual clock if set, else wall time.
+    pub fn now(&self) -> Millis {
+        self.lock().manual_clock.unwrap_or_else(Millis::now)
+    }
+
+    /// The detection delays and poll counts of every scripted render so
+    /// far, from [`render_outcomes`](Self::render_outcomes): one delay
+    /// (first terminal answer − render end) per detected render; the others
+    /// count as undetected.
+    pub fn delay_report(&self) -> DelayReport {
+        let outcomes = self.render_outcomes();
+        let polls: Vec<u32> = outcomes.iter().map(|o| o.polls).collect();
+        let delays: Vec<Duration> = outcomes
+            .iter()
+            .filter_map(|o| {
+                let late = o.detected_at?.0.saturating_sub(o.finished_at.0);
+                Some(Duration::from_millis(u64::try_from(late).unwrap_or(0)))
+            })
+            .collect();
+        DelayReport::from_samples(&polls, &delays, outcomes.len() - delays.len())
+    }
+
+    /// The record of every scripted render, sorted by video id.
+    pub fn render_outcomes(&self) -> Vec<RenderOutcome> {
+        let inner = self.lock();
+        let mut outcomes: Vec<RenderOutcome> = inner
+            .renders
+            .iter()
+            .map(|(id, render)| RenderOutcome {
+                video_id: id.clone(),
+                finished_at: render.created.plus(render.job.finishes_after()),
+                detected_at: render.detected_at,
+                polls: render.polls,
+            })
+            .collect();
+        outcomes.sort_by(|a, b| a.video_id.cmp(&b.video_id));
+        outcomes
     }
 
     /// Timeline for ids that were not scripted (otherwise they are "not found").
@@ -296,9 +412,14 @@ impl SimState {
         self.lock().turned_terminal.clone()
     }
 
-    /// Answers given so far for `video_id` (faults excluded).
+    /// Answers given so far for `video_id` (faults excluded), whether it
+    /// follows a timeline or a render.
     pub fn answers_for(&self, video_id: &str) -> u32 {
-        self.lock().answers.get(video_id).copied().unwrap_or(0)
+        let inner = self.lock();
+        match inner.renders.get(video_id) {
+            Some(render) => render.polls,
+            None => inner.answers.get(video_id).copied().unwrap_or(0),
+        }
     }
 }
 
@@ -472,32 +593,52 @@ async fn answer(
         None => {}
     }
 
-    let status = {
+    let (status, created_at) = {
         let mut inner = state.lock();
-        let timeline = inner
-            .timelines
-            .get(&raw_id)
-            .cloned()
-            .or_else(|| inner.default_timeline.clone());
-        let Some(timeline) = timeline else {
-            return envelope(10104, "video not found", None);
-        };
-        let answered = inner.answers.entry(raw_id.clone()).or_insert(0);
-        let status = timeline.status_at(*answered).to_owned();
-        *answered = answered.saturating_add(1);
-        if *answered > timeline.pending + timeline.processing
-            && !matches!(timeline.ending, Ending::Stuck(_))
-        {
-            inner.turned_terminal.entry(raw_id.clone()).or_insert(now);
+        // The clock is read after any `Slow` fault: the answer reflects the
+        // moment it is given.
+        let clock = inner.manual_clock.unwrap_or_else(Millis::now);
+        if let Some(render) = inner.renders.get_mut(&raw_id) {
+            // A render asked about before its creation is simply pending.
+            let age = u64::try_from(clock.0.saturating_sub(render.created.0)).unwrap_or(0);
+            let age = Duration::from_millis(age);
+            let status = render.job.status_at(age);
+            render.polls = render.polls.saturating_add(1);
+            let terminal = matches!(status, "completed" | "failed");
+            if terminal && render.detected_at.is_none() {
+                render.detected_at = Some(clock);
+            }
+            let created_at = render.created.0.div_euclid(1000);
+            if terminal {
+                inner.turned_terminal.entry(raw_id.clone()).or_insert(now);
+            }
+            (status.to_owned(), created_at)
+        } else {
+            let timeline = inner
+                .timelines
+                .get(&raw_id)
+                .cloned()
+                .or_else(|| inner.default_timeline.clone());
+            let Some(timeline) = timeline else {
+                return envelope(10104, "video not found", None);
+            };
+            let answered = inner.answers.entry(raw_id.clone()).or_insert(0);
+            let status = timeline.status_at(*answered).to_owned();
+            *answered = answered.saturating_add(1);
+            if *answered > timeline.pending + timeline.processing
+                && !matches!(timeline.ending, Ending::Stuck(_))
+            {
+                inner.turned_terminal.entry(raw_id.clone()).or_insert(now);
+            }
+            (status, 1_640_995_200)
         }
-        status
     };
     let finished = matches!(status.as_str(), "completed" | "success");
     let failed = matches!(status.as_str(), "failed" | "fail");
     let mut data = json!({
         "video_id": raw_id,
         "status": status,
-        "created_at": 1_640_995_200,
+        "created_at": created_at,
     });
     if finished {
         data["video_url"] = json!(format!("https://cdn.sim.invalid/{raw_id}.mp4"));

@@ -454,6 +454,48 @@ fn a_tiny_benchmark_runs() {
     assert_eq!(row.split('|').nth(8).map(str::trim), Some("0"), "{row}");
 }
 
+#[test]
+fn a_tiny_schedule_benchmark_runs() {
+    let (code, stdout, stderr) = run_binary(
+        &[
+            "bench",
+            "--schedule",
+            "--videos",
+            "20",
+            "--compress",
+            "600",
+            "--strategy",
+            "exponential",
+            "--seed",
+            "3",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| exponential | 20 |"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    // Every render was seen finished, each after at least one poll, and
+    // within the budget (delays depend on the machine's load at 600x).
+    assert!(cells[3].parse::<f64>().unwrap() >= 1.0, "{row}");
+    assert_eq!((cells[6], cells[7]), ("0", "0"), "{row}");
+}
+
+#[test]
+fn schedule_benchmark_options_are_checked() {
+    let (code, _, stderr) = run_binary(&["bench", "--schedule", "--compress", "0"], &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("--compress must be a positive number"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_binary(&["bench", "--videos", "5"], &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--schedule"), "{stderr}");
+}
+
 #[tokio::test]
 async fn redeliver_queues_the_event_again_to_every_current_target() {
     use jogg_relay::domain::Millis;

@@ -14,5 +14,6 @@ mod poller;
 mod process;
 mod reliability;
 mod serve;
+mod sim_renders;
 mod storage;
 mod upstream_faults;
