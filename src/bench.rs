@@ -604,17 +604,10 @@ fn config_duration(duration: Duration) -> String {
 fn schedule_config(options: &ScheduleOptions, strategy: &str) -> String {
     let scaled =
         |seconds: f64| config_duration(Duration::from_secs_f64(seconds / options.compress));
-    // Until every build knows `polling.strategy`, the default (exponential)
-    // is left implicit, so this runs on builds that predate the key.
-    let strategy_line = if strategy == "exponential" {
-        String::new()
-    } else {
-        format!("strategy = \"{strategy}\"\n")
-    };
     format!(
         "requests_per_second = {:.3}\nburst = {SCHEDULE_BURST}\n\
          [polling]\nfirst_after = \"{}\"\nmin_interval = \"{}\"\nmax_interval = \"{}\"\n\
-         jitter = 0.1\n{strategy_line}",
+         jitter = 0.1\nstrategy = \"{strategy}\"\n",
         options.rate * options.compress,
         scaled(10.0),
         scaled(10.0),
@@ -734,9 +727,9 @@ mod tests {
         assert_eq!(
             exponential,
             "requests_per_second = 300.000\nburst = 10\n[polling]\nfirst_after = \"333333us\"\n\
-             min_interval = \"333333us\"\nmax_interval = \"2000000us\"\njitter = 0.1\n"
+             min_interval = \"333333us\"\nmax_interval = \"2000000us\"\njitter = 0.1\n\
+             strategy = \"exponential\"\n"
         );
-        assert!(!exponential.contains("strategy"));
         assert!(schedule_config(&options, "adaptive").ends_with("strategy = \"adaptive\"\n"));
         // And the relay accepts it.
         let dir = tempfile::tempdir().unwrap();
@@ -746,6 +739,10 @@ mod tests {
         let config = settings.validate().expect("a valid configuration");
         assert_eq!(config.polling.min_interval, Duration::from_micros(333_333));
         assert_eq!(config.polling.max_interval, Duration::from_secs(2));
+        assert_eq!(
+            config.polling.strategy,
+            crate::config::PollStrategy::Exponential
+        );
     }
 
     #[test]
