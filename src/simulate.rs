@@ -124,6 +124,9 @@ pub fn run(
     learner: Learner,
 ) -> (DelayReport, Learner) {
     let policy = PollPolicy::from(&scenario.polling);
+    // This run's videos come after any the learner already knows, as new
+    // rowids would.
+    let first_id = learner.newest_video().map_or(0, |id| id + 1);
     let learner = SharedLearner::new(learner);
     let ranker = learning::ranker(learner.clone(), policy.give_up_after);
     let adaptive = matches!(strategy, Strategy::Adaptive | Strategy::AdaptivePretrained);
@@ -182,8 +185,10 @@ pub fn run(
                     }
                 }
                 let chosen = if adaptive && candidates.len() > 1 {
-                    let rows: Vec<DueVideo> =
-                        candidates.iter().map(|&i| due_row(&videos[i], i)).collect();
+                    let rows: Vec<DueVideo> = candidates
+                        .iter()
+                        .map(|&i| due_row(&videos[i], first_id + i as i64))
+                        .collect();
                     let scores = (ranker.0)(&rows, now);
                     // The highest score; ties to the most overdue (first).
                     (0..candidates.len())
@@ -211,7 +216,7 @@ pub fn run(
                 }
             }
             _ => {
-                let (next, finished) = learner.with(|learner| {
+                let (next, learned) = learner.with(|learner| {
                     poll_with_relay_code(
                         video,
                         now,
@@ -221,8 +226,8 @@ pub fn run(
                         &mut rng,
                     )
                 });
-                if let Some(observation) = finished {
-                    learner.with(|learner| learner.observe(&observation));
+                if let Some(observation) = learned {
+                    learner.with(|learner| learner.record(first_id + index as i64, &observation));
                 }
                 next
             }
@@ -253,9 +258,9 @@ pub fn run(
 }
 
 /// A video as the claim's ranking sees it.
-fn due_row(video: &Tracked, index: usize) -> DueVideo {
+fn due_row(video: &Tracked, id: i64) -> DueVideo {
     DueVideo {
-        id: index as i64,
+        id,
         enqueued_at: video.enqueued_at.0,
         created_at: None,
         unfinished_seen_at: video.unfinished_seen_at,
@@ -277,8 +282,8 @@ fn baseline_gap(strategy: Strategy, age: Duration, scale: f64) -> Duration {
 
 /// One poll of `video` answered `status` at `now`, decided by the relay's
 /// own [`decide::decide`]. Returns the next poll (`None` once the video is
-/// terminal) and, when it finished, what it teaches (the caller feeds it to
-/// the learner whatever the strategy, as the relay does).
+/// terminal) and what the answer teaches (the caller feeds it to the
+/// learner whatever the strategy, as the relay does).
 fn poll_with_relay_code(
     video: &mut Tracked,
     now: Millis,
@@ -314,7 +319,7 @@ fn poll_with_relay_code(
         rejected_urls: Vec::new(),
     });
     let Decision::Record {
-        update, finished, ..
+        update, learned, ..
     } = decide::decide(&claimed, &answer, now, policy, schedule_with, &[], rng)
     else {
         unreachable!("a status answer is always recorded");
@@ -328,9 +333,9 @@ fn poll_with_relay_code(
         video.rendering_seen_at = update.rendering_seen_at.map(|at| at.0);
     }
     if update.terminal.is_some() {
-        return (None, finished);
+        return (None, learned);
     }
-    (update.next_poll_at, finished)
+    (update.next_poll_at, learned)
 }
 
 /// The budget as a token bucket in virtual time.

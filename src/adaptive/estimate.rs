@@ -1,22 +1,22 @@
-//! The render-time distribution, estimated from interval-censored
-//! observations: each finished video says only that it finished after one
-//! age (its last unfinished poll) and before another (the poll that saw it
-//! done).
+//! The render-time distribution, estimated from censored observations:
+//! a finished video says only that it finished after one age (its last
+//! unfinished poll) and before another (the poll that saw it done); a video
+//! still rendering says that it will finish after its last unfinished poll
+//! (right-censored). Counting the unfinished ones is what keeps the
+//! estimate honest when a batch is half done: learning from the finished
+//! ones alone would see only the quick renders.
 //!
 //! The estimate is a histogram over log-spaced bins from 10 ms to about 115
 //! days, so the same code serves sub-second test renders and multi-hour
-//! production ones. Each observation's weight is spread over the bins its
-//! interval covers in proportion to the current estimate there (one step of
-//! the self-consistency / EM algorithm of Turnbull), and every so often the
-//! estimate is refitted by running that algorithm to convergence over the
-//! recent observations. Old observations fade with a half-life counted in
-//! observations, so a change in JoggAI's speed is followed within a few
-//! half-lives.
+//! production ones. [`RenderTimes::fit`] runs the self-consistency (EM)
+//! algorithm of Turnbull over weighted observations, warm-started from the
+//! previous fit: each observation's weight is spread over the bins its
+//! interval covers in proportion to the estimate there, until that stops
+//! changing. A small log-uniform prior gives an interval that falls where
+//! the estimate has no mass somewhere to go.
 //!
 //! Within a bin, mass is taken as uniform in log time: the CDF is continuous
 //! and strictly increasing where there is mass, so quantiles interpolate.
-
-use std::collections::VecDeque;
 
 /// Lower edge of the first bin, in seconds.
 const LOW_SECONDS: f64 = 0.01;
@@ -29,11 +29,7 @@ pub const BINS: usize = BINS_PER_DECADE * DECADES;
 /// Relative weight of the log-uniform prior in each bin: small enough to
 /// vanish next to real data, large enough that an interval falling where
 /// the estimate has no mass still lands somewhere (spread evenly).
-const PRIOR_PER_BIN: f64 = 1e-4;
-/// A full refit runs after this many observations.
-const REFIT_EVERY: u64 = 32;
-/// EM iterations per refit, warm-started from the current estimate.
-const REFIT_ITERATIONS: usize = 12;
+const PRIOR_PER_BIN: f64 = 1e-3;
 
 /// One interval-censored observation: the video finished after
 /// `after_seconds` and no later than `before_seconds` (ages, in seconds).
@@ -83,57 +79,29 @@ fn coverage(observation: &Censored) -> Vec<(usize, f64)> {
         .collect()
 }
 
-/// A decayed, log-binned estimate of the render-time distribution (see the
-/// module docs).
+/// A log-binned estimate of the render-time distribution (see the module
+/// docs).
 #[derive(Debug, Clone)]
 pub struct RenderTimes {
-    /// Mass per bin; sums to the effective sample count times `unit`.
+    /// Mass per bin; sums to the weight of the observations fitted.
     mass: Vec<f64>,
-    /// Prefix sums of `mass`, `BINS + 1` long (recomputed on change).
+    /// Prefix sums of `mass`, `BINS + 1` long.
     cumulative: Vec<f64>,
-    /// Weight the next observation carries. It grows by `1 / decay` per
-    /// observation instead of every bin shrinking by `decay`: the same
-    /// ratios at a cost independent of the bin count.
-    unit: f64,
-    /// Per-observation fading factor, from the half-life.
-    decay: f64,
-    /// Recent observations with the `unit` they were given, for refits.
-    recent: VecDeque<(Censored, f64)>,
-    /// How many `recent` observations are kept.
-    capacity: usize,
-    /// Observations since the start (not decayed).
-    observations: u64,
 }
 
-impl RenderTimes {
-    /// An empty estimate whose observations lose half their weight after
-    /// `half_life` newer ones.
-    pub fn new(half_life: u32) -> Self {
-        let half_life = f64::from(half_life.max(1));
-        // Beyond ten half-lives an observation weighs under 0.1 %.
-        let capacity = (half_life * 10.0).clamp(256.0, 20_000.0) as usize;
+impl Default for RenderTimes {
+    fn default() -> Self {
         Self {
             mass: vec![0.0; BINS],
             cumulative: vec![0.0; BINS + 1],
-            unit: 1.0,
-            decay: 0.5f64.powf(1.0 / half_life),
-            recent: VecDeque::with_capacity(capacity),
-            capacity,
-            observations: 0,
         }
     }
+}
 
-    /// Observations taken so far (not decayed).
-    pub fn observations(&self) -> u64 {
-        self.observations
-    }
-
-    /// The decayed sample count: how many observations the estimate is
-    /// worth (at most about `half_life / ln 2`).
-    pub fn effective_samples(&self) -> f64 {
-        // Relative to the newest observation's weight (`unit` has already
-        // grown past it).
-        self.total() / (self.unit * self.decay)
+impl RenderTimes {
+    /// Whether nothing has been fitted.
+    pub fn is_empty(&self) -> bool {
+        self.total() <= 0.0
     }
 
     /// Total mass.
@@ -141,67 +109,69 @@ impl RenderTimes {
         self.cumulative[BINS]
     }
 
-    /// Takes one observation.
-    pub fn observe(&mut self, observation: Censored) {
-        let covered = coverage(&observation);
-        let weight = self.unit;
-        self.spread(&covered, weight);
-        self.recent.push_back((observation, weight));
-        if self.recent.len() > self.capacity {
-            self.recent.pop_front();
+    /// Fits the estimate to `observations` (each with its weight), running
+    /// `iterations` rounds of EM from the current estimate (from the prior
+    /// when there is none). An observation whose `before_seconds` is
+    /// infinite is right-censored: it finishes some time after
+    /// `after_seconds`.
+    pub fn fit(&mut self, observations: &[(Censored, f64)], iterations: usize) {
+        let mut finished: Vec<(Vec<(usize, f64)>, f64)> = Vec::new();
+        // Right-censored weight by the bin its interval starts in: all of
+        // them are handled in one pass per round (a tail sum), however many.
+        let mut censored_from = vec![0.0; BINS];
+        let mut weight = 0.0;
+        let mut finished_weight = 0.0;
+        for (observation, w) in observations {
+            if !(w.is_finite() && *w > 0.0) {
+                continue;
+            }
+            weight += w;
+            if observation.before_seconds.is_finite() {
+                finished_weight += w;
+                finished.push((coverage(observation), *w));
+            } else {
+                // From the first bin wholly beyond its age: sharing a bin
+                // with the finished renders just below that age would pile
+                // the unfinished ones there too, as if they were about to
+                // finish, when nothing is known of them but "later".
+                let from = position(observation.after_seconds).ceil() as usize;
+                censored_from[from.min(BINS - 1)] += w;
+            }
         }
-        self.observations += 1;
-        self.unit /= self.decay;
-        if self.unit > 1e100 {
-            // Rescale everything before the weights overflow.
-            let scale = 1.0 / self.unit;
-            self.unit = 1.0;
-            self.mass.iter_mut().for_each(|m| *m *= scale);
-            self.recent.iter_mut().for_each(|(_, w)| *w *= scale);
-        }
-        if self.observations.is_multiple_of(REFIT_EVERY) {
-            self.refit(REFIT_ITERATIONS);
-        } else {
-            self.accumulate();
-        }
-    }
-
-    /// Runs the EM algorithm over the kept observations to convergence (or
-    /// `iterations` rounds), starting from the current estimate.
-    pub fn refit(&mut self, iterations: usize) {
-        if self.recent.is_empty() {
-            self.accumulate();
+        if weight <= 0.0 {
+            *self = Self::default();
             return;
         }
-        let covered: Vec<(Vec<(usize, f64)>, f64)> = self
-            .recent
-            .iter()
-            .map(|(observation, weight)| (coverage(observation), *weight))
-            .collect();
-        for _ in 0..iterations {
-            self.accumulate();
-            let previous = self.mass.clone();
-            let previous_total = self.total();
+        if self.total() <= 0.0 {
+            self.mass = vec![weight / BINS as f64; BINS];
+        }
+        // The prior is measured against what the finished renders weigh:
+        // many new, barely polled videos must not drown the shape the
+        // finished ones taught (which is what their unfinished ages are
+        // read against).
+        let prior = PRIOR_PER_BIN * finished_weight.max(weight * 1e-9).max(1e-300);
+        for _ in 0..iterations.max(1) {
             let mut next = vec![0.0; BINS];
-            for (bins, weight) in &covered {
-                let shares = shares(bins, &previous, previous_total);
+            for (bins, w) in &finished {
+                let shares = shares(bins, &self.mass, prior);
                 let sum: f64 = shares.iter().sum();
                 for ((bin, _), share) in bins.iter().zip(&shares) {
-                    next[*bin] += weight * share / sum;
+                    next[*bin] += w * share / sum;
                 }
+            }
+            // Tail sums: what the estimate puts at or beyond each bin.
+            let mut tail = vec![0.0; BINS + 1];
+            for bin in (0..BINS).rev() {
+                tail[bin] = tail[bin + 1] + self.mass[bin] + prior;
+            }
+            let mut per_mass = 0.0;
+            for bin in 0..BINS {
+                per_mass += censored_from[bin] / tail[bin];
+                next[bin] += (self.mass[bin] + prior) * per_mass;
             }
             self.mass = next;
         }
         self.accumulate();
-    }
-
-    /// Adds `weight` over `covered` bins in proportion to the estimate there.
-    fn spread(&mut self, covered: &[(usize, f64)], weight: f64) {
-        let shares = shares(covered, &self.mass, self.total());
-        let sum: f64 = shares.iter().sum();
-        for ((bin, _), share) in covered.iter().zip(&shares) {
-            self.mass[*bin] += weight * share / sum;
-        }
     }
 
     /// Recomputes the prefix sums.
@@ -249,10 +219,9 @@ impl RenderTimes {
     }
 }
 
-/// Each covered bin's share of a new observation: the estimate's mass over
+/// Each covered bin's share of an observation: the estimate's mass over
 /// the covered part of the bin, plus the prior.
-fn shares(covered: &[(usize, f64)], mass: &[f64], total: f64) -> Vec<f64> {
-    let prior = PRIOR_PER_BIN * total.max(1e-300);
+fn shares(covered: &[(usize, f64)], mass: &[f64], prior: f64) -> Vec<f64> {
     covered
         .iter()
         .map(|&(bin, fraction)| fraction * (mass[bin] + prior))
@@ -301,50 +270,60 @@ mod tests {
         assert_eq!(point, vec![(position(5.0) as usize, 1.0)]);
     }
 
+    /// An estimate fitted to `observations`, each weighing 1, to
+    /// convergence.
+    fn fitted(observations: impl IntoIterator<Item = Censored>) -> RenderTimes {
+        let weighted: Vec<(Censored, f64)> = observations.into_iter().map(|o| (o, 1.0)).collect();
+        let mut times = RenderTimes::default();
+        times.fit(&weighted, 300);
+        times
+    }
+
     #[test]
     fn exact_observations_give_their_empirical_quantiles() {
-        let mut times = RenderTimes::new(1_000_000);
-        for seconds in 1..=100 {
-            let at = f64::from(seconds);
-            times.observe(Censored {
-                after_seconds: at,
-                before_seconds: at,
-            });
-        }
+        let times = fitted((1..=100).map(|seconds| Censored {
+            after_seconds: f64::from(seconds),
+            before_seconds: f64::from(seconds),
+        }));
         // Bins are 7.5 % wide: quantiles are right to within a bin.
         for (p, want) in [(0.1, 10.0), (0.5, 50.0), (0.9, 90.0)] {
             let got = times.quantile(p).unwrap();
             assert!((got / want - 1.0).abs() < 0.08, "p{p}: {got} vs {want}");
         }
         assert!((times.cdf(50.0) - 0.5).abs() < 0.03);
-        assert_eq!(times.cdf(0.001), 0.0);
+        assert!(times.cdf(0.001) < 1e-3);
         assert!((times.cdf(1e9) - 1.0).abs() < 1e-12);
     }
 
     #[test]
     fn an_empty_estimate_has_no_quantiles() {
-        let times = RenderTimes::new(100);
+        let times = fitted([]);
         assert_eq!(times.quantile(0.5), None);
         assert_eq!(times.cdf(100.0), 0.0);
-        assert_eq!(times.effective_samples(), 0.0);
     }
 
     #[test]
-    fn the_sample_count_fades_with_the_half_life() {
-        let mut times = RenderTimes::new(10);
-        for _ in 0..1000 {
-            times.observe(Censored {
-                after_seconds: 1.0,
-                before_seconds: 2.0,
-            });
-        }
-        // A geometric series: sum of 0.5^(k/10) = 1 / (1 - 0.5^0.1) = 14.93.
+    fn unfinished_videos_keep_the_estimate_from_seeing_only_quick_renders() {
+        // Half a batch is done, in 100–149 s; the other half is still
+        // rendering at 150 s. Without the unfinished half the median would
+        // be 125 s; with it, half the mass lies beyond 150 s.
+        let done = (100..150).map(|s| Censored {
+            after_seconds: f64::from(s) - 1.0,
+            before_seconds: f64::from(s),
+        });
+        let unfinished = (0..50).map(|_| Censored {
+            after_seconds: 150.0,
+            before_seconds: f64::INFINITY,
+        });
+        let times = fitted(done.chain(unfinished));
+        // (Within a bin, 7.5 % wide, mass is spread evenly: 150 s cuts one.)
         assert!(
-            (times.effective_samples() - 14.93).abs() < 0.05,
+            (times.cdf(150.0) - 0.5).abs() < 0.03,
             "{}",
-            times.effective_samples()
+            times.cdf(150.0)
         );
-        assert_eq!(times.observations(), 1000);
+        assert!(times.quantile(0.25).unwrap() < 150.0);
+        assert!(times.quantile(0.75).unwrap() > 150.0);
     }
 
     // Recovery of known distributions from censored observations. The
@@ -405,12 +384,10 @@ mod tests {
 
     fn learned(samples: impl Iterator<Item = f64>, scale: f64, seed: u64) -> RenderTimes {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let mut times = RenderTimes::new(10_000);
-        for seconds in samples {
-            times.observe(censored(seconds, scale, &mut rng));
-        }
-        times.refit(50);
-        times
+        let observations: Vec<Censored> = samples
+            .map(|seconds| censored(seconds, scale, &mut rng))
+            .collect();
+        fitted(observations)
     }
 
     fn assert_close(times: &RenderTimes, p: f64, want: f64, tolerance: f64) {
@@ -490,24 +467,5 @@ mod tests {
             let want = 30.0 * (1.0 - p).powf(-1.0 / 1.5);
             assert_close(&times, p, want, tolerance);
         }
-    }
-
-    #[test]
-    fn follows_a_change_of_speed_within_a_few_half_lives() {
-        // JoggAI halves its render time; with a half-life of 100 finished
-        // videos the estimate has followed 500 videos later.
-        let mut rng = fastrand::Rng::with_seed(41);
-        let mut times = RenderTimes::new(100);
-        for _ in 0..1500 {
-            let seconds = lognormal(&mut rng, 240.0, 0.45);
-            times.observe(censored(seconds, 1.0, &mut rng));
-        }
-        assert_close(&times, 0.5, 240.0, 0.1);
-        for _ in 0..500 {
-            let seconds = lognormal(&mut rng, 120.0, 0.45);
-            times.observe(censored(seconds, 1.0, &mut rng));
-        }
-        assert_close(&times, 0.5, 120.0, 0.1);
-        assert_close(&times, 0.9, 120.0 * (0.45f64 * 1.281_551_6).exp(), 0.12);
     }
 }

@@ -20,6 +20,7 @@
 
 pub mod estimate;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -50,22 +51,43 @@ pub struct AdaptiveSettings {
     pub warmup: u32,
 }
 
-/// What one finished video tells: when it started, when it was last seen
-/// unfinished, when it was seen finished, and when it was first seen
-/// rendering. Built by the poller from a terminal answer, and by the store
-/// from finished rows at start.
+/// What the relay knows of one video's render: when it started, when it
+/// was last seen unfinished, when it was first seen rendering, and when it
+/// was seen finished (if it has been). Built by the poller from each
+/// answer, and by the store from the newest videos at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observation {
     /// When the video started (see [`started_at`]).
     pub started_at: Millis,
-    /// The last poll that saw it unfinished; `None` if the first answer
-    /// was already terminal.
+    /// The last poll that saw it unfinished; `None` before one did.
     pub unfinished_seen_at: Option<Millis>,
     /// The first poll that saw it rendering (an unfinished status other
     /// than `pending`).
     pub rendering_seen_at: Option<Millis>,
-    /// The poll that saw it finished.
-    pub finished_seen_at: Millis,
+    /// The poll that saw it finished; `None` while it is not.
+    pub finished_seen_at: Option<Millis>,
+}
+
+impl Observation {
+    /// What it says of the render time measured from `origin`: finished
+    /// within an interval, or still unfinished after an age (right-censored,
+    /// `before_seconds` infinite); `None` when nothing has been seen after
+    /// the origin yet.
+    fn censored_from(&self, origin: Millis) -> Option<Censored> {
+        let after = self
+            .unfinished_seen_at
+            .map(|at| seconds_between(origin, at));
+        match self.finished_seen_at {
+            Some(finished) => Some(Censored {
+                after_seconds: after.unwrap_or(0.0),
+                before_seconds: seconds_between(origin, finished),
+            }),
+            None => Some(Censored {
+                after_seconds: after?,
+                before_seconds: f64::INFINITY,
+            }),
+        }
+    }
 }
 
 /// Where a video stands, for scheduling its next poll.
@@ -107,6 +129,7 @@ fn seconds_between(from: Millis, to: Millis) -> f64 {
 /// Which learned clock applies to a video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[repr(usize)]
 pub enum Phase {
     /// Time since the video's start (no poll has seen it rendering yet).
     FromStart,
@@ -124,13 +147,40 @@ impl Phase {
     }
 }
 
-/// The two learned distributions (see the module docs).
+/// A fit runs after this many updates (and whenever a model has just
+/// learned enough to be used).
+const REFIT_EVERY: u32 = 32;
+/// EM rounds per fit, each warm-started from the previous fit.
+const FIT_ITERATIONS: usize = 8;
+/// EM rounds of a fit from scratch (after the replay at start).
+const FULL_FIT_ITERATIONS: usize = 100;
+
+/// The two learned distributions (see the module docs), fitted to the
+/// newest videos the relay has polled, in the order it took them: the
+/// finished ones and the ones still rendering alike, each weighing less the
+/// more videos came after it (`half_life`). Weighting by arrival rather
+/// than by finish keeps a half-done batch from looking quick, and a
+/// finished one from looking slow.
 #[derive(Debug, Clone)]
 pub struct Learner {
     settings: AdaptiveSettings,
+    /// Weight factor per newer video.
+    decay: f64,
+    /// Finished videos kept: ten half-lives, beyond which a video weighs
+    /// under 0.1 % (unfinished ones are kept beside them, up to as many).
+    capacity: usize,
+    /// The newest videos by rowid (the order the relay took them).
+    videos: BTreeMap<i64, Observation>,
+    /// Finished videos among `videos`, per model.
+    finished: [usize; 2],
+    /// Updates since the last fit.
+    since_fit: u32,
     from_start: RenderTimes,
     from_rendering: RenderTimes,
-    /// When the last observation was taken (its terminal poll).
+    /// What the last fit was worth, per model: the summed weight of its
+    /// finished videos (the newest weighs 1).
+    effective: [f64; 2],
+    /// When a video was last seen finished.
     updated_at: Option<Millis>,
 }
 
@@ -139,9 +189,13 @@ pub struct Learner {
 pub struct ModelStats {
     /// Which clock it measures.
     pub phase: Phase,
-    /// Finished videos it has learned from.
+    /// Finished videos it is fitted to.
     pub observations: u64,
-    /// What those are worth after fading.
+    /// Videos still rendering it is fitted to (each known to take longer
+    /// than its age at its last poll).
+    pub unfinished: u64,
+    /// What the finished ones are worth after fading (the newest video
+    /// weighs 1).
     pub effective_samples: f64,
     /// Whether it has learned enough to schedule polls (it does with
     /// `polling.strategy = "adaptive"`).
@@ -154,40 +208,112 @@ pub struct ModelStats {
 impl Learner {
     /// An empty learner.
     pub fn new(settings: AdaptiveSettings) -> Self {
+        let half_life = f64::from(settings.half_life.max(1));
         Self {
             settings,
-            from_start: RenderTimes::new(settings.half_life),
-            from_rendering: RenderTimes::new(settings.half_life),
+            decay: 0.5f64.powf(1.0 / half_life),
+            capacity: (half_life * 10.0).clamp(256.0, 100_000.0) as usize,
+            videos: BTreeMap::new(),
+            finished: [0; 2],
+            since_fit: 0,
+            from_start: RenderTimes::default(),
+            from_rendering: RenderTimes::default(),
+            effective: [0.0; 2],
             updated_at: None,
         }
     }
 
-    /// Learns from one finished video.
-    pub fn observe(&mut self, observation: &Observation) {
-        let finished = observation.finished_seen_at;
-        let after = |from: Millis| {
-            observation
-                .unfinished_seen_at
-                .map_or(0.0, |at| seconds_between(from, at))
-        };
-        self.from_start.observe(Censored {
-            after_seconds: after(observation.started_at),
-            before_seconds: seconds_between(observation.started_at, finished),
-        });
-        if let Some(rendering) = observation.rendering_seen_at {
-            self.from_rendering.observe(Censored {
-                after_seconds: after(rendering),
-                before_seconds: seconds_between(rendering, finished),
-            });
-        }
-        self.updated_at = Some(self.updated_at.map_or(finished, |at| at.max(finished)));
+    /// Whether `observation` counts as finished in `phase`'s model.
+    fn finished_in(observation: &Observation, phase: Phase) -> bool {
+        observation.finished_seen_at.is_some()
+            && (phase == Phase::FromStart || observation.rendering_seen_at.is_some())
     }
 
-    /// Makes the estimates exact for what has been observed (after a batch
-    /// of observations, such as the replay at start).
+    /// Takes what is now known of `video` (its rowid: the relay takes
+    /// videos in rowid order). A video older than every one kept, once the
+    /// learner is full, is ignored.
+    pub fn record(&mut self, video: i64, observation: &Observation) {
+        if self.videos.len() >= self.capacity
+            && self
+                .videos
+                .first_key_value()
+                .is_some_and(|(&oldest, _)| video < oldest)
+        {
+            return;
+        }
+        let previous = self.videos.insert(video, *observation);
+        for phase in [Phase::FromStart, Phase::FromRendering] {
+            let was = previous.is_some_and(|p| Self::finished_in(&p, phase));
+            let is = Self::finished_in(observation, phase);
+            let count = &mut self.finished[phase as usize];
+            *count = (*count + usize::from(is)).saturating_sub(usize::from(was));
+        }
+        // The oldest go once more than `capacity` of them have finished
+        // (or twice that many are kept at all): a large batch of new,
+        // unfinished videos must not push out what the finished ones
+        // taught, which is what their right-censored ages are read against.
+        while self.finished[Phase::FromStart as usize] > self.capacity
+            || self.videos.len() > 2 * self.capacity
+        {
+            let Some((_, evicted)) = self.videos.pop_first() else {
+                break;
+            };
+            for phase in [Phase::FromStart, Phase::FromRendering] {
+                if Self::finished_in(&evicted, phase) {
+                    self.finished[phase as usize] -= 1;
+                }
+            }
+        }
+        if let Some(finished) = observation.finished_seen_at {
+            self.updated_at = Some(self.updated_at.map_or(finished, |at| at.max(finished)));
+        }
+        self.since_fit += 1;
+        let newly_warm = [Phase::FromStart, Phase::FromRendering]
+            .into_iter()
+            .any(|phase| self.warm(phase) && self.model(phase).is_empty());
+        if self.since_fit >= REFIT_EVERY || newly_warm {
+            self.fit(FIT_ITERATIONS);
+        }
+    }
+
+    /// The newest video recorded (its rowid).
+    pub fn newest_video(&self) -> Option<i64> {
+        self.videos.last_key_value().map(|(&id, _)| id)
+    }
+
+    /// Fits both models to convergence (after a batch of records, such as
+    /// the replay at start).
     pub fn refit(&mut self) {
-        self.from_start.refit(50);
-        self.from_rendering.refit(50);
+        self.fit(FULL_FIT_ITERATIONS);
+    }
+
+    /// Fits both models to the kept videos, `iterations` EM rounds each.
+    fn fit(&mut self, iterations: usize) {
+        self.since_fit = 0;
+        for phase in [Phase::FromStart, Phase::FromRendering] {
+            let mut weight = 1.0;
+            let mut effective = 0.0;
+            let mut observations = Vec::with_capacity(self.videos.len());
+            for observation in self.videos.values().rev() {
+                let origin = match phase {
+                    Phase::FromStart => Some(observation.started_at),
+                    Phase::FromRendering => observation.rendering_seen_at,
+                };
+                if let Some(censored) = origin.and_then(|o| observation.censored_from(o)) {
+                    if censored.before_seconds.is_finite() {
+                        effective += weight;
+                    }
+                    observations.push((censored, weight));
+                }
+                weight *= self.decay;
+            }
+            self.effective[phase as usize] = effective;
+            let model = match phase {
+                Phase::FromStart => &mut self.from_start,
+                Phase::FromRendering => &mut self.from_rendering,
+            };
+            model.fit(&observations, iterations);
+        }
     }
 
     /// When the last observation was taken.
@@ -203,7 +329,7 @@ impl Learner {
     }
 
     fn warm(&self, phase: Phase) -> bool {
-        self.model(phase).observations() >= u64::from(self.settings.warmup)
+        self.finished[phase as usize] >= self.settings.warmup as usize
     }
 
     /// The clock that applies to `video` and its origin: time since it was
@@ -281,8 +407,17 @@ impl Learner {
                 let model = self.model(phase);
                 ModelStats {
                     phase,
-                    observations: model.observations(),
-                    effective_samples: model.effective_samples(),
+                    observations: self.finished[phase as usize] as u64,
+                    unfinished: self
+                        .videos
+                        .values()
+                        .filter(|o| {
+                            o.finished_seen_at.is_none()
+                                && o.unfinished_seen_at.is_some()
+                                && (phase == Phase::FromStart || o.rendering_seen_at.is_some())
+                        })
+                        .count() as u64,
+                    effective_samples: self.effective[phase as usize],
                     warmed_up: self.warm(phase),
                     quantiles: REPORTED_QUANTILES
                         .iter()
@@ -359,14 +494,124 @@ mod tests {
         for i in 0..count {
             let start = Millis(1_000_000 * i64::from(i));
             let done = start.plus(Duration::from_secs(100 + u64::from(i % 100)));
-            learner.observe(&Observation {
-                started_at: start,
-                unfinished_seen_at: Some(done),
-                rendering_seen_at: Some(start.plus(Duration::from_secs(10))),
-                finished_seen_at: done,
-            });
+            learner.record(
+                i64::from(i),
+                &Observation {
+                    started_at: start,
+                    unfinished_seen_at: Some(done),
+                    rendering_seen_at: Some(start.plus(Duration::from_secs(10))),
+                    finished_seen_at: Some(done),
+                },
+            );
         }
+        learner.refit();
         learner
+    }
+
+    fn lognormal(rng: &mut fastrand::Rng, median: f64, sigma: f64) -> f64 {
+        let u = 1.0 - rng.f64();
+        let v = rng.f64();
+        median * (sigma * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()).exp()
+    }
+
+    /// Video `id` started at `id` minutes and rendered for `seconds`, seen
+    /// by polls every 10 s.
+    fn finished_video(id: i64, seconds: f64) -> Observation {
+        let start = Millis(id * 60_000);
+        let polls_before = (seconds / 10.0).floor() as u64;
+        Observation {
+            started_at: start,
+            unfinished_seen_at: Some(start.plus(Duration::from_secs(10 * polls_before))),
+            rendering_seen_at: None,
+            finished_seen_at: Some(start.plus(Duration::from_secs(10 * (polls_before + 1)))),
+        }
+    }
+
+    #[test]
+    fn follows_a_change_of_speed_within_a_few_half_lives() {
+        // JoggAI halves its render time; with a half-life of 100 videos the
+        // estimate has followed 500 videos later.
+        let mut rng = fastrand::Rng::with_seed(41);
+        let mut learner = Learner::new(AdaptiveSettings {
+            half_life: 100,
+            ..settings()
+        });
+        let median = |learner: &Learner| learner.stats()[0].quantiles[2].1;
+        for id in 0..1500 {
+            learner.record(id, &finished_video(id, lognormal(&mut rng, 240.0, 0.45)));
+        }
+        assert!(
+            (median(&learner) / 240.0 - 1.0).abs() < 0.1,
+            "{}",
+            median(&learner)
+        );
+        for id in 1500..2000 {
+            learner.record(id, &finished_video(id, lognormal(&mut rng, 120.0, 0.45)));
+        }
+        learner.refit();
+        assert!(
+            (median(&learner) / 120.0 - 1.0).abs() < 0.1,
+            "{}",
+            median(&learner)
+        );
+    }
+
+    #[test]
+    fn a_half_done_batch_does_not_look_quick() {
+        // 200 videos submitted at once; the 60 quickest have finished by
+        // 170 s, the rest are still rendering. Learning from the finished
+        // ones alone would put the median near 150 s; the unfinished ones
+        // say most renders take longer than 170 s.
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut renders: Vec<f64> = (0..200).map(|_| lognormal(&mut rng, 240.0, 0.45)).collect();
+        renders.sort_by(f64::total_cmp);
+        let mut learner = Learner::new(settings());
+        for (id, seconds) in renders.iter().enumerate() {
+            let mut video = finished_video(0, *seconds);
+            if *seconds > 170.0 {
+                video.finished_seen_at = None;
+                video.unfinished_seen_at = Some(Millis(170_000));
+            }
+            learner.record(id as i64, &video);
+        }
+        learner.refit();
+        let stats = &learner.stats()[0];
+        assert_eq!(
+            stats.observations as usize,
+            renders.iter().filter(|s| **s <= 170.0).count()
+        );
+        assert!(stats.unfinished > 100);
+        let done_by_170 = learner.from_start.cdf(170.0);
+        let truth = renders.iter().filter(|s| **s <= 170.0).count() as f64 / 200.0;
+        assert!(
+            (done_by_170 - truth).abs() < 0.03,
+            "{done_by_170} vs {truth}: {:?}",
+            learner.stats()
+        );
+    }
+
+    #[test]
+    fn the_sample_count_fades_with_the_half_life_and_the_oldest_are_dropped() {
+        let mut learner = Learner::new(AdaptiveSettings {
+            half_life: 10,
+            ..settings()
+        });
+        for id in 0..1000 {
+            learner.record(id, &finished_video(id, 100.0));
+        }
+        learner.refit();
+        let stats = &learner.stats()[0];
+        // Ten half-lives kept, at least 256: 256 videos, weighing a
+        // geometric series 1 + 0.5^0.1 + … = (1 - 0.5^25.6) / (1 - 0.5^0.1).
+        assert_eq!(stats.observations, 256);
+        assert!(
+            (stats.effective_samples - 14.93).abs() < 0.05,
+            "{}",
+            stats.effective_samples
+        );
+        // An older video than every one kept is ignored.
+        learner.record(3, &finished_video(3, 5.0));
+        assert_eq!(learner.stats()[0].observations, 256);
     }
 
     const MIN: Duration = Duration::from_secs(5);

@@ -31,9 +31,9 @@ pub enum Decision {
         update: Box<PollUpdate>,
         /// A label for logs and metrics.
         outcome: PollOutcome,
-        /// What the video teaches the learned schedule, when this answer
-        /// saw it finish (to be learned once the update is committed).
-        finished: Option<Observation>,
+        /// What the answer teaches the learned schedule about the video
+        /// (any status answer; learned once the update is committed).
+        learned: Option<Observation>,
     },
     /// Nothing about the video: hand it back and act on the whole upstream.
     Global {
@@ -154,7 +154,7 @@ pub fn decide(
         transitions: Vec::new(),
         terminal: None,
     };
-    let mut finished = None;
+    let mut learned = None;
     let mut terminal = |update: &mut PollUpdate, state: VideoState, reason: Option<&str>| {
         update.transitions.push(NewTransition {
             kind: "state",
@@ -199,19 +199,19 @@ pub fn decide(
                 policy.give_up_after,
             );
             let video_rendering_seen_at = video.rendering_seen_at.map(Millis);
-            let observation = Observation {
+            let finished = Observation {
                 started_at: started,
                 unfinished_seen_at: video.unfinished_seen_at.map(Millis),
                 rendering_seen_at: video_rendering_seen_at,
-                finished_seen_at: now,
+                finished_seen_at: Some(now),
             };
             match status.class {
                 StatusClass::Completed => {
-                    finished = Some(observation);
+                    learned = Some(finished);
                     terminal(&mut update, VideoState::Completed, None)
                 }
                 StatusClass::Failed => {
-                    finished = Some(observation);
+                    learned = Some(finished);
                     terminal(&mut update, VideoState::Failed, None)
                 }
                 StatusClass::InProgress | StatusClass::Unknown => {
@@ -221,6 +221,12 @@ pub fn decide(
                             update.rendering_seen_at = Some(now);
                             now
                         })
+                    });
+                    learned = Some(Observation {
+                        unfinished_seen_at: Some(now),
+                        rendering_seen_at,
+                        finished_seen_at: None,
+                        ..finished
                     });
                     let clock = VideoClock {
                         started_at: started,
@@ -292,13 +298,13 @@ pub fn decide(
         return Decision::Record {
             update: Box::new(update),
             outcome,
-            finished: None,
+            learned: None,
         };
     }
     Decision::Record {
         update: Box::new(update),
         outcome,
-        finished,
+        learned,
     }
 }
 

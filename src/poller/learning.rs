@@ -10,36 +10,52 @@ use tracing::info;
 use crate::adaptive::{Learner, Observation, SharedLearner, VideoClock, started_at};
 use crate::config::PollingConfig;
 use crate::domain::Millis;
-use crate::store::{DueVideo, FinishedRender, Ranker, Store, StoreError};
+use crate::store::{DueVideo, FinishedRender, Ranker, Store, StoreError, TrackedRender};
 
-/// What a finished row teaches.
+/// What a finished row teaches (`export-renders` writes it out).
 pub fn observation(render: &FinishedRender, give_up_after: Duration) -> Observation {
     Observation {
         started_at: started_at(Millis(render.enqueued_at), render.created_at, give_up_after),
         unfinished_seen_at: render.unfinished_seen_at.map(Millis),
         rendering_seen_at: render.rendering_seen_at.map(Millis),
-        finished_seen_at: Millis(render.terminal_at),
+        finished_seen_at: Some(Millis(render.terminal_at)),
     }
 }
 
-/// How many of the newest finished renders a learner replays: ten
-/// half-lives, beyond which an observation weighs under 0.1 %.
+/// What a tracked row teaches: finished when JoggAI said completed or
+/// failed; otherwise (still active, or ended by the relay or a client) only
+/// that it was unfinished at its last poll.
+pub fn tracked_observation(render: &TrackedRender, give_up_after: Duration) -> Observation {
+    let finished = matches!(render.state.as_str(), "completed" | "failed");
+    Observation {
+        started_at: started_at(Millis(render.enqueued_at), render.created_at, give_up_after),
+        unfinished_seen_at: render.unfinished_seen_at.map(Millis),
+        rendering_seen_at: render.rendering_seen_at.map(Millis),
+        finished_seen_at: render.terminal_at.filter(|_| finished).map(Millis),
+    }
+}
+
+/// How many of the newest videos a learner replays: ten half-lives, beyond
+/// which a video weighs under 0.1 %.
 pub fn replayed(polling: &PollingConfig) -> u32 {
     polling.adaptive.half_life.saturating_mul(10)
 }
 
-/// A learner rebuilt from the newest finished renders in `store`, in the
-/// order they finished, so a restart keeps what was learned.
+/// A learner rebuilt from the newest videos in `store`, in the order the
+/// relay took them, so a restart keeps what was learned.
 pub async fn load_learner(store: &Store, polling: &PollingConfig) -> Result<Learner, StoreError> {
     let mut learner = Learner::new(polling.adaptive);
-    let renders = store.newest_finished_renders(replayed(polling)).await?;
+    let renders = store.newest_renders(replayed(polling)).await?;
     for render in &renders {
-        learner.observe(&observation(render, polling.give_up_after));
+        learner.record(
+            render.id,
+            &tracked_observation(render, polling.give_up_after),
+        );
     }
     learner.refit();
     if !renders.is_empty() {
         info!(
-            finished_videos = renders.len(),
+            videos = renders.len(),
             "render times learned from the database"
         );
     }

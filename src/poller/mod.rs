@@ -504,7 +504,7 @@ async fn apply(
         Decision::Record {
             update,
             outcome,
-            finished,
+            learned,
         } => {
             shared.gate.note_not_throttled();
             shared.metrics.poll(outcome.as_str());
@@ -521,14 +521,18 @@ async fn apply(
             if let PollOutcome::Terminal(state) = outcome {
                 shared.metrics.transition(state);
             }
-            if let Some(observation) = finished {
+            if let Some(observation) = learned {
                 // Learned only now that the result is committed: a crash
                 // before this point loses nothing, the restart replays it
                 // from the database.
-                shared.learner.with(|learner| learner.observe(&observation));
                 shared
-                    .metrics
-                    .finished_render(video.polls.saturating_add(1));
+                    .learner
+                    .with(|learner| learner.record(video.id, &observation));
+                if observation.finished_seen_at.is_some() {
+                    shared
+                        .metrics
+                        .finished_render(video.polls.saturating_add(1));
+                }
             }
             if outcome == PollOutcome::Terminal(VideoState::Completed) && update_video_url.is_none()
             {

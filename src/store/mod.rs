@@ -33,7 +33,7 @@ pub use records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, ConflictingFields, DeliveryNext,
     DeliveryRecord, DeliveryRelease, DueVideo, EnqueueOutcome, FinishedRender, NewTransition,
     NewVideo, PollUpdate, RANKED_WINDOW, Ranker, RedeliverOutcome, Release, TerminalChange,
-    TransitionRecord, UpstreamFields, VideoDetails, VideoRecord,
+    TrackedRender, TransitionRecord, UpstreamFields, VideoDetails, VideoRecord,
 };
 pub use writer::Writer;
 
@@ -346,13 +346,11 @@ impl Store {
             .map_err(|err| self.read_error(err))
     }
 
-    /// The newest `count` finished renders, oldest first.
+    /// The newest `count` videos (by rowid, whatever their state), oldest
+    /// first: what the learned schedule replays at start.
     #[instrument(skip(self), level = "debug")]
-    pub async fn newest_finished_renders(
-        &self,
-        count: u32,
-    ) -> Result<Vec<FinishedRender>, StoreError> {
-        let mut rows = sqlx::query_as::<_, FinishedRender>(records::SELECT_NEWEST_FINISHED_RENDERS)
+    pub async fn newest_renders(&self, count: u32) -> Result<Vec<TrackedRender>, StoreError> {
+        let mut rows = sqlx::query_as::<_, TrackedRender>(records::SELECT_NEWEST_RENDERS)
             .bind(count)
             .fetch_all(&self.pool)
             .await

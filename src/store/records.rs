@@ -425,9 +425,29 @@ macro_rules! finished_renders {
 pub(crate) const SELECT_FINISHED_RENDERS_AFTER: &str =
     finished_renders!("AND (terminal_at, id) > (?1, ?2) ORDER BY terminal_at, id LIMIT ?3 + 0");
 
-/// The newest finished renders, newest first.
-pub(crate) const SELECT_NEWEST_FINISHED_RENDERS: &str =
-    finished_renders!("ORDER BY terminal_at DESC, id DESC LIMIT ?1 + 0");
+/// The newest videos (by rowid), newest first, with what the learned
+/// schedule replays of them.
+pub(crate) const SELECT_NEWEST_RENDERS: &str = "SELECT id, state, enqueued_at, created_at, \
+     unfinished_seen_at, rendering_seen_at, terminal_at FROM videos ORDER BY id DESC LIMIT ?1 + 0";
+
+/// A tracked video as the learned schedule replays it at start.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TrackedRender {
+    /// Rowid: the order the relay took the videos in.
+    pub id: i64,
+    /// Its state.
+    pub state: String,
+    /// When the relay accepted it.
+    pub enqueued_at: i64,
+    /// JoggAI's `created_at` (Unix seconds), if it gave one.
+    pub created_at: Option<i64>,
+    /// The last poll that saw it unfinished.
+    pub unfinished_seen_at: Option<i64>,
+    /// The first poll that saw it rendering.
+    pub rendering_seen_at: Option<i64>,
+    /// When it ended, if it has.
+    pub terminal_at: Option<i64>,
+}
 
 /// A video JoggAI reported completed or failed, with the times the relay
 /// learns its render time from.
@@ -477,7 +497,10 @@ pub const RANKED_WINDOW: u32 = 4;
 /// that they have finished. Pure and quick: it runs inside the claim's
 /// write transaction.
 #[derive(Clone)]
-pub struct Ranker(pub std::sync::Arc<dyn Fn(&[DueVideo], Millis) -> Vec<f64> + Send + Sync>);
+pub struct Ranker(pub std::sync::Arc<RankFn>);
+
+/// The function inside a [`Ranker`]: one score per due video, in order.
+pub type RankFn = dyn Fn(&[DueVideo], Millis) -> Vec<f64> + Send + Sync;
 
 impl std::fmt::Debug for Ranker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,5 +1,6 @@
 //! Integration tests: one binary (so it links once), one module per area.
 
+mod adaptive;
 mod api_enqueue;
 mod api_errors;
 mod api_list;
