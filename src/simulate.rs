@@ -128,7 +128,11 @@ pub fn run(
     // rowids would.
     let first_id = learner.newest_video().map_or(0, |id| id + 1);
     let learner = SharedLearner::new(learner);
-    let ranker = learning::ranker(learner.clone(), policy.give_up_after);
+    let ranker = learning::ranker(
+        learner.clone(),
+        policy.give_up_after,
+        learning::starving_after(&scenario.polling),
+    );
     let adaptive = matches!(strategy, Strategy::Adaptive | Strategy::AdaptivePretrained);
     let mut rng = fastrand::Rng::with_seed(scenario.seed);
     let mut videos: Vec<Tracked> = jobs

@@ -35,6 +35,13 @@ pub fn tracked_observation(render: &TrackedRender, give_up_after: Duration) -> O
     }
 }
 
+/// How overdue a video must be for the ranked claim to take it before
+/// likelier ones: two `max_interval`s, the longest gap the schedule itself
+/// would ever leave twice over.
+pub fn starving_after(polling: &PollingConfig) -> Duration {
+    polling.max_interval * 2
+}
+
 /// How many of the newest videos a learner replays: ten half-lives, beyond
 /// which a video weighs under 0.1 %.
 pub fn replayed(polling: &PollingConfig) -> u32 {
@@ -63,12 +70,22 @@ pub async fn load_learner(store: &Store, polling: &PollingConfig) -> Result<Lear
 }
 
 /// The claim's ranking under the adaptive strategy: the chance that each
-/// due video has finished since it was last seen unfinished.
-pub fn ranker(learner: SharedLearner, give_up_after: Duration) -> Ranker {
+/// due video has finished since it was last seen unfinished, except that a
+/// video overdue by `starving_after` or more goes first, the most overdue
+/// first (today's order). A chance is only an estimate; without that floor
+/// an unlucky video could wait behind likelier ones for as long as the
+/// budget stays short, where most overdue first bounds every wait.
+pub fn ranker(learner: SharedLearner, give_up_after: Duration, starving_after: Duration) -> Ranker {
+    let starving_ms = i64::try_from(starving_after.as_millis()).unwrap_or(i64::MAX);
     Ranker(Arc::new(move |due: &[DueVideo], now: Millis| {
         learner.with(|learner| {
             due.iter()
                 .map(|video| {
+                    let overdue_ms = now.0.saturating_sub(video.next_poll_at);
+                    if overdue_ms >= starving_ms {
+                        // Above every chance (at most 1), in overdue order.
+                        return 1.0 + overdue_ms as f64 / 1e13;
+                    }
                     let clock = VideoClock {
                         started_at: started_at(
                             Millis(video.enqueued_at),

@@ -172,8 +172,13 @@ impl Poller {
         learner: SharedLearner,
     ) -> Self {
         let adaptive = config.polling.strategy == PollStrategy::Adaptive;
-        let ranker =
-            adaptive.then(|| learning::ranker(learner.clone(), config.polling.give_up_after));
+        let ranker = adaptive.then(|| {
+            learning::ranker(
+                learner.clone(),
+                config.polling.give_up_after,
+                learning::starving_after(&config.polling),
+            )
+        });
         Self {
             shared: Arc::new(Shared {
                 writer,
