@@ -16,16 +16,18 @@ use crate::helpers::{RelayProcess, TOKEN, reply, spawn_manual_app};
 
 /// A parsed Prometheus text exposition: family → type, and every sample.
 #[derive(Debug, Default)]
-struct Exposition {
-    types: HashMap<String, String>,
-    samples: Vec<(String, String, f64)>,
+pub(crate) struct Exposition {
+    /// Family name → type.
+    pub(crate) types: HashMap<String, String>,
+    /// (sample name, labels as written, value).
+    pub(crate) samples: Vec<(String, String, f64)>,
 }
 
 impl Exposition {
     /// Parses the text format strictly enough to catch what `promtool check
     /// metrics` would reject: unknown line shapes, bad names or values,
     /// samples without a TYPE, duplicate TYPE lines.
-    fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         let mut exposition = Exposition::default();
         let valid_name = |name: &str| {
             !name.is_empty()
@@ -93,7 +95,8 @@ impl Exposition {
         exposition
     }
 
-    fn value(&self, name: &str, labels: &str) -> f64 {
+    /// The value of the sample `name{labels}`.
+    pub(crate) fn value(&self, name: &str, labels: &str) -> f64 {
         self.samples
             .iter()
             .find(|(n, l, _)| n == name && l == labels)
