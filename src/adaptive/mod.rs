@@ -85,7 +85,9 @@ pub fn started_at(enqueued_at: Millis, created_at: Option<i64>, give_up_after: D
     let Some(created_ms) = created_at.and_then(|s| s.checked_mul(1000)) else {
         return enqueued_at;
     };
-    let oldest = enqueued_at.0.saturating_sub(give_up_after.as_millis() as i64);
+    let oldest = enqueued_at
+        .0
+        .saturating_sub(give_up_after.as_millis() as i64);
     if created_ms >= oldest && created_ms.saturating_add(1000) <= enqueued_at.0 {
         Millis(created_ms + 500)
     } else {

@@ -22,9 +22,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::adaptive::AdaptiveSettings;
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
-use crate::adaptive::AdaptiveSettings;
 
 /// The documented default configuration, shipped in the repository.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/default.toml");
@@ -68,8 +68,7 @@ pub use settings::{
 };
 pub use validated::{
     CallbacksConfig, Config, DatabaseConfig, JoggConfig, LogConfig, LogFormat, PollStrategy,
-    PollingConfig,
-    ServerConfig, WebhookSecret,
+    PollingConfig, ServerConfig, WebhookSecret,
 };
 
 impl Settings {

@@ -401,7 +401,15 @@ mod tests {
 
     fn run(video: &ClaimedVideo, answer: &PollAnswer, now: Millis) -> Decision {
         let configured = [Url::parse("https://ops.example/hook").unwrap()];
-        decide(video, answer, now, &policy(), None, &configured, &mut Fixed(0))
+        decide(
+            video,
+            answer,
+            now,
+            &policy(),
+            None,
+            &configured,
+            &mut Fixed(0),
+        )
     }
 
     #[test]

@@ -172,8 +172,8 @@ impl Poller {
         learner: SharedLearner,
     ) -> Self {
         let adaptive = config.polling.strategy == PollStrategy::Adaptive;
-        let ranker = adaptive
-            .then(|| learning::ranker(learner.clone(), config.polling.give_up_after));
+        let ranker =
+            adaptive.then(|| learning::ranker(learner.clone(), config.polling.give_up_after));
         Self {
             shared: Arc::new(Shared {
                 writer,

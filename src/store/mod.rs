@@ -31,9 +31,9 @@ pub use health::Unready;
 pub use lock::{DatabaseLock, LockError};
 pub use records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, ConflictingFields, DeliveryNext,
-    DeliveryRecord, DeliveryRelease, EnqueueOutcome, NewTransition, NewVideo, PollUpdate,
-    RedeliverOutcome, Release, FinishedRender, DueVideo, Ranker, TerminalChange, TransitionRecord, UpstreamFields, VideoDetails,
-    VideoRecord,
+    DeliveryRecord, DeliveryRelease, DueVideo, EnqueueOutcome, FinishedRender, NewTransition,
+    NewVideo, PollUpdate, Ranker, RedeliverOutcome, Release, TerminalChange, TransitionRecord,
+    UpstreamFields, VideoDetails, VideoRecord,
 };
 pub use writer::Writer;
 

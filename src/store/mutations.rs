@@ -10,7 +10,8 @@ use sqlx::SqliteConnection;
 use super::StoreError;
 use super::records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, ConflictingFields, DeliveryNext,
-    DeliveryRelease, DueVideo, EnqueueOutcome, NewVideo, PollUpdate, Ranker, RedeliverOutcome, Release,
+    DeliveryRelease, DueVideo, EnqueueOutcome, NewVideo, PollUpdate, Ranker, RedeliverOutcome,
+    Release,
 };
 use crate::domain::{Millis, VideoId, VideoState};
 
@@ -315,7 +316,13 @@ pub(crate) async fn claim_due_ranked(
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     // Stable: equal scores keep the most-overdue-first order.
     order.sort_by(|&a, &b| {
-        let score = |i: usize| scores.get(i).copied().filter(|s| s.is_finite()).unwrap_or(0.0);
+        let score = |i: usize| {
+            scores
+                .get(i)
+                .copied()
+                .filter(|s| s.is_finite())
+                .unwrap_or(0.0)
+        };
         score(b).total_cmp(&score(a))
     });
     let chosen: Vec<i64> = order

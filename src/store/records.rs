@@ -422,9 +422,8 @@ macro_rules! finished_renders {
 }
 
 /// Finished renders after a (`terminal_at`, rowid) cursor, oldest first.
-pub(crate) const SELECT_FINISHED_RENDERS_AFTER: &str = finished_renders!(
-    "AND (terminal_at, id) > (?1, ?2) ORDER BY terminal_at, id LIMIT ?3 + 0"
-);
+pub(crate) const SELECT_FINISHED_RENDERS_AFTER: &str =
+    finished_renders!("AND (terminal_at, id) > (?1, ?2) ORDER BY terminal_at, id LIMIT ?3 + 0");
 
 /// The newest finished renders, newest first.
 pub(crate) const SELECT_NEWEST_FINISHED_RENDERS: &str =
@@ -474,7 +473,11 @@ pub struct DueVideo {
 /// that they have finished. Pure and quick: it runs inside the claim's
 /// write transaction.
 #[derive(Clone)]
-pub struct Ranker(pub std::sync::Arc<dyn Fn(&[DueVideo], Millis) -> Vec<f64> + Send + Sync>);
+pub struct Ranker(pub std::sync::Arc<RankFn>);
+
+/// What a [`Ranker`] calls: the due videos and the claim's time in, one
+/// score per video out (in the same order).
+pub type RankFn = dyn Fn(&[DueVideo], Millis) -> Vec<f64> + Send + Sync;
 
 impl std::fmt::Debug for Ranker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

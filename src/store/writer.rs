@@ -34,8 +34,7 @@ use super::health::{Health, Unready};
 use super::mutations;
 use super::records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryRelease, EnqueueOutcome,
-    Ranker,
-    NewVideo, PollUpdate, RedeliverOutcome, Release,
+    NewVideo, PollUpdate, Ranker, RedeliverOutcome, Release,
 };
 use super::{Store, StoreError};
 use crate::domain::{Millis, VideoId};
