@@ -189,7 +189,7 @@ impl Scenario {
     /// For each finished video, the widest its render time from the start
     /// can be: (lowest "finished after", highest "finished before"), from
     /// the windows of the steps that saw it unfinished last and finished.
-    fn from_start_bounds(&self) -> Vec<(f64, f64)> {
+    fn bounds_from_start(&self) -> Vec<(f64, f64)> {
         self.plans
             .iter()
             .map(|plan| {
@@ -206,7 +206,7 @@ impl Scenario {
 
     /// The same from the step that first saw it `processing`, for the
     /// videos that were.
-    fn from_rendering_bounds(&self) -> Vec<(f64, f64)> {
+    fn bounds_from_rendering(&self) -> Vec<(f64, f64)> {
         self.plans
             .iter()
             .filter(|plan| plan.processing > 0)
@@ -299,8 +299,8 @@ async fn learned_render_times_match_the_driven_polls_and_survive_a_restart() {
     assert_eq!(before["strategy"], "exponential", "{before}");
     let from_start = model(&before, "from_start");
     let from_rendering = model(&before, "from_rendering");
-    assert_model_matches(from_start, &scenario.from_start_bounds());
-    assert_model_matches(from_rendering, &scenario.from_rendering_bounds());
+    assert_model_matches(from_start, &scenario.bounds_from_start());
+    assert_model_matches(from_rendering, &scenario.bounds_from_rendering());
     // Warm-up is 10 finished videos: 11 from the start, 9 seen processing.
     assert_eq!(from_start["warmed_up"], true);
     assert_eq!(from_rendering["warmed_up"], false);
@@ -331,10 +331,10 @@ async fn learned_render_times_match_the_driven_polls_and_survive_a_restart() {
     // The quantiles are rebuilt by refitting the replayed observations to
     // convergence, while the running relay's estimate was built one
     // observation at a time: both must agree with the driven polls.
-    assert_model_matches(model(&after, "from_start"), &scenario.from_start_bounds());
+    assert_model_matches(model(&after, "from_start"), &scenario.bounds_from_start());
     assert_model_matches(
         model(&after, "from_rendering"),
-        &scenario.from_rendering_bounds(),
+        &scenario.bounds_from_rendering(),
     );
     let database = app.config.database.url.clone();
     let _dir = app.stop().await;
@@ -440,7 +440,7 @@ async fn metrics_show_the_learned_quantiles_and_polls_per_finished_video() {
             "jogg_relay_render_time_observations",
             &model("from_rendering")
         ),
-        scenario.from_rendering_bounds().len() as f64
+        scenario.bounds_from_rendering().len() as f64
     );
     assert_eq!(
         metrics.value(
@@ -457,8 +457,8 @@ async fn metrics_show_the_learned_quantiles_and_polls_per_finished_video() {
         0.0
     );
     for (name, bounds) in [
-        ("from_start", scenario.from_start_bounds()),
-        ("from_rendering", scenario.from_rendering_bounds()),
+        ("from_start", scenario.bounds_from_start()),
+        ("from_rendering", scenario.bounds_from_rendering()),
     ] {
         for p in ["0.1", "0.25", "0.5", "0.75", "0.9", "0.95", "0.99"] {
             let labels = format!("model=\"{name}\",quantile=\"{p}\"");
@@ -567,10 +567,10 @@ async fn stats_and_export_renders_read_the_database_beside_a_running_relay() {
     assert_eq!(code, 0, "{stderr}");
     let printed: Value = serde_json::from_str(&stdout).expect("stats prints JSON");
     assert_eq!(printed["strategy"], "exponential");
-    assert_model_matches(model(&printed, "from_start"), &scenario.from_start_bounds());
+    assert_model_matches(model(&printed, "from_start"), &scenario.bounds_from_start());
     assert_model_matches(
         model(&printed, "from_rendering"),
-        &scenario.from_rendering_bounds(),
+        &scenario.bounds_from_rendering(),
     );
 
     let (code, csv, stderr) = run_binary(&["--config", config, "export-renders"], &[]);
