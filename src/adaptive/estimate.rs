@@ -131,7 +131,9 @@ impl RenderTimes {
     /// The decayed sample count: how many observations the estimate is
     /// worth (at most about `half_life / ln 2`).
     pub fn effective_samples(&self) -> f64 {
-        self.total() / self.unit
+        // Counted in units of the newest observation's weight: `unit` has
+        // already grown past it, to what the next one will carry.
+        self.total() / (self.unit * self.decay)
     }
 
     /// Total mass.
@@ -325,6 +327,23 @@ mod tests {
         assert_eq!(times.quantile(0.5), None);
         assert_eq!(times.cdf(100.0), 0.0);
         assert_eq!(times.effective_samples(), 0.0);
+    }
+
+    #[test]
+    fn one_observation_is_worth_one_sample() {
+        let mut times = RenderTimes::new(10);
+        times.observe(Censored {
+            after_seconds: 1.0,
+            before_seconds: 2.0,
+        });
+        assert!((times.effective_samples() - 1.0).abs() < 1e-12);
+        times.observe(Censored {
+            after_seconds: 1.0,
+            before_seconds: 2.0,
+        });
+        // The older one now weighs 0.5^(1/10).
+        let want = 1.0 + 0.5f64.powf(0.1);
+        assert!((times.effective_samples() - want).abs() < 1e-12);
     }
 
     #[test]
