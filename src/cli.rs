@@ -14,6 +14,8 @@ use crate::api::resource::VideoResource;
 use crate::api::videos::parse_new_video;
 use crate::config::{Config, ConfigError, Settings};
 use crate::domain::{Millis, VideoId, VideoState};
+use crate::export::ExportError;
+use crate::poller::learning::load_learner;
 use crate::poller::policy::PollPolicy;
 use crate::store::{EnqueueOutcome, RedeliverOutcome, Store, Writer};
 use crate::{app, telemetry};
@@ -153,6 +155,17 @@ pub enum Command {
     },
     /// Validate the configuration and print it, secrets redacted.
     CheckConfig,
+    /// Print what the relay has learned of JoggAI's render times as JSON
+    /// (the body of `GET /v1/stats`), rebuilt from the database.
+    Stats,
+    /// Write every finished (completed or failed) video's render times as
+    /// CSV, oldest first.
+    ExportRenders {
+        /// Write to this file (replaced once complete) instead of standard
+        /// output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// How a command failed, which decides the exit code.
@@ -312,6 +325,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::Status { id } => status(&config, &id).await,
             Command::List { state } => list(&config, state.as_deref()).await,
             Command::Redeliver { id } => redeliver(&config, &id).await,
+            Command::Stats => stats(&config).await,
+            Command::ExportRenders { output } => export_renders(&config, output.as_deref()).await,
             Command::CheckConfig => {
                 tell!("configuration is valid");
                 for warning in config.startup_warnings() {
@@ -616,6 +631,83 @@ async fn list(config: &Config, state: Option<&str>) -> Result<(), CliError> {
     }
     store.close().await;
     Ok(())
+}
+
+/// `stats`: the learner the daemon would start with, rebuilt from the
+/// database the same way, shown as `GET /v1/stats` shows it.
+async fn stats(config: &Config) -> Result<(), CliError> {
+    let store = open_store(config).await?;
+    let mut learner = load_learner(&store, &config.polling)
+        .await
+        .context("cannot read the finished renders")?;
+    store.close().await;
+    let text = serde_json::to_string_pretty(&crate::api::stats::body(
+        &mut learner,
+        config.polling.strategy,
+    ))
+    .context("cannot render the statistics")?;
+    say!("{text}");
+    Ok(())
+}
+
+/// `export-renders`: the CSV of [`crate::export`], to standard output or
+/// to `output`. A file is written beside its final name and renamed into
+/// place once complete, so a reader never sees half an export.
+async fn export_renders(config: &Config, output: Option<&Path>) -> Result<(), CliError> {
+    let store = open_store(config).await?;
+    let give_up_after = config.polling.give_up_after;
+    let result = match output {
+        None => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            match crate::export::write_renders(&store, give_up_after, &mut out).await {
+                // The reader went away (`export-renders | head`): like
+                // `list`, the rest is simply not written.
+                Err(ExportError::Write(err)) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+                    Ok(())
+                }
+                other => other.map(drop).map_err(anyhow::Error::from),
+            }
+        }
+        Some(path) => export_to_file(&store, give_up_after, path).await,
+    };
+    store.close().await;
+    Ok(result?)
+}
+
+/// Writes the export to a temporary file beside `path`, then renames it
+/// over `path`; removes the temporary file if anything fails.
+async fn export_to_file(
+    store: &Store,
+    give_up_after: std::time::Duration,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(format!(".partial-{}", std::process::id()));
+    let partial = PathBuf::from(partial);
+    let written = async {
+        let file = std::fs::File::create(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        let rows = crate::export::write_renders(store, give_up_after, &mut out).await?;
+        out.into_inner()
+            .map_err(|err| err.into_error())
+            .and_then(|file| file.sync_all())
+            .with_context(|| format!("cannot write {}", partial.display()))?;
+        std::fs::rename(&partial, path)
+            .with_context(|| format!("cannot rename the export to {}", path.display()))?;
+        anyhow::Ok(rows)
+    }
+    .await;
+    match written {
+        Ok(rows) => {
+            tell!("exported {rows} finished render(s) to {}", path.display());
+            Ok(())
+        }
+        Err(err) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(err.context(format!("cannot export to {}", path.display())))
+        }
+    }
 }
 
 /// Async worker threads for `serve`: half the cores, at least one.

@@ -8,6 +8,7 @@
 //! - [`store`]: every SQL statement, the migrations and the group-commit writer.
 //! - [`jogg`]: the upstream protocol (client, answer classification).
 //! - [`adaptive`]: the learned render-time distribution and the adaptive schedule.
+//! - [`export`]: the `export-renders` CSV of finished renders.
 //! - [`poller`]: claiming due videos, the schedule policy, the rate limiter.
 //! - [`delivery`]: the outbox worker (signing, retries, the target guard).
 //! - [`api`]: the HTTP API (axum routes, authentication, JSON errors).
@@ -31,6 +32,7 @@ pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod domain;
+pub mod export;
 pub mod jogg;
 pub mod outbound;
 pub mod poller;

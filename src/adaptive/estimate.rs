@@ -26,6 +26,8 @@ const BINS_PER_DECADE: usize = 32;
 const DECADES: usize = 9;
 /// Number of bins.
 pub const BINS: usize = BINS_PER_DECADE * DECADES;
+/// How much wider each bin is than the one before (10^(1/32), 7.5 %).
+pub const BIN_WIDTH: f64 = 1.074_607_828_321_317_4;
 /// Relative weight of the log-uniform prior in each bin: small enough to
 /// vanish next to real data, large enough that an interval falling where
 /// the estimate has no mass still lands somewhere (spread evenly).
@@ -87,6 +89,8 @@ pub struct RenderTimes {
     mass: Vec<f64>,
     /// Prefix sums of `mass`, `BINS + 1` long.
     cumulative: Vec<f64>,
+    /// The longest finished render fitted (its upper bound, seconds).
+    longest_finished: f64,
 }
 
 impl Default for RenderTimes {
@@ -94,11 +98,18 @@ impl Default for RenderTimes {
         Self {
             mass: vec![0.0; BINS],
             cumulative: vec![0.0; BINS + 1],
+            longest_finished: 0.0,
         }
     }
 }
 
 impl RenderTimes {
+    /// The longest finished render fitted (its upper bound, seconds; 0
+    /// when none).
+    pub fn longest_finished(&self) -> f64 {
+        self.longest_finished
+    }
+
     /// Whether nothing has been fitted.
     pub fn is_empty(&self) -> bool {
         self.total() <= 0.0
@@ -121,6 +132,7 @@ impl RenderTimes {
         let mut censored_from = vec![0.0; BINS];
         let mut weight = 0.0;
         let mut finished_weight = 0.0;
+        let mut longest: f64 = 0.0;
         for (observation, w) in observations {
             if !(w.is_finite() && *w > 0.0) {
                 continue;
@@ -128,6 +140,7 @@ impl RenderTimes {
             weight += w;
             if observation.before_seconds.is_finite() {
                 finished_weight += w;
+                longest = longest.max(observation.before_seconds);
                 finished.push((coverage(observation), *w));
             } else {
                 // From the first bin wholly beyond its age: sharing a bin
@@ -142,6 +155,7 @@ impl RenderTimes {
             *self = Self::default();
             return;
         }
+        self.longest_finished = longest;
         if self.total() <= 0.0 {
             self.mass = vec![weight / BINS as f64; BINS];
         }

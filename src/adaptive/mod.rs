@@ -201,8 +201,10 @@ pub struct ModelStats {
     /// `polling.strategy = "adaptive"`).
     pub warmed_up: bool,
     /// `(p, seconds)` for each of [`REPORTED_QUANTILES`]; empty until the
-    /// first observation.
-    pub quantiles: Vec<(f64, f64)>,
+    /// first observation, and `None` for a quantile beyond the longest
+    /// render seen finished (videos still rendering put mass there, but
+    /// nothing says where).
+    pub quantiles: Vec<(f64, Option<f64>)>,
 }
 
 impl Learner {
@@ -399,8 +401,13 @@ impl Learner {
         (1.0 - (-waited.max(0.0) / tail_mean).exp()).clamp(0.0, 1.0)
     }
 
-    /// Both models, for `/v1/stats`, the CLI and `/metrics`.
-    pub fn stats(&self) -> Vec<ModelStats> {
+    /// Both models, for `/v1/stats`, the CLI and `/metrics`, fitted to
+    /// everything recorded so far (the schedule refits only every few
+    /// updates; a report shows the current state).
+    pub fn stats(&mut self) -> Vec<ModelStats> {
+        if self.since_fit > 0 {
+            self.fit(FULL_FIT_ITERATIONS);
+        }
         [Phase::FromStart, Phase::FromRendering]
             .into_iter()
             .map(|phase| {
@@ -421,7 +428,13 @@ impl Learner {
                     warmed_up: self.warm(phase),
                     quantiles: REPORTED_QUANTILES
                         .iter()
-                        .filter_map(|&p| model.quantile(p).map(|s| (p, s)))
+                        .filter_map(|&p| {
+                            let seconds = model.quantile(p)?;
+                            // Beyond the longest render seen finished, only
+                            // "later" is known (videos still rendering).
+                            let known = seconds <= model.longest_finished() * estimate::BIN_WIDTH;
+                            Some((p, known.then_some(seconds)))
+                        })
                         .collect(),
                 }
             })
@@ -536,23 +549,23 @@ mod tests {
             half_life: 100,
             ..settings()
         });
-        let median = |learner: &Learner| learner.stats()[0].quantiles[2].1;
+        let median = |learner: &mut Learner| learner.stats()[0].quantiles[2].1.unwrap();
         for id in 0..1500 {
             learner.record(id, &finished_video(id, lognormal(&mut rng, 240.0, 0.45)));
         }
         assert!(
-            (median(&learner) / 240.0 - 1.0).abs() < 0.1,
+            (median(&mut learner) / 240.0 - 1.0).abs() < 0.1,
             "{}",
-            median(&learner)
+            median(&mut learner)
         );
         for id in 1500..2000 {
             learner.record(id, &finished_video(id, lognormal(&mut rng, 120.0, 0.45)));
         }
         learner.refit();
         assert!(
-            (median(&learner) / 120.0 - 1.0).abs() < 0.1,
+            (median(&mut learner) / 120.0 - 1.0).abs() < 0.1,
             "{}",
-            median(&learner)
+            median(&mut learner)
         );
     }
 

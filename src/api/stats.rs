@@ -11,7 +11,8 @@ use crate::adaptive::Learner;
 use crate::config::PollStrategy;
 
 /// The body of `/v1/stats` for `learner` under `strategy`.
-pub fn body(learner: &Learner, strategy: PollStrategy) -> Value {
+pub fn body(learner: &mut Learner, strategy: PollStrategy) -> Value {
+    let updated_at = learner.updated_at().map(|at| at.to_rfc3339());
     let models: Vec<Value> = learner
         .stats()
         .into_iter()
@@ -20,14 +21,17 @@ pub fn body(learner: &Learner, strategy: PollStrategy) -> Value {
                 .quantiles
                 .iter()
                 .map(|(p, seconds)| {
-                    // p10 … p99; seconds rounded to the millisecond.
+                    // p10 … p99; seconds rounded to the millisecond, null
+                    // beyond the longest render seen finished.
                     let name = format!("p{}", (p * 100.0).round() as u32);
-                    (name, json!((seconds * 1000.0).round() / 1000.0))
+                    let value = seconds.map(|s| (s * 1000.0).round() / 1000.0);
+                    (name, json!(value))
                 })
                 .collect();
             json!({
                 "model": model.phase.as_str(),
                 "observations": model.observations,
+                "unfinished": model.unfinished,
                 "effective_samples": (model.effective_samples * 10.0).round() / 10.0,
                 "warmed_up": model.warmed_up,
                 "quantiles_seconds": quantiles,
@@ -37,7 +41,7 @@ pub fn body(learner: &Learner, strategy: PollStrategy) -> Value {
     json!({
         "strategy": strategy.as_str(),
         "render_times": {
-            "updated_at": learner.updated_at().map(|at| at.to_rfc3339()),
+            "updated_at": updated_at,
             "models": models,
         },
     })

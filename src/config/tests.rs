@@ -287,6 +287,78 @@ fn every_invalid_value_names_its_key() {
             "jogg.api_key",
         ),
         ("[jogg]\nburst = \"many\"\n", &[], "jogg.burst"),
+        ("[polling]\nstrategy = \"fast\"\n", &[], "polling.strategy"),
+        ("[polling]\nstrategy = 1\n", &[], "polling.strategy"),
+        (
+            "[polling]\nadaptive_step = 0\n",
+            &[],
+            "polling.adaptive_step",
+        ),
+        (
+            "[polling]\nadaptive_step = 0.6\n",
+            &[],
+            "polling.adaptive_step",
+        ),
+        (
+            "[polling]\nadaptive_step = nan\n",
+            &[],
+            "polling.adaptive_step",
+        ),
+        (
+            "[polling]\nadaptive_step = -0.05\n",
+            &[],
+            "polling.adaptive_step",
+        ),
+        (
+            "[polling]\nadaptive_half_life = 0\n",
+            &[],
+            "polling.adaptive_half_life",
+        ),
+        (
+            "[polling]\nadaptive_half_life = 10001\n",
+            &[],
+            "polling.adaptive_half_life",
+        ),
+        (
+            "[polling]\nadaptive_warmup = 0\n",
+            &[],
+            "polling.adaptive_warmup",
+        ),
+        (
+            "[polling]\nadaptive_warmup = -3\n",
+            &[],
+            "polling.adaptive_warmup",
+        ),
+        (
+            "",
+            &[("JOGG_RELAY__POLLING__STRATEGY", "Adaptively")],
+            "polling.strategy",
+        ),
+        (
+            "",
+            &[("JOGG_RELAY__POLLING__ADAPTIVE_STEP", "NaN")],
+            "polling.adaptive_step",
+        ),
+        (
+            "",
+            &[("JOGG_RELAY__POLLING__ADAPTIVE_STEP", "a little")],
+            "polling.adaptive_step",
+        ),
+        (
+            "",
+            &[("JOGG_RELAY__POLLING__ADAPTIVE_HALF_LIFE", "0")],
+            "polling.adaptive_half_life",
+        ),
+        (
+            "",
+            &[("JOGG_RELAY__POLLING__ADAPTIVE_HALF_LIFE", "1.5")],
+            "polling.adaptive_half_life",
+        ),
+        (
+            "",
+            &[("JOGG_RELAY__POLLING__ADAPTIVE_WARMUP", "0")],
+            "polling.adaptive_warmup",
+        ),
     ];
     for (toml, vars, key) in cases {
         assert_eq!(&invalid_key(toml, vars), key, "{toml} {vars:?}");
@@ -585,4 +657,59 @@ fn webhook_secret_keeps_both_forms() {
         secret.full().expose_secret(),
         "whsec_aGVsbG8sIHdlYmhvb2sgd29ybGQ="
     );
+}
+
+/// The adaptive schedule's keys come from the file or the environment,
+/// the environment winning, and reach the validated configuration.
+#[test]
+fn adaptive_keys_layer_and_validate() {
+    let defaults = Settings::default().validate().unwrap();
+    assert_eq!(defaults.polling.strategy, PollStrategy::Exponential);
+    assert_eq!(
+        defaults.polling.adaptive,
+        AdaptiveSettings {
+            step: 0.05,
+            half_life: 100,
+            warmup: 20,
+        }
+    );
+    let toml = "[polling]\nstrategy = \"adaptive\"\nadaptive_step = 0.2\n\
+                adaptive_half_life = 7\nadaptive_warmup = 3\n";
+    let config = load_str(toml, &[]).unwrap().validate().unwrap();
+    assert_eq!(config.polling.strategy, PollStrategy::Adaptive);
+    assert_eq!(
+        config.polling.adaptive,
+        AdaptiveSettings {
+            step: 0.2,
+            half_life: 7,
+            warmup: 3,
+        }
+    );
+    let config = load_str(
+        toml,
+        &[
+            ("JOGG_RELAY__POLLING__STRATEGY", "exponential"),
+            ("JOGG_RELAY__POLLING__ADAPTIVE_STEP", "0.5"),
+            ("JOGG_RELAY__POLLING__ADAPTIVE_HALF_LIFE", "10000"),
+            ("JOGG_RELAY__POLLING__ADAPTIVE_WARMUP", "1"),
+        ],
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(config.polling.strategy, PollStrategy::Exponential);
+    assert_eq!(
+        config.polling.adaptive,
+        AdaptiveSettings {
+            step: 0.5,
+            half_life: 10_000,
+            warmup: 1,
+        }
+    );
+    // The smallest step is accepted too.
+    let config = load_str("", &[("JOGG_RELAY__POLLING__ADAPTIVE_STEP", "0.001")])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(config.polling.adaptive.step, 0.001);
 }

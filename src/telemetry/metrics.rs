@@ -370,14 +370,20 @@ impl RelayMetrics {
                 vec![Label::new("model", name)],
                 if model.warmed_up { 1.0 } else { 0.0 },
             );
-            for (p, seconds) in &model.quantiles {
+            // An unknown quantile (beyond the longest render seen finished)
+            // is NaN, not left at an older value.
+            for (p, seconds) in model
+                .quantiles
+                .iter()
+                .map(|(p, seconds)| (p, seconds.unwrap_or(f64::NAN)))
+            {
                 self.gauge(
                     RENDER_TIME_QUANTILE,
                     vec![
                         Label::new("model", name),
                         Label::new("quantile", p.to_string()),
                     ],
-                    *seconds,
+                    seconds,
                 );
             }
         }

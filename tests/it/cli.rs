@@ -38,6 +38,27 @@ fn invalid_configuration_exits_64_naming_the_key() {
         ("JOGG_RELAY__JOGG__TIMEOUT", "whenever", "jogg.timeout"),
         ("JOGG_RELAY__SERVER__BIND", "0.0.0.0:8080", "server.token"),
         ("JOGG_RELAY__NOPE__KEY", "1", "nope"),
+        ("JOGG_RELAY__POLLING__STRATEGY", "fast", "polling.strategy"),
+        (
+            "JOGG_RELAY__POLLING__ADAPTIVE_STEP",
+            "0.6",
+            "polling.adaptive_step",
+        ),
+        (
+            "JOGG_RELAY__POLLING__ADAPTIVE_STEP",
+            "nan",
+            "polling.adaptive_step",
+        ),
+        (
+            "JOGG_RELAY__POLLING__ADAPTIVE_HALF_LIFE",
+            "0",
+            "polling.adaptive_half_life",
+        ),
+        (
+            "JOGG_RELAY__POLLING__ADAPTIVE_WARMUP",
+            "0",
+            "polling.adaptive_warmup",
+        ),
     ];
     for (name, value, key) in cases {
         let env: &[(&str, &str)] = if key == "server.token" {

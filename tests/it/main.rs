@@ -9,6 +9,7 @@ mod delivery;
 mod helpers;
 mod hostile;
 mod jogg_client;
+mod learning;
 mod operations;
 mod oracle;
 mod poller;

@@ -16,16 +16,18 @@ use crate::helpers::{RelayProcess, TOKEN, reply, spawn_manual_app};
 
 /// A parsed Prometheus text exposition: family → type, and every sample.
 #[derive(Debug, Default)]
-struct Exposition {
-    types: HashMap<String, String>,
-    samples: Vec<(String, String, f64)>,
+pub(crate) struct Exposition {
+    /// Family name → type.
+    pub(crate) types: HashMap<String, String>,
+    /// (sample name, labels as written, value).
+    pub(crate) samples: Vec<(String, String, f64)>,
 }
 
 impl Exposition {
     /// Parses the text format strictly enough to catch what `promtool check
     /// metrics` would reject: unknown line shapes, bad names or values,
     /// samples without a TYPE, duplicate TYPE lines.
-    fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         let mut exposition = Exposition::default();
         let valid_name = |name: &str| {
             !name.is_empty()
@@ -93,7 +95,8 @@ impl Exposition {
         exposition
     }
 
-    fn value(&self, name: &str, labels: &str) -> f64 {
+    /// The value of the sample `name{labels}`.
+    pub(crate) fn value(&self, name: &str, labels: &str) -> f64 {
         self.samples
             .iter()
             .find(|(n, l, _)| n == name && l == labels)
@@ -592,4 +595,112 @@ fn systemd_hears_ready_watchdog_and_stopping() {
         }
         assert!(std::time::Instant::now() < deadline, "no STOPPING=1");
     }
+}
+
+/// The selectors of the relay's metrics in a PromQL expression: each
+/// `jogg_relay_…` name with its `label="value"` matchers (other matcher
+/// kinds are left out).
+fn selectors(expr: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find("jogg_relay_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = tail[..end].to_owned();
+        let mut matchers = Vec::new();
+        if let Some(inner) = tail[end..].strip_prefix('{') {
+            let inner = &inner[..inner.find('}').expect("closing brace")];
+            for pair in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                if let Some((key, value)) = pair.split_once('=')
+                    && !key.ends_with(['!', '='])
+                    && !value.starts_with(['~', '='])
+                {
+                    matchers.push((
+                        key.trim().to_owned(),
+                        value.trim().trim_matches('"').to_owned(),
+                    ));
+                }
+            }
+        }
+        found.push((name, matchers));
+        rest = &tail[end..];
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_series_the_relay_exports() {
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../deploy/grafana-dashboard.json"))
+            .expect("the dashboard is valid JSON");
+
+    // A run that touches every family: polls, a finished video (render
+    // times, polls per finished video), a delivery.
+    let receiver = SimReceiver::start(None).await.unwrap();
+    let hook = receiver.url("hook");
+    let app = spawn_manual_app(|s| {
+        s.callbacks.urls = vec![hook];
+        s.polling.min_interval = "1ms".into();
+        s.polling.max_interval = "1ms".into();
+    })
+    .await;
+    app.sim.state.script("g-done", Timeline::completes(1, 1));
+    app.enqueue(json!({"video_id": "g-done"})).await;
+    app.step_until_idle().await;
+    assert_eq!(app.video("g-done").await.json["state"], "completed");
+    app.deliver(Millis::now()).await;
+    let metrics = Exposition::parse(&app.metrics_text().await);
+
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut ids: Vec<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+    let mut queried = Vec::new();
+    for panel in panels {
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{}", panel["title"]);
+        for target in targets {
+            let expr = target["expr"].as_str().expect("expr");
+            let found = selectors(expr);
+            assert!(!found.is_empty(), "no relay metric in {expr}");
+            for (name, matchers) in found {
+                // A histogram is queried through its _bucket/_sum/_count series.
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| {
+                        name.strip_suffix(suffix).filter(|base| {
+                            metrics.types.get(*base).is_some_and(|t| t == "histogram")
+                        })
+                    })
+                    .unwrap_or(&name);
+                assert!(
+                    metrics.types.contains_key(family),
+                    "{expr}: the relay exports no {family}"
+                );
+                for (key, value) in &matchers {
+                    let pair = format!("{key}=\"{value}\"");
+                    assert!(
+                        metrics.samples.iter().any(
+                            |(n, labels, _)| *n == name && labels.split(',').any(|l| l == pair)
+                        ),
+                        "{expr}: no {name} sample has {pair}"
+                    );
+                }
+                queried.push(family.to_owned());
+            }
+        }
+    }
+    for family in [
+        "jogg_relay_render_time_seconds",
+        "jogg_relay_polls_per_finished_video",
+    ] {
+        assert!(
+            queried.iter().any(|q| q == family),
+            "no panel shows {family}"
+        );
+    }
+    app.stop().await;
 }
