@@ -801,6 +801,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_ranked_claim_takes_the_best_scored_among_the_most_overdue() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            DatabaseConfig::parse(&format!("sqlite://{}/t.db", dir.path().display())).unwrap();
+        let store = Store::open(&config).await.unwrap();
+        let mut conn = store.pool().acquire().await.unwrap();
+        // Videos v0..v19 due at 0..19 ms, and v20 not due yet.
+        let videos: Vec<NewVideo> = (0..21)
+            .map(|i| NewVideo {
+                video_id: VideoId::parse(&format!("v{i}")).unwrap(),
+                callback_url: None,
+                metadata: None,
+                first_poll_at: Millis(if i == 20 { 1_000 } else { i }),
+            })
+            .collect();
+        let refs: Vec<&NewVideo> = videos.iter().collect();
+        super::insert_videos(&mut conn, &refs, Millis(0))
+            .await
+            .unwrap();
+        // Scores rank the later-due videos higher; v3 and v5 tie with the
+        // best, so the more overdue wins the tie.
+        let rank = crate::store::Ranker(std::sync::Arc::new(|due: &[super::DueVideo], _| {
+            due.iter()
+                .map(|v| match v.next_poll_at {
+                    3 | 5 => 100.0,
+                    at => at as f64,
+                })
+                .collect()
+        }));
+        let names = |claimed: Vec<super::ClaimedVideo>| {
+            let mut names: Vec<String> = claimed.into_iter().map(|v| v.video_id).collect();
+            names.sort();
+            names
+        };
+        // Two taken from the window of the 8 most overdue (v0..v7).
+        let claimed = super::claim_due_ranked(&mut conn, Millis(100), Millis(500), 2, &rank)
+            .await
+            .unwrap();
+        assert_eq!(names(claimed), ["v3", "v5"]);
+        let claimed = super::claim_due_ranked(&mut conn, Millis(100), Millis(500), 3, &rank)
+            .await
+            .unwrap();
+        // The window is the 12 most overdue not leased (v0..v13 but v3
+        // and v5): the three latest due of those.
+        assert_eq!(names(claimed), ["v11", "v12", "v13"]);
+        // Fewer due than the limit: all of them, none not yet due.
+        let claimed = super::claim_due_ranked(&mut conn, Millis(100), Millis(500), 50, &rank)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 15);
+        assert!(claimed.iter().all(|v| v.video_id != "v20"));
+    }
+
+    #[tokio::test]
     async fn a_stale_result_beside_the_fresh_one_is_not_applied() {
         let dir = tempfile::tempdir().unwrap();
         let config =

@@ -395,11 +395,22 @@ async fn auth_failure_pauses_everything_until_a_probe_succeeds() {
 
 #[tokio::test]
 async fn budget_and_concurrency_hold_for_500_videos() {
+    // Both strategies: adaptive claims rank the due videos (more are due
+    // than a claim takes, and one finished video is enough to rank by),
+    // which must change which videos go first, never how many.
+    for strategy in ["exponential", "adaptive"] {
+        budget_and_concurrency_hold_for_500_videos_with(strategy).await;
+    }
+}
+
+async fn budget_and_concurrency_hold_for_500_videos_with(strategy: &str) {
     let rate = 400.0;
     let burst = 8;
     let app = spawn_manual_app(|s| {
         s.polling.min_interval = "1ms".into();
         s.polling.max_interval = "1ms".into();
+        s.polling.strategy = strategy.into();
+        s.polling.adaptive_warmup = 1;
         s.jogg.requests_per_second = rate;
         s.jogg.burst = burst;
         s.jogg.max_in_flight = 6;
