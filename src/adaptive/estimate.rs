@@ -167,10 +167,12 @@ impl RenderTimes {
         for _ in 0..iterations.max(1) {
             let mut next = vec![0.0; BINS];
             for (bins, w) in &finished {
-                let shares = shares(bins, &self.mass, prior);
-                let sum: f64 = shares.iter().sum();
-                for ((bin, _), share) in bins.iter().zip(&shares) {
-                    next[*bin] += w * share / sum;
+                // Each covered bin's share: the estimate's mass over the
+                // covered part of the bin, plus the prior.
+                let share = |&(bin, fraction): &(usize, f64)| fraction * (self.mass[bin] + prior);
+                let sum: f64 = bins.iter().map(share).sum();
+                for covered in bins {
+                    next[covered.0] += w * share(covered) / sum;
                 }
             }
             // Tail sums: what the estimate puts at or beyond each bin.
@@ -231,15 +233,6 @@ impl RenderTimes {
         };
         Some(seconds_at(bin as f64 + within))
     }
-}
-
-/// Each covered bin's share of an observation: the estimate's mass over
-/// the covered part of the bin, plus the prior.
-fn shares(covered: &[(usize, f64)], mass: &[f64], prior: f64) -> Vec<f64> {
-    covered
-        .iter()
-        .map(|&(bin, fraction)| fraction * (mass[bin] + prior))
-        .collect()
 }
 
 #[cfg(test)]

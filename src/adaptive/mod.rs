@@ -147,9 +147,13 @@ impl Phase {
     }
 }
 
-/// A fit runs after this many updates (and whenever a model has just
-/// learned enough to be used).
+/// A fit runs after this many updates at least (and whenever a model has
+/// just learned enough to be used); with many videos kept, after one update
+/// per [`REFIT_SHARE`] of them, so that the cost of fitting per update stays
+/// the same whatever the number kept.
 const REFIT_EVERY: u32 = 32;
+/// See [`REFIT_EVERY`].
+const REFIT_SHARE: usize = 8;
 /// EM rounds per fit, each warm-started from the previous fit.
 const FIT_ITERATIONS: usize = 8;
 /// EM rounds of a fit from scratch (after the replay at start).
@@ -273,7 +277,8 @@ impl Learner {
         let newly_warm = [Phase::FromStart, Phase::FromRendering]
             .into_iter()
             .any(|phase| self.warm(phase) && self.model(phase).is_empty());
-        if self.since_fit >= REFIT_EVERY || newly_warm {
+        let refit_every = (self.videos.len() / REFIT_SHARE).max(REFIT_EVERY as usize);
+        if self.since_fit as usize >= refit_every || newly_warm {
             self.fit(FIT_ITERATIONS);
         }
     }

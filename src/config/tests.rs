@@ -664,19 +664,19 @@ fn webhook_secret_keeps_both_forms() {
 #[test]
 fn adaptive_keys_layer_and_validate() {
     let defaults = Settings::default().validate().unwrap();
-    assert_eq!(defaults.polling.strategy, PollStrategy::Exponential);
+    assert_eq!(defaults.polling.strategy, PollStrategy::Adaptive);
     assert_eq!(
         defaults.polling.adaptive,
         AdaptiveSettings {
-            step: 0.05,
+            step: 0.06,
             half_life: 100,
             warmup: 20,
         }
     );
-    let toml = "[polling]\nstrategy = \"adaptive\"\nadaptive_step = 0.2\n\
+    let toml = "[polling]\nstrategy = \"exponential\"\nadaptive_step = 0.2\n\
                 adaptive_half_life = 7\nadaptive_warmup = 3\n";
     let config = load_str(toml, &[]).unwrap().validate().unwrap();
-    assert_eq!(config.polling.strategy, PollStrategy::Adaptive);
+    assert_eq!(config.polling.strategy, PollStrategy::Exponential);
     assert_eq!(
         config.polling.adaptive,
         AdaptiveSettings {
@@ -688,7 +688,7 @@ fn adaptive_keys_layer_and_validate() {
     let config = load_str(
         toml,
         &[
-            ("JOGG_RELAY__POLLING__STRATEGY", "exponential"),
+            ("JOGG_RELAY__POLLING__STRATEGY", "adaptive"),
             ("JOGG_RELAY__POLLING__ADAPTIVE_STEP", "0.5"),
             ("JOGG_RELAY__POLLING__ADAPTIVE_HALF_LIFE", "10000"),
             ("JOGG_RELAY__POLLING__ADAPTIVE_WARMUP", "1"),
@@ -697,7 +697,7 @@ fn adaptive_keys_layer_and_validate() {
     .unwrap()
     .validate()
     .unwrap();
-    assert_eq!(config.polling.strategy, PollStrategy::Exponential);
+    assert_eq!(config.polling.strategy, PollStrategy::Adaptive);
     assert_eq!(
         config.polling.adaptive,
         AdaptiveSettings {
