@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::adaptive::SharedLearner;
+use crate::adaptive::{Learner, SharedLearner};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::delivery::{ClientBuildError, Deliverer};
@@ -107,7 +107,17 @@ impl App {
         let gate = Arc::new(upstream_gate(&config));
         let wakeups = Wakeups::default();
         let metrics = Arc::new(RelayMetrics::new());
-        let learner = SharedLearner::new(load_learner(&store, &config.polling).await?);
+        // What was learned is an optimisation: a database whose rows cannot
+        // be read back still gets a relay (which reports the damage through
+        // `/readyz` and refused writes), starting to learn afresh.
+        let learner = match load_learner(&store, &config.polling).await {
+            Ok(learner) => learner,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read what was learned of render times; starting afresh");
+                Learner::new(config.polling.adaptive)
+            }
+        };
+        let learner = SharedLearner::new(learner);
         let poller = Poller::new(
             &config,
             store.clone(),
