@@ -408,10 +408,12 @@ impl Learner {
 
     /// Both models, for `/v1/stats`, the CLI and `/metrics`, fitted to
     /// everything recorded so far (the schedule refits only every few
-    /// updates; a report shows the current state).
+    /// updates; a report shows the current state). The fit is warm-started
+    /// and short, as the schedule's are: it runs under the lock the polls
+    /// take.
     pub fn stats(&mut self) -> Vec<ModelStats> {
         if self.since_fit > 0 {
-            self.fit(FULL_FIT_ITERATIONS);
+            self.fit(FIT_ITERATIONS);
         }
         [Phase::FromStart, Phase::FromRendering]
             .into_iter()
