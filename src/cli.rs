@@ -353,6 +353,11 @@ fn simulate(
 ) -> Result<(), CliError> {
     use crate::simulate::{Budget, Comparison, Scenario, compare, scaled_polling, table};
     use crate::workload::{ReferenceWorkload, from_csv};
+    if !(1..=1_000_000).contains(&videos) {
+        return Err(CliError::Usage(format!(
+            "--videos must be from 1 to 1000000, got {videos}"
+        )));
+    }
     if !(scale.is_finite() && scale > 0.0 && scale <= 1000.0) {
         return Err(CliError::Usage(format!(
             "--scale must be a number above 0 and at most 1000, got {scale}"

@@ -517,6 +517,78 @@ fn schedule_benchmark_options_are_checked() {
     assert!(stderr.contains("--schedule"), "{stderr}");
 }
 
+#[test]
+fn simulate_compares_the_strategies_on_a_workload() {
+    // The rows of the printed table, by strategy: (calls per video, p50).
+    fn rows(stdout: &str) -> Vec<(String, f64, f64)> {
+        stdout
+            .lines()
+            .filter(|line| line.starts_with("| ") && !line.starts_with("| strategy"))
+            .map(|line| {
+                let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+                (
+                    cells[0].to_owned(),
+                    cells[1].parse().unwrap(),
+                    cells[2].parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+    let (code, stdout, stderr) = run_binary(&["simulate", "--videos", "300", "--seed", "4"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let table = rows(&stdout);
+    let names: Vec<&str> = table.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "fixed 15 s loop",
+            "JoggAI guide 10 s→30 s→60 s",
+            "exponential",
+            "adaptive (from scratch)",
+            "adaptive (pre-trained)"
+        ],
+        "{stdout}"
+    );
+    let (exponential, adaptive) = (&table[2], &table[3]);
+    assert!(adaptive.2 < exponential.2, "{stdout}");
+
+    // A CSV of render times replays the same way; the budget binds.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("renders.csv");
+    let lines: String = (0..100).map(|i| format!("{}\n", 100 + i * 3)).collect();
+    std::fs::write(&csv, format!("render_seconds\n{lines}")).unwrap();
+    let (code, stdout, stderr) = run_binary(
+        &[
+            "simulate",
+            "--renders",
+            csv.to_str().unwrap(),
+            "--budget",
+            "0.05",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("100 videos"), "{stdout}");
+    assert!(
+        rows(&stdout).iter().all(|r| r.1 < 3.0),
+        "the budget binds: {stdout}"
+    );
+
+    for (args, complaint) in [
+        (&["simulate", "--scale", "0"][..], "--scale"),
+        (&["simulate", "--budget=-1"], "--budget"),
+        (&["simulate", "--videos", "0"], "--videos"),
+        (
+            &["simulate", "--renders", "/nonexistent/renders.csv"],
+            "cannot read",
+        ),
+    ] {
+        let (code, _, stderr) = run_binary(args, &[]);
+        assert_eq!(code, 64, "{args:?}: {stderr}");
+        assert!(stderr.contains(complaint), "{args:?}: {stderr}");
+    }
+}
+
 #[tokio::test]
 async fn redeliver_queues_the_event_again_to_every_current_target() {
     use jogg_relay::domain::Millis;
