@@ -436,6 +436,120 @@ mod tests {
         assert!(update.counted);
     }
 
+    /// A learner that has seen `count` videos take exactly 100–199 s.
+    fn learner(count: i64) -> crate::adaptive::Learner {
+        use crate::adaptive::{AdaptiveSettings, Learner, Observation};
+        let mut learner = Learner::new(AdaptiveSettings {
+            step: 0.1,
+            half_life: 1000,
+            warmup: 20,
+        });
+        for id in 0..count {
+            let start = Millis(id * 1_000_000);
+            let done = start.plus(Duration::from_secs(100 + (id % 100) as u64));
+            learner.record(
+                id,
+                &Observation {
+                    started_at: start,
+                    unfinished_seen_at: Some(done),
+                    rendering_seen_at: None,
+                    finished_seen_at: Some(done),
+                },
+            );
+        }
+        learner.refit();
+        learner
+    }
+
+    #[test]
+    fn a_learned_schedule_replaces_the_exponential_one_only_once_warm() {
+        let configured = [Url::parse("https://ops.example/hook").unwrap()];
+        let video = video(Some("processing"));
+        let decide_with = |learner: Option<&crate::adaptive::Learner>, now: Millis| {
+            let (update, _) = record(decide(
+                &video,
+                &status("processing"),
+                now,
+                &policy(),
+                learner,
+                &configured,
+                &mut Fixed(0),
+            ));
+            update.next_poll_at
+        };
+        let exponential = decide_with(None, NOW);
+        // Cold (19 of 20 finished): the exponential schedule, to the ms.
+        assert_eq!(decide_with(Some(&learner(19)), NOW), exponential);
+        // Warm: at 150 s renders finish at 1 % per second, so a step of
+        // 10 % is 10 s; at 60 s, before any has finished, the next poll
+        // goes where the first 10 % have (110 s).
+        let warm = learner(1000);
+        let at_150 = Millis(150_000);
+        assert_eq!(
+            decide_with(Some(&warm), at_150).map(|at| (at.0 - at_150.0) / 1000),
+            Some(10)
+        );
+        let early = decide_with(Some(&warm), NOW).unwrap();
+        assert!((early.0 - 110_000).abs() <= 2_000, "{early:?}");
+        assert_ne!(decide_with(Some(&warm), at_150), decide_with(None, at_150));
+    }
+
+    #[test]
+    fn every_status_answer_tells_the_learner_what_it_saw() {
+        let configured = [Url::parse("https://ops.example/hook").unwrap()];
+        let mut seen = video(Some("pending"));
+        seen.unfinished_seen_at = Some(50_000);
+        let learned = |video: &ClaimedVideo, answer: &str| match decide(
+            video,
+            &status(answer),
+            NOW,
+            &policy(),
+            None,
+            &configured,
+            &mut Fixed(0),
+        ) {
+            Decision::Record {
+                learned, update, ..
+            } => (learned.unwrap(), update),
+            other => panic!("{other:?}"),
+        };
+        // Still pending: unfinished now, not rendering.
+        let (observation, update) = learned(&seen, "pending");
+        assert_eq!(observation.unfinished_seen_at, Some(NOW));
+        assert_eq!(observation.rendering_seen_at, None);
+        assert_eq!(observation.finished_seen_at, None);
+        assert_eq!(
+            (update.unfinished_seen_at, update.rendering_seen_at),
+            (Some(NOW), None)
+        );
+        // First seen processing: rendering from now.
+        let (observation, update) = learned(&seen, "processing");
+        assert_eq!(observation.rendering_seen_at, Some(NOW));
+        assert_eq!(update.rendering_seen_at, Some(NOW));
+        // Finished: after the last unfinished poll, by now; nothing new
+        // written to those columns.
+        let (observation, update) = learned(&seen, "completed");
+        assert_eq!(observation.unfinished_seen_at, Some(Millis(50_000)));
+        assert_eq!(observation.finished_seen_at, Some(NOW));
+        assert_eq!(
+            (update.unfinished_seen_at, update.rendering_seen_at),
+            (None, None)
+        );
+        // An error teaches nothing.
+        match decide(
+            &seen,
+            &PollAnswer::Transient("x".into()),
+            NOW,
+            &policy(),
+            None,
+            &configured,
+            &mut Fixed(0),
+        ) {
+            Decision::Record { learned, .. } => assert_eq!(learned, None),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn unchanged_answer_grows_the_interval() {
         let (update, outcome) = record(run(&video(Some("processing")), &status("processing"), NOW));
