@@ -629,9 +629,55 @@ mod tests {
             "{}",
             stats.effective_samples
         );
-        // An older video than every one kept is ignored.
+        // An older video than every one kept is ignored, finished or not.
         learner.record(3, &finished_video(3, 5.0));
+        let mut unfinished = finished_video(4, 5.0);
+        unfinished.finished_seen_at = None;
+        learner.record(4, &unfinished);
         assert_eq!(learner.stats()[0].observations, 256);
+        assert_eq!(learner.stats()[0].unfinished, 0);
+        // The oldest kept one (744) still takes news of itself.
+        learner.record(744, &unfinished);
+        assert_eq!(learner.stats()[0].observations, 255);
+        assert_eq!(learner.stats()[0].unfinished, 1);
+    }
+
+    #[test]
+    fn unfinished_videos_are_kept_up_to_twice_the_finished_ones() {
+        let mut learner = Learner::new(AdaptiveSettings {
+            half_life: 10,
+            ..settings()
+        });
+        for id in 0..600 {
+            let mut video = finished_video(id, 100.0);
+            video.finished_seen_at = None;
+            learner.record(id, &video);
+        }
+        // 256 finished would be kept; unfinished ones up to twice that.
+        assert_eq!(learner.stats()[0].unfinished, 512);
+        assert_eq!(learner.newest_video(), Some(599));
+    }
+
+    #[test]
+    fn the_schedule_follows_new_videos_without_being_asked_to_refit() {
+        // 20 videos of 100 s warm the model up, then 500 of 300 s arrive:
+        // the schedule must have learned them by itself (no refit call).
+        let mut learner = Learner::new(settings());
+        for id in 0..20 {
+            learner.record(id, &finished_video(id, 100.0));
+        }
+        let video = VideoClock {
+            started_at: Millis(0),
+            rendering_seen_at: None,
+        };
+        let gap_at_50 = |learner: &Learner| learner.next_gap(&video, Millis(50_000), MIN, MAX);
+        // All renders take 100 s: the next poll is at 100 s.
+        assert!(gap_at_50(&learner).unwrap() < Duration::from_secs(55));
+        for id in 20..520 {
+            learner.record(id, &finished_video(id, 300.0));
+        }
+        // 6 % of renders are done by about 300 s now: capped at MAX.
+        assert_eq!(gap_at_50(&learner), Some(MAX));
     }
 
     const MIN: Duration = Duration::from_secs(5);
