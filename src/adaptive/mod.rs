@@ -643,6 +643,22 @@ mod tests {
     }
 
     #[test]
+    fn a_video_seen_rendering_keeps_the_clock_from_its_start_until_that_model_is_warm() {
+        // Nothing was ever seen `processing`: only the model from the start
+        // has learned (renders of 100 s).
+        let mut learner = Learner::new(settings());
+        for id in 0..40 {
+            learner.record(id, &finished_video(id, 100.0));
+        }
+        let video = VideoClock {
+            started_at: Millis(0),
+            rendering_seen_at: Some(Millis(40_000)),
+        };
+        let gap = learner.next_gap(&video, Millis(50_000), MIN, MAX).unwrap();
+        assert!(gap < Duration::from_secs(55), "{gap:?}");
+    }
+
+    #[test]
     fn unfinished_videos_are_kept_up_to_twice_the_finished_ones() {
         let mut learner = Learner::new(AdaptiveSettings {
             half_life: 10,
