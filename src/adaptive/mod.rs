@@ -659,6 +659,77 @@ mod tests {
     }
 
     #[test]
+    fn past_everything_learned_the_chance_grows_like_an_exponential_tail() {
+        // Renders end uniformly over 100–200 s: an exponential tail with
+        // the learned p90 and p99 (about 190 and 199 s) has a mean of about
+        // 9 s / ln 10 = 3.9 s.
+        let learner = trained(1000);
+        let video = VideoClock {
+            started_at: Millis(0),
+            rendering_seen_at: None,
+        };
+        let chance = |last: i64, now: i64| {
+            learner.completion_chance(&video, Some(Millis(last * 1000)), Millis(now * 1000))
+        };
+        assert_eq!(chance(250, 250), 0.0, "no time, no chance");
+        let one_second = chance(250, 251);
+        assert!((0.1..0.5).contains(&one_second), "{one_second}");
+        assert!(chance(250, 300) > 0.99, "{}", chance(250, 300));
+    }
+
+    #[test]
+    fn reports_are_current_and_count_what_they_are_fitted_to() {
+        let mut learner = Learner::new(settings());
+        for id in 0..40 {
+            learner.record(id, &finished_video(id, 100.0));
+        }
+        let median = |learner: &mut Learner| learner.stats()[0].quantiles[2].1.unwrap();
+        assert!((median(&mut learner) - 105.0).abs() < 8.0);
+        // Sixty more, of 1000 s, without a fit of their own: the report
+        // refits first.
+        for id in 40..100 {
+            learner.record(id, &finished_video(id, 1000.0));
+        }
+        assert!(median(&mut learner) > 500.0, "{}", median(&mut learner));
+        // Unfinished ones, by model: two seen rendering, one not.
+        for (id, rendering) in [(100, true), (101, true), (102, false)] {
+            let mut video = finished_video(id, 100.0);
+            video.finished_seen_at = None;
+            video.rendering_seen_at = rendering.then_some(video.started_at);
+            learner.record(id, &video);
+        }
+        let stats = learner.stats();
+        assert_eq!((stats[0].observations, stats[0].unfinished), (100, 3));
+        assert_eq!((stats[1].observations, stats[1].unfinished), (0, 2));
+    }
+
+    #[test]
+    fn quantiles_up_to_the_longest_render_seen_are_known() {
+        // Every render finished between 1000 and 1010 s: every quantile is
+        // known (the last bin reaches a little past 1010 s).
+        let mut learner = Learner::new(settings());
+        for id in 0..50 {
+            learner.record(id, &finished_video(id, 1005.0));
+        }
+        let stats = learner.stats();
+        assert!(
+            stats[0]
+                .quantiles
+                .iter()
+                .all(|(_, seconds)| seconds.is_some()),
+            "{stats:?}"
+        );
+        // One still rendering at 2000 s: beyond the longest seen, p99 is
+        // not known.
+        let mut video = finished_video(50, 1005.0);
+        video.finished_seen_at = None;
+        video.unfinished_seen_at = Some(video.started_at.plus(Duration::from_secs(2000)));
+        learner.record(50, &video);
+        let stats = learner.stats();
+        assert_eq!(stats[0].quantiles.last().unwrap().1, None, "{stats:?}");
+    }
+
+    #[test]
     fn unfinished_videos_are_kept_up_to_twice_the_finished_ones() {
         let mut learner = Learner::new(AdaptiveSettings {
             half_life: 10,
