@@ -358,9 +358,11 @@ fn simulate(
             "--videos must be from 1 to 1000000, got {videos}"
         )));
     }
-    if !(scale.is_finite() && scale > 0.0 && scale <= 1000.0) {
+    // Below 0.001 the schedules' gaps would shrink towards the millisecond
+    // the simulation counts in.
+    if !(scale.is_finite() && (0.001..=1000.0).contains(&scale)) {
         return Err(CliError::Usage(format!(
-            "--scale must be a number above 0 and at most 1000, got {scale}"
+            "--scale must be a number from 0.001 to 1000, got {scale}"
         )));
     }
     if let Some(rate) = budget

@@ -12,18 +12,18 @@
 //! JoggAI's own client does) and JoggAI's polling guide.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::adaptive::{Learner, Observation, SharedLearner};
+use crate::adaptive::{Learner, Observation, Schedule, SharedLearner};
 use crate::config::PollingConfig;
 use crate::domain::Millis;
 use crate::jogg::{PollAnswer, StatusClass, VideoStatus};
 use crate::poller::decide::{self, Decision};
 use crate::poller::learning;
 use crate::poller::policy::PollPolicy;
-use crate::store::{ClaimedVideo, DueVideo, RANKED_WINDOW};
+use crate::store::{ClaimedVideo, DueVideo, RANKED_WINDOW, Ranker};
 use crate::workload::{DelayReport, RenderJob};
 
 /// Virtual time at which every run starts (a plausible date, so that the
@@ -167,46 +167,41 @@ pub fn run(
         .budget
         .map(|budget| TokenBucket::new(budget, EPOCH));
 
-    while let Some(&Reverse((earliest, _))) = due.peek() {
-        let mut now = Millis(earliest);
+    // Videos claimed (under a budget) and waiting for their token, as the
+    // daemon's claimed videos wait at its gate.
+    let mut claimed: VecDeque<usize> = VecDeque::new();
+    loop {
         let index = match (&mut bucket, scenario.budget) {
-            (None, _) | (_, None) => {
-                let Reverse((_, index)) = due.pop().expect("peeked");
-                index
-            }
             (Some(bucket), Some(budget)) => {
-                now = now.max(bucket.next_token_at());
-                bucket.take(now);
-                let window = (budget.claim.max(1) * RANKED_WINDOW) as usize;
-                let mut candidates = Vec::with_capacity(window);
-                while candidates.len() < window {
-                    match due.peek() {
-                        Some(&Reverse((at, index))) if at <= now.0 => {
-                            due.pop();
-                            candidates.push(index);
-                        }
-                        _ => break,
-                    }
+                if claimed.is_empty() {
+                    let Some(&Reverse((earliest, _))) = due.peek() else {
+                        break;
+                    };
+                    let at = Millis(earliest).max(bucket.next_token_at());
+                    claimed = claim(
+                        &mut due,
+                        &videos,
+                        at,
+                        budget.claim,
+                        adaptive.then_some(&ranker),
+                        first_id,
+                    );
                 }
-                let chosen = if adaptive && candidates.len() > 1 {
-                    let rows: Vec<DueVideo> = candidates
-                        .iter()
-                        .map(|&i| due_row(&videos[i], first_id + i as i64))
-                        .collect();
-                    let scores = (ranker.0)(&rows, now);
-                    // The highest score; ties to the most overdue (first).
-                    (0..candidates.len())
-                        .fold(0, |best, i| if scores[i] > scores[best] { i } else { best })
-                } else {
-                    0
+                let Some(index) = claimed.pop_front() else {
+                    break;
                 };
-                let index = candidates.swap_remove(chosen);
-                for other in candidates {
-                    due.push(Reverse((videos[other].next_poll_at.0, other)));
-                }
-                index
+                let now = bucket.next_token_at().max(videos[index].next_poll_at);
+                bucket.take(now);
+                (index, now)
+            }
+            _ => {
+                let Some(Reverse((at, index))) = due.pop() else {
+                    break;
+                };
+                (index, Millis(at))
             }
         };
+        let (index, now) = index;
         let video = &mut videos[index];
         video.polls += 1;
         let age = Duration::from_millis((now.0 - video.enqueued_at.0).max(0) as u64);
@@ -220,16 +215,15 @@ pub fn run(
                 }
             }
             _ => {
-                let (next, learned) = learner.with(|learner| {
-                    poll_with_relay_code(
-                        video,
-                        now,
-                        status,
-                        &policy,
-                        adaptive.then_some(&*learner),
-                        &mut rng,
-                    )
-                });
+                let schedule = adaptive.then(|| learner.schedule());
+                let (next, learned) = poll_with_relay_code(
+                    video,
+                    now,
+                    status,
+                    &policy,
+                    schedule.as_deref(),
+                    &mut rng,
+                );
                 if let Some(observation) = learned {
                     learner.with(|learner| learner.record(first_id + index as i64, &observation));
                 }
@@ -238,6 +232,9 @@ pub fn run(
         };
         match next {
             Some(at) => {
+                // Time moves on in whole milliseconds: a gap that rounds to
+                // nothing would poll the same instant for ever.
+                let at = at.max(Millis(now.0 + 1));
                 video.next_poll_at = at;
                 due.push(Reverse((at.0, index)));
             }
@@ -259,6 +256,52 @@ pub fn run(
     let report = DelayReport::from_samples(&polls, &delays, undetected);
     let learner = learner.with(|learner| learner.clone());
     (report, learner)
+}
+
+/// The daemon's claim at `now`: up to `limit` due videos, the most overdue
+/// first, or (with a `ranker`) the best scored among the `RANKED_WINDOW ×
+/// limit` most overdue, ties to the more overdue; the others stay due.
+fn claim(
+    due: &mut BinaryHeap<Reverse<(i64, usize)>>,
+    videos: &[Tracked],
+    now: Millis,
+    limit: u32,
+    ranker: Option<&Ranker>,
+    first_id: i64,
+) -> VecDeque<usize> {
+    let limit = limit.max(1) as usize;
+    let window = if ranker.is_some() {
+        limit * RANKED_WINDOW as usize
+    } else {
+        limit
+    };
+    let mut candidates = Vec::with_capacity(window);
+    while candidates.len() < window {
+        match due.peek() {
+            Some(&Reverse((at, index))) if at <= now.0 => {
+                due.pop();
+                candidates.push(index);
+            }
+            _ => break,
+        }
+    }
+    if let Some(ranker) = ranker.filter(|_| candidates.len() > limit) {
+        let rows: Vec<DueVideo> = candidates
+            .iter()
+            .map(|&i| due_row(&videos[i], first_id + i as i64))
+            .collect();
+        let scores = (ranker.0)(&rows, now);
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        // Stable: equal scores keep the most-overdue-first order.
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        let (taken, left) = order.split_at(limit);
+        for &i in left {
+            let other = candidates[i];
+            due.push(Reverse((videos[other].next_poll_at.0, other)));
+        }
+        return taken.iter().map(|&i| candidates[i]).collect();
+    }
+    candidates.into_iter().collect()
 }
 
 /// A video as the claim's ranking sees it.
@@ -293,7 +336,7 @@ fn poll_with_relay_code(
     now: Millis,
     status: &str,
     policy: &PollPolicy,
-    schedule_with: Option<&Learner>,
+    schedule_with: Option<&Schedule>,
     rng: &mut fastrand::Rng,
 ) -> (Option<Millis>, Option<Observation>) {
     let claimed = ClaimedVideo {

@@ -124,12 +124,22 @@ impl RenderTimes {
     /// `iterations` rounds of EM from the current estimate (from the prior
     /// when there is none). An observation whose `before_seconds` is
     /// infinite is right-censored: it finishes some time after
-    /// `after_seconds`.
-    pub fn fit(&mut self, observations: &[(Censored, f64)], iterations: usize) {
+    /// `after_seconds`, but no later than `horizon_seconds` (no render is
+    /// ever seen to take longer), so no mass goes beyond that.
+    pub fn fit(
+        &mut self,
+        observations: &[(Censored, f64)],
+        iterations: usize,
+        horizon_seconds: f64,
+    ) {
+        // Bins up to the one holding the horizon carry the prior; later
+        // ones stay empty unless a finished render lands there.
+        let support = (position(horizon_seconds).ceil() as usize).clamp(1, BINS);
         let mut finished: Vec<(Vec<(usize, f64)>, f64)> = Vec::new();
-        // Right-censored weight by the bin its interval starts in: all of
-        // them are handled in one pass per round (a tail sum), however many.
-        let mut censored_from = vec![0.0; BINS];
+        // Right-censored ones as (bin of the age, share of that bin at or
+        // after the age, weight): each takes its part of that bin and every
+        // later bin in proportion to the estimate there.
+        let mut censored: Vec<(usize, f64, f64)> = Vec::new();
         let mut weight = 0.0;
         let mut finished_weight = 0.0;
         let mut longest: f64 = 0.0;
@@ -143,12 +153,10 @@ impl RenderTimes {
                 longest = longest.max(observation.before_seconds);
                 finished.push((coverage(observation), *w));
             } else {
-                // From the first bin wholly beyond its age: sharing a bin
-                // with the finished renders just below that age would pile
-                // the unfinished ones there too, as if they were about to
-                // finish, when nothing is known of them but "later".
-                let from = position(observation.after_seconds).ceil() as usize;
-                censored_from[from.min(BINS - 1)] += w;
+                let at = position(observation.after_seconds);
+                let bin = (at.floor() as usize).min(BINS - 1);
+                let after = ((bin + 1) as f64 - at).clamp(0.0, 1.0);
+                censored.push((bin, after, *w));
             }
         }
         if weight <= 0.0 {
@@ -157,33 +165,56 @@ impl RenderTimes {
         }
         self.longest_finished = longest;
         if self.total() <= 0.0 {
-            self.mass = vec![weight / BINS as f64; BINS];
+            self.mass = vec![0.0; BINS];
+            for mass in &mut self.mass[..support] {
+                *mass = weight / support as f64;
+            }
         }
         // The prior is measured against what the finished renders weigh:
         // many new, barely polled videos must not drown the shape the
         // finished ones taught (which is what their unfinished ages are
         // read against).
         let prior = PRIOR_PER_BIN * finished_weight.max(weight * 1e-9).max(1e-300);
+        let prior_at = |bin: usize| if bin < support { prior } else { 0.0 };
         for _ in 0..iterations.max(1) {
             let mut next = vec![0.0; BINS];
             for (bins, w) in &finished {
                 // Each covered bin's share: the estimate's mass over the
                 // covered part of the bin, plus the prior.
-                let share = |&(bin, fraction): &(usize, f64)| fraction * (self.mass[bin] + prior);
+                let share =
+                    |&(bin, fraction): &(usize, f64)| fraction * (self.mass[bin] + prior_at(bin));
                 let sum: f64 = bins.iter().map(share).sum();
                 for covered in bins {
-                    next[covered.0] += w * share(covered) / sum;
+                    if sum > 0.0 {
+                        next[covered.0] += w * share(covered) / sum;
+                    } else {
+                        next[covered.0] += w * covered.1;
+                    }
                 }
             }
             // Tail sums: what the estimate puts at or beyond each bin.
             let mut tail = vec![0.0; BINS + 1];
             for bin in (0..BINS).rev() {
-                tail[bin] = tail[bin + 1] + self.mass[bin] + prior;
+                tail[bin] = tail[bin + 1] + self.mass[bin] + prior_at(bin);
+            }
+            // Per unit of mass in each later bin, what the censored ones
+            // starting before it give (summed along the bins below).
+            let mut per_mass_from = vec![0.0; BINS + 1];
+            for &(bin, after, w) in &censored {
+                let own = after * (self.mass[bin] + prior_at(bin));
+                let total = own + tail[bin + 1];
+                if total > 0.0 {
+                    next[bin] += w * own / total;
+                    per_mass_from[bin + 1] += w / total;
+                } else {
+                    // Beyond the horizon and every estimate: where it is.
+                    next[bin] += w;
+                }
             }
             let mut per_mass = 0.0;
             for bin in 0..BINS {
-                per_mass += censored_from[bin] / tail[bin];
-                next[bin] += (self.mass[bin] + prior) * per_mass;
+                per_mass += per_mass_from[bin];
+                next[bin] += (self.mass[bin] + prior_at(bin)) * per_mass;
             }
             self.mass = next;
         }
@@ -282,7 +313,7 @@ mod tests {
     fn fitted(observations: impl IntoIterator<Item = Censored>) -> RenderTimes {
         let weighted: Vec<(Censored, f64)> = observations.into_iter().map(|o| (o, 1.0)).collect();
         let mut times = RenderTimes::default();
-        times.fit(&weighted, 300);
+        times.fit(&weighted, 300, 1e6);
         times
     }
 

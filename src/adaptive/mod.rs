@@ -21,6 +21,7 @@
 pub mod estimate;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -39,6 +40,12 @@ const EXHAUSTED: f64 = 1e-3;
 /// uses an exponential tail (see [`Learner::completion_chance`]).
 const TAIL: f64 = 0.01;
 
+/// How many finished videos a learner with `half_life` keeps: ten
+/// half-lives (beyond which a video weighs under 0.1 %), at least 256.
+pub fn finished_kept(half_life: u32) -> usize {
+    (half_life.max(1) as usize * 10).max(256)
+}
+
 /// The adaptive strategy's own settings (`polling.adaptive_*`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdaptiveSettings {
@@ -49,6 +56,10 @@ pub struct AdaptiveSettings {
     /// Finished videos needed before a model is used (before that the
     /// exponential schedule runs).
     pub warmup: u32,
+    /// No render is ever seen to take longer (`polling.give_up_after`): a
+    /// video still rendering is known to finish later than its age, but
+    /// not beyond this.
+    pub horizon: Duration,
 }
 
 /// What the relay knows of one video's render: when it started, when it
@@ -158,6 +169,8 @@ const REFIT_SHARE: usize = 8;
 const FIT_ITERATIONS: usize = 8;
 /// EM rounds of a fit from scratch (after the replay at start).
 const FULL_FIT_ITERATIONS: usize = 100;
+/// Up to this many videos kept, a report refits first (a few milliseconds).
+const REFIT_ON_REPORT: usize = 4096;
 
 /// The two learned distributions (see the module docs), fitted to the
 /// newest videos the relay has polled, in the order it took them: the
@@ -179,13 +192,22 @@ pub struct Learner {
     finished: [usize; 2],
     /// Updates since the last fit.
     since_fit: u32,
-    from_start: RenderTimes,
-    from_rendering: RenderTimes,
-    /// What the last fit was worth, per model: the summed weight of its
-    /// finished videos (the newest weighs 1).
-    effective: [f64; 2],
+    /// The last fit: what polls are scheduled and ranked by. Shared, so
+    /// readers never wait for a fit (see [`SharedLearner::schedule`]).
+    schedule: Arc<Schedule>,
     /// When a video was last seen finished.
     updated_at: Option<Millis>,
+}
+
+/// The fitted models, immutable: what the poller schedules by and the claim
+/// ranks by, read without the learner's lock.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    step: f64,
+    from_start: RenderTimes,
+    from_rendering: RenderTimes,
+    /// Whether each model had learned enough when it was fitted.
+    warm: [bool; 2],
 }
 
 /// One learned distribution as reported on `GET /v1/stats`.
@@ -218,15 +240,23 @@ impl Learner {
         Self {
             settings,
             decay: 0.5f64.powf(1.0 / half_life),
-            capacity: (half_life * 10.0).clamp(256.0, 100_000.0) as usize,
+            capacity: finished_kept(settings.half_life),
             videos: BTreeMap::new(),
             finished: [0; 2],
             since_fit: 0,
-            from_start: RenderTimes::default(),
-            from_rendering: RenderTimes::default(),
-            effective: [0.0; 2],
+            schedule: Arc::new(Schedule {
+                step: settings.step,
+                from_start: RenderTimes::default(),
+                from_rendering: RenderTimes::default(),
+                warm: [false; 2],
+            }),
             updated_at: None,
         }
+    }
+
+    /// The last fit.
+    pub fn schedule(&self) -> &Arc<Schedule> {
+        &self.schedule
     }
 
     /// Whether `observation` counts as finished in `phase`'s model.
@@ -236,9 +266,22 @@ impl Learner {
     }
 
     /// Takes what is now known of `video` (its rowid: the relay takes
-    /// videos in rowid order). A video older than every one kept, once the
-    /// learner is full, is ignored.
+    /// videos in rowid order), and refits when enough has changed. A video
+    /// older than every one kept, once the learner is full, is ignored.
     pub fn record(&mut self, video: i64, observation: &Observation) {
+        self.replay(video, observation);
+        let newly_warm = [Phase::FromStart, Phase::FromRendering]
+            .into_iter()
+            .any(|phase| self.warm(phase) != self.schedule.warm[phase as usize]);
+        let refit_every = (self.videos.len() / REFIT_SHARE).max(REFIT_EVERY as usize);
+        if self.since_fit as usize >= refit_every || newly_warm {
+            self.fit(FIT_ITERATIONS);
+        }
+    }
+
+    /// Like [`Learner::record`], without refitting: for a batch (the replay
+    /// at start), followed by one [`Learner::refit`].
+    pub fn replay(&mut self, video: i64, observation: &Observation) {
         if self.videos.len() >= self.capacity
             && self
                 .videos
@@ -274,13 +317,6 @@ impl Learner {
             self.updated_at = Some(self.updated_at.map_or(finished, |at| at.max(finished)));
         }
         self.since_fit += 1;
-        let newly_warm = [Phase::FromStart, Phase::FromRendering]
-            .into_iter()
-            .any(|phase| self.warm(phase) && self.model(phase).is_empty());
-        let refit_every = (self.videos.len() / REFIT_SHARE).max(REFIT_EVERY as usize);
-        if self.since_fit as usize >= refit_every || newly_warm {
-            self.fit(FIT_ITERATIONS);
-        }
     }
 
     /// The newest video recorded (its rowid).
@@ -294,33 +330,43 @@ impl Learner {
         self.fit(FULL_FIT_ITERATIONS);
     }
 
-    /// Fits both models to the kept videos, `iterations` EM rounds each.
+    /// Fits both models to the kept videos, `iterations` EM rounds each,
+    /// warm-started from the last fit, and publishes the result.
     fn fit(&mut self, iterations: usize) {
         self.since_fit = 0;
+        let mut fitted = Schedule::clone(&self.schedule);
         for phase in [Phase::FromStart, Phase::FromRendering] {
-            let mut weight = 1.0;
-            let mut effective = 0.0;
-            let mut observations = Vec::with_capacity(self.videos.len());
-            for observation in self.videos.values().rev() {
-                let origin = match phase {
-                    Phase::FromStart => Some(observation.started_at),
-                    Phase::FromRendering => observation.rendering_seen_at,
-                };
-                if let Some(censored) = origin.and_then(|o| observation.censored_from(o)) {
-                    if censored.before_seconds.is_finite() {
-                        effective += weight;
-                    }
-                    observations.push((censored, weight));
-                }
-                weight *= self.decay;
-            }
-            self.effective[phase as usize] = effective;
+            let observations = self.observations(phase);
             let model = match phase {
-                Phase::FromStart => &mut self.from_start,
-                Phase::FromRendering => &mut self.from_rendering,
+                Phase::FromStart => &mut fitted.from_start,
+                Phase::FromRendering => &mut fitted.from_rendering,
             };
-            model.fit(&observations, iterations);
+            model.fit(
+                &observations,
+                iterations,
+                self.settings.horizon.as_secs_f64(),
+            );
+            fitted.warm[phase as usize] = self.warm(phase);
         }
+        self.schedule = Arc::new(fitted);
+    }
+
+    /// What the kept videos say of `phase`'s clock, newest first, each with
+    /// its weight (the newest weighs 1).
+    fn observations(&self, phase: Phase) -> Vec<(Censored, f64)> {
+        let mut weight = 1.0;
+        let mut observations = Vec::with_capacity(self.videos.len());
+        for observation in self.videos.values().rev() {
+            let origin = match phase {
+                Phase::FromStart => Some(observation.started_at),
+                Phase::FromRendering => observation.rendering_seen_at,
+            };
+            if let Some(censored) = origin.and_then(|o| observation.censored_from(o)) {
+                observations.push((censored, weight));
+            }
+            weight *= self.decay;
+        }
+        observations
     }
 
     /// When the last observation was taken.
@@ -328,6 +374,76 @@ impl Learner {
         self.updated_at
     }
 
+    fn warm(&self, phase: Phase) -> bool {
+        self.finished[phase as usize] >= self.settings.warmup as usize
+    }
+
+    /// See [`Schedule::next_gap`] (on the last fit).
+    pub fn next_gap(
+        &self,
+        video: &VideoClock,
+        now: Millis,
+        min_gap: Duration,
+        max_gap: Duration,
+    ) -> Option<Duration> {
+        self.schedule.next_gap(video, now, min_gap, max_gap)
+    }
+
+    /// See [`Schedule::completion_chance`] (on the last fit).
+    pub fn completion_chance(
+        &self,
+        video: &VideoClock,
+        last_seen: Option<Millis>,
+        now: Millis,
+    ) -> f64 {
+        self.schedule.completion_chance(video, last_seen, now)
+    }
+
+    /// Both models, for `/v1/stats`, the CLI and `/metrics`: the counts of
+    /// what is kept now, the quantiles of the last fit. A learner small
+    /// enough to fit in a few milliseconds is refitted first, so a report
+    /// is current; a larger one shows its last fit, at most an eighth of
+    /// its videos old (the lock this runs under is the one every poll
+    /// takes to record its result).
+    pub fn stats(&mut self) -> Vec<ModelStats> {
+        if self.since_fit > 0 && self.videos.len() <= REFIT_ON_REPORT {
+            self.fit(FIT_ITERATIONS);
+        }
+        [Phase::FromStart, Phase::FromRendering]
+            .into_iter()
+            .map(|phase| {
+                let model = self.schedule.model(phase);
+                let observations = self.observations(phase);
+                ModelStats {
+                    phase,
+                    observations: self.finished[phase as usize] as u64,
+                    unfinished: observations
+                        .iter()
+                        .filter(|(o, _)| o.before_seconds.is_infinite())
+                        .count() as u64,
+                    effective_samples: observations
+                        .iter()
+                        .filter(|(o, _)| o.before_seconds.is_finite())
+                        .map(|(_, w)| w)
+                        .sum(),
+                    warmed_up: self.warm(phase),
+                    quantiles: REPORTED_QUANTILES
+                        .iter()
+                        .filter_map(|&p| {
+                            let seconds = model.quantile(p)?;
+                            // Beyond the longest render seen finished, only
+                            // "later" is known (videos still rendering).
+                            let known = seconds <= model.longest_finished() * estimate::BIN_WIDTH;
+                            Some((p, known.then_some(seconds)))
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Schedule {
     fn model(&self, phase: Phase) -> &RenderTimes {
         match phase {
             Phase::FromStart => &self.from_start,
@@ -336,7 +452,7 @@ impl Learner {
     }
 
     fn warm(&self, phase: Phase) -> bool {
-        self.finished[phase as usize] >= self.settings.warmup as usize
+        self.warm[phase as usize]
     }
 
     /// The clock that applies to `video` and its origin: time since it was
@@ -366,7 +482,7 @@ impl Learner {
         Some(gap_by_mass(
             self.model(phase),
             seconds_between(origin, now),
-            self.settings.step,
+            self.step,
             min_gap,
             max_gap,
         ))
@@ -405,48 +521,6 @@ impl Learner {
         let waited = age_now - age_then.max(model.quantile(1.0 - TAIL).unwrap_or(age_then));
         (1.0 - (-waited.max(0.0) / tail_mean).exp()).clamp(0.0, 1.0)
     }
-
-    /// Both models, for `/v1/stats`, the CLI and `/metrics`, fitted to
-    /// everything recorded so far (the schedule refits only every few
-    /// updates; a report shows the current state). The fit is warm-started
-    /// and short, as the schedule's are: it runs under the lock the polls
-    /// take.
-    pub fn stats(&mut self) -> Vec<ModelStats> {
-        if self.since_fit > 0 {
-            self.fit(FIT_ITERATIONS);
-        }
-        [Phase::FromStart, Phase::FromRendering]
-            .into_iter()
-            .map(|phase| {
-                let model = self.model(phase);
-                ModelStats {
-                    phase,
-                    observations: self.finished[phase as usize] as u64,
-                    unfinished: self
-                        .videos
-                        .values()
-                        .filter(|o| {
-                            o.finished_seen_at.is_none()
-                                && o.unfinished_seen_at.is_some()
-                                && (phase == Phase::FromStart || o.rendering_seen_at.is_some())
-                        })
-                        .count() as u64,
-                    effective_samples: self.effective[phase as usize],
-                    warmed_up: self.warm(phase),
-                    quantiles: REPORTED_QUANTILES
-                        .iter()
-                        .filter_map(|&p| {
-                            let seconds = model.quantile(p)?;
-                            // Beyond the longest render seen finished, only
-                            // "later" is known (videos still rendering).
-                            let known = seconds <= model.longest_finished() * estimate::BIN_WIDTH;
-                            Some((p, known.then_some(seconds)))
-                        })
-                        .collect(),
-                }
-            })
-            .collect()
-    }
 }
 
 /// The gap after which `model` has gained `step` of mass beyond `age`
@@ -472,24 +546,45 @@ pub fn gap_by_mass(
     Duration::from_secs_f64(gap.min(max_gap.as_secs_f64())).clamp(min_gap, max_gap)
 }
 
-/// A [`Learner`] shared by the poller (which feeds and reads it), the API
-/// (`/v1/stats`, `/metrics`) and the claim (which ranks by it).
+/// A [`Learner`] shared by the poller (which feeds it), the API
+/// (`/v1/stats`, `/metrics`) and the claim, with its last fit published
+/// beside it: scheduling and ranking read the fit without waiting for the
+/// learner (the claim ranks inside the database's write transaction).
 #[derive(Debug, Clone)]
-pub struct SharedLearner(std::sync::Arc<std::sync::Mutex<Learner>>);
+pub struct SharedLearner {
+    learner: Arc<std::sync::Mutex<Learner>>,
+    schedule: Arc<std::sync::Mutex<Arc<Schedule>>>,
+}
 
 impl SharedLearner {
     /// Shares `learner`.
     pub fn new(learner: Learner) -> Self {
-        Self(std::sync::Arc::new(std::sync::Mutex::new(learner)))
+        let schedule = learner.schedule.clone();
+        Self {
+            learner: Arc::new(std::sync::Mutex::new(learner)),
+            schedule: Arc::new(std::sync::Mutex::new(schedule)),
+        }
     }
 
-    /// Runs `f` on the learner. The lock is held only for pure arithmetic,
-    /// never across I/O; a panic while holding it cannot leave the learner
-    /// half-updated in a harmful way (the worst is one lost observation),
-    /// so a poisoned lock is simply taken over.
+    /// Runs `f` on the learner, then publishes its fit. The lock is held
+    /// only for pure arithmetic, never across I/O; a panic while holding it
+    /// cannot leave the learner half-updated in a harmful way (the worst is
+    /// one lost observation), so a poisoned lock is simply taken over.
     pub fn with<R>(&self, f: impl FnOnce(&mut Learner) -> R) -> R {
-        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
+        let mut learner = self.learner.lock().unwrap_or_else(|p| p.into_inner());
+        let result = f(&mut learner);
+        let fitted = learner.schedule.clone();
+        drop(learner);
+        *self.schedule.lock().unwrap_or_else(|p| p.into_inner()) = fitted;
+        result
+    }
+
+    /// The last fit (a pointer copy under a lock held for nothing else).
+    pub fn schedule(&self) -> Arc<Schedule> {
+        self.schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -504,6 +599,7 @@ mod tests {
             step: 0.06,
             half_life: 1000,
             warmup: 20,
+            horizon: Duration::from_secs(48 * 3600),
         }
     }
 
@@ -601,7 +697,7 @@ mod tests {
             renders.iter().filter(|s| **s <= 170.0).count()
         );
         assert!(stats.unfinished > 100);
-        let done_by_170 = learner.from_start.cdf(170.0);
+        let done_by_170 = learner.schedule.from_start.cdf(170.0);
         let truth = renders.iter().filter(|s| **s <= 170.0).count() as f64 / 200.0;
         assert!(
             (done_by_170 - truth).abs() < 0.03,
@@ -909,7 +1005,7 @@ mod tests {
             extra_ms in 0u64..120_000,
         ) {
             let learner = trained(300);
-            let model = learner.model(Phase::FromStart);
+            let model = learner.schedule().model(Phase::FromStart);
             let (min, max) = (Duration::from_millis(min_ms), Duration::from_millis(min_ms + extra_ms));
             let age = age_ms as f64 / 1000.0;
             let small = gap_by_mass(model, age, step, min, max);

@@ -219,6 +219,7 @@ impl Settings {
                 format!("must be a fraction in [0, 1), got {}", polling.jitter),
             ));
         }
+        let give_up_after = positive_duration(&polling.give_up_after, "polling.give_up_after")?;
         let strategy = match polling.strategy.as_str() {
             "exponential" => PollStrategy::Exponential,
             "adaptive" => PollStrategy::Adaptive,
@@ -243,21 +244,25 @@ impl Settings {
                 ),
             ));
         }
-        if !(1..=MAX_LEARNING_COUNT).contains(&polling.adaptive_half_life) {
+        if !(1..=MAX_HALF_LIFE).contains(&polling.adaptive_half_life) {
             return Err(ConfigError::new(
                 "polling.adaptive_half_life",
                 format!(
-                    "must be from 1 to {MAX_LEARNING_COUNT} finished videos, got {}",
+                    "must be from 1 to {MAX_HALF_LIFE} videos, got {}",
                     polling.adaptive_half_life
                 ),
             ));
         }
-        if !(1..=MAX_LEARNING_COUNT).contains(&polling.adaptive_warmup) {
+        // The learner keeps no more finished videos than that; a larger
+        // warm-up could never be reached.
+        let kept = crate::adaptive::finished_kept(polling.adaptive_half_life) as u32;
+        if !(1..=kept).contains(&polling.adaptive_warmup) {
             return Err(ConfigError::new(
                 "polling.adaptive_warmup",
                 format!(
-                    "must be from 1 to {MAX_LEARNING_COUNT} finished videos, got {}",
-                    polling.adaptive_warmup
+                    "must be from 1 to {kept} finished videos (the most the learner keeps with \
+                     polling.adaptive_half_life = {}), got {}",
+                    polling.adaptive_half_life, polling.adaptive_warmup
                 ),
             ));
         }
@@ -334,13 +339,14 @@ impl Settings {
                 max_interval,
                 multiplier: polling.multiplier,
                 jitter: polling.jitter,
-                give_up_after: positive_duration(&polling.give_up_after, "polling.give_up_after")?,
+                give_up_after,
                 not_found_grace: duration(&polling.not_found_grace, "polling.not_found_grace")?,
                 strategy,
                 adaptive: AdaptiveSettings {
                     step: polling.adaptive_step,
                     half_life: polling.adaptive_half_life,
                     warmup: polling.adaptive_warmup,
+                    horizon: give_up_after,
                 },
             },
             callbacks: CallbacksConfig {
@@ -500,9 +506,10 @@ const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
 /// stays far within representable times).
 const MAX_BURST: u32 = 100_000;
 
-/// Largest `polling.adaptive_half_life` and `adaptive_warmup`: the learner
-/// keeps ten half-lives of observations, so this bounds its memory.
-const MAX_LEARNING_COUNT: u32 = 10_000;
+/// Largest `polling.adaptive_half_life`: the learner keeps ten half-lives of
+/// videos (twice that with unfinished ones) and refits them every so often
+/// under a lock the polls take, so this bounds its memory and its pauses.
+const MAX_HALF_LIFE: u32 = 1_000;
 
 /// Longest duration any key accepts (ten years): far beyond any sensible
 /// schedule, and short enough that every time computed from it stays a

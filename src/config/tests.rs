@@ -315,7 +315,7 @@ fn every_invalid_value_names_its_key() {
             "polling.adaptive_half_life",
         ),
         (
-            "[polling]\nadaptive_half_life = 10001\n",
+            "[polling]\nadaptive_half_life = 1001\n",
             &[],
             "polling.adaptive_half_life",
         ),
@@ -357,6 +357,13 @@ fn every_invalid_value_names_its_key() {
         (
             "",
             &[("JOGG_RELAY__POLLING__ADAPTIVE_WARMUP", "0")],
+            "polling.adaptive_warmup",
+        ),
+        // More than the 256 finished videos a half-life of 10 keeps: the
+        // schedule could never warm up.
+        (
+            "[polling]\nadaptive_half_life = 10\nadaptive_warmup = 257\n",
+            &[],
             "polling.adaptive_warmup",
         ),
     ];
@@ -671,6 +678,7 @@ fn adaptive_keys_layer_and_validate() {
             step: 0.06,
             half_life: 100,
             warmup: 20,
+            horizon: Duration::from_secs(48 * 3600),
         }
     );
     let toml = "[polling]\nstrategy = \"exponential\"\nadaptive_step = 0.2\n\
@@ -683,6 +691,7 @@ fn adaptive_keys_layer_and_validate() {
             step: 0.2,
             half_life: 7,
             warmup: 3,
+            horizon: Duration::from_secs(48 * 3600),
         }
     );
     let config = load_str(
@@ -690,7 +699,7 @@ fn adaptive_keys_layer_and_validate() {
         &[
             ("JOGG_RELAY__POLLING__STRATEGY", "adaptive"),
             ("JOGG_RELAY__POLLING__ADAPTIVE_STEP", "0.5"),
-            ("JOGG_RELAY__POLLING__ADAPTIVE_HALF_LIFE", "10000"),
+            ("JOGG_RELAY__POLLING__ADAPTIVE_HALF_LIFE", "1000"),
             ("JOGG_RELAY__POLLING__ADAPTIVE_WARMUP", "1"),
         ],
     )
@@ -702,8 +711,9 @@ fn adaptive_keys_layer_and_validate() {
         config.polling.adaptive,
         AdaptiveSettings {
             step: 0.5,
-            half_life: 10_000,
+            half_life: 1_000,
             warmup: 1,
+            horizon: Duration::from_secs(48 * 3600),
         }
     );
     // The smallest step is accepted too.

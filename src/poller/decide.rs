@@ -5,7 +5,7 @@
 use reqwest::Url;
 
 use super::policy::PollPolicy;
-use crate::adaptive::{Learner, Observation, VideoClock, started_at};
+use crate::adaptive::{Observation, Schedule, VideoClock, started_at};
 use crate::domain::{Millis, VideoState};
 use crate::jogg::{PauseReason, PollAnswer, StatusClass};
 use crate::store::{
@@ -122,16 +122,16 @@ fn is_rendering(status: &str) -> bool {
     status.trim().eq_ignore_ascii_case("processing")
 }
 
-/// Decides what `answer` does to `video` at `now`. With a `learner`
-/// (`polling.strategy = "adaptive"`), unfinished videos are scheduled by
-/// what it learned once it has learned enough; without one, or before
+/// Decides what `answer` does to `video` at `now`. With a `learned`
+/// schedule (`polling.strategy = "adaptive"`), unfinished videos are
+/// scheduled by it once it has learned enough; without one, or before
 /// that, by the exponential schedule.
 pub fn decide(
     video: &ClaimedVideo,
     answer: &PollAnswer,
     now: Millis,
     policy: &PollPolicy,
-    learner: Option<&Learner>,
+    learned_schedule: Option<&Schedule>,
     configured_targets: &[Url],
     rng: &mut impl Randomness,
 ) -> Decision {
@@ -232,8 +232,8 @@ pub fn decide(
                         started_at: started,
                         rendering_seen_at,
                     };
-                    let learned = learner.and_then(|learner| {
-                        learner.next_gap(&clock, now, policy.min_interval, policy.max_interval)
+                    let learned = learned_schedule.and_then(|schedule| {
+                        schedule.next_gap(&clock, now, policy.min_interval, policy.max_interval)
                     });
                     let unchanged = u32::try_from(update.unchanged_polls).unwrap_or(u32::MAX);
                     let base = learned.unwrap_or_else(|| policy.interval(unchanged));
@@ -295,10 +295,12 @@ pub fn decide(
     // video anyway.
     if update.terminal.is_none() && now >= policy.deadline(enqueued_at) {
         let outcome = terminal(&mut update, VideoState::Abandoned, Some(reason::DEADLINE));
+        // What the answer said is still true (the video was unfinished
+        // now, as its row will say): the learner hears it too.
         return Decision::Record {
             update: Box::new(update),
             outcome,
-            learned: None,
+            learned,
         };
     }
     Decision::Record {
@@ -443,6 +445,7 @@ mod tests {
             step: 0.1,
             half_life: 1000,
             warmup: 20,
+            horizon: Duration::from_secs(3600),
         });
         for id in 0..count {
             let start = Millis(id * 1_000_000);
@@ -466,6 +469,7 @@ mod tests {
         let configured = [Url::parse("https://ops.example/hook").unwrap()];
         let video = video(Some("processing"));
         let decide_with = |learner: Option<&crate::adaptive::Learner>, now: Millis| {
+            let learner = learner.map(|l| &**l.schedule());
             let (update, _) = record(decide(
                 &video,
                 &status("processing"),

@@ -42,10 +42,11 @@ pub fn starving_after(polling: &PollingConfig) -> Duration {
     polling.max_interval * 2
 }
 
-/// How many of the newest videos a learner replays: ten half-lives, beyond
-/// which a video weighs under 0.1 %.
+/// How many of the newest videos a learner replays: as many as it keeps
+/// while running (the finished ones it keeps, and as many again unfinished).
 pub fn replayed(polling: &PollingConfig) -> u32 {
-    polling.adaptive.half_life.saturating_mul(10)
+    u32::try_from(2 * crate::adaptive::finished_kept(polling.adaptive.half_life))
+        .unwrap_or(u32::MAX)
 }
 
 /// A learner rebuilt from the newest videos in `store`, in the order the
@@ -78,7 +79,10 @@ pub async fn load_learner(store: &Store, polling: &PollingConfig) -> Result<Lear
 pub fn ranker(learner: SharedLearner, give_up_after: Duration, starving_after: Duration) -> Ranker {
     let starving_ms = i64::try_from(starving_after.as_millis()).unwrap_or(i64::MAX);
     Ranker(Arc::new(move |due: &[DueVideo], now: Millis| {
-        learner.with(|learner| {
+        // The last fit: this runs inside the claim's write transaction,
+        // which must not wait for the learner.
+        let schedule = learner.schedule();
+        {
             due.iter()
                 .map(|video| {
                     let overdue_ms = now.0.saturating_sub(video.next_poll_at);
@@ -94,9 +98,9 @@ pub fn ranker(learner: SharedLearner, give_up_after: Duration, starving_after: D
                         ),
                         rendering_seen_at: video.rendering_seen_at.map(Millis),
                     };
-                    learner.completion_chance(&clock, video.unfinished_seen_at.map(Millis), now)
+                    schedule.completion_chance(&clock, video.unfinished_seen_at.map(Millis), now)
                 })
                 .collect()
-        })
+        }
     }))
 }

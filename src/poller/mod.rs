@@ -494,17 +494,17 @@ async fn apply(
     answer: &PollAnswer,
     now: Millis,
 ) -> Result<(), StoreError> {
-    let decision = shared.learner.with(|learner| {
-        decide::decide(
-            video,
-            answer,
-            now,
-            &shared.policy,
-            shared.adaptive.then_some(&*learner),
-            &shared.targets,
-            &mut fastrand::Rng::new(),
-        )
-    });
+    // The last fit, read without the learner's lock.
+    let schedule = shared.adaptive.then(|| shared.learner.schedule());
+    let decision = decide::decide(
+        video,
+        answer,
+        now,
+        &shared.policy,
+        schedule.as_deref(),
+        &shared.targets,
+        &mut fastrand::Rng::new(),
+    );
     match decision {
         Decision::Record {
             update,

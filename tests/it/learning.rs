@@ -85,7 +85,7 @@ fn scenario_settings(s: &mut Settings) {
     s.polling.max_interval = INTERVAL.into();
     s.polling.jitter = 0.0;
     s.polling.not_found_grace = "0s".into();
-    s.polling.adaptive_half_life = 10_000;
+    s.polling.adaptive_half_life = 1_000;
     s.polling.adaptive_warmup = 10;
     s.jogg.requests_per_second = 1000.0;
     s.jogg.burst = 100;
@@ -573,7 +573,7 @@ fn cli_config(app: &TestApp) -> std::path::PathBuf {
     crate::helpers::write_relay_config(
         app.dir.path(),
         std::path::Path::new(&database),
-        "[polling]\nadaptive_half_life = 10000\nadaptive_warmup = 10\n",
+        "[polling]\nadaptive_half_life = 1000\nadaptive_warmup = 10\n",
     )
 }
 
