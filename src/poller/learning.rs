@@ -55,10 +55,12 @@ pub async fn load_learner(store: &Store, polling: &PollingConfig) -> Result<Lear
     let mut learner = Learner::new(polling.adaptive);
     let renders = store.newest_renders(replayed(polling)).await?;
     for render in &renders {
-        learner.record(
-            render.id,
-            &tracked_observation(render, polling.give_up_after),
-        );
+        let observation = tracked_observation(render, polling.give_up_after);
+        // A video never answered with a status was never recorded while
+        // the relay ran either.
+        if observation.unfinished_seen_at.is_some() || observation.finished_seen_at.is_some() {
+            learner.replay(render.id, &observation);
+        }
     }
     learner.refit();
     if !renders.is_empty() {

@@ -356,7 +356,7 @@ async fn learned_render_times_match_the_driven_polls_and_survive_a_restart() {
     for name in ["from_start", "from_rendering"] {
         let (was, is) = (model(&before, name), model(&after, name));
         for field in ["observations", "effective_samples", "warmed_up"] {
-            assert_eq!(is[field], was[field], "{name} {field}");
+            assert_eq!(is[field], was[field], "{name} {field}: {before} {after}");
         }
     }
     // The quantiles are rebuilt by refitting the replayed observations to
