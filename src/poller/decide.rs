@@ -539,6 +539,27 @@ mod tests {
             (update.unfinished_seen_at, update.rendering_seen_at),
             (None, None)
         );
+        // At the deadline the video is abandoned, and what the answer saw
+        // (unfinished now, as its row says) is still learned.
+        let late = Millis(3_600_000);
+        match decide(
+            &seen,
+            &status("processing"),
+            late,
+            &policy(),
+            None,
+            &configured,
+            &mut Fixed(0),
+        ) {
+            Decision::Record {
+                learned, update, ..
+            } => {
+                assert_eq!(update.terminal.unwrap().reason.as_deref(), Some("deadline"));
+                assert_eq!(update.unfinished_seen_at, Some(late));
+                assert_eq!(learned.unwrap().unfinished_seen_at, Some(late));
+            }
+            other => panic!("{other:?}"),
+        }
         // An error teaches nothing.
         match decide(
             &seen,
