@@ -110,11 +110,6 @@ impl RenderTimes {
         self.longest_finished
     }
 
-    /// Whether nothing has been fitted.
-    pub fn is_empty(&self) -> bool {
-        self.total() <= 0.0
-    }
-
     /// Total mass.
     fn total(&self) -> f64 {
         self.cumulative[BINS]
@@ -331,6 +326,54 @@ mod tests {
         assert!((times.cdf(50.0) - 0.5).abs() < 0.03);
         assert!(times.cdf(0.001) < 1e-3);
         assert!((times.cdf(1e9) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn renders_beyond_the_last_bin_land_in_it() {
+        // Ages past 10^7 s (a plausible `created_at` years back, or a
+        // hostile one) are kept in the last bin, finished or not.
+        let times = fitted([
+            Censored {
+                after_seconds: 1e8,
+                before_seconds: 1e9,
+            },
+            Censored {
+                after_seconds: 1e10,
+                before_seconds: f64::INFINITY,
+            },
+        ]);
+        assert!(times.cdf(9e6) < 1e-3, "{}", times.cdf(9e6));
+        assert!((times.cdf(1e12) - 1.0).abs() < 1e-12);
+        let median = times.quantile(0.5).unwrap();
+        assert!(median > 9e6, "{median}");
+    }
+
+    #[test]
+    fn observations_without_a_usable_weight_are_left_out() {
+        let good = Censored {
+            after_seconds: 10.0,
+            before_seconds: 20.0,
+        };
+        let odd = Censored {
+            after_seconds: 1000.0,
+            before_seconds: 2000.0,
+        };
+        let mut with_odd = RenderTimes::default();
+        with_odd.fit(
+            &[
+                (good, 1.0),
+                (odd, f64::NAN),
+                (odd, 0.0),
+                (odd, -1.0),
+                (odd, f64::INFINITY),
+            ],
+            50,
+            1e6,
+        );
+        let mut without = RenderTimes::default();
+        without.fit(&[(good, 1.0)], 50, 1e6);
+        assert_eq!(with_odd.cdf(500.0), without.cdf(500.0));
+        assert!((with_odd.cdf(25.0) - 1.0).abs() < 1e-9);
     }
 
     #[test]
