@@ -329,6 +329,37 @@ mod tests {
     }
 
     #[test]
+    fn an_unfinished_video_shares_the_bin_of_its_age_by_the_part_after_it() {
+        // 50 renders finished in bin 100, 50 in bin 102, and 50 videos are
+        // still rendering at the middle of bin 100. Turnbull's
+        // self-consistency equations, solved by hand: with a the mass of
+        // bin 100 and b = 150 - a that of bin 102, the unfinished ones give
+        // bin 100 the share 0.5 a / (0.5 a + b), so a = 50 + 25 a / (150 -
+        // 0.5 a), whose root is a = 63.40 (42.3 % of the mass). Counting
+        // the whole bin would give 50 %, none of it 33.3 %.
+        let point = |x: f64| Censored {
+            after_seconds: seconds_at(x),
+            before_seconds: seconds_at(x),
+        };
+        let unfinished = Censored {
+            after_seconds: seconds_at(100.5),
+            before_seconds: f64::INFINITY,
+        };
+        let observations: Vec<(Censored, f64)> = std::iter::repeat_n(point(100.5), 50)
+            .chain(std::iter::repeat_n(point(102.5), 50))
+            .chain(std::iter::repeat_n(unfinished, 50))
+            .map(|o| (o, 1.0))
+            .collect();
+        // The horizon just past bin 102 keeps the prior (which the hand
+        // solution leaves out) to a few bins.
+        let mut times = RenderTimes::default();
+        times.fit(&observations, 500, seconds_at(103.0));
+        let a = 63.40;
+        let share = times.cdf(seconds_at(101.0));
+        assert!((share - a / 150.0).abs() < 0.005, "{share}");
+    }
+
+    #[test]
     fn renders_beyond_the_last_bin_land_in_it() {
         // Ages past 10^7 s (a plausible `created_at` years back, or a
         // hostile one) are kept in the last bin, finished or not.
