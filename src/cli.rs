@@ -351,7 +351,7 @@ fn simulate(
     scale: f64,
     budget: Option<f64>,
 ) -> Result<(), CliError> {
-    use crate::simulate::{Budget, Comparison, Scenario, compare, scaled_polling, table};
+    use crate::simulate::{Comparison, Scenario, compare, table};
     use crate::workload::{ReferenceWorkload, from_csv};
     if !(1..=1_000_000).contains(&videos) {
         return Err(CliError::Usage(format!(
@@ -378,6 +378,7 @@ fn simulate(
                 .map_err(|err| CliError::Usage(format!("cannot read {}: {err}", path.display())))?;
             let load = |seed| {
                 from_csv(&text, seed)
+                    .map(|jobs| jobs.into_iter().map(|job| job.scaled(scale)).collect())
                     .map_err(|err| CliError::Usage(format!("{}: {err}", path.display())))
             };
             (load(seed)?, load(seed.wrapping_add(1))?)
@@ -385,7 +386,7 @@ fn simulate(
         None => {
             let workload = |seed| ReferenceWorkload {
                 videos,
-                scale: 1.0,
+                scale,
                 seed,
             };
             (
@@ -394,29 +395,10 @@ fn simulate(
             )
         }
     };
-    let scaled = |jobs: Vec<crate::workload::RenderJob>| -> Vec<crate::workload::RenderJob> {
-        jobs.into_iter()
-            .map(|job| crate::workload::RenderJob {
-                arrival: job.arrival.mul_f64(scale),
-                queued: job.queued.mul_f64(scale),
-                render: job.render.mul_f64(scale),
-                ..job
-            })
-            .collect()
-    };
     let comparison = Comparison {
-        jobs: scaled(jobs),
-        training: scaled(training),
-        scenario: Scenario {
-            polling: scaled_polling(&config.polling, scale),
-            budget: budget.map(|rate| Budget {
-                rate: rate / scale,
-                burst: config.jogg.burst,
-                claim: (config.jogg.max_in_flight as u32 / 4).max(1),
-            }),
-            seed,
-            scale,
-        },
+        jobs,
+        training,
+        scenario: Scenario::from_config(config, scale, budget, seed),
     };
     let rows = compare(&comparison);
     say!(

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::adaptive::{Learner, Observation, Schedule, SharedLearner};
-use crate::config::PollingConfig;
+use crate::config::{Config, PollingConfig};
 use crate::domain::Millis;
 use crate::jogg::{PollAnswer, StatusClass, VideoStatus};
 use crate::poller::decide::{self, Decision};
@@ -93,6 +93,25 @@ pub struct Scenario {
     /// Multiplies the baselines' fixed intervals, so that they stay
     /// comparable on a time-compressed workload.
     pub scale: f64,
+}
+
+impl Scenario {
+    /// The relay's configured schedule and budget, every duration
+    /// multiplied by `scale` (and the budget, in real-time requests per
+    /// second, divided by it); claims of a quarter of `jogg.max_in_flight`,
+    /// as the poller makes them.
+    pub fn from_config(config: &Config, scale: f64, budget: Option<f64>, seed: u64) -> Self {
+        Self {
+            polling: scaled_polling(&config.polling, scale),
+            budget: budget.map(|rate| Budget {
+                rate: rate / scale,
+                burst: config.jogg.burst,
+                claim: (config.jogg.max_in_flight as u32 / 4).max(1),
+            }),
+            seed,
+            scale,
+        }
+    }
 }
 
 /// One video during a run.
@@ -521,16 +540,7 @@ mod tests {
         compare(&Comparison {
             jobs: workload(seed),
             training: workload(seed + 1000),
-            scenario: Scenario {
-                polling: scaled_polling(&config.polling, scale),
-                budget: budget.map(|rate| Budget {
-                    rate: rate / scale,
-                    burst: config.jogg.burst,
-                    claim: (config.jogg.max_in_flight as u32 / 4).max(1),
-                }),
-                seed,
-                scale,
-            },
+            scenario: Scenario::from_config(&config, scale, budget, seed),
         })
     }
 

@@ -32,6 +32,17 @@ impl RenderJob {
         self.queued + self.render
     }
 
+    /// The same job with every duration multiplied by `factor` (a
+    /// time-compressed replay).
+    pub fn scaled(self, factor: f64) -> Self {
+        Self {
+            arrival: self.arrival.mul_f64(factor),
+            queued: self.queued.mul_f64(factor),
+            render: self.render.mul_f64(factor),
+            ..self
+        }
+    }
+
     /// The status JoggAI reports `age` after submission: `pending` while
     /// queued and through the first fifth of the render (JoggAI is seen to
     /// answer `pending` for a while after a render starts), `processing`

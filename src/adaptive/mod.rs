@@ -378,7 +378,9 @@ impl Learner {
         self.finished[phase as usize] >= self.settings.warmup as usize
     }
 
-    /// See [`Schedule::next_gap`] (on the last fit).
+    /// See [`Schedule::next_gap`] (on the last fit; the relay reads the
+    /// published [`Schedule`] instead, tests read it through here).
+    #[cfg(test)]
     pub fn next_gap(
         &self,
         video: &VideoClock,
@@ -389,7 +391,8 @@ impl Learner {
         self.schedule.next_gap(video, now, min_gap, max_gap)
     }
 
-    /// See [`Schedule::completion_chance`] (on the last fit).
+    /// See [`Schedule::completion_chance`] (on the last fit; as above).
+    #[cfg(test)]
     pub fn completion_chance(
         &self,
         video: &VideoClock,
