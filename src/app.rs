@@ -85,6 +85,9 @@ pub struct App {
     extra_tasks: Vec<(&'static str, SupervisedTask)>,
     /// Cancelled with the `shutdown` given to [`App::run`].
     shutdown_hint: CancellationToken,
+    /// The listener of `server.webhook_bind`, when given
+    /// ([`App::serve_pushes_on`]).
+    push_listener: Option<TcpListener>,
 }
 
 /// A task run by [`App::run`] beside the workers.
@@ -149,7 +152,14 @@ impl App {
             learner,
             extra_tasks: Vec::new(),
             shutdown_hint: CancellationToken::new(),
+            push_listener: None,
         })
+    }
+
+    /// Serves `POST /webhooks/jogg` (and nothing else) on `listener` too,
+    /// beside the API's listener (`server.webhook_bind`).
+    pub fn serve_pushes_on(&mut self, listener: TcpListener) {
+        self.push_listener = Some(listener);
     }
 
     /// The database.
@@ -170,6 +180,8 @@ impl App {
             store: self.store.clone(),
             writer: self.writer.clone(),
             token: self.config.server.token.clone().map(Arc::new),
+            push_secret: self.config.jogg.webhook_secret.clone().map(Arc::new),
+            adopt_untracked: self.config.jogg.adopt_untracked,
             policy: PollPolicy::from(&self.config.polling),
             gate: self.gate.clone(),
             callback_urls: Arc::new(
@@ -233,6 +245,7 @@ impl App {
             deliverer,
             extra_tasks,
             shutdown_hint,
+            push_listener,
             ..
         } = self;
         // The API state holds its own writer handle.
@@ -272,12 +285,28 @@ impl App {
             names.insert(task.id(), "watchdog");
         }
 
-        let server = api::server::serve(
-            listener,
-            api::router(state),
-            api::server::Limits::from(&config.server),
-            shutdown.clone(),
-        );
+        let limits = api::server::Limits::from(&config.server);
+        let push_server = push_listener.map(|listener| {
+            if let Ok(address) = listener.local_addr() {
+                info!(%address, "serving JoggAI pushes (POST /webhooks/jogg) here too");
+            }
+            api::server::serve(
+                listener,
+                api::webhook_router(state.clone()),
+                limits,
+                shutdown.clone(),
+            )
+        });
+        let api_server = api::server::serve(listener, api::router(state), limits, shutdown.clone());
+        // Both listeners stop together, on shutdown.
+        let server = async move {
+            match push_server {
+                Some(push_server) => {
+                    tokio::join!(api_server, push_server);
+                }
+                None => api_server.await,
+            }
+        };
         tokio::pin!(server);
         let mut failures = Vec::new();
         // Until the server has stopped: any task that ends before shutdown

@@ -426,10 +426,17 @@ async fn serve(config: Config) -> Result<(), CliError> {
     // by the database lock, with a message naming the running one, rather
     // than by a busy port.
     let bind = config.server.bind;
-    let relay = app::App::build(config).await.map_err(anyhow::Error::from)?;
+    let webhook_bind = config.server.webhook_bind;
+    let mut relay = app::App::build(config).await.map_err(anyhow::Error::from)?;
     let listener = TcpListener::bind(bind)
         .await
         .with_context(|| format!("cannot listen on {bind} (server.bind)"))?;
+    if let Some(webhook_bind) = webhook_bind {
+        let push_listener = TcpListener::bind(webhook_bind)
+            .await
+            .with_context(|| format!("cannot listen on {webhook_bind} (server.webhook_bind)"))?;
+        relay.serve_pushes_on(push_listener);
+    }
     let shutdown = CancellationToken::new();
     let mut signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
     let relay = relay.run(listener, shutdown.clone());

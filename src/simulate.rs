@@ -371,6 +371,8 @@ fn poll_with_relay_code(
         polls: i64::from(video.polls) - 1,
         unfinished_seen_at: video.unfinished_seen_at,
         rendering_seen_at: video.rendering_seen_at,
+        claimed_at: now.0,
+        hinted_at: None,
     };
     let answer = PollAnswer::Status(VideoStatus {
         video_id: None,
@@ -513,6 +515,7 @@ pub fn scaled_polling(polling: &PollingConfig, scale: f64) -> PollingConfig {
         max_interval: polling.max_interval.mul_f64(scale),
         give_up_after: polling.give_up_after.mul_f64(scale),
         not_found_grace: polling.not_found_grace.mul_f64(scale),
+        safety_net: polling.safety_net.map(|net| net.mul_f64(scale)),
         ..polling.clone()
     }
 }

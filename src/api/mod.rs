@@ -9,6 +9,7 @@ pub mod resource;
 pub mod server;
 pub mod stats;
 pub mod videos;
+pub mod webhook;
 mod write_deadline;
 
 use std::sync::Arc;
@@ -50,6 +51,11 @@ pub struct ApiState {
     pub writer: Writer,
     /// Bearer token required on `/v1/*`, when configured.
     pub token: Option<Arc<SecretString>>,
+    /// The key of JoggAI's push signatures; `POST /webhooks/jogg` answers
+    /// `404 pushes_disabled` without it.
+    pub push_secret: Option<Arc<SecretString>>,
+    /// Whether a push for an untracked video starts tracking it.
+    pub adopt_untracked: bool,
     /// The poll schedule (for the first poll of new videos).
     pub policy: PollPolicy,
     /// The upstream gate, whose pause makes the relay not ready.
@@ -97,11 +103,35 @@ pub fn router(state: ApiState) -> Router {
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 
-    Router::new()
+    let api = Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    finish(api.merge(push_routes()), state)
+}
+
+/// The router of `server.webhook_bind`: `POST /webhooks/jogg` and nothing
+/// else, so that port can be reachable from the internet while the API
+/// stays on loopback.
+pub fn webhook_router(state: ApiState) -> Router {
+    finish(push_routes(), state)
+}
+
+/// The push route, which needs no bearer token: its signature is its
+/// authentication.
+fn push_routes() -> Router<ApiState> {
+    Router::new().route(
+        "/webhooks/jogg",
+        post(webhook::receive).layer(DefaultBodyLimit::max(webhook::PUSH_BODY_LIMIT)),
+    )
+}
+
+/// What every router shares: JSON errors for unknown routes and methods
+/// and for everything the framework answers, and a handler panic answered
+/// like any other error.
+fn finish(routes: Router<ApiState>, state: ApiState) -> Router {
+    routes
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(error::json_errors))

@@ -162,6 +162,25 @@ impl Settings {
         let header_timeout = positive_duration(&server.header_timeout, "server.header_timeout")?;
         let body_timeout = positive_duration(&server.body_timeout, "server.body_timeout")?;
         let write_timeout = positive_duration(&server.write_timeout, "server.write_timeout")?;
+        let webhook_bind = server
+            .webhook_bind
+            .as_deref()
+            .map(|raw| {
+                let address: SocketAddr = raw.parse().map_err(|_| {
+                    ConfigError::new(
+                        "server.webhook_bind",
+                        format!("{raw:?} is not an address like 0.0.0.0:8443"),
+                    )
+                })?;
+                if address == bind {
+                    return Err(ConfigError::new(
+                        "server.webhook_bind",
+                        format!("{address} is server.bind already; use another port"),
+                    ));
+                }
+                Ok(address)
+            })
+            .transpose()?;
 
         let database = DatabaseConfig::parse(&self.database.url)?;
 
@@ -190,6 +209,30 @@ impl Settings {
             return Err(ConfigError::new("jogg.max_in_flight", "must be at least 1"));
         }
         let max_pause = duration(&jogg.max_pause, "jogg.max_pause")?;
+        let jogg_webhook_secret = secret(
+            &jogg.webhook_secret,
+            &jogg.webhook_secret_file,
+            "jogg.webhook_secret",
+        )?;
+        if let Some(secret) = &jogg_webhook_secret
+            && secret.expose_secret().len() < MIN_SECRET_LEN
+        {
+            // JoggAI shows the secret when the endpoint is registered; a
+            // short one could be brute-forced from one signed push.
+            return Err(ConfigError::new(
+                "jogg.webhook_secret",
+                format!(
+                    "must be at least {MIN_SECRET_LEN} bytes (the secret JoggAI shows for the endpoint)"
+                ),
+            ));
+        }
+        if webhook_bind.is_some() && jogg_webhook_secret.is_none() {
+            return Err(ConfigError::new(
+                "server.webhook_bind",
+                "serves only POST /webhooks/jogg, which needs jogg.webhook_secret (or \
+                 jogg.webhook_secret_file); set it or remove server.webhook_bind",
+            ));
+        }
         if max_pause < Duration::from_secs(1) {
             // Shorter would all but ignore JoggAI's 429s.
             return Err(ConfigError::new("jogg.max_pause", "must be at least 1s"));
@@ -220,6 +263,8 @@ impl Settings {
             ));
         }
         let give_up_after = positive_duration(&polling.give_up_after, "polling.give_up_after")?;
+        let safety_net_interval =
+            positive_duration(&polling.safety_net_interval, "polling.safety_net_interval")?;
         let strategy = match polling.strategy.as_str() {
             "exponential" => PollStrategy::Exponential,
             "adaptive" => PollStrategy::Adaptive,
@@ -322,6 +367,7 @@ impl Settings {
                 header_timeout,
                 body_timeout,
                 write_timeout,
+                webhook_bind,
             },
             database,
             jogg: JoggConfig {
@@ -332,6 +378,8 @@ impl Settings {
                 burst: jogg.burst,
                 max_in_flight: jogg.max_in_flight as usize,
                 max_pause,
+                webhook_secret: jogg_webhook_secret.clone(),
+                adopt_untracked: jogg.adopt_untracked,
             },
             polling: PollingConfig {
                 first_after: duration(&polling.first_after, "polling.first_after")?,
@@ -348,6 +396,7 @@ impl Settings {
                     warmup: polling.adaptive_warmup,
                     horizon: give_up_after,
                 },
+                safety_net: jogg_webhook_secret.is_some().then_some(safety_net_interval),
             },
             callbacks: CallbacksConfig {
                 urls,
@@ -454,6 +503,9 @@ fn check_string_keys(table: &toml::Table) -> Result<(), ConfigError> {
         "callbacks.secret_file",
         "callbacks.video_secret",
         "callbacks.video_secret_file",
+        "jogg.webhook_secret",
+        "jogg.webhook_secret_file",
+        "server.webhook_bind",
     ];
     let defaults = toml::Table::try_from(Settings::default()).unwrap_or_default();
     for (section, keys) in table {

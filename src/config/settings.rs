@@ -83,6 +83,9 @@ pub struct ServerSettings {
     /// Longest time a response write may make no progress (a client that
     /// does not read).
     pub write_timeout: String,
+    /// Optional second listener serving only `POST /webhooks/jogg`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_bind: Option<String>,
 }
 
 /// `[database]` as written.
@@ -118,6 +121,15 @@ pub struct JoggSettings {
     pub max_in_flight: u32,
     /// Longest pause after a 429, whatever `Retry-After` asks for.
     pub max_pause: String,
+    /// The secret JoggAI signs its pushes with; enables `POST /webhooks/jogg`.
+    #[serde(skip_serializing_if = "SecretSetting::is_unset")]
+    pub webhook_secret: SecretSetting,
+    /// File holding the push secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Whether a push for a video the relay does not track starts tracking it.
+    #[serde(deserialize_with = "from_text::flag")]
+    pub adopt_untracked: bool,
 }
 
 /// `[polling]` as written.
@@ -151,6 +163,8 @@ pub struct PollingSettings {
     /// Adaptive: finished videos learned before the learned schedule is used.
     #[serde(deserialize_with = "from_text::count")]
     pub adaptive_warmup: u32,
+    /// While pushes are enabled: least gap between background polls.
+    pub safety_net_interval: String,
 }
 
 /// `[callbacks]` as written.
@@ -201,6 +215,7 @@ impl Default for ServerSettings {
             header_timeout: "10s".into(),
             body_timeout: "30s".into(),
             write_timeout: "30s".into(),
+            webhook_bind: None,
         }
     }
 }
@@ -224,6 +239,9 @@ impl Default for JoggSettings {
             burst: 10,
             max_in_flight: 16,
             max_pause: "10m".into(),
+            webhook_secret: SecretSetting::default(),
+            webhook_secret_file: None,
+            adopt_untracked: false,
         }
     }
 }
@@ -242,6 +260,7 @@ impl Default for PollingSettings {
             adaptive_step: 0.06,
             adaptive_half_life: 100,
             adaptive_warmup: 20,
+            safety_net_interval: "5m".into(),
         }
     }
 }

@@ -44,6 +44,13 @@ impl Config {
                 base_url.origin().ascii_serialization()
             ));
         }
+        if self.jogg.adopt_untracked && self.jogg.webhook_secret.is_none() {
+            warnings.push(
+                "jogg.adopt_untracked is true but jogg.webhook_secret is not set: pushes are \
+                 not accepted, so no video is ever adopted"
+                    .to_owned(),
+            );
+        }
         warnings
     }
 }
@@ -85,6 +92,8 @@ pub struct ServerConfig {
     /// Longest time a response write may go without progress (the client
     /// reads nothing) before the connection is closed.
     pub write_timeout: Duration,
+    /// A second listener serving only `POST /webhooks/jogg`, when set.
+    pub webhook_bind: Option<SocketAddr>,
 }
 
 /// Where the SQLite database lives.
@@ -135,6 +144,11 @@ pub struct JoggConfig {
     pub max_in_flight: usize,
     /// Longest pause after a 429, whatever `Retry-After` asks for.
     pub max_pause: Duration,
+    /// The secret JoggAI signs its pushes with (the key of the
+    /// `X-Webhook-Signature` HMAC); pushes are accepted only when set.
+    pub webhook_secret: Option<SecretString>,
+    /// Whether a push for an untracked video starts tracking it.
+    pub adopt_untracked: bool,
 }
 
 /// The per-video poll schedule.
@@ -159,6 +173,10 @@ pub struct PollingConfig {
     /// The learned schedule's settings (the relay learns whatever the
     /// strategy, so `/v1/stats` shows what `adaptive` would do).
     pub adaptive: AdaptiveSettings,
+    /// Least gap between background polls while JoggAI's pushes are
+    /// enabled (`jogg.webhook_secret` set); `None` when they are not, and
+    /// polls follow `min_interval`..`max_interval` alone.
+    pub safety_net: Option<Duration>,
 }
 
 /// `polling.strategy`.

@@ -461,6 +461,11 @@ async fn attempt(
         _ => None,
     };
     shared.metrics.delivery(outcome, took.as_secs_f64());
+    if let (DeliveryNext::Delivered, Some(pushed_at)) = (&next, delivery.pushed_at) {
+        shared
+            .metrics
+            .push_to_callback(at.plus(took).0.saturating_sub(pushed_at));
+    }
     info!(
         video_id = %delivery.video_id,
         event_id = %delivery.event_id,

@@ -116,6 +116,7 @@ mod tests {
             metadata: Some(r#"{"order":42}"#.into()),
             reason: Some("deadline".into()),
             terminal_at: Some(1_732_806_631_999),
+            pushed_at: None,
         }
     }
 

@@ -151,6 +151,8 @@ pub fn decide(
         next_poll_at: None,
         unfinished_seen_at: None,
         rendering_seen_at: None,
+        claimed_at: video.claimed_at,
+        repoll_after_push_at: now.plus(policy.min_interval),
         transitions: Vec::new(),
         terminal: None,
     };
@@ -232,12 +234,12 @@ pub fn decide(
                         started_at: started,
                         rendering_seen_at,
                     };
-                    let learned = learned_schedule.and_then(|schedule| {
-                        schedule.next_gap(&clock, now, policy.min_interval, policy.max_interval)
-                    });
+                    let (shortest, longest) = policy.gap_bounds();
+                    let learned = learned_schedule
+                        .and_then(|schedule| schedule.next_gap(&clock, now, shortest, longest));
                     let unchanged = u32::try_from(update.unchanged_polls).unwrap_or(u32::MAX);
                     let base = learned.unwrap_or_else(|| policy.interval(unchanged));
-                    let delay = policy.jittered(base, jitter);
+                    let delay = policy.unfinished_gap(base, jitter);
                     update.next_poll_at = Some(policy.next_poll_at(now, delay, enqueued_at));
                     if changed {
                         PollOutcome::Changed
@@ -361,6 +363,7 @@ mod tests {
             jitter: 0.0,
             give_up_after: Duration::from_secs(3600),
             not_found_grace: Duration::from_secs(300),
+            safety_net: None,
         }
     }
 
@@ -378,6 +381,8 @@ mod tests {
             polls: 4,
             unfinished_seen_at: None,
             rendering_seen_at: None,
+            claimed_at: 50,
+            hinted_at: None,
         }
     }
 

@@ -525,6 +525,9 @@ async fn apply(
             }
             if let PollOutcome::Terminal(state) = outcome {
                 shared.metrics.transition(state);
+                if matches!(state, VideoState::Completed | VideoState::Failed) {
+                    shared.metrics.completion_learned(video.answers_push());
+                }
             }
             if let Some(observation) = learned {
                 // Learned only now that the result is committed: a crash

@@ -29,6 +29,9 @@ pub struct PollPolicy {
     pub give_up_after: Duration,
     /// "Not found" is retried this long after enqueue.
     pub not_found_grace: Duration,
+    /// While JoggAI's pushes are enabled: the least gap between background
+    /// polls of an unfinished video (`polling.safety_net_interval`).
+    pub safety_net: Option<Duration>,
 }
 
 impl From<&PollingConfig> for PollPolicy {
@@ -41,6 +44,7 @@ impl From<&PollingConfig> for PollPolicy {
             jitter: config.jitter,
             give_up_after: config.give_up_after,
             not_found_grace: config.not_found_grace,
+            safety_net: config.safety_net,
         }
     }
 }
@@ -52,6 +56,36 @@ impl PollPolicy {
         let grown =
             self.min_interval.as_secs_f64() * self.multiplier.powi(unchanged.min(1000) as i32);
         Duration::from_secs_f64(grown.min(self.max_interval.as_secs_f64()))
+    }
+
+    /// The range the gap between two polls of an unfinished video is kept
+    /// in: `[min_interval, max_interval]`, or, while pushes are enabled,
+    /// `[safety_net, max(safety_net, max_interval)]` (pushes tell of
+    /// completions; polls only catch the lost ones).
+    pub fn gap_bounds(&self) -> (Duration, Duration) {
+        match self.safety_net {
+            Some(net) => (
+                net.max(self.min_interval),
+                net.max(self.min_interval).max(self.max_interval),
+            ),
+            None => (self.min_interval, self.max_interval),
+        }
+    }
+
+    /// The gap to the next poll of an unfinished video: `base` (the
+    /// strategy's choice) jittered, and while pushes are enabled kept
+    /// within [`gap_bounds`](Self::gap_bounds) after the jitter too, so no
+    /// gap is shorter than the safety net and a lost push is caught within
+    /// `max(safety_net, max_interval)` of its completion.
+    pub fn unfinished_gap(&self, base: Duration, unit: f64) -> Duration {
+        let delay = self.jittered(base, unit);
+        match self.safety_net {
+            Some(_) => {
+                let (low, high) = self.gap_bounds();
+                delay.clamp(low, high)
+            }
+            None => delay,
+        }
     }
 
     /// The delay after `streak` consecutive failed polls (`streak >= 1`):
@@ -128,7 +162,64 @@ mod tests {
             jitter: 0.1,
             give_up_after: Duration::from_secs(48 * 3600),
             not_found_grace: Duration::from_secs(300),
+            safety_net: None,
         }
+    }
+
+    #[test]
+    fn with_pushes_every_unfinished_gap_stays_within_the_safety_net_range() {
+        // Defaults: a 5 minute net above a 60 s max_interval pins every
+        // gap to the net, whatever the strategy chose or the jitter drew.
+        let p = PollPolicy {
+            safety_net: Some(Duration::from_secs(300)),
+            ..policy()
+        };
+        assert_eq!(
+            p.gap_bounds(),
+            (Duration::from_secs(300), Duration::from_secs(300))
+        );
+        for (base, unit) in [(10, -1.0), (60, 1.0), (300, 1.0), (300, -1.0), (900, 0.0)] {
+            assert_eq!(
+                p.unfinished_gap(Duration::from_secs(base), unit),
+                Duration::from_secs(300),
+                "{base} s, {unit}"
+            );
+        }
+        // A max_interval above the net leaves the strategy a range.
+        let wide = PollPolicy {
+            max_interval: Duration::from_secs(600),
+            ..p
+        };
+        assert_eq!(
+            wide.gap_bounds(),
+            (Duration::from_secs(300), Duration::from_secs(600))
+        );
+        assert_eq!(
+            wide.unfinished_gap(Duration::from_secs(400), 0.5),
+            Duration::from_secs(420)
+        );
+        assert_eq!(
+            wide.unfinished_gap(Duration::from_secs(590), 1.0),
+            Duration::from_secs(600)
+        );
+        // A net below min_interval is no net at all.
+        let low = PollPolicy {
+            safety_net: Some(Duration::from_secs(1)),
+            ..policy()
+        };
+        assert_eq!(
+            low.gap_bounds(),
+            (Duration::from_secs(10), Duration::from_secs(60))
+        );
+        // Without pushes, the jitter is not clamped.
+        assert_eq!(
+            policy().unfinished_gap(Duration::from_secs(60), 1.0),
+            Duration::from_secs(66)
+        );
+        assert_eq!(
+            policy().gap_bounds(),
+            (Duration::from_secs(10), Duration::from_secs(60))
+        );
     }
 
     #[test]

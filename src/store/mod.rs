@@ -31,9 +31,10 @@ pub use health::Unready;
 pub use lock::{DatabaseLock, LockError};
 pub use records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, ConflictingFields, DeliveryNext,
-    DeliveryRecord, DeliveryRelease, DueVideo, EnqueueOutcome, FinishedRender, NewTransition,
-    NewVideo, PollUpdate, RANKED_WINDOW, Ranker, RedeliverOutcome, Release, TerminalChange,
-    TrackedRender, TransitionRecord, UpstreamFields, VideoDetails, VideoRecord,
+    DeliveryRecord, DeliveryRelease, DueVideo, EnqueueOutcome, FinishedRender, HintOutcome,
+    NewTransition, NewVideo, PollUpdate, PushHint, RANKED_WINDOW, Ranker, RedeliverOutcome,
+    Release, TerminalChange, TrackedRender, TransitionRecord, UpstreamFields, VideoDetails,
+    VideoRecord,
 };
 pub use writer::Writer;
 

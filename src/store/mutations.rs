@@ -10,8 +10,8 @@ use sqlx::SqliteConnection;
 use super::StoreError;
 use super::records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, ConflictingFields, DeliveryNext,
-    DeliveryRelease, DueVideo, EnqueueOutcome, NewVideo, PollUpdate, RANKED_WINDOW, Ranker,
-    RedeliverOutcome, Release,
+    DeliveryRelease, DueVideo, EnqueueOutcome, HintOutcome, NewVideo, PollUpdate, PushHint,
+    RANKED_WINDOW, Ranker, RedeliverOutcome, Release,
 };
 use crate::domain::{Millis, VideoId, VideoState};
 
@@ -252,11 +252,98 @@ macro_rules! poll_result_columns {
          polls = videos.polls + (u.value ->> 'counted'), \
          unchanged_polls = u.value ->> 'unchanged_polls', \
          error_streak = u.value ->> 'error_streak', \
-         next_poll_at = u.value ->> 'next_poll_at', lease_until = NULL, \
+         lease_until = NULL, polled_at = u.value ->> 'at', \
          unfinished_seen_at = COALESCE(u.value ->> 'unfinished_seen_at', videos.unfinished_seen_at), \
          rendering_seen_at = COALESCE(videos.rendering_seen_at, u.value ->> 'rendering_seen_at'), \
          updated_at = u.value ->> 'at'"
     };
+}
+
+/// The columns a still-active result sets for the schedule. A push that
+/// arrived after the claim (`hinted_at > claimed_at`) was not answered by
+/// this poll, whose request may have left before the video finished: it
+/// stays pending and brings the next poll forward to the poll's time plus
+/// `min_interval`. Any earlier push is answered and cleared.
+macro_rules! ongoing_schedule_columns {
+    () => {
+        "next_poll_at = CASE WHEN videos.hinted_at > u.value ->> 'claimed_at' \
+             THEN MIN(u.value ->> 'next_poll_at', u.value ->> 'repoll_after_push_at') \
+             ELSE u.value ->> 'next_poll_at' END, \
+         hinted_at = CASE WHEN videos.hinted_at > u.value ->> 'claimed_at' \
+             THEN videos.hinted_at END"
+    };
+}
+
+/// The columns a terminal result sets for the record: the push this poll
+/// answered stays as the mark that the completion was learned by push;
+/// without one (or with only a later one) the column is cleared.
+macro_rules! ending_push_columns {
+    () => {
+        "next_poll_at = NULL, \
+         hinted_at = CASE WHEN videos.hinted_at <= u.value ->> 'claimed_at' \
+             THEN videos.hinted_at END"
+    };
+}
+
+/// The columns every claim returns ([`ClaimedVideo`]); `?NOW` is the
+/// claim's time.
+macro_rules! claimed_columns {
+    ($now:literal) => {
+        concat!(
+            "id, video_id, upstream_status, enqueued_at, unchanged_polls, error_streak, \
+             callback_url, lease_until, created_at, polls, unfinished_seen_at, \
+             rendering_seen_at, ",
+            $now,
+            " AS claimed_at, hinted_at"
+        )
+    };
+}
+
+/// Leases up to `limit` videos with a pending push that are due, the most
+/// overdue first: they go ahead of every other due video. A range scan of
+/// the partial index `videos_hinted`, which holds only pending pushes.
+async fn claim_hinted(
+    conn: &mut SqliteConnection,
+    now: Millis,
+    lease_until: Millis,
+    limit: u32,
+) -> Result<Vec<ClaimedVideo>, StoreError> {
+    let claimed = sqlx::query_as::<_, ClaimedVideo>(concat!(
+        "UPDATE videos SET next_poll_at = ?1, lease_until = ?1 WHERE id IN (\
+         SELECT id FROM videos INDEXED BY videos_hinted \
+         WHERE state = 'active' AND hinted_at IS NOT NULL AND next_poll_at <= ?2 \
+         ORDER BY next_poll_at LIMIT ?3 + 0) RETURNING ",
+        claimed_columns!("?2")
+    ))
+    .bind(lease_until.0)
+    .bind(now.0)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(claimed)
+}
+
+/// Leases up to `limit` due videos: those with a pending push first
+/// ([`claim_hinted`]), then the rest by `rank` when one is given
+/// ([`claim_due_ranked`]), else most overdue first ([`claim_due`]).
+pub(crate) async fn claim(
+    conn: &mut SqliteConnection,
+    now: Millis,
+    lease_until: Millis,
+    limit: u32,
+    rank: Option<&Ranker>,
+) -> Result<Vec<ClaimedVideo>, StoreError> {
+    let mut claimed = claim_hinted(conn, now, lease_until, limit).await?;
+    // Claimed rows are due only at `lease_until` now, so the queries below
+    // cannot take them twice.
+    let rest = limit.saturating_sub(claimed.len() as u32);
+    if rest > 0 {
+        claimed.extend(match rank {
+            Some(rank) => claim_due_ranked(conn, now, lease_until, rest, rank).await?,
+            None => claim_due(conn, now, lease_until, rest).await?,
+        });
+    }
+    Ok(claimed)
 }
 
 /// Leases up to `limit` due videos, most overdue first.
@@ -274,8 +361,8 @@ pub(crate) async fn claim_due(
     let claimed = sqlx::query_as::<_, ClaimedVideo>(concat!(
         "UPDATE videos SET next_poll_at = ?1, lease_until = ?1 WHERE id IN (",
         due_videos!(),
-        ") RETURNING id, video_id, upstream_status, enqueued_at, unchanged_polls, error_streak, \
-           callback_url, lease_until, created_at, polls, unfinished_seen_at, rendering_seen_at"
+        ") RETURNING ",
+        claimed_columns!("?2")
     ))
     .bind(lease_until.0)
     .bind(now.0)
@@ -326,13 +413,13 @@ pub(crate) async fn claim_due_ranked(
         .take(limit as usize)
         .map(|i| candidates[i].id)
         .collect();
-    let claimed = sqlx::query_as::<_, ClaimedVideo>(
+    let claimed = sqlx::query_as::<_, ClaimedVideo>(concat!(
         "UPDATE videos SET next_poll_at = ?1, lease_until = ?1 \
          WHERE id IN (SELECT value FROM json_each(?2)) AND state = 'active' \
            AND next_poll_at <= ?3 \
-         RETURNING id, video_id, upstream_status, enqueued_at, unchanged_polls, error_streak, \
-           callback_url, lease_until, created_at, polls, unfinished_seen_at, rendering_seen_at",
-    )
+         RETURNING ",
+        claimed_columns!("?3")
+    ))
     .bind(lease_until.0)
     .bind(to_json(&chosen))
     .bind(now.0)
@@ -396,6 +483,8 @@ async fn record_distinct_polls(
         next_poll_at: Option<i64>,
         unfinished_seen_at: Option<i64>,
         rendering_seen_at: Option<i64>,
+        claimed_at: i64,
+        repoll_after_push_at: i64,
         state: &'a str,
         reason: Option<&'a str>,
         event_id: Option<&'a str>,
@@ -422,6 +511,8 @@ async fn record_distinct_polls(
                 next_poll_at: update.next_poll_at.map(|at| at.0),
                 unfinished_seen_at: update.unfinished_seen_at.map(|at| at.0),
                 rendering_seen_at: update.rendering_seen_at.map(|at| at.0),
+                claimed_at: update.claimed_at,
+                repoll_after_push_at: update.repoll_after_push_at.0,
                 state: terminal.map_or(VideoState::Active, |t| t.state).as_str(),
                 reason: terminal.and_then(|t| t.reason.as_deref()),
                 event_id: terminal.map(|t| t.event_id.as_str()),
@@ -442,6 +533,8 @@ async fn record_distinct_polls(
             sqlx::query_scalar::<_, i64>(concat!(
                 "UPDATE videos SET ",
                 poll_result_columns!(),
+                ", ",
+                ongoing_schedule_columns!(),
                 " ",
                 recorded_polls_from!(),
                 " RETURNING videos.id"
@@ -456,6 +549,8 @@ async fn record_distinct_polls(
             sqlx::query_scalar::<_, i64>(concat!(
                 "UPDATE videos SET ",
                 poll_result_columns!(),
+                ", ",
+                ending_push_columns!(),
                 ", state = u.value ->> 'state', reason = u.value ->> 'reason', \
                  event_id = u.value ->> 'event_id', terminal_at = u.value ->> 'terminal_at' ",
                 recorded_polls_from!(),
@@ -541,6 +636,66 @@ async fn record_distinct_polls(
     Ok(applied)
 }
 
+/// Applies a verified push (README, "JoggAI's pushes"): an active video
+/// becomes due for a confirming poll at the push's time, but no sooner than
+/// `min_interval` after its last poll and never later than it was due
+/// anyway; the push stays pending until a poll claimed after it answers.
+///
+/// A video whose poll is in flight (leased) keeps its lease and due time:
+/// that poll's result sees the pending push and schedules the next poll by
+/// it (see `ongoing_schedule_columns`). So however many pushes arrive, a
+/// video is polled at most once per `min_interval` on their account.
+///
+/// An untracked video is adopted when `hint.adopt`: inserted as if
+/// enqueued without `callback_url` or metadata, due at once, its push
+/// pending.
+pub(crate) async fn hint(
+    conn: &mut SqliteConnection,
+    hint: &PushHint,
+) -> Result<HintOutcome, StoreError> {
+    let at = hint.at;
+    let spacing = i64::try_from(hint.min_interval.as_millis()).unwrap_or(i64::MAX);
+    let due_at: Option<(Option<i64>,)> = sqlx::query_as(
+        "UPDATE videos SET hinted_at = MAX(COALESCE(hinted_at, ?2), ?2), \
+           next_poll_at = CASE WHEN lease_until IS NULL \
+             THEN MIN(next_poll_at, MAX(?2, COALESCE(polled_at + ?3, ?2))) \
+             ELSE next_poll_at END \
+         WHERE video_id = ?1 AND state = 'active' RETURNING next_poll_at",
+    )
+    .bind(hint.video_id.as_str())
+    .bind(at.0)
+    .bind(spacing)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some((due_at,)) = due_at {
+        return Ok(HintOutcome::Hinted {
+            due_at: Millis(due_at.unwrap_or(at.0)),
+        });
+    }
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM videos WHERE video_id = ?")
+        .bind(hint.video_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    match state {
+        Some(state) => Ok(HintOutcome::NotActive(
+            VideoState::try_from(state)
+                .map_err(|err| StoreError::Database(sqlx::Error::Decode(Box::new(err))))?,
+        )),
+        None if hint.adopt => {
+            sqlx::query(
+                "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at, hinted_at) \
+                 VALUES (?1, ?2, ?2, ?2, ?2)",
+            )
+            .bind(hint.video_id.as_str())
+            .bind(at.0)
+            .execute(&mut *conn)
+            .await?;
+            Ok(HintOutcome::Adopted)
+        }
+        None => Ok(HintOutcome::Untracked),
+    }
+}
+
 /// Hands a claimed video back unpolled, if the claim still holds its lease.
 pub(crate) async fn release(
     conn: &mut SqliteConnection,
@@ -585,7 +740,11 @@ pub(crate) async fn claim_deliveries(
         let delivery = sqlx::query_as::<_, ClaimedDelivery>(
             "SELECT d.id, d.url, d.attempts, d.lease_until, d.event_id, v.video_id, v.state, \
                     v.video_url, v.cover_url, v.created_at, v.duration, v.error_code, \
-                    v.error_message, v.metadata, v.reason, v.terminal_at \
+                    v.error_message, v.metadata, v.reason, v.terminal_at, \
+                    CASE WHEN v.state IN ('completed', 'failed') AND NOT EXISTS (\
+                        SELECT 1 FROM delivery_attempts a WHERE a.delivery_id = d.id \
+                          AND a.status BETWEEN 200 AND 299) \
+                      THEN v.hinted_at END AS pushed_at \
              FROM deliveries d JOIN videos v ON v.id = d.video_rowid WHERE d.id = ?",
         )
         .bind(id)
@@ -758,6 +917,8 @@ mod tests {
             next_poll_at: None,
             unfinished_seen_at: None,
             rendering_seen_at: None,
+            claimed_at: 0,
+            repoll_after_push_at: Millis(lease),
             transitions: vec![NewTransition {
                 kind: "status",
                 from: None,

@@ -224,6 +224,50 @@ pub struct ClaimedVideo {
     pub unfinished_seen_at: Option<i64>,
     /// The first poll that saw it rendering.
     pub rendering_seen_at: Option<i64>,
+    /// When this claim was made: a push that arrives later was not
+    /// answered by this poll (its request may have left before the video
+    /// finished), so it stays pending.
+    pub claimed_at: i64,
+    /// The latest push not yet answered by a poll, if any (README,
+    /// "JoggAI's pushes").
+    pub hinted_at: Option<i64>,
+}
+
+impl ClaimedVideo {
+    /// Whether this poll answers a push: one arrived before the claim.
+    pub fn answers_push(&self) -> bool {
+        self.hinted_at.is_some_and(|at| at <= self.claimed_at)
+    }
+}
+
+/// A verified push about one video, as the writer applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushHint {
+    /// The video the push is about.
+    pub video_id: VideoId,
+    /// When it arrived.
+    pub at: Millis,
+    /// The per-video `polling.min_interval`: the confirming poll is due at
+    /// `at`, but never sooner than this after the video's last poll.
+    pub min_interval: std::time::Duration,
+    /// Start tracking the video if it is not tracked (`jogg.adopt_untracked`).
+    pub adopt: bool,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintOutcome {
+    /// The video is active; its confirming poll is due at this time.
+    Hinted {
+        /// When the confirming poll is due.
+        due_at: Millis,
+    },
+    /// The video was not tracked and now is, due for a poll at once.
+    Adopted,
+    /// The video is tracked but no longer active; nothing changed.
+    NotActive(VideoState),
+    /// The video is not tracked and adoption is off; nothing changed.
+    Untracked,
 }
 
 /// One transition to append.
@@ -293,6 +337,11 @@ pub struct PollUpdate {
     pub unfinished_seen_at: Option<Millis>,
     /// Set when this answer is the first to see it rendering (kept otherwise).
     pub rendering_seen_at: Option<Millis>,
+    /// When the claim was made (a push after it stays pending).
+    pub claimed_at: i64,
+    /// If a push arrived while this poll ran, the video's next poll comes
+    /// no later than this (its last poll plus `min_interval`).
+    pub repoll_after_push_at: Millis,
     /// Transitions to append, in order.
     pub transitions: Vec<NewTransition>,
     /// The terminal state, when reached.
@@ -360,6 +409,10 @@ pub struct ClaimedDelivery {
     pub reason: Option<String>,
     /// When the terminal state was reached.
     pub terminal_at: Option<i64>,
+    /// When the push arrived whose confirming poll ended the video, while
+    /// this delivery has never succeeded (so a redelivery is not counted
+    /// again): the start of the push-to-callback delay.
+    pub pushed_at: Option<i64>,
 }
 
 /// What happens to a delivery after an attempt.

@@ -34,7 +34,7 @@ use super::health::{Health, Unready};
 use super::mutations;
 use super::records::{
     AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryRelease, EnqueueOutcome,
-    NewVideo, PollUpdate, Ranker, RedeliverOutcome, Release,
+    HintOutcome, NewVideo, PollUpdate, PushHint, Ranker, RedeliverOutcome, Release,
 };
 use super::{Store, StoreError};
 use crate::domain::{Millis, VideoId};
@@ -80,6 +80,8 @@ enum WriteOp {
     },
     /// Rewrite the readiness probe's row (a real commit).
     Probe,
+    /// Apply a verified push.
+    Hint(PushHint),
 }
 
 /// The result of one [`WriteOp`].
@@ -103,6 +105,8 @@ enum WriteResult {
     Redelivered(RedeliverOutcome),
     /// The probe row was written.
     Probed,
+    /// What a push did.
+    Hinted(HintOutcome),
 }
 
 impl WriteResult {
@@ -121,6 +125,9 @@ impl WriteResult {
             WriteResult::ClaimedDeliveries(deliveries) => !deliveries.is_empty(),
             WriteResult::Redelivered(outcome) => {
                 matches!(outcome, RedeliverOutcome::Queued { .. })
+            }
+            WriteResult::Hinted(outcome) => {
+                matches!(outcome, HintOutcome::Hinted { .. } | HintOutcome::Adopted)
             }
         }
     }
@@ -259,6 +266,14 @@ impl Writer {
         {
             WriteResult::Claimed(videos) => Ok(videos),
             other => unreachable!("claim answered with {other:?}"),
+        }
+    }
+
+    /// Applies a verified push (see `mutations::hint`).
+    pub async fn hint(&self, hint: PushHint) -> Result<HintOutcome, StoreError> {
+        match self.submit(WriteOp::Hint(hint)).await? {
+            WriteResult::Hinted(outcome) => Ok(outcome),
+            other => unreachable!("hint answered with {other:?}"),
         }
     }
 
@@ -638,18 +653,11 @@ async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult,
             now,
             lease_until,
             limit,
-            rank: None,
+            rank,
         } => Ok(WriteResult::Claimed(
-            mutations::claim_due(conn, *now, *lease_until, *limit).await?,
+            mutations::claim(conn, *now, *lease_until, *limit, rank.as_ref()).await?,
         )),
-        WriteOp::Claim {
-            now,
-            lease_until,
-            limit,
-            rank: Some(rank),
-        } => Ok(WriteResult::Claimed(
-            mutations::claim_due_ranked(conn, *now, *lease_until, *limit, rank).await?,
-        )),
+        WriteOp::Hint(hint) => Ok(WriteResult::Hinted(mutations::hint(conn, hint).await?)),
         WriteOp::Release(releases) => {
             for release in releases {
                 mutations::release(conn, release).await?;

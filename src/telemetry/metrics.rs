@@ -54,6 +54,15 @@ pub const RENDER_TIME_OBSERVATIONS: &str = "jogg_relay_render_time_observations"
 pub const RENDER_TIME_WARMED_UP: &str = "jogg_relay_render_time_model_warmed_up";
 /// Polls each finished (completed or failed) video took.
 pub const POLLS_PER_FINISHED_VIDEO: &str = "jogg_relay_polls_per_finished_video";
+/// JoggAI pushes received at `POST /webhooks/jogg`, by outcome (see
+/// [`PUSH_OUTCOMES`]).
+pub const PUSHES: &str = "jogg_relay_pushes_total";
+/// Videos that completed or failed, by how the relay learned it: `push`
+/// (the poll that decided answered a push) or `poll` (the schedule's own).
+pub const COMPLETIONS_LEARNED: &str = "jogg_relay_completions_learned_total";
+/// From a push's arrival to the first successful delivery of the callback
+/// its confirming poll queued.
+pub const PUSH_TO_CALLBACK: &str = "jogg_relay_push_to_callback_seconds";
 /// Constant 1, labelled with the version.
 pub const BUILD_INFO: &str = "jogg_relay_build_info";
 
@@ -65,6 +74,26 @@ const DURATION_BUCKETS: &[f64] = &[
 const WAIT_BUCKETS: &[f64] = &[0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0];
 /// Histogram buckets (polls) for polls per finished video.
 const POLL_COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0, 128.0];
+
+/// Histogram buckets (seconds) for push-to-callback delays: a push is
+/// usually answered within a second; a later one waited for min_interval,
+/// the budget or a failing receiver.
+const PUSH_DELAY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
+
+/// What became of a push, each a label value of [`PUSHES`].
+pub const PUSH_OUTCOMES: [&str; 7] = [
+    "accepted",
+    "adopted",
+    "bad_signature",
+    "malformed",
+    "unknown_event",
+    "untracked",
+    "not_active",
+];
+/// How a completion was learned, each a label value of [`COMPLETIONS_LEARNED`].
+const LEARNED_BY: [&str; 2] = ["push", "poll"];
 
 /// Poll outcomes, each a label value of [`POLLS`].
 const POLL_OUTCOMES: [&str; 8] = [
@@ -102,6 +131,9 @@ struct HotSeries {
     transitions: Vec<(VideoState, Counter)>,
     deliveries: Vec<(&'static str, Counter)>,
     completed_without_video_url: Counter,
+    pushes: Vec<(&'static str, Counter)>,
+    completions_learned: Vec<(&'static str, Counter)>,
+    push_to_callback: Histogram,
     upstream_duration: Histogram,
     limiter_wait: Histogram,
     delivery_duration: Histogram,
@@ -151,6 +183,9 @@ impl RelayMetrics {
                     Matcher::Full(POLLS_PER_FINISHED_VIDEO.into()),
                     POLL_COUNT_BUCKETS,
                 )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(PUSH_TO_CALLBACK.into()), PUSH_DELAY_BUCKETS)
             })
             .expect("bucket lists are not empty")
             .build_recorder();
@@ -233,6 +268,22 @@ impl RelayMetrics {
             None,
             "Polls each completed or failed video took.",
         );
+        describe(
+            PUSHES,
+            None,
+            "JoggAI pushes received, by outcome (accepted: a tracked active video, polled at \
+             once; adopted: an untracked video now tracked; the others changed nothing).",
+        );
+        describe(
+            COMPLETIONS_LEARNED,
+            None,
+            "Videos that completed or failed, by how the relay learned it (push or poll).",
+        );
+        describe(
+            PUSH_TO_CALLBACK,
+            Some(Unit::Seconds),
+            "From a JoggAI push's arrival to the first successful delivery of its callback.",
+        );
         describe(BUILD_INFO, None, "Build information; always 1.");
         let counter = |name: &'static str, label: &'static str, value: &str| {
             let key = Key::from_parts(name, vec![Label::new(label, value.to_owned())]);
@@ -260,6 +311,13 @@ impl RelayMetrics {
                 counter.increment(0);
                 counter
             },
+            pushes: PUSH_OUTCOMES
+                .map(|outcome| (outcome, counter(PUSHES, "outcome", outcome)))
+                .into(),
+            completions_learned: LEARNED_BY
+                .map(|by| (by, counter(COMPLETIONS_LEARNED, "by", by)))
+                .into(),
+            push_to_callback: histogram(PUSH_TO_CALLBACK),
             upstream_duration: histogram(UPSTREAM_DURATION),
             limiter_wait: histogram(LIMITER_WAIT),
             delivery_duration: histogram(DELIVERY_DURATION),
@@ -306,6 +364,28 @@ impl RelayMetrics {
     /// A video finished (completed or failed) after `polls` polls.
     pub fn finished_render(&self, polls: i64) {
         self.hot.polls_per_finished_video.record(polls as f64);
+    }
+
+    /// A push ended with `outcome` (one of [`PUSH_OUTCOMES`]).
+    pub fn push(&self, outcome: &'static str) {
+        count(&self.hot.pushes, &outcome);
+    }
+
+    /// A video completed or failed; `by_push` when the deciding poll
+    /// answered a push.
+    pub fn completion_learned(&self, by_push: bool) {
+        count(
+            &self.hot.completions_learned,
+            &if by_push { "push" } else { "poll" },
+        );
+    }
+
+    /// A callback was first delivered `millis` after the push that ended
+    /// its video arrived.
+    pub fn push_to_callback(&self, millis: i64) {
+        self.hot
+            .push_to_callback
+            .record(millis.max(0) as f64 / 1000.0);
     }
 
     /// A delivery attempt ended with `outcome` after `seconds`.

@@ -606,9 +606,9 @@ fn database_folders_wal_shm_and_lock_files_are_private_whatever_the_umask() {
 async fn readiness_is_503_as_soon_as_a_full_disk_refuses_an_enqueue() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    // 400 blocks (of 512 bytes for dash, 1024 for bash): room for the
+    // 600 blocks (of 512 bytes for dash, 1024 for bash): room for the
     // migrated database and some dozens of pages more.
-    let relay = ShellRelay::start(&config, "trap '' XFSZ; ulimit -f 400");
+    let relay = ShellRelay::start(&config, "trap '' XFSZ; ulimit -f 600");
     let client = jogg_relay::outbound::client_builder().build().unwrap();
     let pad = "x".repeat(3000);
     let mut refused = None;
@@ -657,7 +657,7 @@ async fn readiness_is_503_as_soon_as_a_full_disk_refuses_an_enqueue() {
     // some of it.) A probe's success answers for a second, so the checks
     // are spread over seconds: this real process's clock cannot be paused.
     drop(relay);
-    let relay = ShellRelay::start(&config, "trap '' XFSZ; ulimit -f 400");
+    let relay = ShellRelay::start(&config, "trap '' XFSZ; ulimit -f 600");
     let mut answers = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while tokio::time::Instant::now() < deadline {
