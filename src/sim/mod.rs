@@ -1,10 +1,13 @@
-//! Simulators for hermetic runs: a JoggAI upstream and a callback receiver
-//! (used by tests, `demo` and benchmarks). Both bind to loopback on a port
-//! of the caller's choosing (port 0 in tests).
+//! Simulators for hermetic runs: a JoggAI upstream (which can also push
+//! JoggAI-style webhooks, [`push`]) and a callback receiver (used by tests,
+//! `demo` and benchmarks). Both bind to loopback on a port of the caller's
+//! choosing (port 0 in tests).
 
+pub mod push;
 pub mod receiver;
 pub mod upstream;
 
+pub use push::{PushAnswer, PushAttempt, PushRecord, PushSettings, PushSettingsError, signed_push};
 pub use receiver::{Received, ReceiverState, Reply, SimReceiver};
 pub use upstream::{
     AuthFailure, Ending, Fault, LoggedRequest, RenderOutcome, SIM_API_KEY, SimState, SimUpstream,

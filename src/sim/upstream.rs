@@ -239,6 +239,8 @@ pub struct SimState {
     started: Instant,
     /// Requests received so far, to wait on.
     arrivals: tokio::sync::watch::Sender<usize>,
+    /// JoggAI-style pushes of scripted renders ([`super::push`]).
+    pub(super) pushes: super::push::Pushes,
 }
 
 impl SimState {
@@ -253,13 +255,16 @@ impl SimState {
         inner.timelines.insert(video_id.to_owned(), timeline);
         inner.renders.remove(video_id);
         inner.answers.remove(video_id);
+        drop(inner);
+        self.unplan_push(video_id);
     }
 
     /// Scripts `video_id` as a render submitted at `created` (simulator's
     /// clock): its status is `job.status_at(now - created)`, and its answers
     /// carry `created_at` = `created` in whole Unix seconds, as JoggAI's do.
     /// Replaces any timeline or render scripted for the id before (and
-    /// restarts its record).
+    /// restarts its record). With pushes on ([`set_pushes`](Self::set_pushes)),
+    /// its push is planned for when it finishes.
     pub fn script_render(&self, video_id: &str, job: RenderJob, created: Millis) {
         let mut inner = self.lock();
         inner.timelines.remove(video_id);
@@ -274,6 +279,25 @@ impl SimState {
                 polls: 0,
             },
         );
+        drop(inner);
+        self.plan_push(video_id, &job, created);
+    }
+
+    /// Every scripted render as (video id, job, created), by video id.
+    pub(super) fn scripted_renders(&self) -> Vec<(String, RenderJob, Millis)> {
+        let mut renders: Vec<_> = self
+            .lock()
+            .renders
+            .iter()
+            .map(|(id, render)| (id.clone(), render.job, render.created))
+            .collect();
+        renders.sort_by(|a, b| a.0.cmp(&b.0));
+        renders
+    }
+
+    /// Whether the manual clock is on.
+    pub(super) fn is_manual_clock(&self) -> bool {
+        self.lock().manual_clock.is_some()
     }
 
     /// Stops the wall clock: from now on the simulator's time is `now`,
@@ -470,11 +494,14 @@ impl SimUpstream {
             api_key: SIM_API_KEY.to_owned(),
             started: Instant::now(),
             arrivals: tokio::sync::watch::channel(0).0,
+            pushes: super::push::Pushes::default(),
         });
         let router = Router::new()
             .route("/v2/avatar_video/{id}", get(answer))
             .with_state(state.clone());
         let shutdown = super::serve_in_background(listener, router);
+        // Stopped with the server, when the simulator is dropped.
+        super::push::spawn_sender(state.clone(), shutdown.clone());
         Ok(Self {
             state,
             base_url: Url::parse(&format!("http://{address}")).expect("valid URL"),

@@ -5,9 +5,12 @@
 
 use std::time::Duration;
 
+use jogg_relay::config::SecretSetting;
 use jogg_relay::domain::Millis;
 use jogg_relay::poller::Outcome;
-use jogg_relay::sim::{Fault, RenderOutcome, SIM_API_KEY, SimUpstream, Timeline};
+use jogg_relay::sim::{
+    Fault, PushAnswer, PushSettings, RenderOutcome, SIM_API_KEY, SimUpstream, Timeline,
+};
 use jogg_relay::workload::RenderJob;
 use serde_json::{Value, json};
 
@@ -215,6 +218,49 @@ async fn a_relay_stepped_in_virtual_time_sees_the_render_finish_on_the_sims_cloc
             detected_at: Some(start.plus(Duration::from_secs(120))),
             polls: 3,
         }]
+    );
+    app.stop().await;
+}
+
+/// The simulator's JoggAI-style push, signed on its own, is one the relay
+/// verifies: with pushes on, the relay polls every 5 minutes, yet it sees
+/// the render finish at once because the push asked for the poll.
+#[tokio::test]
+async fn the_relay_takes_the_simulators_push_as_a_hint() {
+    const PUSH_SECRET: &str = "joggai-endpoint-secret-1234";
+    let app = spawn_manual_app(|s| {
+        s.jogg.webhook_secret = SecretSetting(Some(PUSH_SECRET.into()));
+    })
+    .await;
+    app.enqueue(json!({"video_id": "v"})).await;
+    let start = Millis::now();
+    app.sim.state.set_manual_clock(start);
+    app.sim.state.script_render("v", job(false), start);
+    let url = format!("{}/webhooks/jogg", app.base).parse().unwrap();
+    app.sim
+        .state
+        .set_pushes(Some(PushSettings::new(url, PUSH_SECRET)))
+        .unwrap();
+    // The first poll: pending; the next background one is 5 minutes later.
+    assert!(matches!(app.step(start).await, Outcome::Worked(1)));
+    let finished = start.plus(Duration::from_secs(110));
+    app.sim.state.advance_clock(finished);
+    assert!(matches!(app.step(finished).await, Outcome::Idle));
+
+    assert_eq!(app.sim.state.send_due_pushes().await, 1);
+    let pushes = app.sim.state.pushes();
+    assert_eq!(pushes[0].attempts[0].answer, PushAnswer::Status(200));
+    assert!(
+        app.metrics_text()
+            .await
+            .contains("jogg_relay_pushes_total{outcome=\"accepted\"} 1"),
+        "the relay verified the push"
+    );
+    assert!(matches!(app.step(finished).await, Outcome::Worked(1)));
+    assert_eq!(app.video("v").await.json["state"], "completed");
+    assert_eq!(
+        app.sim.state.render_outcomes()[0].detected_at,
+        Some(finished)
     );
     app.stop().await;
 }
