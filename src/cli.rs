@@ -147,6 +147,14 @@ pub enum Command {
         /// second (the relay gets rate × compress).
         #[arg(long, default_value_t = 10.0, requires = "schedule")]
         rate: f64,
+        /// Scheduling benchmark with JoggAI's pushes: the share of pushes
+        /// lost (0 to 1); without it, polling alone.
+        #[arg(long, value_name = "FRACTION", requires = "schedule")]
+        push_loss: Option<f64>,
+        /// Real-time seconds from a render's end to its push (the simulator
+        /// waits this divided by --compress).
+        #[arg(long, default_value_t = 0.5, requires = "push_loss")]
+        push_delay: f64,
     },
     /// Queue a terminal video's callback event again (same event id).
     Redeliver {
@@ -280,14 +288,23 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 strategy,
                 seed,
                 rate,
+                push_loss,
+                push_delay,
                 ..
             } => {
+                let push_delay = std::time::Duration::try_from_secs_f64(push_delay).map_err(|_| {
+                    CliError::Usage(format!(
+                        "--push-delay must be a non-negative number of seconds, got {push_delay}"
+                    ))
+                })?;
                 let options = crate::bench::ScheduleOptions {
                     videos,
                     compress,
                     strategy,
                     seed,
                     rate,
+                    push_loss,
+                    push_delay,
                 };
                 options.check().map_err(CliError::Usage)?;
                 crate::bench::run_schedule(options)

@@ -505,6 +505,43 @@ fn a_tiny_schedule_benchmark_runs() {
 }
 
 #[test]
+fn a_tiny_schedule_benchmark_with_pushes_runs() {
+    let (code, stdout, stderr) = run_binary(
+        &[
+            "bench",
+            "--schedule",
+            "--videos",
+            "20",
+            "--compress",
+            "600",
+            "--strategy",
+            "exponential",
+            "--seed",
+            "3",
+            "--push-loss",
+            "0.5",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("| push→callback p50 / p95 / max ms |"),
+        "{stdout}"
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| exponential | 20 |"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    // Pushes were accepted and became callbacks, some were lost, and every
+    // video got its verified callback, within the budget (delays depend on
+    // the machine's load at 600x).
+    assert_ne!(cells[5], "–", "{row}");
+    assert!(cells[6].parse::<usize>().unwrap() > 0, "{row}");
+    assert_eq!((cells[8], cells[9]), ("0", "0"), "{row}");
+}
+
+#[test]
 fn schedule_benchmark_options_are_checked() {
     let (code, _, stderr) = run_binary(&["bench", "--schedule", "--compress", "0"], &[]);
     assert_eq!(code, 64, "{stderr}");
@@ -515,6 +552,24 @@ fn schedule_benchmark_options_are_checked() {
     let (code, _, stderr) = run_binary(&["bench", "--videos", "5"], &[]);
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("--schedule"), "{stderr}");
+    let (code, _, stderr) = run_binary(&["bench", "--schedule", "--push-loss", "1.2"], &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("--push-loss must be a fraction"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_binary(
+        &[
+            "bench",
+            "--schedule",
+            "--push-loss",
+            "0.2",
+            "--push-delay=-1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--push-delay"), "{stderr}");
 }
 
 #[test]
