@@ -601,6 +601,9 @@ struct PushFigures {
     push_to_callback_ms: Option<[f64; 3]>,
     /// Videos whose push was lost (dropped, or never answered 2xx).
     lost: usize,
+    /// Of those, the pushes sent but never answered 2xx by the relay (the
+    /// rest were dropped by the simulator).
+    refused: usize,
     /// Of those, the latest verified callback after its render's end,
     /// real-time-equivalent seconds; `None` when none was lost (or none of
     /// them got a callback).
@@ -616,7 +619,7 @@ impl ScheduleRow {
     const HEADER: &str = "| strategy | videos | calls per video | detection delay p50 / p95 / p99 s | mean delay s | undetected | budget violations |\n|---|---:|---:|---:|---:|---:|---:|";
 
     /// The header of the table with pushes.
-    const PUSH_HEADER: &str = "| strategy | videos | calls per video | detection delay p50 / p95 / p99 s | push→callback p50 / p95 / max ms | pushes lost | lost: latest callback after render end s (bound) | without callback | budget violations |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|";
+    const PUSH_HEADER: &str = "| strategy | videos | calls per video | detection delay p50 / p95 / p99 s | push→callback p50 / p95 / max ms | pushes lost (refused) | lost: latest callback after render end s (bound) | without callback | budget violations |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|";
 
     fn to_markdown(&self) -> String {
         let r = &self.report;
@@ -639,7 +642,7 @@ impl ScheduleRow {
             |[p50, p95, max]| format!("{p50:.1} / {p95:.1} / {max:.1}"),
         );
         format!(
-            "| {} | {} | {:.2} | {:.1} / {:.1} / {:.1} | {push_to_callback} | {} | {} ({:.0}) | {} | {} |",
+            "| {} | {} | {:.2} | {:.1} / {:.1} / {:.1} | {push_to_callback} | {} ({}) | {} ({:.0}) | {} | {} |",
             self.strategy,
             r.videos,
             r.calls_per_video,
@@ -647,6 +650,7 @@ impl ScheduleRow {
             r.delay_p95.as_secs_f64(),
             r.delay_p99.as_secs_f64(),
             pushes.lost,
+            pushes.refused,
             cell(pushes.lost_latest_s, 1),
             pushes.bound_s,
             pushes.without_callback,
@@ -907,7 +911,7 @@ fn push_figures(
 ) -> PushFigures {
     let mut push_to_callback: Vec<f64> = Vec::new();
     let mut lost_latest: Option<f64> = None;
-    let mut lost = 0;
+    let (mut lost, mut refused) = (0, 0);
     for push in pushes {
         let callback = callbacks.get(&push.video_id);
         match push.accepted() {
@@ -925,6 +929,9 @@ fn push_figures(
             }
             None => {
                 lost += 1;
+                if !push.dropped {
+                    refused += 1;
+                }
                 if let (Some(callback), Some(end)) = (callback, render_ends.get(&push.video_id)) {
                     let late = callback.saturating_duration_since(*end).as_secs_f64() * compress;
                     lost_latest = Some(lost_latest.map_or(late, |l: f64| l.max(late)));
@@ -942,6 +949,7 @@ fn push_figures(
             ]
         }),
         lost,
+        refused,
         lost_latest_s: lost_latest,
         bound_s: SAFETY_NET_SECS + MAX_INTERVAL_SECS,
         without_callback: render_ends
@@ -1150,7 +1158,7 @@ mod tests {
             (p95 - 40.0).abs() < 0.01 && (max - 40.0).abs() < 0.01,
             "{p95} {max}"
         );
-        assert_eq!(figures.lost, 2);
+        assert_eq!((figures.lost, figures.refused), (2, 1));
         // c: 1000 ms after its render's end, 30 s in real time.
         let latest = figures.lost_latest_s.expect("lost videos with callbacks");
         assert!((latest - 30.0).abs() < 0.01, "{latest}");
@@ -1174,6 +1182,7 @@ mod tests {
             pushes: Some(PushFigures {
                 push_to_callback_ms: Some([3.24, 9.87, 25.0]),
                 lost: 61,
+                refused: 1,
                 lost_latest_s: Some(301.26),
                 bound_s: 360.0,
                 without_callback: 0,
@@ -1181,7 +1190,7 @@ mod tests {
         };
         assert_eq!(
             row.to_markdown(),
-            "| adaptive | 2 | 2.50 | 0.6 / 1.2 / 1.2 | 3.2 / 9.9 / 25.0 | 61 | 301.3 (360) | 0 | 0 |"
+            "| adaptive | 2 | 2.50 | 0.6 / 1.2 / 1.2 | 3.2 / 9.9 / 25.0 | 61 (1) | 301.3 (360) | 0 | 0 |"
         );
         // The header has a column for every cell.
         let columns = ScheduleRow::PUSH_HEADER
@@ -1194,13 +1203,14 @@ mod tests {
         row.pushes = Some(PushFigures {
             push_to_callback_ms: None,
             lost: 0,
+            refused: 0,
             lost_latest_s: None,
             bound_s: 360.0,
             without_callback: 2,
         });
         assert_eq!(
             row.to_markdown(),
-            "| adaptive | 2 | 2.50 | 0.6 / 1.2 / 1.2 | – | 0 | – (360) | 2 | 0 |"
+            "| adaptive | 2 | 2.50 | 0.6 / 1.2 / 1.2 | – | 0 (0) | – (360) | 2 | 0 |"
         );
     }
 
