@@ -172,7 +172,9 @@ impl Settings {
                         format!("{raw:?} is not an address like 0.0.0.0:8443"),
                     )
                 })?;
-                if address == bind {
+                // Port 0 asks the system for a free port, a different one
+                // for each listener, so only a fixed port can clash.
+                if address == bind && address.port() != 0 {
                     return Err(ConfigError::new(
                         "server.webhook_bind",
                         format!("{address} is server.bind already; use another port"),

@@ -723,3 +723,261 @@ fn adaptive_keys_layer_and_validate() {
         .unwrap();
     assert_eq!(config.polling.adaptive.step, 0.001);
 }
+
+/// `jogg.webhook_secret` (JoggAI's push key) must be at least 16 bytes,
+/// counted in bytes (the boundary cases, so an off-by-one fails here); a
+/// refusal names the key, never the value, whether the secret came from
+/// the file, the environment or a `_file`; and only one form may be given.
+#[test]
+fn jogg_webhook_secret_is_checked_by_key_without_its_value() {
+    let fifteen = "push-SECRET-15b";
+    let sixteen = "push-SECRET-16by";
+    assert_eq!((fifteen.len(), sixteen.len()), (15, 16));
+    let err = load_str(&format!("[jogg]\nwebhook_secret = \"{fifteen}\"\n"), &[])
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert_eq!(err.key, "jogg.webhook_secret");
+    assert!(!err.to_string().contains(fifteen), "{err}");
+    let config = load_str(&format!("[jogg]\nwebhook_secret = \"{sixteen}\"\n"), &[])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(
+        config
+            .jogg
+            .webhook_secret
+            .as_ref()
+            .map(|s| s.expose_secret()),
+        Some(sixteen)
+    );
+    // Bytes, not characters: 8 two-byte characters are 16 bytes.
+    let wide = "ññññññññ";
+    assert_eq!(wide.len(), 16);
+    let config = load_str("", &[("JOGG_RELAY__JOGG__WEBHOOK_SECRET", wide)])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(
+        config
+            .jogg
+            .webhook_secret
+            .as_ref()
+            .map(|s| s.expose_secret()),
+        Some(wide)
+    );
+    let err = load_str("", &[("JOGG_RELAY__JOGG__WEBHOOK_SECRET", fifteen)])
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert_eq!(err.key, "jogg.webhook_secret");
+    assert!(!err.to_string().contains(fifteen), "{err}");
+
+    // From a file, without its trailing newline (so 15 bytes + "\n" is
+    // still short).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("push-secret");
+    std::fs::write(&file, format!("{fifteen}\n")).unwrap();
+    let from_file = format!(
+        "[jogg]\nwebhook_secret_file = {:?}\n",
+        file.display().to_string()
+    );
+    let err = load_str(&from_file, &[]).unwrap().validate().unwrap_err();
+    assert_eq!(err.key, "jogg.webhook_secret");
+    assert!(!err.to_string().contains(fifteen), "{err}");
+    std::fs::write(&file, format!("{sixteen}\n")).unwrap();
+    let config = load_str(&from_file, &[]).unwrap().validate().unwrap();
+    assert_eq!(
+        config
+            .jogg
+            .webhook_secret
+            .as_ref()
+            .map(|s| s.expose_secret()),
+        Some(sixteen)
+    );
+
+    // Both forms: refused, naming the key and not the value.
+    let both = format!(
+        "[jogg]\nwebhook_secret = \"{sixteen}\"\nwebhook_secret_file = {:?}\n",
+        file.display().to_string()
+    );
+    let err = load_str(&both, &[]).unwrap().validate().unwrap_err();
+    assert_eq!(err.key, "jogg.webhook_secret");
+    assert!(err.message.contains("jogg.webhook_secret_file"), "{err}");
+    assert!(!err.to_string().contains(sixteen), "{err}");
+    // An unquoted value is refused by key, without echoing it.
+    let err = load_str("[jogg]\nwebhook_secret = 12345678901234567\n", &[]).unwrap_err();
+    assert_eq!(err.key, "jogg.webhook_secret");
+    assert!(!err.to_string().contains("12345678901234567"), "{err}");
+}
+
+/// `server.webhook_bind` needs the push secret and another address than
+/// `server.bind`; a valid one reaches the configuration.
+#[test]
+fn webhook_bind_needs_the_secret_and_its_own_address() {
+    let secret = "[jogg]\nwebhook_secret = \"push-SECRET-0123456789\"\n";
+    let err = load_str("[server]\nwebhook_bind = \"127.0.0.1:8443\"\n", &[])
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert_eq!(err.key, "server.webhook_bind");
+    assert!(err.message.contains("jogg.webhook_secret"), "{err}");
+    assert_eq!(
+        invalid_key(
+            &format!(
+                "[server]\nbind = \"127.0.0.1:8080\"\nwebhook_bind = \"127.0.0.1:8080\"\n{secret}"
+            ),
+            &[]
+        ),
+        "server.webhook_bind"
+    );
+    // Port 0 twice is two free ports the system picks, no clash.
+    let config = load_str(
+        &format!("[server]\nbind = \"127.0.0.1:0\"\nwebhook_bind = \"127.0.0.1:0\"\n{secret}"),
+        &[],
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(
+        config.server.webhook_bind,
+        Some("127.0.0.1:0".parse().unwrap())
+    );
+    assert_eq!(
+        invalid_key(
+            &format!("[server]\nwebhook_bind = \"somewhere:8443\"\n{secret}"),
+            &[]
+        ),
+        "server.webhook_bind"
+    );
+    let config = load_str(
+        &format!("[server]\nbind = \"127.0.0.1:8080\"\nwebhook_bind = \"0.0.0.0:8443\"\n{secret}"),
+        &[],
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(
+        config.server.webhook_bind,
+        Some("0.0.0.0:8443".parse().unwrap())
+    );
+    // From the environment as well; unset by default.
+    let config = load_str(
+        secret,
+        &[("JOGG_RELAY__SERVER__WEBHOOK_BIND", "127.0.0.1:9443")],
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(
+        config.server.webhook_bind,
+        Some("127.0.0.1:9443".parse().unwrap())
+    );
+    assert_eq!(
+        Settings::default().validate().unwrap().server.webhook_bind,
+        None
+    );
+}
+
+/// The push secret never shows in `check-config`'s rendering nor in the
+/// debug forms of the settings and the configuration.
+#[test]
+fn the_push_secret_is_redacted() {
+    let settings = load_str("[jogg]\nwebhook_secret = \"push-SECRET-0123456789\"\n", &[]).unwrap();
+    let config = settings.validate().unwrap();
+    let rendered = settings.to_redacted_toml();
+    for rendering in [
+        rendered.clone(),
+        format!("{settings:?}"),
+        format!("{config:?}"),
+    ] {
+        assert!(
+            !rendering.contains("push-SECRET-0123456789"),
+            "leaked in {rendering}"
+        );
+    }
+    assert!(
+        rendered.contains("webhook_secret = \"[redacted]\""),
+        "{rendered}"
+    );
+    // The key is shown only when set, so an operator sees whether it is.
+    let unset = Settings::default().to_redacted_toml();
+    assert!(!unset.contains("webhook_secret"), "{unset}");
+}
+
+/// The push keys come from the environment too; `adopt_untracked` is a
+/// boolean there like in the file, and off by default.
+#[test]
+fn push_keys_come_from_the_environment() {
+    let defaults = Settings::default().validate().unwrap();
+    assert!(defaults.jogg.webhook_secret.is_none());
+    assert!(!defaults.jogg.adopt_untracked);
+    let config = load_str(
+        "",
+        &[
+            ("JOGG_RELAY__JOGG__WEBHOOK_SECRET", "env-push-SECRET-0123"),
+            ("JOGG_RELAY__JOGG__ADOPT_UNTRACKED", "true"),
+        ],
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(
+        config
+            .jogg
+            .webhook_secret
+            .as_ref()
+            .map(|s| s.expose_secret()),
+        Some("env-push-SECRET-0123")
+    );
+    assert!(config.jogg.adopt_untracked);
+    // The environment wins over the file, both ways.
+    let config = load_str(
+        "[jogg]\nadopt_untracked = true\n",
+        &[("JOGG_RELAY__JOGG__ADOPT_UNTRACKED", "false")],
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert!(!config.jogg.adopt_untracked);
+    assert_eq!(
+        invalid_key("", &[("JOGG_RELAY__JOGG__ADOPT_UNTRACKED", "maybe")]),
+        "jogg.adopt_untracked"
+    );
+}
+
+/// `polling.safety_net_interval` is in force only while pushes are
+/// enabled; it must be a positive duration either way.
+#[test]
+fn safety_net_applies_only_with_a_push_secret() {
+    let secret = "[jogg]\nwebhook_secret = \"push-SECRET-0123456789\"\n";
+    assert_eq!(
+        Settings::default().validate().unwrap().polling.safety_net,
+        None
+    );
+    let config = load_str("[polling]\nsafety_net_interval = \"90s\"\n", &[])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(config.polling.safety_net, None, "no pushes, no net");
+    let config = load_str(secret, &[]).unwrap().validate().unwrap();
+    assert_eq!(config.polling.safety_net, Some(Duration::from_secs(300)));
+    let config = load_str(
+        secret,
+        &[("JOGG_RELAY__POLLING__SAFETY_NET_INTERVAL", "90s")],
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(config.polling.safety_net, Some(Duration::from_secs(90)));
+    for value in ["0s", "soon", "-5m"] {
+        for file in ["", secret] {
+            let toml = format!("{file}[polling]\nsafety_net_interval = \"{value}\"\n");
+            assert_eq!(
+                invalid_key(&toml, &[]),
+                "polling.safety_net_interval",
+                "{value}"
+            );
+        }
+    }
+}

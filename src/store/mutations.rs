@@ -263,13 +263,17 @@ macro_rules! poll_result_columns {
 /// arrived after the claim (`hinted_at > claimed_at`) was not answered by
 /// this poll, whose request may have left before the video finished: it
 /// stays pending and brings the next poll forward to the poll's time plus
-/// `min_interval`. Any earlier push is answered and cleared.
+/// `min_interval`. An earlier push is answered and cleared by a poll that
+/// got the video's status; a failed poll (an error, not found yet: its
+/// `error_streak` grew) answered nothing, so the push stays pending for the
+/// retry, which the error backoff schedules as usual.
 macro_rules! ongoing_schedule_columns {
     () => {
         "next_poll_at = CASE WHEN videos.hinted_at > u.value ->> 'claimed_at' \
              THEN MIN(u.value ->> 'next_poll_at', u.value ->> 'repoll_after_push_at') \
              ELSE u.value ->> 'next_poll_at' END, \
          hinted_at = CASE WHEN videos.hinted_at > u.value ->> 'claimed_at' \
+               OR u.value ->> 'error_streak' > 0 \
              THEN videos.hinted_at END"
     };
 }

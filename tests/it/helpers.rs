@@ -29,6 +29,10 @@ pub const TOKEN: &str = "test-token-0123456789";
 pub struct TestApp {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// `http://127.0.0.1:PORT` of the second listener serving only JoggAI's
+    /// pushes, when spawned with one
+    /// ([`spawn_manual_app_with_push_listener`]).
+    pub push_base: Option<String>,
     /// The configuration it runs with.
     pub config: Config,
     /// Client with keep-alive; requests add the token themselves.
@@ -67,7 +71,7 @@ pub async fn spawn_app() -> TestApp {
 /// Starts a relay with the test settings, adjusted by `customize`; its poll
 /// loop runs on its own.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
-    start(customize, false).await
+    start(customize, false, false).await
 }
 
 /// Starts a relay whose workers do not run by themselves: the test calls
@@ -80,11 +84,31 @@ pub async fn spawn_manual_app(customize: impl FnOnce(&mut Settings)) -> TestApp 
             customize(settings);
         },
         true,
+        false,
     )
     .await
 }
 
-async fn start(customize: impl FnOnce(&mut Settings), manual_poller: bool) -> TestApp {
+/// [`spawn_manual_app`] with a second listener on another loopback port
+/// serving only `POST /webhooks/jogg` ([`App::serve_pushes_on`], what
+/// `server.webhook_bind` makes `serve` do), at [`TestApp::push_base`].
+pub async fn spawn_manual_app_with_push_listener(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    start(
+        |settings| {
+            settings.polling.first_after = "0s".into();
+            customize(settings);
+        },
+        true,
+        true,
+    )
+    .await
+}
+
+async fn start(
+    customize: impl FnOnce(&mut Settings),
+    manual_poller: bool,
+    push_listener: bool,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary folder");
     let sim = SimUpstream::start().await.expect("start the simulator");
     let mut settings = test_settings(dir.path(), sim.base_url.as_str());
@@ -94,6 +118,12 @@ async fn start(customize: impl FnOnce(&mut Settings), manual_poller: bool) -> Te
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
     let mut relay = App::build(config.clone()).await.expect("build the relay");
+    let mut push_base = None;
+    if push_listener {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        push_base = Some(format!("http://{}", listener.local_addr().unwrap()));
+        relay.serve_pushes_on(listener);
+    }
     let (poller, deliverer) = if manual_poller {
         (relay.take_poller(), relay.take_deliverer())
     } else {
@@ -102,6 +132,7 @@ async fn start(customize: impl FnOnce(&mut Settings), manual_poller: bool) -> Te
     let task = tokio::spawn(relay.run(listener, shutdown.clone()));
     let app = TestApp {
         base,
+        push_base,
         config,
         client: jogg_relay::outbound::client_builder().build().unwrap(),
         shutdown,

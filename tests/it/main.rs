@@ -14,6 +14,7 @@ mod operations;
 mod oracle;
 mod poller;
 mod process;
+mod pushes;
 mod reliability;
 mod serve;
 mod sim_renders;
