@@ -3,6 +3,11 @@
 //! database. It enqueues a handful of videos with varied timelines, prints
 //! every transition and every verified callback as it happens, and succeeds
 //! once every expected callback has arrived with valid signatures.
+//!
+//! JoggAI's pushes are on: two renders finish at the same moment; the
+//! simulator pushes one of them (the relay learns of it at once, by push)
+//! and loses the other's push (the relay learns of it at its next
+//! safety-net poll).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -16,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::{SecretSetting, Settings, WebhookSecret};
-use crate::sim::{Reply, SIM_API_KEY, SimReceiver, SimUpstream, Timeline};
+use crate::sim::{PushSettings, Reply, SIM_API_KEY, SimReceiver, SimUpstream, Timeline};
+use crate::workload::RenderJob;
 
 /// The whole demo must finish within this.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -27,6 +33,14 @@ const DEMO_SECRET: &str = "whsec_am9nZy1yZWxheSBkZW1vIHNlY3JldA==";
 /// The demo's secret for per-video callback URLs, set so the demo shows a
 /// configuration without the startup warning about a shared secret.
 const DEMO_VIDEO_SECRET: &str = "whsec_am9nZy1yZWxheSBkZW1vIHBlci12aWRlbyBzZWNyZXQ=";
+/// The secret the simulated JoggAI signs its pushes with.
+const DEMO_PUSH_SECRET: &str = "jogg-relay demo push secret";
+/// The render time of the two pushed renders: between two safety-net
+/// polls, so the lost push is noticed visibly later than the delivered one.
+const PUSHED_RENDER: Duration = Duration::from_millis(1_600);
+/// The render whose push arrives, and the one whose push is lost.
+const PUSHED: &str = "demo-pushed";
+const PUSH_LOST: &str = "demo-push-lost";
 
 /// The videos the demo enqueues: id, timeline, and whether it also has its
 /// own callback URL.
@@ -80,6 +94,9 @@ pub async fn run() -> anyhow::Result<()> {
     settings.polling.first_after = "0s".into();
     settings.polling.min_interval = "300ms".into();
     settings.polling.max_interval = "1s".into();
+    // JoggAI's pushes on: background polls relax to the safety net.
+    settings.jogg.webhook_secret = SecretSetting(Some(DEMO_PUSH_SECRET.into()));
+    settings.polling.safety_net_interval = "1s".into();
     settings.callbacks.urls = vec![receiver.url("hooks/app")];
     settings.callbacks.secret = SecretSetting(Some(DEMO_SECRET.into()));
     settings.callbacks.video_secret = SecretSetting(Some(DEMO_VIDEO_SECRET.into()));
@@ -103,7 +120,15 @@ pub async fn run() -> anyhow::Result<()> {
         "  database         {}",
         dir.path().join("demo.db").display()
     );
+    println!("  JoggAI pushes to {api}/webhooks/jogg (one of two lost on purpose)");
     println!();
+    upstream
+        .state
+        .set_pushes(Some(PushSettings::new(
+            reqwest::Url::parse(&format!("{api}/webhooks/jogg"))?,
+            DEMO_PUSH_SECRET,
+        )))
+        .context("cannot turn the simulator's pushes on")?;
 
     // The receiver refuses the first callback it gets, to show a retry
     // carrying the same event id.
@@ -129,12 +154,57 @@ pub async fn run() -> anyhow::Result<()> {
             response.status().as_u16()
         );
     }
+    for id in [PUSHED, PUSH_LOST] {
+        let render = RenderJob {
+            arrival: Duration::ZERO,
+            queued: Duration::ZERO,
+            render: PUSHED_RENDER,
+            fails: false,
+        };
+        upstream
+            .state
+            .script_render(id, render, upstream.state.now());
+        expected += 1;
+        let response = client
+            .post(format!("{api}/v1/videos"))
+            .json(&json!({"video_id": id, "metadata": {"demo": true}}))
+            .send()
+            .await?;
+        println!(
+            "{} enqueued {id:<24} -> HTTP {}  (renders {:.1}s)",
+            stamp(started),
+            response.status().as_u16(),
+            PUSHED_RENDER.as_secs_f64()
+        );
+    }
+    upstream.state.lose_push(PUSH_LOST);
     println!();
 
     let mut seen_transitions: HashMap<String, usize> = HashMap::new();
     let mut seen_callbacks = 0;
+    let mut seen_pushes = 0;
+    let ids: Vec<&str> = scenario()
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .chain([PUSHED, PUSH_LOST])
+        .collect();
     let outcome = loop {
-        for (id, _, _) in scenario() {
+        let pushes = upstream.state.pushes();
+        for push in pushes.iter().skip(seen_pushes) {
+            let what = if push.dropped {
+                "LOST (the relay will notice at its next safety-net poll)".to_owned()
+            } else {
+                "sent to the relay".to_owned()
+            };
+            println!(
+                "{} JoggAI push {:<19} {:<24} {what}",
+                stamp(started),
+                push.event,
+                push.video_id
+            );
+        }
+        seen_pushes = pushes.len();
+        for &id in &ids {
             let video: Value = client
                 .get(format!("{api}/v1/videos/{id}"))
                 .send()
@@ -203,6 +273,23 @@ pub async fn run() -> anyhow::Result<()> {
         tokio::time::sleep(REFRESH).await;
     };
 
+    // How the relay learned of each completion, as its metrics say.
+    let metrics = client
+        .get(format!("{api}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let learned = |by: &str| {
+        let series = format!("jogg_relay_completions_learned_total{{by=\"{by}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let (by_push, by_poll) = (learned("push"), learned("poll"));
+
     shutdown.cancel();
     relay_task
         .await
@@ -217,6 +304,11 @@ pub async fn run() -> anyhow::Result<()> {
         "all {expected} callbacks arrived with valid signatures in {:.1}s; \
          duplicates would carry the same event_id",
         started.elapsed().as_secs_f64()
+    );
+    println!(
+        "completions learned by push: {by_push} ({PUSHED}, confirmed by one poll the moment \
+         its push arrived), by poll: {by_poll} (the others, {PUSH_LOST} at the safety-net poll \
+         after its lost push)"
     );
     Ok(())
 }

@@ -392,6 +392,24 @@ impl SimState {
         self.pushes.wakeup.notify_one();
     }
 
+    /// Loses the push planned for `video_id`, whatever the drop rate: it
+    /// is recorded as dropped when it comes due and never sent. `false`
+    /// when no push is planned for it (pushes are off, or it came due).
+    pub fn lose_push(&self, video_id: &str) -> bool {
+        let mut book = self.push_book();
+        let planned = book
+            .entries
+            .values_mut()
+            .find(|entry| !entry.came_due && entry.record.video_id == video_id);
+        match planned {
+            Some(entry) => {
+                entry.record.dropped = true;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Forgets the push planned for `video_id` if it is not due yet (its
     /// render was scripted again, or replaced by a timeline); one that came
     /// due stays in the record.
@@ -778,6 +796,33 @@ mod tests {
             "the same seed loses the same pushes"
         );
         assert_ne!(lost(0.5, 8).await.0, half, "another seed, others");
+    }
+
+    #[tokio::test]
+    async fn a_push_lost_on_purpose_is_never_sent() {
+        let receiver = SimReceiver::start(None).await.unwrap();
+        let sim = manual_sim(&receiver, |_| {}).await;
+        sim.state.script_render("kept", job(false), T0);
+        sim.state.script_render("lost", job(false), T0);
+        assert!(sim.state.lose_push("lost"));
+        assert!(!sim.state.lose_push("never-scripted"));
+        sim.state.advance_clock(at(10_000.0));
+        assert_eq!(sim.state.send_due_pushes().await, 1);
+        let sent: Vec<String> = receiver
+            .state
+            .received()
+            .iter()
+            .map(|r| r.body["data"]["video_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(sent, ["kept"]);
+        let lost: Vec<(String, bool, usize)> = sim
+            .state
+            .pushes()
+            .into_iter()
+            .map(|r| (r.video_id, r.dropped, r.attempts.len()))
+            .collect();
+        assert!(lost.contains(&("lost".to_owned(), true, 0)), "{lost:?}");
+        assert!(!sim.state.lose_push("kept"), "already came due");
     }
 
     #[tokio::test]

@@ -438,7 +438,7 @@ fn demo_runs_to_completion() {
     let (code, stdout, stderr) = run_binary(&["demo"], &[]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("all 11 callbacks arrived with valid signatures"),
+        stdout.contains("all 13 callbacks arrived with valid signatures"),
         "{stdout}"
     );
     assert!(
@@ -446,6 +446,19 @@ fn demo_runs_to_completion() {
         "one video fails: {stdout}"
     );
     assert!(!stdout.contains("INVALID"));
+    // One completion learned by push, the one whose push was lost by the
+    // safety-net poll, the rest by polls.
+    assert!(
+        stdout.contains("completions learned by push: 1 (demo-pushed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("by poll: 11 "), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.contains("JoggAI push")
+            && l.contains("demo-push-lost")
+            && l.contains("LOST")),
+        "{stdout}"
+    );
 }
 
 #[test]
