@@ -882,6 +882,61 @@ mod tests {
         assert_eq!(set_run_len(&ops[4..]), 1);
     }
 
+    /// One request of a batch violating a constraint fails alone: the
+    /// shared transaction is rolled back, every request is retried in its
+    /// own, and each caller gets its own answer (its outcome, or the
+    /// violation), its neighbours' writes stored.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_failing_in_a_batch_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        // A constraint only the second request breaks.
+        sqlx::query("CREATE UNIQUE INDEX one_video_per_url ON videos (callback_url)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let (writer, task) = Writer::start(&store).await.unwrap();
+        let video = |id: &str, url: &str| {
+            vec![NewVideo {
+                video_id: VideoId::parse(id).unwrap(),
+                callback_url: Some(url.to_owned()),
+                metadata: None,
+                first_poll_at: Millis(0),
+            }]
+        };
+        // On this single-threaded runtime all three are queued before the
+        // writer runs, so they share one batch (and one insert statement).
+        let (first, clash, other) = tokio::join!(
+            writer.enqueue(video("a", "https://example.com/x")),
+            writer.enqueue(video("b", "https://example.com/x")),
+            writer.enqueue(video("c", "https://example.com/y")),
+        );
+        assert!(
+            matches!(first.unwrap()[..], [EnqueueOutcome::Created { .. }]),
+            "the first keeps its answer"
+        );
+        match clash {
+            Err(StoreError::Database(sqlx::Error::Database(db))) => {
+                assert_eq!(db.kind(), sqlx::error::ErrorKind::UniqueViolation)
+            }
+            other => panic!("the clashing request is refused: {other:?}"),
+        }
+        assert!(matches!(
+            other.unwrap()[..],
+            [EnqueueOutcome::Created { .. }]
+        ));
+        for (id, stored) in [("a", true), ("b", false), ("c", true)] {
+            let details = store
+                .video_details(&VideoId::parse(id).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(details.is_some(), stored, "{id}");
+        }
+        drop(writer);
+        task.await.unwrap();
+        store.close().await;
+    }
+
     /// The file is removed while the writer's transaction waits for the
     /// write lock, that is after the check before writing: the commit lands
     /// in the unlinked file, and the caller is refused all the same.
