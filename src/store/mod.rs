@@ -255,6 +255,33 @@ impl Store {
         })
     }
 
+    /// When the next active video is due for a poll (`None`: none is
+    /// active), for the poller's idle wait: the first entry of the
+    /// `videos_due` index. Errors are returned as they are (the caller
+    /// waits its longest instead).
+    pub async fn next_poll_due(&self) -> Result<Option<Millis>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT next_poll_at FROM videos INDEXED BY videos_due \
+             WHERE state = 'active' ORDER BY next_poll_at LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(next.map(Millis))
+    }
+
+    /// When the next pending delivery is due (`None`: none is pending),
+    /// for the delivery worker's idle wait: the first entry of the
+    /// `deliveries_due` index. Errors are returned as they are.
+    pub async fn next_delivery_due(&self) -> Result<Option<Millis>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due \
+             WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(next.map(Millis))
+    }
+
     /// One video with its transitions and deliveries, or `None`.
     #[instrument(skip(self), level = "debug")]
     pub async fn video_details(
