@@ -10,6 +10,8 @@ pub mod health;
 pub mod lock;
 mod mutations;
 pub mod records;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 pub mod writer;
 
 use std::path::Path;
@@ -210,8 +212,11 @@ impl Store {
         Ok(options.connect().await?)
     }
 
-    /// The underlying pool, for reads (the writer has its own connection).
-    pub fn pool(&self) -> &SqlitePool {
+    /// The underlying pool, for the store's unit tests. Only `store` runs
+    /// SQL: the integration tests use `store::test_support` (feature
+    /// `test-support`).
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
