@@ -392,3 +392,43 @@ impl Store {
         Ok(rows)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The idle waits' reads: the earliest due poll among active videos
+    /// (not a cancelled one's), and no delivery when none is pending.
+    #[tokio::test]
+    async fn next_due_times_are_the_earliest_active_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            DatabaseConfig::parse(&format!("sqlite://{}/relay.db", dir.path().display())).unwrap();
+        let store = Store::open(&config).await.unwrap();
+        assert_eq!(store.next_poll_due().await.unwrap(), None);
+        let (writer, task) = Writer::start(&store).await.unwrap();
+        let video = |id: &str, first_poll_at: i64| NewVideo {
+            video_id: VideoId::parse(id).unwrap(),
+            callback_url: None,
+            metadata: None,
+            first_poll_at: Millis(first_poll_at),
+        };
+        writer
+            .enqueue(vec![
+                video("later", 5_000),
+                video("cancelled", 1_000),
+                video("sooner", 3_000),
+            ])
+            .await
+            .unwrap();
+        writer
+            .cancel(VideoId::parse("cancelled").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(store.next_poll_due().await.unwrap(), Some(Millis(3_000)));
+        assert_eq!(store.next_delivery_due().await.unwrap(), None);
+        drop(writer);
+        task.await.unwrap();
+        store.close().await;
+    }
+}
