@@ -75,9 +75,10 @@ impl<T: Outcome> Pending<T> {
 
     /// Answers with the staged result, once the transaction that produced
     /// it committed. Only operations applied in that transaction are
-    /// answered this way, so a result is always staged; the caller may
-    /// have gone away (client disconnected), and the write stands
-    /// regardless.
+    /// answered this way, so a result is always staged (were none, the
+    /// dropped channel would tell the caller the writer stopped: never a
+    /// success without a result). The caller may have gone away (client
+    /// disconnected); the write stands regardless.
     fn answer(self) {
         if let Some(result) = self.staged {
             let _ = self.reply.send(Ok(result));
