@@ -275,15 +275,8 @@ impl Deliverer {
 
     /// Until the next delivery is due, at most [`MAX_IDLE_WAIT`].
     async fn idle_wait(&self) -> Duration {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due \
-             WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
-        )
-        .fetch_optional(self.store.pool())
-        .await
-        .unwrap_or(None);
-        match next {
-            Some(at) => Duration::from_millis((at - Millis::now().0).clamp(1, 1000) as u64),
+        match self.store.next_delivery_due().await.unwrap_or(None) {
+            Some(Millis(at)) => Duration::from_millis((at - Millis::now().0).clamp(1, 1000) as u64),
             None => MAX_IDLE_WAIT,
         }
     }

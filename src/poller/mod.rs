@@ -326,15 +326,8 @@ impl Poller {
     /// How long to wait when nothing is due: until the next video is due,
     /// at most [`MAX_IDLE_WAIT`] (so new enqueues are seen promptly).
     async fn idle_wait(&self) -> Duration {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT next_poll_at FROM videos INDEXED BY videos_due \
-             WHERE state = 'active' ORDER BY next_poll_at LIMIT 1",
-        )
-        .fetch_optional(self.store.pool())
-        .await
-        .unwrap_or(None);
-        match next {
-            Some(at) => Duration::from_millis((at - Millis::now().0).clamp(1, 1000) as u64),
+        match self.store.next_poll_due().await.unwrap_or(None) {
+            Some(Millis(at)) => Duration::from_millis((at - Millis::now().0).clamp(1, 1000) as u64),
             None => MAX_IDLE_WAIT,
         }
     }

@@ -10,6 +10,8 @@ pub mod health;
 pub mod lock;
 mod mutations;
 pub mod records;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 pub mod writer;
 
 use std::path::Path;
@@ -210,8 +212,11 @@ impl Store {
         Ok(options.connect().await?)
     }
 
-    /// The underlying pool, for reads (the writer has its own connection).
-    pub fn pool(&self) -> &SqlitePool {
+    /// The underlying pool, for the store's unit tests. Only `store` runs
+    /// SQL: the integration tests use `store::test_support` (feature
+    /// `test-support`).
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
@@ -253,6 +258,33 @@ impl Store {
             poll_lag_seconds: lag(oldest_poll),
             delivery_lag_seconds: lag(oldest_delivery),
         })
+    }
+
+    /// When the next active video is due for a poll (`None`: none is
+    /// active), for the poller's idle wait: the first entry of the
+    /// `videos_due` index. Errors are returned as they are (the caller
+    /// waits its longest instead).
+    pub async fn next_poll_due(&self) -> Result<Option<Millis>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT next_poll_at FROM videos INDEXED BY videos_due \
+             WHERE state = 'active' ORDER BY next_poll_at LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(next.map(Millis))
+    }
+
+    /// When the next pending delivery is due (`None`: none is pending),
+    /// for the delivery worker's idle wait: the first entry of the
+    /// `deliveries_due` index. Errors are returned as they are.
+    pub async fn next_delivery_due(&self) -> Result<Option<Millis>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due \
+             WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(next.map(Millis))
     }
 
     /// One video with its transitions and deliveries, or `None`.
@@ -358,5 +390,45 @@ impl Store {
             .map_err(|err| self.read_error(err))?;
         rows.reverse();
         Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The idle waits' reads: the earliest due poll among active videos
+    /// (not a cancelled one's), and no delivery when none is pending.
+    #[tokio::test]
+    async fn next_due_times_are_the_earliest_active_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            DatabaseConfig::parse(&format!("sqlite://{}/relay.db", dir.path().display())).unwrap();
+        let store = Store::open(&config).await.unwrap();
+        assert_eq!(store.next_poll_due().await.unwrap(), None);
+        let (writer, task) = Writer::start(&store).await.unwrap();
+        let video = |id: &str, first_poll_at: i64| NewVideo {
+            video_id: VideoId::parse(id).unwrap(),
+            callback_url: None,
+            metadata: None,
+            first_poll_at: Millis(first_poll_at),
+        };
+        writer
+            .enqueue(vec![
+                video("later", 5_000),
+                video("cancelled", 1_000),
+                video("sooner", 3_000),
+            ])
+            .await
+            .unwrap();
+        writer
+            .cancel(VideoId::parse("cancelled").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(store.next_poll_due().await.unwrap(), Some(Millis(3_000)));
+        assert_eq!(store.next_delivery_due().await.unwrap(), None);
+        drop(writer);
+        task.await.unwrap();
+        store.close().await;
     }
 }

@@ -45,104 +45,220 @@ const MAX_BATCH: usize = 512;
 /// Requests waiting for the writer; callers wait (backpressure) beyond this.
 const QUEUE_DEPTH: usize = 4096;
 
-/// A write operation the writer can apply.
+/// A request's reply channel, and its result between being applied and
+/// the commit: nobody is answered before the batch is on disk, so each
+/// operation's result waits here, typed, until then.
+#[derive(Debug)]
+struct Pending<T> {
+    reply: oneshot::Sender<Result<T, StoreError>>,
+    /// The result of the latest application, set by [`Pending::stage`].
+    staged: Option<T>,
+}
+
+impl<T: Outcome> Pending<T> {
+    /// A request not applied yet, answered on `reply`.
+    fn new(reply: oneshot::Sender<Result<T, StoreError>>) -> Self {
+        Self {
+            reply,
+            staged: None,
+        }
+    }
+
+    /// Keeps `result` for the answer after the commit (replacing the result
+    /// of an earlier, rolled-back application); returns whether it changed
+    /// the database.
+    fn stage(&mut self, result: T) -> bool {
+        let changed = result.changed();
+        self.staged = Some(result);
+        changed
+    }
+
+    /// Answers with the staged result, once the transaction that produced
+    /// it committed. Only operations applied in that transaction are
+    /// answered this way, so a result is always staged (were none, the
+    /// dropped channel would tell the caller the writer stopped: never a
+    /// success without a result). The caller may have gone away (client
+    /// disconnected); the write stands regardless.
+    fn answer(self) {
+        if let Some(result) = self.staged {
+            let _ = self.reply.send(Ok(result));
+        }
+    }
+
+    /// Answers with `err`; nothing this request staged was committed.
+    fn refuse(self, err: StoreError) {
+        let _ = self.reply.send(Err(err));
+    }
+}
+
+/// The result of one kind of write.
+trait Outcome {
+    /// Whether the operation changed the database. A commit that changed
+    /// nothing (a claim with nothing due) succeeds even on a full disk, so
+    /// only a changing one shows that storage failures are over.
+    fn changed(&self) -> bool;
+}
+
+/// Per-video outcome of an enqueue, in request order.
+impl Outcome for Vec<EnqueueOutcome> {
+    fn changed(&self) -> bool {
+        self.iter()
+            .any(|outcome| matches!(outcome, EnqueueOutcome::Created { .. }))
+    }
+}
+
+impl Outcome for CancelOutcome {
+    fn changed(&self) -> bool {
+        matches!(self, CancelOutcome::Cancelled)
+    }
+}
+
+/// The claimed videos.
+impl Outcome for Vec<ClaimedVideo> {
+    fn changed(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+/// The claimed deliveries.
+impl Outcome for Vec<ClaimedDelivery> {
+    fn changed(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+/// Whether a poll result or a delivery attempt was recorded (false: the
+/// lease was lost).
+impl Outcome for bool {
+    fn changed(&self) -> bool {
+        *self
+    }
+}
+
+/// Leases handed back, or the probe row written.
+impl Outcome for () {
+    fn changed(&self) -> bool {
+        true
+    }
+}
+
+impl Outcome for RedeliverOutcome {
+    fn changed(&self) -> bool {
+        matches!(self, RedeliverOutcome::Queued { .. })
+    }
+}
+
+impl Outcome for HintOutcome {
+    fn changed(&self) -> bool {
+        matches!(self, HintOutcome::Hinted { .. } | HintOutcome::Adopted)
+    }
+}
+
+/// A write operation the writer can apply, with the channel its caller
+/// waits on for the operation's own result type.
 #[derive(Debug)]
 enum WriteOp {
-    /// Track these videos (idempotent per id).
-    Enqueue(Vec<NewVideo>),
+    /// Track these videos (idempotent per id); whether each was new.
+    Enqueue {
+        videos: Vec<NewVideo>,
+        reply: Pending<Vec<EnqueueOutcome>>,
+    },
     /// Stop tracking this video.
-    Cancel(VideoId),
+    Cancel {
+        video_id: VideoId,
+        reply: Pending<CancelOutcome>,
+    },
     /// Lease up to `limit` videos due at `now` until `lease_until`.
     Claim {
         now: Millis,
         lease_until: Millis,
         limit: u32,
         rank: Option<Ranker>,
+        reply: Pending<Vec<ClaimedVideo>>,
     },
-    /// Record one poll's result.
-    RecordPoll(Box<PollUpdate>),
+    /// Record one poll's result; whether it was (false: the lease was lost).
+    RecordPoll {
+        update: Box<PollUpdate>,
+        reply: Pending<bool>,
+    },
     /// Hand claimed videos back unpolled.
-    Release(Vec<Release>),
+    Release {
+        releases: Vec<Release>,
+        reply: Pending<()>,
+    },
     /// Lease up to `limit` deliveries due at `now` until `lease_until`.
     ClaimDeliveries {
         now: Millis,
         lease_until: Millis,
         limit: u32,
+        reply: Pending<Vec<ClaimedDelivery>>,
     },
-    /// Record one delivery attempt.
-    RecordAttempt(AttemptRecord),
+    /// Record one delivery attempt; whether it was (false: the lease was
+    /// lost).
+    RecordAttempt {
+        attempt: AttemptRecord,
+        reply: Pending<bool>,
+    },
     /// Hand claimed deliveries back unattempted.
-    ReleaseDeliveries(Vec<DeliveryRelease>),
+    ReleaseDeliveries {
+        releases: Vec<DeliveryRelease>,
+        reply: Pending<()>,
+    },
     /// Queue a terminal video's event again.
     Redeliver {
         video_id: VideoId,
         configured: Vec<String>,
+        reply: Pending<RedeliverOutcome>,
     },
     /// Rewrite the readiness probe's row (a real commit).
-    Probe,
+    Probe { reply: Pending<()> },
     /// Apply a verified push.
-    Hint(PushHint),
+    Hint {
+        hint: PushHint,
+        reply: Pending<HintOutcome>,
+    },
 }
 
-/// The result of one [`WriteOp`].
-#[derive(Debug)]
-enum WriteResult {
-    /// Per-video outcome of an enqueue, in request order.
-    Enqueued(Vec<EnqueueOutcome>),
-    /// Outcome of a cancel.
-    Cancel(CancelOutcome),
-    /// The claimed videos.
-    Claimed(Vec<ClaimedVideo>),
-    /// Whether the poll result was recorded (false: the lease was lost).
-    Recorded(bool),
-    /// Leases handed back.
-    Released,
-    /// The claimed deliveries.
-    ClaimedDeliveries(Vec<ClaimedDelivery>),
-    /// Whether the attempt was recorded (false: the lease was lost).
-    RecordedAttempt(bool),
-    /// What a redelivery did.
-    Redelivered(RedeliverOutcome),
-    /// The probe row was written.
-    Probed,
-    /// What a push did.
-    Hinted(HintOutcome),
-}
-
-impl WriteResult {
-    /// Whether the operation changed the database. A commit that changed
-    /// nothing (a claim with nothing due) succeeds even on a full disk, so
-    /// only a changing one shows that storage failures are over.
-    fn changed(&self) -> bool {
+impl WriteOp {
+    /// Answers with the result staged by the committed transaction.
+    fn answer(self) {
         match self {
-            WriteResult::Enqueued(outcomes) => outcomes
-                .iter()
-                .any(|outcome| matches!(outcome, EnqueueOutcome::Created { .. })),
-            WriteResult::Cancel(outcome) => matches!(outcome, CancelOutcome::Cancelled),
-            WriteResult::Claimed(videos) => !videos.is_empty(),
-            WriteResult::Recorded(applied) | WriteResult::RecordedAttempt(applied) => *applied,
-            WriteResult::Released | WriteResult::Probed => true,
-            WriteResult::ClaimedDeliveries(deliveries) => !deliveries.is_empty(),
-            WriteResult::Redelivered(outcome) => {
-                matches!(outcome, RedeliverOutcome::Queued { .. })
-            }
-            WriteResult::Hinted(outcome) => {
-                matches!(outcome, HintOutcome::Hinted { .. } | HintOutcome::Adopted)
-            }
+            WriteOp::Enqueue { reply, .. } => reply.answer(),
+            WriteOp::Cancel { reply, .. } => reply.answer(),
+            WriteOp::Claim { reply, .. } => reply.answer(),
+            WriteOp::RecordPoll { reply, .. } => reply.answer(),
+            WriteOp::Release { reply, .. } => reply.answer(),
+            WriteOp::ClaimDeliveries { reply, .. } => reply.answer(),
+            WriteOp::RecordAttempt { reply, .. } => reply.answer(),
+            WriteOp::ReleaseDeliveries { reply, .. } => reply.answer(),
+            WriteOp::Redeliver { reply, .. } => reply.answer(),
+            WriteOp::Probe { reply } => reply.answer(),
+            WriteOp::Hint { reply, .. } => reply.answer(),
         }
     }
-}
 
-/// An operation and the channel its caller waits on.
-struct Request {
-    op: WriteOp,
-    reply: oneshot::Sender<Result<WriteResult, StoreError>>,
+    /// Answers with `err`.
+    fn refuse(self, err: StoreError) {
+        match self {
+            WriteOp::Enqueue { reply, .. } => reply.refuse(err),
+            WriteOp::Cancel { reply, .. } => reply.refuse(err),
+            WriteOp::Claim { reply, .. } => reply.refuse(err),
+            WriteOp::RecordPoll { reply, .. } => reply.refuse(err),
+            WriteOp::Release { reply, .. } => reply.refuse(err),
+            WriteOp::ClaimDeliveries { reply, .. } => reply.refuse(err),
+            WriteOp::RecordAttempt { reply, .. } => reply.refuse(err),
+            WriteOp::ReleaseDeliveries { reply, .. } => reply.refuse(err),
+            WriteOp::Redeliver { reply, .. } => reply.refuse(err),
+            WriteOp::Probe { reply } => reply.refuse(err),
+            WriteOp::Hint { reply, .. } => reply.refuse(err),
+        }
+    }
 }
 
 /// Cheap, cloneable handle to the writer task.
 #[derive(Clone, Debug)]
 pub struct Writer {
-    requests: mpsc::Sender<Request>,
+    requests: mpsc::Sender<WriteOp>,
     /// The store's health record, which the writer task updates.
     health: Arc<Health>,
     /// Held by the readiness check that probes: concurrent checks wait for
@@ -206,7 +322,7 @@ impl Writer {
             if self.health.probe_is_fresh(now) {
                 return Ok(());
             }
-            self.submit(WriteOp::Probe).await?;
+            self.submit(|reply| WriteOp::Probe { reply }).await?;
             self.health.probe_succeeded(now);
             Ok(())
         };
@@ -228,10 +344,8 @@ impl Writer {
 
     /// Tracks `videos`; returns, once committed, whether each was new.
     pub async fn enqueue(&self, videos: Vec<NewVideo>) -> Result<Vec<EnqueueOutcome>, StoreError> {
-        match self.submit(WriteOp::Enqueue(videos)).await? {
-            WriteResult::Enqueued(outcomes) => Ok(outcomes),
-            other => unreachable!("enqueue answered with {other:?}"),
-        }
+        self.submit(|reply| WriteOp::Enqueue { videos, reply })
+            .await
     }
 
     /// Leases up to `limit` videos due at `now` until `lease_until`, most
@@ -255,35 +369,29 @@ impl Writer {
         limit: u32,
         rank: Option<Ranker>,
     ) -> Result<Vec<ClaimedVideo>, StoreError> {
-        match self
-            .submit(WriteOp::Claim {
-                now,
-                lease_until,
-                limit,
-                rank,
-            })
-            .await?
-        {
-            WriteResult::Claimed(videos) => Ok(videos),
-            other => unreachable!("claim answered with {other:?}"),
-        }
+        self.submit(|reply| WriteOp::Claim {
+            now,
+            lease_until,
+            limit,
+            rank,
+            reply,
+        })
+        .await
     }
 
     /// Applies a verified push (see `mutations::hint`).
     pub async fn hint(&self, hint: PushHint) -> Result<HintOutcome, StoreError> {
-        match self.submit(WriteOp::Hint(hint)).await? {
-            WriteResult::Hinted(outcome) => Ok(outcome),
-            other => unreachable!("hint answered with {other:?}"),
-        }
+        self.submit(|reply| WriteOp::Hint { hint, reply }).await
     }
 
     /// Records a poll result; `false` when the claim's lease was lost and
     /// the result was discarded.
     pub async fn record_poll(&self, update: PollUpdate) -> Result<bool, StoreError> {
-        match self.submit(WriteOp::RecordPoll(Box::new(update))).await? {
-            WriteResult::Recorded(applied) => Ok(applied),
-            other => unreachable!("record answered with {other:?}"),
-        }
+        self.submit(|reply| WriteOp::RecordPoll {
+            update: Box::new(update),
+            reply,
+        })
+        .await
     }
 
     /// Hands claimed videos back unpolled.
@@ -291,10 +399,8 @@ impl Writer {
         if releases.is_empty() {
             return Ok(());
         }
-        match self.submit(WriteOp::Release(releases)).await? {
-            WriteResult::Released => Ok(()),
-            other => unreachable!("release answered with {other:?}"),
-        }
+        self.submit(|reply| WriteOp::Release { releases, reply })
+            .await
     }
 
     /// Leases up to `limit` due deliveries with their events.
@@ -304,17 +410,13 @@ impl Writer {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        match self
-            .submit(WriteOp::ClaimDeliveries {
-                now,
-                lease_until,
-                limit,
-            })
-            .await?
-        {
-            WriteResult::ClaimedDeliveries(deliveries) => Ok(deliveries),
-            other => unreachable!("delivery claim answered with {other:?}"),
-        }
+        self.submit(|reply| WriteOp::ClaimDeliveries {
+            now,
+            lease_until,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Hands claimed deliveries back unattempted.
@@ -325,18 +427,14 @@ impl Writer {
         if releases.is_empty() {
             return Ok(());
         }
-        match self.submit(WriteOp::ReleaseDeliveries(releases)).await? {
-            WriteResult::Released => Ok(()),
-            other => unreachable!("delivery release answered with {other:?}"),
-        }
+        self.submit(|reply| WriteOp::ReleaseDeliveries { releases, reply })
+            .await
     }
 
     /// Records one delivery attempt; `false` when the lease was lost.
     pub async fn record_attempt(&self, attempt: AttemptRecord) -> Result<bool, StoreError> {
-        match self.submit(WriteOp::RecordAttempt(attempt)).await? {
-            WriteResult::RecordedAttempt(applied) => Ok(applied),
-            other => unreachable!("attempt answered with {other:?}"),
-        }
+        self.submit(|reply| WriteOp::RecordAttempt { attempt, reply })
+            .await
     }
 
     /// Queues a terminal video's event again to the `configured` URLs and
@@ -346,30 +444,29 @@ impl Writer {
         video_id: VideoId,
         configured: Vec<String>,
     ) -> Result<RedeliverOutcome, StoreError> {
-        match self
-            .submit(WriteOp::Redeliver {
-                video_id,
-                configured,
-            })
-            .await?
-        {
-            WriteResult::Redelivered(outcome) => Ok(outcome),
-            other => unreachable!("redeliver answered with {other:?}"),
-        }
+        self.submit(|reply| WriteOp::Redeliver {
+            video_id,
+            configured,
+            reply,
+        })
+        .await
     }
 
     /// Cancels an active video; returns, once committed, what happened.
     pub async fn cancel(&self, video_id: VideoId) -> Result<CancelOutcome, StoreError> {
-        match self.submit(WriteOp::Cancel(video_id)).await? {
-            WriteResult::Cancel(outcome) => Ok(outcome),
-            other => unreachable!("cancel answered with {other:?}"),
-        }
+        self.submit(|reply| WriteOp::Cancel { video_id, reply })
+            .await
     }
 
-    async fn submit(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
+    /// Queues the operation `op` builds around its reply channel, and waits
+    /// for its result (given only after its commit).
+    async fn submit<T: Outcome>(
+        &self,
+        op: impl FnOnce(Pending<T>) -> WriteOp,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request { op, reply })
+            .send(op(Pending::new(reply)))
             .await
             .map_err(|_| StoreError::WriterStopped)?;
         answer.await.map_err(|_| StoreError::WriterStopped)?
@@ -377,7 +474,7 @@ impl Writer {
 }
 
 /// The writer loop: drain the queue in batches until every sender is gone.
-async fn run(store: Store, mut conn: SqliteConnection, mut queue: mpsc::Receiver<Request>) {
+async fn run(store: Store, mut conn: SqliteConnection, mut queue: mpsc::Receiver<WriteOp>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         if commit_batch(&mut conn, &mut batch, store.health()).await == Connection::Suspect {
@@ -418,9 +515,9 @@ async fn reconnect(store: &Store, old: SqliteConnection) -> SqliteConnection {
 }
 
 /// Answers every request of `batch` with `err`.
-fn refuse_all(batch: &mut Vec<Request>, err: impl Fn() -> StoreError) {
+fn refuse_all(batch: &mut Vec<WriteOp>, err: impl Fn() -> StoreError) {
     for request in batch.drain(..) {
-        let _ = request.reply.send(Err(err()));
+        request.refuse(err());
     }
 }
 
@@ -429,7 +526,7 @@ fn refuse_all(batch: &mut Vec<Request>, err: impl Fn() -> StoreError) {
 #[instrument(skip_all, level = "debug", fields(size = batch.len()))]
 async fn commit_batch(
     conn: &mut SqliteConnection,
-    batch: &mut Vec<Request>,
+    batch: &mut Vec<WriteOp>,
     health: &Health,
 ) -> Connection {
     // Nothing is written to a file the path no longer names: it would be
@@ -442,21 +539,21 @@ async fn commit_batch(
     }
     let shared = async {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let ops: Vec<&WriteOp> = batch.iter().map(|request| &request.op).collect();
-        let mut results = Vec::with_capacity(ops.len());
-        let mut rest = &ops[..];
+        let mut changed = false;
+        let mut rest = &mut batch[..];
         while !rest.is_empty() {
             let run = set_run_len(rest);
-            results.extend(apply_run(&mut tx, &rest[..run]).await?);
-            rest = &rest[run..];
+            let (head, tail) = rest.split_at_mut(run);
+            changed |= apply_run(&mut tx, head).await?;
+            rest = tail;
         }
         tx.commit().await?;
-        Ok::<_, StoreError>(results)
+        Ok::<_, StoreError>(changed)
     }
     .await;
 
     match shared {
-        Ok(results) => {
+        Ok(changed) => {
             // The file may have been removed or replaced while the
             // transaction ran: then the commit went to a file the next start
             // will not open, and nobody may be told their write is stored.
@@ -464,11 +561,9 @@ async fn commit_batch(
                 refuse_all(batch, || StoreError::FileLost(problem.clone()));
                 return Connection::Sound;
             }
-            health.write_succeeded(results.iter().any(WriteResult::changed));
-            for (request, result) in batch.drain(..).zip(results) {
-                // The caller may have gone away (client disconnected); the
-                // write stands regardless.
-                let _ = request.reply.send(Ok(result));
+            health.write_succeeded(changed);
+            for request in batch.drain(..) {
+                request.answer();
             }
             Connection::Sound
         }
@@ -491,13 +586,16 @@ async fn commit_batch(
         }
         Err(err) => {
             warn!(error = %err, "batched write failed; retrying each request alone");
+            // Each request again in its own transaction: a success stages
+            // its result anew (what the shared attempt staged was rolled
+            // back), a failure is that request's answer.
             let mut answers = Vec::with_capacity(batch.len());
-            for request in batch.drain(..) {
+            for mut request in batch.drain(..) {
                 let result = async {
                     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-                    let mut result = apply_run(&mut tx, &[&request.op]).await?;
+                    let changed = apply_run(&mut tx, std::slice::from_mut(&mut request)).await?;
                     tx.commit().await?;
-                    Ok(result.pop().expect("one result per operation"))
+                    Ok(changed)
                 }
                 .await;
                 answers.push((request, result));
@@ -515,19 +613,17 @@ async fn commit_batch(
             }
             let lost = health.check_file().err();
             if lost.is_none() {
-                let changed = answers
-                    .iter()
-                    .any(|(_, result)| result.as_ref().is_ok_and(WriteResult::changed));
+                let changed = answers.iter().any(|(_, result)| matches!(result, Ok(true)));
                 if answers.iter().any(|(_, result)| result.is_ok()) {
                     health.write_succeeded(changed);
                 }
             }
             for (request, result) in answers {
-                let result = match (&lost, result) {
-                    (Some(problem), _) => Err(StoreError::FileLost(problem.clone())),
-                    (None, result) => result,
-                };
-                let _ = request.reply.send(result);
+                match (&lost, result) {
+                    (Some(problem), _) => request.refuse(StoreError::FileLost(problem.clone())),
+                    (None, Ok(_)) => request.answer(),
+                    (None, Err(err)) => request.refuse(err),
+                }
             }
             Connection::Sound
         }
@@ -557,14 +653,16 @@ const MAX_VIDEOS_PER_STATEMENT: usize = 4096;
 ///
 /// Only neighbours are grouped, so operations still take effect in the
 /// order they were queued.
-fn set_run_len(ops: &[&WriteOp]) -> usize {
+fn set_run_len(ops: &[WriteOp]) -> usize {
     match ops.first() {
-        Some(WriteOp::Enqueue(first)) => {
+        Some(WriteOp::Enqueue { videos: first, .. }) => {
             let mut videos = first.len();
             1 + ops[1..]
                 .iter()
                 .take_while(|op| match op {
-                    WriteOp::Enqueue(more) if videos + more.len() <= MAX_VIDEOS_PER_STATEMENT => {
+                    WriteOp::Enqueue { videos: more, .. }
+                        if videos + more.len() <= MAX_VIDEOS_PER_STATEMENT =>
+                    {
                         videos += more.len();
                         true
                     }
@@ -572,16 +670,16 @@ fn set_run_len(ops: &[&WriteOp]) -> usize {
                 })
                 .count()
         }
-        Some(WriteOp::RecordPoll(_)) => {
+        Some(WriteOp::RecordPoll { .. }) => {
             1 + ops[1..]
                 .iter()
-                .take_while(|op| matches!(op, WriteOp::RecordPoll(_)))
+                .take_while(|op| matches!(op, WriteOp::RecordPoll { .. }))
                 .count()
         }
-        Some(WriteOp::Probe) => {
+        Some(WriteOp::Probe { .. }) => {
             1 + ops[1..]
                 .iter()
-                .take_while(|op| matches!(op, WriteOp::Probe))
+                .take_while(|op| matches!(op, WriteOp::Probe { .. }))
                 .count()
         }
         Some(_) => 1,
@@ -589,103 +687,121 @@ fn set_run_len(ops: &[&WriteOp]) -> usize {
     }
 }
 
-/// Applies a run chosen by [`set_run_len`] inside the caller's transaction;
-/// one result per operation, in order.
-async fn apply_run(
-    conn: &mut SqliteConnection,
-    run: &[&WriteOp],
-) -> Result<Vec<WriteResult>, StoreError> {
+/// Applies a run chosen by [`set_run_len`] inside the caller's transaction,
+/// staging each operation's result; returns whether any changed the
+/// database.
+async fn apply_run(conn: &mut SqliteConnection, run: &mut [WriteOp]) -> Result<bool, StoreError> {
     match run.first() {
-        Some(WriteOp::Enqueue(_)) => {
+        Some(WriteOp::Enqueue { .. }) => {
             let videos: Vec<&NewVideo> = run
                 .iter()
                 .flat_map(|op| match op {
-                    WriteOp::Enqueue(videos) => videos.as_slice(),
+                    WriteOp::Enqueue { videos, .. } => videos.as_slice(),
                     _ => &[],
                 })
                 .collect();
             let mut outcomes = mutations::insert_videos(conn, &videos, Millis::now())
                 .await?
                 .into_iter();
-            Ok(run
-                .iter()
-                .map(|op| {
-                    let count = match op {
-                        WriteOp::Enqueue(videos) => videos.len(),
-                        _ => 0,
-                    };
-                    WriteResult::Enqueued(outcomes.by_ref().take(count).collect())
-                })
-                .collect())
+            let mut changed = false;
+            for op in run {
+                if let WriteOp::Enqueue { videos, reply } = op {
+                    changed |= reply.stage(outcomes.by_ref().take(videos.len()).collect());
+                }
+            }
+            Ok(changed)
         }
-        Some(WriteOp::RecordPoll(_)) => {
+        Some(WriteOp::RecordPoll { .. }) => {
             let updates: Vec<&PollUpdate> = run
                 .iter()
                 .filter_map(|op| match op {
-                    WriteOp::RecordPoll(update) => Some(update.as_ref()),
+                    WriteOp::RecordPoll { update, .. } => Some(update.as_ref()),
                     _ => None,
                 })
                 .collect();
             let applied = mutations::record_polls(conn, &updates).await?;
-            Ok(applied.into_iter().map(WriteResult::Recorded).collect())
+            let mut changed = false;
+            let replies = run.iter_mut().filter_map(|op| match op {
+                WriteOp::RecordPoll { reply, .. } => Some(reply),
+                _ => None,
+            });
+            for (reply, applied) in replies.zip(applied) {
+                changed |= reply.stage(applied);
+            }
+            Ok(changed)
         }
-        Some(WriteOp::Probe) => {
+        Some(WriteOp::Probe { .. }) => {
             mutations::touch_probe(conn, Millis::now()).await?;
-            Ok(run.iter().map(|_| WriteResult::Probed).collect())
+            let mut changed = false;
+            for op in run {
+                if let WriteOp::Probe { reply } = op {
+                    changed |= reply.stage(());
+                }
+            }
+            Ok(changed)
         }
-        Some(op) => Ok(vec![apply(conn, op).await?]),
-        None => Ok(Vec::new()),
+        Some(_) => {
+            let mut changed = false;
+            for op in run {
+                changed |= apply(conn, op).await?;
+            }
+            Ok(changed)
+        }
+        None => Ok(false),
     }
 }
 
-/// Applies one operation that has no set-based form inside the caller's
-/// transaction.
-async fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> Result<WriteResult, StoreError> {
+/// Applies one operation inside the caller's transaction, staging its
+/// result; returns whether it changed the database. (Enqueues, poll
+/// results and probes are applied by [`apply_run`], alone or with their
+/// neighbours.)
+async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<bool, StoreError> {
     let now = Millis::now();
     match op {
-        WriteOp::Enqueue(_) | WriteOp::RecordPoll(_) | WriteOp::Probe => {
-            unreachable!("enqueues, poll results and probes are applied by apply_run")
+        // A run of one (boxed: the two functions call each other).
+        WriteOp::Enqueue { .. } | WriteOp::RecordPoll { .. } | WriteOp::Probe { .. } => {
+            Box::pin(apply_run(conn, std::slice::from_mut(op))).await
         }
-        WriteOp::Cancel(video_id) => Ok(WriteResult::Cancel(
-            mutations::cancel_video(conn, video_id, now).await?,
-        )),
+        WriteOp::Cancel { video_id, reply } => {
+            Ok(reply.stage(mutations::cancel_video(conn, video_id, now).await?))
+        }
         WriteOp::Claim {
             now,
             lease_until,
             limit,
             rank,
-        } => Ok(WriteResult::Claimed(
-            mutations::claim(conn, *now, *lease_until, *limit, rank.as_ref()).await?,
-        )),
-        WriteOp::Hint(hint) => Ok(WriteResult::Hinted(mutations::hint(conn, hint).await?)),
-        WriteOp::Release(releases) => {
-            for release in releases {
+            reply,
+        } => {
+            Ok(reply
+                .stage(mutations::claim(conn, *now, *lease_until, *limit, rank.as_ref()).await?))
+        }
+        WriteOp::Hint { hint, reply } => Ok(reply.stage(mutations::hint(conn, hint).await?)),
+        WriteOp::Release { releases, reply } => {
+            for release in releases.iter() {
                 mutations::release(conn, release).await?;
             }
-            Ok(WriteResult::Released)
+            Ok(reply.stage(()))
         }
         WriteOp::ClaimDeliveries {
             now,
             lease_until,
             limit,
-        } => Ok(WriteResult::ClaimedDeliveries(
-            mutations::claim_deliveries(conn, *now, *lease_until, *limit).await?,
-        )),
-        WriteOp::ReleaseDeliveries(releases) => {
-            for release in releases {
+            reply,
+        } => Ok(reply.stage(mutations::claim_deliveries(conn, *now, *lease_until, *limit).await?)),
+        WriteOp::ReleaseDeliveries { releases, reply } => {
+            for release in releases.iter() {
                 mutations::release_delivery(conn, release).await?;
             }
-            Ok(WriteResult::Released)
+            Ok(reply.stage(()))
         }
-        WriteOp::RecordAttempt(attempt) => Ok(WriteResult::RecordedAttempt(
-            mutations::record_attempt(conn, attempt).await?,
-        )),
+        WriteOp::RecordAttempt { attempt, reply } => {
+            Ok(reply.stage(mutations::record_attempt(conn, attempt).await?))
+        }
         WriteOp::Redeliver {
             video_id,
             configured,
-        } => Ok(WriteResult::Redelivered(
-            mutations::redeliver(conn, video_id, configured, now).await?,
-        )),
+            reply,
+        } => Ok(reply.stage(mutations::redeliver(conn, video_id, configured, now).await?)),
     }
 }
 
@@ -754,17 +870,72 @@ mod tests {
 
     #[test]
     fn neighbouring_probes_share_one_write_and_keep_their_place() {
-        let cancel = WriteOp::Cancel(VideoId::parse("v").unwrap());
-        let ops = [
-            &WriteOp::Probe,
-            &WriteOp::Probe,
-            &WriteOp::Probe,
-            &cancel,
-            &WriteOp::Probe,
-        ];
+        let probe = || WriteOp::Probe {
+            reply: Pending::new(oneshot::channel().0),
+        };
+        let cancel = WriteOp::Cancel {
+            video_id: VideoId::parse("v").unwrap(),
+            reply: Pending::new(oneshot::channel().0),
+        };
+        let ops = [probe(), probe(), probe(), cancel, probe()];
         assert_eq!(set_run_len(&ops), 3);
         assert_eq!(set_run_len(&ops[3..]), 1);
         assert_eq!(set_run_len(&ops[4..]), 1);
+    }
+
+    /// One request of a batch violating a constraint fails alone: the
+    /// shared transaction is rolled back, every request is retried in its
+    /// own, and each caller gets its own answer (its outcome, or the
+    /// violation), its neighbours' writes stored.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_failing_in_a_batch_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        // A constraint only the second request breaks.
+        sqlx::query("CREATE UNIQUE INDEX one_video_per_url ON videos (callback_url)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let (writer, task) = Writer::start(&store).await.unwrap();
+        let video = |id: &str, url: &str| {
+            vec![NewVideo {
+                video_id: VideoId::parse(id).unwrap(),
+                callback_url: Some(url.to_owned()),
+                metadata: None,
+                first_poll_at: Millis(0),
+            }]
+        };
+        // On this single-threaded runtime all three are queued before the
+        // writer runs, so they share one batch (and one insert statement).
+        let (first, clash, other) = tokio::join!(
+            writer.enqueue(video("a", "https://example.com/x")),
+            writer.enqueue(video("b", "https://example.com/x")),
+            writer.enqueue(video("c", "https://example.com/y")),
+        );
+        assert!(
+            matches!(first.unwrap()[..], [EnqueueOutcome::Created { .. }]),
+            "the first keeps its answer"
+        );
+        match clash {
+            Err(StoreError::Database(sqlx::Error::Database(db))) => {
+                assert_eq!(db.kind(), sqlx::error::ErrorKind::UniqueViolation)
+            }
+            other => panic!("the clashing request is refused: {other:?}"),
+        }
+        assert!(matches!(
+            other.unwrap()[..],
+            [EnqueueOutcome::Created { .. }]
+        ));
+        for (id, stored) in [("a", true), ("b", false), ("c", true)] {
+            let details = store
+                .video_details(&VideoId::parse(id).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(details.is_some(), stored, "{id}");
+        }
+        drop(writer);
+        task.await.unwrap();
+        store.close().await;
     }
 
     /// The file is removed while the writer's transaction waits for the

@@ -48,15 +48,10 @@ async fn enqueue_at(
         .send("POST", "/v1/videos/batch", Some(&json!({"videos": videos})))
         .await;
     assert!(reply.status < 300, "{reply:?}");
-    sqlx::query(
-        "UPDATE videos SET enqueued_at = ?1, next_poll_at = ?1 + 10000 \
-         WHERE video_id IN (SELECT value FROM json_each(?2))",
-    )
-    .bind(at.0)
-    .bind(serde_json::to_string(&ids).unwrap())
-    .execute(store.pool())
-    .await
-    .expect("move the enqueue to the virtual clock");
+    store
+        .set_enqueue_times(&ids, at, Millis(at.0 + 10000))
+        .await
+        .expect("move the enqueue to the virtual clock");
     for (id, job) in renders {
         app.sim.state.script_render(id, *job, at);
     }
@@ -73,11 +68,11 @@ async fn run_workload(app: &TestApp, seed: u64, videos: usize) {
     let mut arrivals = jobs.iter().enumerate().peekable();
     let mut now = start;
     for _ in 0..200_000 {
-        let due: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(next_poll_at) FROM videos WHERE state = 'active'")
-                .fetch_one(store.pool())
-                .await
-                .expect("next due time");
+        let due: Option<i64> = store
+            .next_poll_due()
+            .await
+            .expect("next due time")
+            .map(|at| at.0);
         let next_arrival = arrivals.peek().map(|(_, job)| start.plus(job.arrival));
         match (due, next_arrival) {
             (None, None) => return,

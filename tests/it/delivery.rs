@@ -128,15 +128,14 @@ async fn fails_three_times_then_delivered_with_one_event_id() {
     assert_eq!(delivery["last_status"], 200);
     assert_eq!(delivery["next_attempt_at"], Value::Null);
     let store = app.store().await;
-    let attempts: Vec<(Option<i64>,)> =
-        sqlx::query_as("SELECT status FROM delivery_attempts ORDER BY id")
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-    assert_eq!(
-        attempts,
-        [(Some(500),), (Some(500),), (Some(500),), (Some(200),)]
-    );
+    let attempts: Vec<Option<i64>> = store
+        .attempt_rows()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|attempt| attempt.status)
+        .collect();
+    assert_eq!(attempts, [Some(500), Some(500), Some(500), Some(200)]);
     app.stop().await;
 }
 
@@ -195,10 +194,10 @@ async fn retry_after_is_honoured() {
     completed_video(&app, "d-later", json!({})).await;
     let store = app.store().await;
     let next_attempt = || async {
-        sqlx::query_scalar::<_, i64>("SELECT next_attempt_at FROM deliveries")
-            .fetch_one(store.pool())
-            .await
+        store.delivery_rows().await.unwrap()[0]
+            .next_attempt_at
             .unwrap()
+            .0
     };
     let now = Millis::now();
     app.deliver(now).await;
@@ -609,10 +608,7 @@ async fn an_endless_answer_does_not_stall_the_attempt() {
     let delivery = delivery_of(&app.video("d-endless").await.json, &receiver.url("ops"));
     assert_eq!(delivery["state"], "delivered", "{delivery}");
     let store = app.store().await;
-    let took: i64 = sqlx::query_scalar("SELECT duration_ms FROM delivery_attempts")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
+    let took = store.attempt_rows().await.unwrap()[0].duration_ms;
     assert!(
         took < 2_500,
         "the attempt stopped reading early, it took {took} ms (timeout 5000 ms)"
@@ -632,10 +628,7 @@ async fn no_more_than_4_kib_of_an_answer_is_waited_for() {
     let delivery = delivery_of(&app.video("d-stall").await.json, &receiver.url("ops"));
     assert_eq!(delivery["state"], "delivered", "{delivery}");
     let store = app.store().await;
-    let took: i64 = sqlx::query_scalar("SELECT duration_ms FROM delivery_attempts")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
+    let took = store.attempt_rows().await.unwrap()[0].duration_ms;
     assert!(took < 2_500, "took {took} ms (timeout 5000 ms)");
     app.stop().await;
 }
@@ -783,9 +776,8 @@ async fn a_stored_host_name_longer_than_253_octets_is_refused_at_send_time() {
         let label = "a".repeat(63);
         let long = format!("https://{label}.{label}.{label}.{}/x", "b".repeat(62));
         let store = app.store().await;
-        sqlx::query("UPDATE deliveries SET url = ?1 WHERE url = 'https://short.invalid/x'")
-            .bind(&long)
-            .execute(store.pool())
+        store
+            .set_delivery_url("https://short.invalid/x", &long)
             .await
             .unwrap();
         app.deliver(Millis::now()).await;
@@ -1088,13 +1080,14 @@ async fn an_attempt_cut_off_by_shutdown_is_handed_back_due_at_once() {
     // Handed back: no lease left (the next start sends it at once instead of
     // waiting the lease out), due now, and the cut-off attempt not counted.
     let store = jogg_relay::store::Store::open(&database).await.unwrap();
-    let (lease_until, next_attempt_at, attempts): (Option<i64>, i64, i64) =
-        sqlx::query_as("SELECT lease_until, next_attempt_at, attempts FROM deliveries")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
+    let delivery = store.delivery_rows().await.unwrap().remove(0);
+    let (lease_until, next_attempt_at, attempts) = (
+        delivery.lease_until,
+        delivery.next_attempt_at.unwrap(),
+        delivery.attempts,
+    );
     assert_eq!(lease_until, None);
-    assert!(next_attempt_at <= Millis::now().0, "due at once");
+    assert!(next_attempt_at <= Millis::now(), "due at once");
     assert_eq!(attempts, 0);
     store.close().await;
 }

@@ -16,6 +16,7 @@ use jogg_relay::domain::Millis;
 use jogg_relay::poller::{Outcome, Poller};
 use jogg_relay::sim::{SIM_API_KEY, SimUpstream};
 use jogg_relay::store::Store;
+use jogg_relay::store::test_support::Table;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -266,16 +267,13 @@ impl TestApp {
     /// Number of rows in `table`.
     pub async fn count(&self, table: &str) -> i64 {
         let store = self.store().await;
-        let sql = match table {
-            "videos" => "SELECT COUNT(*) FROM videos",
-            "transitions" => "SELECT COUNT(*) FROM transitions",
-            "deliveries" => "SELECT COUNT(*) FROM deliveries",
+        let table = match table {
+            "videos" => Table::Videos,
+            "transitions" => Table::Transitions,
+            "deliveries" => Table::Deliveries,
             other => panic!("unknown table {other}"),
         };
-        let count = sqlx::query_scalar(sql)
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
+        let count = store.row_count(table).await.unwrap();
         store.close().await;
         count
     }

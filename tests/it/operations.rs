@@ -232,11 +232,7 @@ async fn readyz_flips_for_the_database_and_back() {
     assert_eq!(app.send("GET", "/readyz", None).await.status, 200);
     // Another process holds the write lock.
     let store = app.store().await;
-    let mut blocker = store.pool().acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = store.hold_write_lock().await.unwrap();
     // The probe that just committed answers for a second (README): the
     // held lock shows once that second is over, when the next probe waits
     // out its own limit. Real time, as the relay's probe waits on SQLite.
@@ -259,11 +255,7 @@ async fn readyz_flips_for_the_database_and_back() {
         200,
         "alive all the same"
     );
-    sqlx::query("ROLLBACK")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-    drop(blocker);
+    blocker.release().await.unwrap();
     assert_eq!(app.send("GET", "/readyz", None).await.status, 200);
     app.stop().await;
 }
@@ -505,21 +497,18 @@ async fn sigterm_mid_flight_exits_within_the_grace_and_hands_work_back() {
     ))
     .unwrap();
     let store = jogg_relay::store::Store::open(&db).await.unwrap();
-    let (state, lease, next_poll): (String, Option<i64>, i64) = sqlx::query_as(
-        "SELECT state, lease_until, next_poll_at FROM videos WHERE video_id = 'stuck'",
-    )
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
+    let video = store.video_row("stuck").await.unwrap().unwrap();
+    let (state, lease, next_poll) = (video.state, video.lease_until, video.next_poll_at.unwrap());
     assert_eq!((state.as_str(), lease), ("active", None));
-    assert!(next_poll <= handed_back_by.0);
-    let (state, lease, next_attempt): (String, Option<i64>, i64) =
-        sqlx::query_as("SELECT state, lease_until, next_attempt_at FROM deliveries")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
+    assert!(next_poll <= handed_back_by);
+    let delivery = store.delivery_rows().await.unwrap().remove(0);
+    let (state, lease, next_attempt) = (
+        delivery.state,
+        delivery.lease_until,
+        delivery.next_attempt_at.unwrap(),
+    );
     assert_eq!((state.as_str(), lease), ("pending", None));
-    assert!(next_attempt <= handed_back_by.0);
+    assert!(next_attempt <= handed_back_by);
     store.close().await;
 
     // The next start takes both at once.

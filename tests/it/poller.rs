@@ -220,12 +220,8 @@ async fn transient_failures_back_off_without_changing_anything() {
         assert_eq!(video["state"], "active");
         assert_eq!(video["transitions"], json!([]), "no transition on errors");
         let next = app.store().await;
-        let (streak, next_poll_at): (i64, i64) = sqlx::query_as(
-            "SELECT error_streak, next_poll_at FROM videos WHERE video_id = 'flaky'",
-        )
-        .fetch_one(next.pool())
-        .await
-        .unwrap();
+        let video = next.video_row("flaky").await.unwrap().unwrap();
+        let (streak, next_poll_at) = (video.error_streak, video.next_poll_at.unwrap().0);
         assert_eq!(streak, attempt);
         let delay = next_poll_at - now.0;
         assert!(
@@ -487,13 +483,7 @@ async fn terminal_state_and_outbox_rows_commit_together() {
     let store = app.store().await;
     // The outbox insert fails (as a full disk would) after the state update
     // in the same transaction.
-    sqlx::query(
-        "CREATE TRIGGER fail_outbox BEFORE INSERT ON deliveries \
-         BEGIN SELECT RAISE(ABORT, 'simulated failure'); END",
-    )
-    .execute(store.pool())
-    .await
-    .unwrap();
+    store.set_delivery_inserts_failing(true).await.unwrap();
     let now = Millis::now();
     let result = app.poller.as_ref().unwrap().step(now).await;
     assert!(result.is_err(), "the failed write is reported: {result:?}");
@@ -502,10 +492,7 @@ async fn terminal_state_and_outbox_rows_commit_together() {
     assert_eq!(video["transitions"], json!([]));
     assert_eq!(app.count("deliveries").await, 0);
 
-    sqlx::query("DROP TRIGGER fail_outbox")
-        .execute(store.pool())
-        .await
-        .unwrap();
+    store.set_delivery_inserts_failing(false).await.unwrap();
     // The claim's lease is still held; once it expires, the poll is repeated.
     // (Bounded: a poller that never records the result fails the test
     // instead of hanging it.)

@@ -130,11 +130,13 @@ async fn learned(app: &TestApp, by: &str) -> f64 {
 /// it).
 async fn hinted_at(app: &TestApp, id: &str) -> Option<i64> {
     let store = app.store().await;
-    let value = sqlx::query_scalar("SELECT hinted_at FROM videos WHERE video_id = ?")
-        .bind(id)
-        .fetch_one(store.pool())
+    let value = store
+        .video_row(id)
         .await
-        .unwrap();
+        .unwrap()
+        .unwrap()
+        .hinted_at
+        .map(|at| at.0);
     store.close().await;
     value
 }

@@ -186,25 +186,26 @@ async fn check_outcome(
     endings: &HashMap<String, &'static str>,
 ) {
     let store = open_store(dir).await;
-    let videos: Vec<(i64, String, String, Option<String>)> =
-        sqlx::query_as("SELECT id, video_id, state, event_id FROM videos")
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
+    let videos: Vec<(i64, String, String, Option<String>)> = store
+        .video_rows()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|video| (video.id, video.video_id, video.state, video.event_id))
+        .collect();
     assert_eq!(
         videos.len(),
         endings.len(),
         "every acknowledged video is stored"
     );
-    let transitions: Vec<(i64, String, Option<String>, String)> = sqlx::query_as(
-        "SELECT video_rowid, kind, from_value, to_value FROM transitions ORDER BY id",
-    )
-    .fetch_all(store.pool())
-    .await
-    .unwrap();
+    let transitions = store.transition_rows().await.unwrap();
     let mut log: HashMap<i64, Vec<(String, Option<String>, String)>> = HashMap::new();
-    for (rowid, kind, from, to) in transitions {
-        log.entry(rowid).or_default().push((kind, from, to));
+    for transition in transitions {
+        log.entry(transition.video_rowid).or_default().push((
+            transition.kind,
+            transition.from_value,
+            transition.to_value,
+        ));
     }
     let mut callbacks: HashMap<String, Vec<&jogg_relay::sim::Received>> = HashMap::new();
     let received = receiver.state.received();
@@ -387,11 +388,14 @@ async fn upstream_faults_never_decide_an_outcome() {
         seen = sim.state.request_count();
     }
     let store = open_store(dir.path()).await;
-    let decided: Vec<(String, String)> =
-        sqlx::query_as("SELECT video_id, state FROM videos WHERE state != 'active'")
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
+    let decided: Vec<(String, String)> = store
+        .video_rows()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|video| video.state != "active")
+        .map(|video| (video.video_id, video.state))
+        .collect();
     for (id, state) in &decided {
         assert_eq!(state, endings[id], "{id} decided by a fault");
     }
@@ -522,11 +526,7 @@ async fn a_locked_database_is_survived_and_recovered_from() {
 
     // Another process takes the write lock and holds it past the busy timeout.
     let store = open_store(dir.path()).await;
-    let mut blocker = store.pool().acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = store.hold_write_lock().await.unwrap();
     let ready = client
         .get(format!("{}/readyz", relay.base()))
         .send()
@@ -550,11 +550,7 @@ async fn a_locked_database_is_survived_and_recovered_from() {
             .status(),
         200
     );
-    sqlx::query("ROLLBACK")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-    drop(blocker);
+    blocker.release().await.unwrap();
     store.close().await;
 
     // It recovers by itself: ready again, accepting, and finishing its work.
@@ -583,10 +579,13 @@ async fn a_locked_database_is_survived_and_recovered_from() {
     );
     assert!(!log.iter().any(|l| l.contains("panicked")), "no panic");
     let store = open_store(dir.path()).await;
-    let stored: Vec<String> = sqlx::query_scalar("SELECT video_id FROM videos")
-        .fetch_all(store.pool())
+    let stored: Vec<String> = store
+        .video_rows()
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(|video| video.video_id)
+        .collect();
     for id in &acknowledged {
         assert!(stored.contains(id), "{id} acknowledged and kept");
     }

@@ -333,13 +333,7 @@ async fn readiness_names_corruption_once_sqlite_reports_damaged_pages() {
     }
     let db = db_path(&first);
     let store = first.store().await;
-    let (root, page_size): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT rootpage FROM sqlite_schema WHERE name = 'videos'), \
-                (SELECT page_size FROM pragma_page_size())",
-    )
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
+    let (root, page_size) = store.root_page("videos").await.unwrap();
     store.close().await;
     first.stop().await;
     assert!(!db.with_file_name("relay.db-wal").exists());
