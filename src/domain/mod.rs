@@ -1,6 +1,12 @@
 //! The vocabulary every module shares: validated video ids, the states a
 //! tracked video moves through, the relay's notion of time and of a claim's
-//! lease.
+//! lease; and, in the sub-modules, what the workers' pure decisions read
+//! and produce: [`poll`] for a poll round, [`delivery`] for a callback
+//! attempt. The store reads and writes these types; nothing here knows
+//! how they are stored.
+
+pub mod delivery;
+pub mod poll;
 
 use std::fmt;
 use std::str::FromStr;

@@ -10,6 +10,7 @@ pub mod health;
 pub mod lock;
 mod mutations;
 pub mod records;
+mod rows;
 pub mod writer;
 
 use std::path::Path;
@@ -30,11 +31,9 @@ use crate::domain::{Millis, VideoId, VideoState};
 pub use health::Unready;
 pub use lock::{DatabaseLock, LockError};
 pub use records::{
-    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, ConflictingFields, DeliveryNext,
-    DeliveryRecord, DeliveryRelease, DueVideo, EnqueueOutcome, FinishedRender, HintOutcome,
-    NewTransition, NewVideo, PollUpdate, PushHint, RANKED_WINDOW, Ranker, RedeliverOutcome,
-    Release, TerminalChange, TrackedRender, TransitionRecord, UpstreamFields, VideoDetails,
-    VideoRecord,
+    CancelOutcome, ConflictingFields, DeliveryRecord, DueVideo, EnqueueOutcome, FinishedRender,
+    HintOutcome, NewVideo, PushHint, RANKED_WINDOW, Ranker, RedeliverOutcome, TrackedRender,
+    TransitionRecord, VideoDetails, VideoRecord,
 };
 pub use writer::Writer;
 

@@ -878,7 +878,7 @@ async fn a_push_during_the_poll_survives_it() {
     for video in &claimed {
         assert_eq!(
             video.answers_push(),
-            video.video_id == "race-early",
+            video.video_id.as_str() == "race-early",
             "{video:?}"
         );
         let Decision::Record { update, .. } =
@@ -912,7 +912,7 @@ async fn a_push_during_the_poll_survives_it() {
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].video_id, "race-late");
+    assert_eq!(again[0].video_id.as_str(), "race-late");
     assert!(again[0].answers_push());
     drop(writer);
     store.close().await;
