@@ -18,13 +18,12 @@ use std::time::Duration;
 
 use crate::adaptive::{Learner, Observation, Schedule, SharedLearner};
 use crate::config::{Config, PollingConfig};
-use crate::domain::poll::ClaimedVideo;
+use crate::domain::poll::{ClaimedVideo, DueVideo, RANKED_WINDOW, Ranker};
 use crate::domain::{Lease, Millis, StoredId, VideoId};
 use crate::jogg::{PollAnswer, StatusClass, VideoStatus};
 use crate::poller::decide::{self, Decision};
 use crate::poller::learning;
 use crate::poller::policy::PollPolicy;
-use crate::store::{DueVideo, RANKED_WINDOW, Ranker};
 use crate::workload::{DelayReport, RenderJob};
 
 /// Virtual time at which every run starts (a plausible date, so that the
@@ -335,11 +334,11 @@ fn claim(
 fn due_row(video: &Tracked, id: i64) -> DueVideo {
     DueVideo {
         id,
-        enqueued_at: video.enqueued_at.0,
+        enqueued_at: video.enqueued_at,
         created_at: None,
-        unfinished_seen_at: video.unfinished_seen_at,
-        rendering_seen_at: video.rendering_seen_at,
-        next_poll_at: video.next_poll_at.0,
+        unfinished_seen_at: video.unfinished_seen_at.map(Millis),
+        rendering_seen_at: video.rendering_seen_at.map(Millis),
+        next_poll_at: video.next_poll_at,
     }
 }
 

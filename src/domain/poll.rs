@@ -1,11 +1,50 @@
-//! What one poll round reads and decides: the claimed video, and the
-//! update (or hand-back) that `poller::decide` makes of one answer about
-//! it. The store claims videos as [`ClaimedVideo`]s and applies
-//! [`PollUpdate`]s and [`Release`]s; how, is its business.
+//! What one poll round reads and decides: which due videos a claim takes
+//! ([`DueVideo`], [`Ranker`]), the claimed video, and the update (or
+//! hand-back) that `poller::decide` makes of one answer about it. The store
+//! claims videos as [`ClaimedVideo`]s and applies [`PollUpdate`]s and
+//! [`Release`]s; how, is its business.
 
 use std::fmt;
+use std::sync::Arc;
 
 use super::{Lease, Millis, StoredId, VideoState};
+
+/// A due video as the claim's ranking sees it (see [`Ranker`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueVideo {
+    /// Rowid.
+    pub id: i64,
+    /// When the relay accepted it.
+    pub enqueued_at: Millis,
+    /// JoggAI's `created_at` (Unix seconds), once an answer gave it.
+    pub created_at: Option<i64>,
+    /// The last poll that saw it unfinished.
+    pub unfinished_seen_at: Option<Millis>,
+    /// The first poll that saw it rendering.
+    pub rendering_seen_at: Option<Millis>,
+    /// When it became due.
+    pub next_poll_at: Millis,
+}
+
+/// How many of the most overdue videos a ranked claim chooses from, per
+/// video it takes: enough choice to matter, bounded work per claim.
+pub const RANKED_WINDOW: u32 = 4;
+
+/// Scores due videos at a time (higher is polled first), for when more are
+/// due than one claim takes: the adaptive strategy ranks them by the chance
+/// that they have finished. Pure and quick: it runs inside the claim's
+/// write transaction.
+#[derive(Clone)]
+pub struct Ranker(pub Arc<RankFn>);
+
+/// The function inside a [`Ranker`]: one score per due video, in order.
+pub type RankFn = dyn Fn(&[DueVideo], Millis) -> Vec<f64> + Send + Sync;
+
+impl fmt::Debug for Ranker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ranker")
+    }
+}
 
 /// A video claimed for polling: what the poller needs to decide what the
 /// answer means.

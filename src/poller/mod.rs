@@ -23,10 +23,10 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::adaptive::SharedLearner;
 use crate::config::{Config, PollStrategy};
-use crate::domain::poll::{ClaimedVideo, Release};
+use crate::domain::poll::{ClaimedVideo, Ranker, Release};
 use crate::domain::{Millis, VideoState};
 use crate::jogg::{JoggClient, PauseReason, PollAnswer};
-use crate::store::{Ranker, Store, StoreError, Writer};
+use crate::store::{Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
 use crate::worker::{
     HEARTBEAT_INTERVAL, Heartbeat, HeldLeases, StepClock, Tasks, acquire_slots, drain_within_grace,

@@ -31,9 +31,9 @@ use crate::domain::{Millis, VideoId, VideoState};
 pub use health::Unready;
 pub use lock::{DatabaseLock, LockError};
 pub use records::{
-    CancelOutcome, ConflictingFields, DeliveryRecord, DueVideo, EnqueueOutcome, FinishedRender,
-    HintOutcome, NewVideo, PushHint, RANKED_WINDOW, Ranker, RedeliverOutcome, TrackedRender,
-    TransitionRecord, VideoDetails, VideoRecord,
+    CancelOutcome, ConflictingFields, DeliveryRecord, EnqueueOutcome, FinishedRender, HintOutcome,
+    NewVideo, PushHint, RedeliverOutcome, TrackedRender, TransitionRecord, VideoDetails,
+    VideoRecord,
 };
 pub use writer::Writer;
 

@@ -9,12 +9,12 @@ use sqlx::SqliteConnection;
 
 use super::StoreError;
 use super::records::{
-    CancelOutcome, ConflictingFields, DueVideo, EnqueueOutcome, HintOutcome, NewVideo, PushHint,
-    RANKED_WINDOW, Ranker, RedeliverOutcome,
+    CancelOutcome, ConflictingFields, EnqueueOutcome, HintOutcome, NewVideo, PushHint,
+    RedeliverOutcome,
 };
-use super::rows::{ClaimedDeliveryRow, ClaimedVideoRow};
+use super::rows::{ClaimedDeliveryRow, ClaimedVideoRow, DueVideoRow};
 use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryRelease};
-use crate::domain::poll::{ClaimedVideo, PollUpdate, Release};
+use crate::domain::poll::{ClaimedVideo, DueVideo, PollUpdate, RANKED_WINDOW, Ranker, Release};
 use crate::domain::{Millis, VideoId, VideoState};
 
 /// Which of the bound array's `video_id`s are stored, with the request
@@ -389,7 +389,7 @@ pub(crate) async fn claim_due_ranked(
     limit: u32,
     rank: &Ranker,
 ) -> Result<Vec<ClaimedVideo>, StoreError> {
-    let candidates = sqlx::query_as::<_, DueVideo>(
+    let candidates = sqlx::query_as::<_, DueVideoRow>(
         "SELECT id, enqueued_at, created_at, unfinished_seen_at, rendering_seen_at, next_poll_at \
          FROM videos INDEXED BY videos_due \
          WHERE state = 'active' AND next_poll_at <= ?1 ORDER BY next_poll_at LIMIT ?2 + 0",
@@ -398,6 +398,7 @@ pub(crate) async fn claim_due_ranked(
     .bind(limit.saturating_mul(RANKED_WINDOW))
     .fetch_all(&mut *conn)
     .await?;
+    let candidates: Vec<DueVideo> = candidates.into_iter().map(DueVideo::from).collect();
     if candidates.len() <= limit as usize {
         return claim_due(conn, now, lease_until, limit).await;
     }
@@ -990,9 +991,9 @@ mod tests {
             .unwrap();
         // Scores rank the later-due videos higher; v3 and v5 tie with the
         // best, so the more overdue wins the tie.
-        let rank = crate::store::Ranker(std::sync::Arc::new(|due: &[super::DueVideo], _| {
+        let rank = super::Ranker(std::sync::Arc::new(|due: &[super::DueVideo], _| {
             due.iter()
-                .map(|v| match v.next_poll_at {
+                .map(|v| match v.next_poll_at.0 {
                     3 | 5 => 100.0,
                     at => at as f64,
                 })

@@ -2,8 +2,32 @@
 //! into the domain's types: the workers' decisions never see a column type.
 
 use crate::domain::delivery::ClaimedDelivery;
-use crate::domain::poll::ClaimedVideo;
+use crate::domain::poll::{ClaimedVideo, DueVideo};
 use crate::domain::{Lease, Millis, StoredId, VideoState};
+
+/// A due video's columns, as the ranked claim reads them.
+#[derive(sqlx::FromRow)]
+pub(super) struct DueVideoRow {
+    id: i64,
+    enqueued_at: i64,
+    created_at: Option<i64>,
+    unfinished_seen_at: Option<i64>,
+    rendering_seen_at: Option<i64>,
+    next_poll_at: i64,
+}
+
+impl From<DueVideoRow> for DueVideo {
+    fn from(row: DueVideoRow) -> Self {
+        DueVideo {
+            id: row.id,
+            enqueued_at: Millis(row.enqueued_at),
+            created_at: row.created_at,
+            unfinished_seen_at: row.unfinished_seen_at.map(Millis),
+            rendering_seen_at: row.rendering_seen_at.map(Millis),
+            next_poll_at: Millis(row.next_poll_at),
+        }
+    }
+}
 
 /// A claimed video's columns (see `claimed_columns!`).
 #[derive(sqlx::FromRow)]

@@ -33,11 +33,11 @@ use tracing::{instrument, warn};
 use super::health::{Health, Unready};
 use super::mutations;
 use super::records::{
-    CancelOutcome, EnqueueOutcome, HintOutcome, NewVideo, PushHint, Ranker, RedeliverOutcome,
+    CancelOutcome, EnqueueOutcome, HintOutcome, NewVideo, PushHint, RedeliverOutcome,
 };
 use super::{Store, StoreError};
 use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryRelease};
-use crate::domain::poll::{ClaimedVideo, PollUpdate, Release};
+use crate::domain::poll::{ClaimedVideo, PollUpdate, Ranker, Release};
 use crate::domain::{Millis, VideoId};
 
 /// Most operations committed together.
