@@ -240,7 +240,14 @@ pub fn decide(
                         .and_then(|schedule| schedule.next_gap(&clock, now, shortest, longest));
                     let unchanged = u32::try_from(update.unchanged_polls).unwrap_or(u32::MAX);
                     let base = learned.unwrap_or_else(|| policy.interval(unchanged));
-                    let delay = policy.unfinished_gap(base, jitter);
+                    let mut delay = policy.unfinished_gap(base, jitter);
+                    if video.answers_push() {
+                        // JoggAI pushes once the video is done, but its
+                        // status endpoint may lag the push a moment: one
+                        // more look `min_interval` later, then the usual
+                        // schedule (the safety net) again.
+                        delay = delay.min(policy.min_interval);
+                    }
                     update.next_poll_at = Some(policy.next_poll_at(now, delay, enqueued_at));
                     if changed {
                         PollOutcome::Changed
@@ -425,6 +432,42 @@ mod tests {
             &configured,
             &mut Fixed(0),
         )
+    }
+
+    #[test]
+    fn a_push_the_poll_does_not_confirm_is_looked_at_once_more_after_min_interval() {
+        let policy = PollPolicy {
+            safety_net: Some(Duration::from_secs(300)),
+            ..policy()
+        };
+        let decide_for = |video: &ClaimedVideo| {
+            let decision = decide(
+                video,
+                &status("processing"),
+                NOW,
+                &policy,
+                None,
+                &[],
+                &mut Fixed(0),
+            );
+            record(decision).0.next_poll_at
+        };
+        let pushed = ClaimedVideo {
+            hinted_at: Some(Millis(40)),
+            ..video(Some("processing"))
+        };
+        assert_eq!(decide_for(&pushed), Some(NOW.plus(Duration::from_secs(10))));
+        // Without a push, or with one after the claim (that one is still
+        // pending and brought forward by the store), the safety net.
+        for video in [
+            video(Some("processing")),
+            ClaimedVideo {
+                hinted_at: Some(Millis(60)),
+                ..video(Some("processing"))
+            },
+        ] {
+            assert_eq!(decide_for(&video), Some(NOW.plus(Duration::from_secs(300))));
+        }
     }
 
     #[test]
