@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use crate::adaptive::{Learner, Observation, Schedule, SharedLearner};
 use crate::config::{Config, PollingConfig};
-use crate::domain::Millis;
+use crate::domain::poll::{ClaimedVideo, DueVideo, RANKED_WINDOW, Ranker};
+use crate::domain::{Lease, Millis, StoredId, VideoId};
 use crate::jogg::{PollAnswer, StatusClass, VideoStatus};
 use crate::poller::decide::{self, Decision};
 use crate::poller::learning;
 use crate::poller::policy::PollPolicy;
-use crate::store::{ClaimedVideo, DueVideo, RANKED_WINDOW, Ranker};
 use crate::workload::{DelayReport, RenderJob};
 
 /// Virtual time at which every run starts (a plausible date, so that the
@@ -334,11 +334,11 @@ fn claim(
 fn due_row(video: &Tracked, id: i64) -> DueVideo {
     DueVideo {
         id,
-        enqueued_at: video.enqueued_at.0,
+        enqueued_at: video.enqueued_at,
         created_at: None,
-        unfinished_seen_at: video.unfinished_seen_at,
-        rendering_seen_at: video.rendering_seen_at,
-        next_poll_at: video.next_poll_at.0,
+        unfinished_seen_at: video.unfinished_seen_at.map(Millis),
+        rendering_seen_at: video.rendering_seen_at.map(Millis),
+        next_poll_at: video.next_poll_at,
     }
 }
 
@@ -367,18 +367,18 @@ fn poll_with_relay_code(
 ) -> (Option<Millis>, Option<Observation>) {
     let claimed = ClaimedVideo {
         id: 0,
-        video_id: "simulated".into(),
+        video_id: StoredId::Valid(VideoId::parse("simulated").expect("a valid id")),
         upstream_status: video.upstream_status.clone(),
-        enqueued_at: video.enqueued_at.0,
+        enqueued_at: video.enqueued_at,
         unchanged_polls: video.unchanged_polls,
         error_streak: 0,
         callback_url: None,
-        lease_until: 0,
+        lease: Lease { until: Millis(0) },
         created_at: None,
         polls: i64::from(video.polls) - 1,
-        unfinished_seen_at: video.unfinished_seen_at,
-        rendering_seen_at: video.rendering_seen_at,
-        claimed_at: now.0,
+        unfinished_seen_at: video.unfinished_seen_at.map(Millis),
+        rendering_seen_at: video.rendering_seen_at.map(Millis),
+        claimed_at: now,
         hinted_at: None,
     };
     let answer = PollAnswer::Status(VideoStatus {

@@ -13,7 +13,7 @@ use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::domain::Millis;
+use crate::domain::{Lease, Millis};
 use crate::store::StoreError;
 
 /// The tasks a worker runs: each records its own result and may fail only
@@ -169,18 +169,18 @@ pub async fn drain_within_grace(
 /// can hand back exactly its own unfinished claims, never another
 /// process's.
 #[derive(Debug, Default)]
-pub struct HeldLeases(Mutex<HashMap<i64, i64>>);
+pub struct HeldLeases(Mutex<HashMap<i64, Lease>>);
 
 impl HeldLeases {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, i64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Lease>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Row `id` is claimed until `lease_until`.
-    pub fn hold(&self, id: i64, lease_until: i64) {
-        self.lock().insert(id, lease_until);
+    /// Row `id` is claimed under `lease`.
+    pub fn hold(&self, id: i64, lease: Lease) {
+        self.lock().insert(id, lease);
     }
 
     /// Row `id`'s claim is settled (recorded or handed back).
@@ -189,7 +189,7 @@ impl HeldLeases {
     }
 
     /// Every claim still held, emptying the set.
-    pub fn take_all(&self) -> Vec<(i64, i64)> {
+    pub fn take_all(&self) -> Vec<(i64, Lease)> {
         self.lock().drain().collect()
     }
 }
@@ -234,10 +234,13 @@ mod tests {
     #[test]
     fn held_leases_are_settled_or_taken() {
         let held = HeldLeases::default();
-        held.hold(1, 100);
-        held.hold(2, 200);
+        let lease = |until| Lease {
+            until: Millis(until),
+        };
+        held.hold(1, lease(100));
+        held.hold(2, lease(200));
         held.settle(1);
-        assert_eq!(held.take_all(), [(2, 200)]);
+        assert_eq!(held.take_all(), [(2, lease(200))]);
         assert!(held.take_all().is_empty());
     }
 }

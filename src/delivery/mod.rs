@@ -26,10 +26,9 @@ use guard::{GuardedResolver, HostLookup};
 
 use crate::config::{Config, WebhookSecret};
 use crate::domain::Millis;
+use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryRelease};
 use crate::jogg::answer::parse_retry_after;
-use crate::store::{
-    AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryRelease, Store, StoreError, Writer,
-};
+use crate::store::{Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
 use crate::worker::{
     Heartbeat, HeldLeases, StepClock, Tasks, acquire_slots, drain_within_grace, link_stopping,
@@ -256,9 +255,9 @@ impl Deliverer {
             .held
             .take_all()
             .into_iter()
-            .map(|(delivery_id, lease_until)| DeliveryRelease {
+            .map(|(delivery_id, lease)| DeliveryRelease {
                 delivery_id,
-                lease_until,
+                lease,
                 next_attempt_at: now,
             })
             .collect();
@@ -317,7 +316,7 @@ impl Deliverer {
         }
         let count = claimed.len();
         for delivery in &claimed {
-            self.shared.held.hold(delivery.id, delivery.lease_until);
+            self.shared.held.hold(delivery.id, delivery.lease);
         }
         for (delivery, permit) in claimed.into_iter().zip(permits) {
             attempts.spawn(attempt(self.shared.clone(), delivery, permit, clock));
@@ -392,7 +391,7 @@ async fn attempt(
                     .writer
                     .release_deliveries(vec![DeliveryRelease {
                         delivery_id: delivery.id,
-                        lease_until: delivery.lease_until,
+                        lease: delivery.lease,
                         next_attempt_at: clock.now(),
                     }])
                     .await?;
@@ -431,7 +430,7 @@ async fn attempt(
         .writer
         .record_attempt(AttemptRecord {
             delivery_id: delivery.id,
-            lease_until: delivery.lease_until,
+            lease: delivery.lease,
             at,
             status,
             error: error.clone(),
@@ -457,7 +456,7 @@ async fn attempt(
     if let (DeliveryNext::Delivered, Some(pushed_at)) = (&next, delivery.pushed_at) {
         shared
             .metrics
-            .push_to_callback(at.plus(took).0.saturating_sub(pushed_at));
+            .push_to_callback(at.plus(took).0.saturating_sub(pushed_at.0));
     }
     info!(
         video_id = %delivery.video_id,

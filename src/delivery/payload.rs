@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::domain::VideoState;
-use crate::store::ClaimedDelivery;
+use crate::domain::delivery::ClaimedDelivery;
 
 /// `event` for a completed video.
 pub const EVENT_SUCCESS: &str = "generated_avatar_video_success";
@@ -70,9 +70,9 @@ pub fn event_body(delivery: &ClaimedDelivery) -> Vec<u8> {
     let event = Event {
         event_id: &delivery.event_id,
         event: event_name(delivery.state).unwrap_or(EVENT_ABANDONED),
-        timestamp: delivery.terminal_at.unwrap_or_default().div_euclid(1000),
+        timestamp: delivery.terminal_at.map_or(0, |at| at.0).div_euclid(1000),
         data: Data {
-            video_id: &delivery.video_id,
+            video_id: delivery.video_id.as_str(),
             status: delivery.state.as_str(),
             video_url: delivery.video_url.as_deref(),
             cover_url: delivery.cover_url.as_deref(),
@@ -97,15 +97,16 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::domain::{Lease, Millis, StoredId, VideoId};
 
     fn delivery(state: VideoState) -> ClaimedDelivery {
         ClaimedDelivery {
             id: 1,
             url: "https://x.example/cb".into(),
             attempts: 0,
-            lease_until: 0,
+            lease: Lease { until: Millis(0) },
             event_id: "evt_abc".into(),
-            video_id: "v1".into(),
+            video_id: StoredId::Valid(VideoId::parse("v1").unwrap()),
             state,
             video_url: Some("https://cdn/v1.mp4".into()),
             cover_url: Some("https://cdn/v1.jpg".into()),
@@ -115,7 +116,7 @@ mod tests {
             error_message: Some("boom".into()),
             metadata: Some(r#"{"order":42}"#.into()),
             reason: Some("deadline".into()),
-            terminal_at: Some(1_732_806_631_999),
+            terminal_at: Some(Millis(1_732_806_631_999)),
             pushed_at: None,
         }
     }
@@ -180,6 +181,16 @@ mod tests {
         };
         let body: Value = serde_json::from_slice(&event_body(&neither)).unwrap();
         assert!(body["data"].get("error").is_none(), "{body}");
+    }
+
+    #[test]
+    fn a_stored_id_that_does_not_validate_is_named_as_stored() {
+        let odd = ClaimedDelivery {
+            video_id: StoredId::Invalid("a b".into()),
+            ..delivery(VideoState::Abandoned)
+        };
+        let body: Value = serde_json::from_slice(&event_body(&odd)).unwrap();
+        assert_eq!(body["data"]["video_id"], "a b");
     }
 
     // That every attempt sends the same bytes is tested on the bytes

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::domain::Millis;
-use crate::store::DeliveryNext;
+use crate::domain::delivery::DeliveryNext;
 
 /// ± fraction applied to every retry delay, so receivers recovering from an
 /// outage are not hit by every relay's retries at the same instant.

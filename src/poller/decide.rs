@@ -6,11 +6,12 @@ use reqwest::Url;
 
 use super::policy::PollPolicy;
 use crate::adaptive::{Observation, Schedule, VideoClock, started_at};
+use crate::domain::poll::{
+    ClaimedVideo, NewTransition, PollUpdate, Release, TerminalChange, TransitionKind,
+    UpstreamFields,
+};
 use crate::domain::{Millis, VideoState};
 use crate::jogg::{PauseReason, PollAnswer, StatusClass};
-use crate::store::{
-    ClaimedVideo, NewTransition, PollUpdate, Release, TerminalChange, UpstreamFields,
-};
 
 /// Why the relay stopped tracking a video on its own.
 pub mod reason {
@@ -135,13 +136,13 @@ pub fn decide(
     configured_targets: &[Url],
     rng: &mut impl Randomness,
 ) -> Decision {
-    let enqueued_at = Millis(video.enqueued_at);
+    let enqueued_at = video.enqueued_at;
     // One decision schedules at most one delay; drawn up front so the
     // terminal helper below can own `rng` for the event id.
     let jitter = rng.jitter_unit();
     let mut update = PollUpdate {
         video_rowid: video.id,
-        lease_until: video.lease_until,
+        lease: video.lease,
         at: now,
         counted: true,
         upstream_status: video.upstream_status.clone(),
@@ -159,7 +160,7 @@ pub fn decide(
     let mut learned = None;
     let mut terminal = |update: &mut PollUpdate, state: VideoState, reason: Option<&str>| {
         update.transitions.push(NewTransition {
-            kind: "state",
+            kind: TransitionKind::State,
             from: Some(VideoState::Active.as_str().to_owned()),
             to: state.as_str().to_owned(),
         });
@@ -178,7 +179,7 @@ pub fn decide(
             let changed = video.upstream_status.as_deref() != Some(status.status.as_str());
             if changed {
                 update.transitions.push(NewTransition {
-                    kind: "status",
+                    kind: TransitionKind::Status,
                     from: video.upstream_status.clone(),
                     to: status.status.clone(),
                 });
@@ -200,10 +201,10 @@ pub fn decide(
                 status.created_at.or(video.created_at),
                 policy.give_up_after,
             );
-            let video_rendering_seen_at = video.rendering_seen_at.map(Millis);
+            let video_rendering_seen_at = video.rendering_seen_at;
             let finished = Observation {
                 started_at: started,
-                unfinished_seen_at: video.unfinished_seen_at.map(Millis),
+                unfinished_seen_at: video.unfinished_seen_at,
                 rendering_seen_at: video_rendering_seen_at,
                 finished_seen_at: Some(now),
             };
@@ -282,7 +283,7 @@ pub fn decide(
             return Decision::Global {
                 release: Release {
                     video_rowid: video.id,
-                    lease_until: video.lease_until,
+                    lease: video.lease,
                     next_poll_at: now,
                 },
                 signal: GateSignal::Throttle(*retry_after),
@@ -292,7 +293,7 @@ pub fn decide(
             return Decision::Global {
                 release: Release {
                     video_rowid: video.id,
-                    lease_until: video.lease_until,
+                    lease: video.lease,
                     next_poll_at: now,
                 },
                 signal: GateSignal::Pause(*reason),
@@ -324,6 +325,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::domain::{Lease, StoredId, VideoId};
     use crate::jogg::VideoStatus;
 
     #[test]
@@ -377,18 +379,18 @@ mod tests {
     fn video(status: Option<&str>) -> ClaimedVideo {
         ClaimedVideo {
             id: 7,
-            video_id: "v".into(),
+            video_id: StoredId::Valid(VideoId::parse("v").unwrap()),
             upstream_status: status.map(str::to_owned),
-            enqueued_at: 0,
+            enqueued_at: Millis(0),
             unchanged_polls: 2,
             error_streak: 3,
             callback_url: Some("https://own.example/cb".into()),
-            lease_until: 99,
+            lease: Lease { until: Millis(99) },
             created_at: None,
             polls: 4,
             unfinished_seen_at: None,
             rendering_seen_at: None,
-            claimed_at: 50,
+            claimed_at: Millis(50),
             hinted_at: None,
         }
     }
@@ -451,7 +453,7 @@ mod tests {
             record(decision).0.next_poll_at
         };
         let pushed = ClaimedVideo {
-            hinted_at: Some(40),
+            hinted_at: Some(Millis(40)),
             ..video(Some("processing"))
         };
         assert_eq!(decide_for(&pushed), Some(NOW.plus(Duration::from_secs(10))));
@@ -460,7 +462,7 @@ mod tests {
         for video in [
             video(Some("processing")),
             ClaimedVideo {
-                hinted_at: Some(60),
+                hinted_at: Some(Millis(60)),
                 ..video(Some("processing"))
             },
         ] {
@@ -475,7 +477,7 @@ mod tests {
         assert_eq!(
             update.transitions,
             [NewTransition {
-                kind: "status",
+                kind: TransitionKind::Status,
                 from: None,
                 to: "pending".into()
             }]
@@ -550,7 +552,7 @@ mod tests {
     fn every_status_answer_tells_the_learner_what_it_saw() {
         let configured = [Url::parse("https://ops.example/hook").unwrap()];
         let mut seen = video(Some("pending"));
-        seen.unfinished_seen_at = Some(50_000);
+        seen.unfinished_seen_at = Some(Millis(50_000));
         let learned = |video: &ClaimedVideo, answer: &str| match decide(
             video,
             &status(answer),
@@ -657,12 +659,12 @@ mod tests {
                 update.transitions,
                 [
                     NewTransition {
-                        kind: "status",
+                        kind: TransitionKind::Status,
                         from: Some("processing".into()),
                         to: spelling.into()
                     },
                     NewTransition {
-                        kind: "state",
+                        kind: TransitionKind::State,
                         from: Some("active".into()),
                         to: state.as_str().into()
                     },
@@ -774,7 +776,7 @@ mod tests {
             Decision::Global {
                 release: Release {
                     video_rowid: 7,
-                    lease_until: 99,
+                    lease: Lease { until: Millis(99) },
                     next_poll_at: NOW
                 },
                 signal: GateSignal::Pause(PauseReason::InsufficientCredit),
@@ -787,7 +789,7 @@ mod tests {
             Decision::Global {
                 release: Release {
                     video_rowid: 7,
-                    lease_until: 99,
+                    lease: Lease { until: Millis(99) },
                     next_poll_at: NOW
                 },
                 signal: GateSignal::Throttle(retry_after),

@@ -10,7 +10,8 @@ use tracing::info;
 use crate::adaptive::{Learner, Observation, SharedLearner, VideoClock, started_at};
 use crate::config::PollingConfig;
 use crate::domain::Millis;
-use crate::store::{DueVideo, FinishedRender, Ranker, Store, StoreError, TrackedRender};
+use crate::domain::poll::{DueVideo, Ranker};
+use crate::store::{FinishedRender, Store, StoreError, TrackedRender};
 
 /// What a finished row teaches (`export-renders` writes it out).
 pub fn observation(render: &FinishedRender, give_up_after: Duration) -> Observation {
@@ -87,20 +88,16 @@ pub fn ranker(learner: SharedLearner, give_up_after: Duration, starving_after: D
         {
             due.iter()
                 .map(|video| {
-                    let overdue_ms = now.0.saturating_sub(video.next_poll_at);
+                    let overdue_ms = now.0.saturating_sub(video.next_poll_at.0);
                     if overdue_ms >= starving_ms {
                         // Above every chance (at most 1), in overdue order.
                         return 1.0 + overdue_ms as f64 / 1e13;
                     }
                     let clock = VideoClock {
-                        started_at: started_at(
-                            Millis(video.enqueued_at),
-                            video.created_at,
-                            give_up_after,
-                        ),
-                        rendering_seen_at: video.rendering_seen_at.map(Millis),
+                        started_at: started_at(video.enqueued_at, video.created_at, give_up_after),
+                        rendering_seen_at: video.rendering_seen_at,
                     };
-                    schedule.completion_chance(&clock, video.unfinished_seen_at.map(Millis), now)
+                    schedule.completion_chance(&clock, video.unfinished_seen_at, now)
                 })
                 .collect()
         }

@@ -23,9 +23,10 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::adaptive::SharedLearner;
 use crate::config::{Config, PollStrategy};
-use crate::domain::{Millis, VideoId, VideoState};
+use crate::domain::poll::{ClaimedVideo, Ranker, Release};
+use crate::domain::{Millis, VideoState};
 use crate::jogg::{JoggClient, PauseReason, PollAnswer};
-use crate::store::{ClaimedVideo, Ranker, Release, Store, StoreError, Writer};
+use crate::store::{Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
 use crate::worker::{
     HEARTBEAT_INTERVAL, Heartbeat, HeldLeases, StepClock, Tasks, acquire_slots, drain_within_grace,
@@ -307,9 +308,9 @@ impl Poller {
             .held
             .take_all()
             .into_iter()
-            .map(|(video_rowid, lease_until)| Release {
+            .map(|(video_rowid, lease)| Release {
                 video_rowid,
-                lease_until,
+                lease,
                 next_poll_at: now,
             })
             .collect();
@@ -372,7 +373,7 @@ impl Poller {
         }
         let count = claimed.len();
         for video in &claimed {
-            self.shared.held.hold(video.id, video.lease_until);
+            self.shared.held.hold(video.id, video.lease);
         }
         for (video, permit) in claimed.into_iter().zip(permits) {
             polls.spawn(poll_one(self.shared.clone(), video, permit, clock));
@@ -411,7 +412,7 @@ impl Poller {
                 .writer
                 .release(vec![Release {
                     video_rowid: video.id,
-                    lease_until: video.lease_until,
+                    lease: video.lease,
                     next_poll_at: now,
                 }])
                 .await?;
@@ -453,7 +454,7 @@ async fn poll_one(
                 .writer
                 .release(vec![Release {
                     video_rowid: video.id,
-                    lease_until: video.lease_until,
+                    lease: video.lease,
                     next_poll_at,
                 }])
                 .await
@@ -469,11 +470,11 @@ async fn poll_one(
 async fn request(shared: &Shared, video: &ClaimedVideo) -> PollAnswer {
     // Ids were validated at enqueue; a row that fails now was written by
     // something else, and it must not reach the upstream URL.
-    let Ok(id) = VideoId::parse(&video.video_id) else {
+    let Some(id) = video.video_id.valid() else {
         return PollAnswer::InvalidId;
     };
     let started = tokio::time::Instant::now();
-    let answer = shared.client.poll(&id).await;
+    let answer = shared.client.poll(id).await;
     shared
         .metrics
         .upstream_request(started.elapsed().as_secs_f64());
@@ -549,7 +550,7 @@ async fn apply(
             for transition in transitions {
                 info!(
                     video_id = %video.video_id,
-                    kind = transition.kind,
+                    kind = transition.kind.as_str(),
                     from = transition.from.as_deref().unwrap_or("none"),
                     to = %transition.to,
                     "transition"

@@ -10,6 +10,7 @@ pub mod health;
 pub mod lock;
 mod mutations;
 pub mod records;
+mod rows;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 pub mod writer;
@@ -32,10 +33,8 @@ use crate::domain::{Millis, VideoId, VideoState};
 pub use health::Unready;
 pub use lock::{DatabaseLock, LockError};
 pub use records::{
-    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, ConflictingFields, DeliveryNext,
-    DeliveryRecord, DeliveryRelease, DueVideo, EnqueueOutcome, FinishedRender, HintOutcome,
-    NewTransition, NewVideo, PollUpdate, PushHint, RANKED_WINDOW, Ranker, RedeliverOutcome,
-    Release, TerminalChange, TrackedRender, TransitionRecord, UpstreamFields, VideoDetails,
+    CancelOutcome, ConflictingFields, DeliveryRecord, EnqueueOutcome, FinishedRender, HintOutcome,
+    NewVideo, PushHint, RedeliverOutcome, TrackedRender, TransitionRecord, VideoDetails,
     VideoRecord,
 };
 pub use writer::Writer;

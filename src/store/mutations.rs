@@ -9,10 +9,12 @@ use sqlx::SqliteConnection;
 
 use super::StoreError;
 use super::records::{
-    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, ConflictingFields, DeliveryNext,
-    DeliveryRelease, DueVideo, EnqueueOutcome, HintOutcome, NewVideo, PollUpdate, PushHint,
-    RANKED_WINDOW, Ranker, RedeliverOutcome, Release,
+    CancelOutcome, ConflictingFields, EnqueueOutcome, HintOutcome, NewVideo, PushHint,
+    RedeliverOutcome,
 };
+use super::rows::{ClaimedDeliveryRow, ClaimedVideoRow, DueVideoRow};
+use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryRelease};
+use crate::domain::poll::{ClaimedVideo, DueVideo, PollUpdate, RANKED_WINDOW, Ranker, Release};
 use crate::domain::{Millis, VideoId, VideoState};
 
 /// Which of the bound array's `video_id`s are stored, with the request
@@ -312,7 +314,7 @@ async fn claim_hinted(
     lease_until: Millis,
     limit: u32,
 ) -> Result<Vec<ClaimedVideo>, StoreError> {
-    let claimed = sqlx::query_as::<_, ClaimedVideo>(concat!(
+    let claimed = sqlx::query_as::<_, ClaimedVideoRow>(concat!(
         "UPDATE videos SET next_poll_at = ?1, lease_until = ?1 WHERE id IN (\
          SELECT id FROM videos INDEXED BY videos_hinted \
          WHERE state = 'active' AND hinted_at IS NOT NULL AND next_poll_at <= ?2 \
@@ -324,7 +326,7 @@ async fn claim_hinted(
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    Ok(claimed)
+    Ok(claimed.into_iter().map(ClaimedVideo::from).collect())
 }
 
 /// Leases up to `limit` due videos: those with a pending push first
@@ -362,7 +364,7 @@ pub(crate) async fn claim_due(
     lease_until: Millis,
     limit: u32,
 ) -> Result<Vec<ClaimedVideo>, StoreError> {
-    let claimed = sqlx::query_as::<_, ClaimedVideo>(concat!(
+    let claimed = sqlx::query_as::<_, ClaimedVideoRow>(concat!(
         "UPDATE videos SET next_poll_at = ?1, lease_until = ?1 WHERE id IN (",
         due_videos!(),
         ") RETURNING ",
@@ -373,7 +375,7 @@ pub(crate) async fn claim_due(
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    Ok(claimed)
+    Ok(claimed.into_iter().map(ClaimedVideo::from).collect())
 }
 
 /// Like [`claim_due`], but when more videos are due than `limit`, takes the
@@ -387,7 +389,7 @@ pub(crate) async fn claim_due_ranked(
     limit: u32,
     rank: &Ranker,
 ) -> Result<Vec<ClaimedVideo>, StoreError> {
-    let candidates = sqlx::query_as::<_, DueVideo>(
+    let candidates = sqlx::query_as::<_, DueVideoRow>(
         "SELECT id, enqueued_at, created_at, unfinished_seen_at, rendering_seen_at, next_poll_at \
          FROM videos INDEXED BY videos_due \
          WHERE state = 'active' AND next_poll_at <= ?1 ORDER BY next_poll_at LIMIT ?2 + 0",
@@ -396,6 +398,7 @@ pub(crate) async fn claim_due_ranked(
     .bind(limit.saturating_mul(RANKED_WINDOW))
     .fetch_all(&mut *conn)
     .await?;
+    let candidates: Vec<DueVideo> = candidates.into_iter().map(DueVideo::from).collect();
     if candidates.len() <= limit as usize {
         return claim_due(conn, now, lease_until, limit).await;
     }
@@ -417,7 +420,7 @@ pub(crate) async fn claim_due_ranked(
         .take(limit as usize)
         .map(|i| candidates[i].id)
         .collect();
-    let claimed = sqlx::query_as::<_, ClaimedVideo>(concat!(
+    let claimed = sqlx::query_as::<_, ClaimedVideoRow>(concat!(
         "UPDATE videos SET next_poll_at = ?1, lease_until = ?1 \
          WHERE id IN (SELECT value FROM json_each(?2)) AND state = 'active' \
            AND next_poll_at <= ?3 \
@@ -429,7 +432,7 @@ pub(crate) async fn claim_due_ranked(
     .bind(now.0)
     .fetch_all(conn)
     .await?;
-    Ok(claimed)
+    Ok(claimed.into_iter().map(ClaimedVideo::from).collect())
 }
 
 /// Applies poll results, each only if its claim still holds its lease;
@@ -501,7 +504,7 @@ async fn record_distinct_polls(
             let terminal = update.terminal.as_ref();
             Row {
                 rowid: update.video_rowid,
-                lease_until: update.lease_until,
+                lease_until: update.lease.until.0,
                 upstream_status: update.upstream_status.as_deref(),
                 video_url: update.fields.video_url.as_deref(),
                 cover_url: update.fields.cover_url.as_deref(),
@@ -515,7 +518,7 @@ async fn record_distinct_polls(
                 next_poll_at: update.next_poll_at.map(|at| at.0),
                 unfinished_seen_at: update.unfinished_seen_at.map(|at| at.0),
                 rendering_seen_at: update.rendering_seen_at.map(|at| at.0),
-                claimed_at: update.claimed_at,
+                claimed_at: update.claimed_at.0,
                 repoll_after_push_at: update.repoll_after_push_at.0,
                 state: terminal.map_or(VideoState::Active, |t| t.state).as_str(),
                 reason: terminal.and_then(|t| t.reason.as_deref()),
@@ -597,7 +600,7 @@ async fn record_distinct_polls(
     {
         transitions.extend(update.transitions.iter().map(|t| TransitionRow {
             video_rowid: update.video_rowid,
-            kind: t.kind,
+            kind: t.kind.as_str(),
             from: t.from.as_deref(),
             to: &t.to,
             at: update.at.0,
@@ -711,7 +714,7 @@ pub(crate) async fn release(
     )
     .bind(release.next_poll_at.0)
     .bind(release.video_rowid)
-    .bind(release.lease_until)
+    .bind(release.lease.until.0)
     .execute(conn)
     .await?;
     Ok(())
@@ -741,7 +744,7 @@ pub(crate) async fn claim_deliveries(
     .await?;
     let mut claimed = Vec::with_capacity(ids.len());
     for id in ids {
-        let delivery = sqlx::query_as::<_, ClaimedDelivery>(
+        let delivery = sqlx::query_as::<_, ClaimedDeliveryRow>(
             "SELECT d.id, d.url, d.attempts, d.lease_until, d.event_id, v.video_id, v.state, \
                     v.video_url, v.cover_url, v.created_at, v.duration, v.error_code, \
                     v.error_message, v.metadata, v.reason, v.terminal_at, \
@@ -754,7 +757,7 @@ pub(crate) async fn claim_deliveries(
         .bind(id)
         .fetch_one(&mut *conn)
         .await?;
-        claimed.push(delivery);
+        claimed.push(ClaimedDelivery::from(delivery));
     }
     Ok(claimed)
 }
@@ -782,7 +785,7 @@ pub(crate) async fn record_attempt(
     .bind(reason)
     .bind(attempt.at.0)
     .bind(attempt.delivery_id)
-    .bind(attempt.lease_until)
+    .bind(attempt.lease.until.0)
     .execute(&mut *conn)
     .await?
     .rows_affected()
@@ -875,7 +878,7 @@ pub(crate) async fn release_delivery(
     )
     .bind(release.next_attempt_at.0)
     .bind(release.delivery_id)
-    .bind(release.lease_until)
+    .bind(release.lease.until.0)
     .execute(conn)
     .await?;
     Ok(())
@@ -903,16 +906,17 @@ pub(crate) async fn touch_probe(
 #[cfg(test)]
 mod tests {
     use crate::config::DatabaseConfig;
-    use crate::domain::{Millis, VideoId};
-    use crate::store::{NewTransition, NewVideo, PollUpdate, Store, TerminalChange};
+    use crate::domain::poll::{NewTransition, PollUpdate, TerminalChange, TransitionKind};
+    use crate::domain::{Lease, Millis, VideoId};
+    use crate::store::{NewVideo, Store};
 
     /// A result for `rowid` under `lease` that ends the video as completed
     /// with event `event_id`, after one status transition.
-    fn completed(rowid: i64, lease: i64, event_id: &str) -> PollUpdate {
+    fn completed(rowid: i64, lease: Lease, event_id: &str) -> PollUpdate {
         PollUpdate {
             video_rowid: rowid,
-            lease_until: lease,
-            at: Millis(lease),
+            lease,
+            at: lease.until,
             counted: true,
             upstream_status: Some("completed".into()),
             fields: Default::default(),
@@ -921,10 +925,10 @@ mod tests {
             next_poll_at: None,
             unfinished_seen_at: None,
             rendering_seen_at: None,
-            claimed_at: 0,
-            repoll_after_push_at: Millis(lease),
+            claimed_at: Millis(0),
+            repoll_after_push_at: lease.until,
             transitions: vec![NewTransition {
-                kind: "status",
+                kind: TransitionKind::Status,
                 from: None,
                 to: format!("completed ({event_id})"),
             }],
@@ -987,16 +991,19 @@ mod tests {
             .unwrap();
         // Scores rank the later-due videos higher; v3 and v5 tie with the
         // best, so the more overdue wins the tie.
-        let rank = crate::store::Ranker(std::sync::Arc::new(|due: &[super::DueVideo], _| {
+        let rank = super::Ranker(std::sync::Arc::new(|due: &[super::DueVideo], _| {
             due.iter()
-                .map(|v| match v.next_poll_at {
+                .map(|v| match v.next_poll_at.0 {
                     3 | 5 => 100.0,
                     at => at as f64,
                 })
                 .collect()
         }));
         let names = |claimed: Vec<super::ClaimedVideo>| {
-            let mut names: Vec<String> = claimed.into_iter().map(|v| v.video_id).collect();
+            let mut names: Vec<String> = claimed
+                .into_iter()
+                .map(|v| v.video_id.to_string())
+                .collect();
             names.sort();
             names
         };
@@ -1016,7 +1023,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(claimed.len(), 15);
-        assert!(claimed.iter().all(|v| v.video_id != "v20"));
+        assert!(claimed.iter().all(|v| v.video_id.as_str() != "v20"));
     }
 
     #[tokio::test]
@@ -1048,8 +1055,8 @@ mod tests {
 
         // Both results reach the same group commit, the stale one first.
         let (old, new) = (
-            completed(rowid, stale[0].lease_until, "evt_stale"),
-            completed(rowid, fresh[0].lease_until, "evt_fresh"),
+            completed(rowid, stale[0].lease, "evt_stale"),
+            completed(rowid, fresh[0].lease, "evt_fresh"),
         );
         let applied = super::record_polls(&mut conn, &[&old, &new]).await.unwrap();
         assert_eq!(applied, vec![false, true]);

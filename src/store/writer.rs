@@ -33,10 +33,11 @@ use tracing::{instrument, warn};
 use super::health::{Health, Unready};
 use super::mutations;
 use super::records::{
-    AttemptRecord, CancelOutcome, ClaimedDelivery, ClaimedVideo, DeliveryRelease, EnqueueOutcome,
-    HintOutcome, NewVideo, PollUpdate, PushHint, Ranker, RedeliverOutcome, Release,
+    CancelOutcome, EnqueueOutcome, HintOutcome, NewVideo, PushHint, RedeliverOutcome,
 };
 use super::{Store, StoreError};
+use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryRelease};
+use crate::domain::poll::{ClaimedVideo, PollUpdate, Ranker, Release};
 use crate::domain::{Millis, VideoId};
 
 /// Most operations committed together.

@@ -894,7 +894,7 @@ async fn a_push_during_the_poll_survives_it() {
     for video in &claimed {
         assert_eq!(
             video.answers_push(),
-            video.video_id == "race-early",
+            video.video_id.as_str() == "race-early",
             "{video:?}"
         );
         let Decision::Record { update, .. } =
@@ -929,9 +929,9 @@ async fn a_push_during_the_poll_survives_it() {
         .await
         .unwrap();
     assert_eq!(again.len(), 2);
-    assert_eq!(again[0].video_id, "race-late");
+    assert_eq!(again[0].video_id.as_str(), "race-late");
     assert!(again[0].answers_push());
-    assert_eq!(again[1].video_id, "race-early");
+    assert_eq!(again[1].video_id.as_str(), "race-early");
     assert!(!again[1].answers_push(), "its push was answered");
     drop(writer);
     store.close().await;

@@ -1,5 +1,12 @@
 //! The vocabulary every module shares: validated video ids, the states a
-//! tracked video moves through, and the relay's notion of time.
+//! tracked video moves through, the relay's notion of time and of a claim's
+//! lease; and, in the sub-modules, what the workers' pure decisions read
+//! and produce: [`poll`] for a poll round, [`delivery`] for a callback
+//! attempt. The store reads and writes these types; nothing here knows
+//! how they are stored.
+
+pub mod delivery;
+pub mod poll;
 
 use std::fmt;
 use std::str::FromStr;
@@ -69,6 +76,69 @@ impl fmt::Display for VideoId {
 impl fmt::Debug for VideoId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// A video id as read back from the database.
+///
+/// Everything the relay writes was validated on the way in, so a stored id
+/// is nearly always [`StoredId::Valid`]. A row written by something else
+/// (a hand edit, another tool) may hold a string that no longer validates:
+/// it is still claimed and answered for (the poller abandons it with reason
+/// `invalid_id` without sending it upstream; its callback names it as
+/// stored), so it cannot simply fail to decode.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum StoredId {
+    /// The id validates: it may go into an upstream URL.
+    Valid(VideoId),
+    /// The stored string, which does not validate.
+    Invalid(String),
+}
+
+impl StoredId {
+    /// Validates a stored string.
+    pub fn from_stored(raw: String) -> Self {
+        match VideoId::parse(&raw) {
+            Ok(id) => StoredId::Valid(id),
+            Err(_) => StoredId::Invalid(raw),
+        }
+    }
+
+    /// The id, when it validates.
+    pub fn valid(&self) -> Option<&VideoId> {
+        match self {
+            StoredId::Valid(id) => Some(id),
+            StoredId::Invalid(_) => None,
+        }
+    }
+
+    /// The string as stored.
+    pub fn as_str(&self) -> &str {
+        match self {
+            StoredId::Valid(id) => id.as_str(),
+            StoredId::Invalid(raw) => raw,
+        }
+    }
+}
+
+impl From<VideoId> for StoredId {
+    fn from(id: VideoId) -> Self {
+        StoredId::Valid(id)
+    }
+}
+
+impl fmt::Display for StoredId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for StoredId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoredId::Valid(id) => fmt::Debug::fmt(id, f),
+            StoredId::Invalid(raw) => write!(f, "Invalid({raw:?})"),
+        }
     }
 }
 
@@ -174,6 +244,17 @@ impl Millis {
     }
 }
 
+/// A claim's lease on a row: the claim owns the row until `until`, and its
+/// result is only recorded (or the row handed back) while the row still
+/// carries this exact lease. A later claim of the same row (after this one
+/// expired) carries a later lease, so a stale result cannot overwrite it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lease {
+    /// When the lease ends (the row is due again then, should the claim be
+    /// lost).
+    pub until: Millis,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +279,17 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn stored_ids_keep_what_does_not_validate() {
+        let valid = StoredId::from_stored("v-1_A".to_owned());
+        assert_eq!(valid.valid(), Some(&VideoId::parse("v-1_A").unwrap()));
+        assert_eq!(valid.as_str(), "v-1_A");
+        let invalid = StoredId::from_stored("../x".to_owned());
+        assert_eq!(invalid, StoredId::Invalid("../x".to_owned()));
+        assert_eq!(invalid.valid(), None);
+        assert_eq!(invalid.to_string(), "../x");
     }
 
     #[test]
