@@ -151,7 +151,10 @@ async fn start(
 /// test token, the database at `database`, then `extra` (more sections).
 /// Shorthand for [`RelayConfig`].
 pub fn write_relay_config(dir: &Path, database: &Path, extra: &str) -> PathBuf {
-    RelayConfig::new(dir).database(database).extra(extra).write()
+    RelayConfig::new(dir)
+        .database(database)
+        .extra(extra)
+        .write()
 }
 
 /// The configuration file of a real-binary test: `[server]` on loopback
@@ -589,20 +592,8 @@ impl RelayProcess {
     }
 
     /// Authorised `POST path` of `body` as JSON.
-    pub async fn post(&self, path: &str, body: &Value) -> Reply {
-        self.send("POST", path, Some(body)).await
-    }
-
-    /// The text of `GET /metrics` (no token needed).
-    pub async fn metrics_text(&self) -> String {
-        self.client
-            .get(format!("{}/metrics", self.base()))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("the metrics text")
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send("POST", path, Some(&body)).await
     }
 
     /// Waits (at most a minute) for the child to exit, then for every line
