@@ -928,7 +928,7 @@ async fn callbacks_go_straight_to_the_receiver_whatever_proxy_the_environment_na
     // A completed video whose callback is still due, in a database.
     let app = relay_for(&receiver, |_| {}).await;
     completed_video(&app, "d-proxy", json!({})).await;
-    let database = app.config.database.url.clone();
+    let database = app.config.database.path.clone();
     let dir = app.stop().await;
 
     // A "proxy" that only counts who connects to it.
@@ -946,17 +946,13 @@ async fn callbacks_go_straight_to_the_receiver_whatever_proxy_the_environment_na
         }
     });
 
-    let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\ntoken = \"{}\"\n[database]\nurl = \"{database}\"\n\
-             [callbacks]\nurls = [\"{}\"]\nsecret = \"{SECRET}\"\n",
-            crate::helpers::TOKEN,
+    let config = crate::helpers::RelayConfig::new(dir.path())
+        .database(&database)
+        .extra(&format!(
+            "[callbacks]\nurls = [\"{}\"]\nsecret = \"{SECRET}\"\n",
             receiver.url("ops"),
-        ),
-    )
-    .unwrap();
+        ))
+        .write();
     let mut command = Command::new(crate::helpers::binary());
     command
         .args(["--config", config.to_str().unwrap(), "serve"])

@@ -301,19 +301,9 @@ fn systemd_watchdog_stops_when_the_poller_stalls() {
     }
     assert!(pings > 10, "{pings} pings while idle");
 
-    let base = relay.base();
-    let status = runtime.block_on(async {
-        jogg_relay::outbound::client_builder()
-            .build()
-            .unwrap()
-            .post(format!("{base}/v1/videos"))
-            .bearer_auth(TOKEN)
-            .json(&json!({"video_id": "stall-1"}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
+    let status = runtime
+        .block_on(relay.post("/v1/videos", json!({"video_id": "stall-1"})))
+        .status;
     assert_eq!(status, 201);
     // Pings stop: a whole second without one (ten intervals), within an
     // overall deadline.
