@@ -477,7 +477,10 @@ pub struct RelayProcess {
     pub child: Child,
     /// Where its API listens.
     pub address: SocketAddr,
-    /// Every line it wrote to standard error arrives here.
+    /// The lines it wrote to standard error up to and including the one
+    /// reporting its address (read by `start`, so not in `log`).
+    pub startup: Vec<String>,
+    /// Every later line it writes to standard error arrives here.
     pub log: mpsc::Receiver<String>,
     /// The thread forwarding standard error to `log`; it ends when the
     /// child closes standard error (when it exits).
@@ -537,10 +540,13 @@ impl RelayProcess {
         // Blocking on the child's own output (not a sleep): the relay logs its
         // bound address once it is ready to accept connections.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut startup = Vec::new();
         let address = loop {
             let line = log
                 .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
                 .expect("relay reported its address");
+            startup.push(line);
+            let line = startup.last().unwrap();
             // Text logs say `address=IP:PORT`, JSON logs `"address":"IP:PORT"`.
             if let Some(rest) = line.split("address=").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap();
@@ -554,6 +560,7 @@ impl RelayProcess {
         Self {
             child,
             address,
+            startup,
             log,
             reader: Some(reader),
             client: jogg_relay::outbound::client_builder().build().unwrap(),
@@ -594,6 +601,18 @@ impl RelayProcess {
     /// Authorised `POST path` of `body` as JSON.
     pub async fn post(&self, path: &str, body: Value) -> Reply {
         self.send("POST", path, Some(&body)).await
+    }
+
+    /// The text of `GET /metrics` (no token needed).
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base()))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics text")
     }
 
     /// Waits (at most a minute) for the child to exit, then for every line
