@@ -147,16 +147,6 @@ async fn start(
     app
 }
 
-/// Writes `dir/relay.toml` for the real binary: loopback on port 0, the
-/// test token, the database at `database`, then `extra` (more sections).
-/// Shorthand for [`RelayConfig`].
-pub fn write_relay_config(dir: &Path, database: &Path, extra: &str) -> PathBuf {
-    RelayConfig::new(dir)
-        .database(database)
-        .extra(extra)
-        .write()
-}
-
 /// The configuration file of a real-binary test: `[server]` on loopback
 /// port 0 with [`TOKEN`], `[database]` at `dir/relay.db` unless told
 /// otherwise, then whatever sections the test adds. Every test of the

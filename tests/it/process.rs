@@ -14,16 +14,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{RelayProcess, TOKEN, binary, spawn_app_with, test_settings};
+use crate::helpers::{RelayConfig, RelayProcess, TOKEN, binary, spawn_app_with, test_settings};
 
 /// Writes a `serve` configuration for the simulator at `sim_url` into
 /// `dir`, with `extra` appended.
 fn write_config(dir: &std::path::Path, sim_url: &str, extra: &str) -> std::path::PathBuf {
-    crate::helpers::write_relay_config(
-        dir,
-        &dir.join("relay.db"),
-        &format!("[jogg]\nbase_url = \"{sim_url}\"\napi_key = \"{SIM_API_KEY}\"\n{extra}"),
-    )
+    RelayConfig::new(dir)
+        .extra(&format!(
+            "[jogg]\nbase_url = \"{sim_url}\"\napi_key = \"{SIM_API_KEY}\"\n{extra}"
+        ))
+        .write()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
