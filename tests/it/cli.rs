@@ -5,10 +5,15 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::helpers::{RelayProcess, TOKEN, reply, run_binary};
+use crate::helpers::{RelayConfig, RelayProcess, TOKEN, run_binary};
 
+/// A configuration in `dir` with `extra` sections, its database in a
+/// folder that does not exist yet.
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
-    crate::helpers::write_relay_config(dir, &dir.join("db").join("relay.db"), extra)
+    RelayConfig::new(dir)
+        .database(&dir.join("db").join("relay.db"))
+        .extra(extra)
+        .write()
 }
 
 #[test]
@@ -358,33 +363,17 @@ async fn acknowledged_enqueue_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
     let key = [("JOGG_RELAY__JOGG__API_KEY", "sk-test")];
-    let client = jogg_relay::outbound::client_builder().build().unwrap();
 
     let relay = RelayProcess::start(&config, &key);
-    let created = reply(
-        client
-            .post(format!("{}/v1/videos", relay.base()))
-            .bearer_auth(TOKEN)
-            .json(&json!({"video_id": "durable-1"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let created = relay
+        .post("/v1/videos", json!({"video_id": "durable-1"}))
+        .await;
     assert_eq!(created.status, 201);
     relay.signal("KILL");
     drop(relay);
 
     let relay = RelayProcess::start(&config, &key);
-    let video = reply(
-        client
-            .get(format!("{}/v1/videos/durable-1", relay.base()))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let video = relay.get("/v1/videos/durable-1").await;
     assert_eq!(video.status, 200, "{video:?}");
     assert_eq!(video.json["state"], "active");
 }
@@ -404,16 +393,10 @@ async fn a_numeric_looking_token_from_the_environment_is_used_as_written() {
             ("JOGG_RELAY__SERVER__TOKEN", token),
         ],
     );
-    let client = jogg_relay::outbound::client_builder().build().unwrap();
-    let list = |bearer: &'static str| {
-        client
-            .get(format!("{}/v1/videos", relay.base()))
-            .bearer_auth(bearer)
-            .send()
-    };
-    assert_eq!(reply(list(token).await.unwrap()).await.status, 200);
+    let list = |bearer: &'static str| relay.send_as("GET", "/v1/videos", Some(bearer), None);
+    assert_eq!(list(token).await.status, 200);
     for guessed in ["1234567890123456789", "1.2345678901234568e18"] {
-        let refused = reply(list(guessed).await.unwrap()).await;
+        let refused = list(guessed).await;
         assert_eq!(refused.assert_json_error(401), "unauthorized", "{guessed}");
     }
 }
@@ -689,20 +672,17 @@ async fn redeliver_queues_the_event_again_to_every_current_target() {
         .unwrap()
         .to_owned();
     assert_eq!(receiver.state.accepted_count(), 1);
-    let database = app.config.database.url.clone();
+    let database = app.config.database.path.clone();
     let dir = app.stop().await;
 
     // The operator has added a second receiver since.
-    let config = dir.path().join("cli.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ntoken = \"{TOKEN}\"\n[database]\nurl = \"{database}\"\n\
-             [callbacks]\nurls = [\"{ops}\", \"{}\"]\n",
+    let config = RelayConfig::new(dir.path())
+        .database(&database)
+        .extra(&format!(
+            "[callbacks]\nurls = [\"{ops}\", \"{}\"]\n",
             receiver.url("added")
-        ),
-    )
-    .unwrap();
+        ))
+        .write();
     let config = config.to_str().unwrap();
     let (code, stdout, stderr) = run_binary(&["--config", config, "redeliver", "cli-done"], &[]);
     assert_eq!(code, 0, "{stderr}");

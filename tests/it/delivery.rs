@@ -909,26 +909,13 @@ async fn redelivery_revives_dead_deliveries_and_creates_missing_ones() {
     drop(dir);
 }
 
-/// Kills the child when dropped, so a failing test leaves no process.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn callbacks_go_straight_to_the_receiver_whatever_proxy_the_environment_names() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     let receiver = SimReceiver::start(None).await.unwrap();
     // A completed video whose callback is still due, in a database.
     let app = relay_for(&receiver, |_| {}).await;
     completed_video(&app, "d-proxy", json!({})).await;
-    let database = app.config.database.url.clone();
+    let database = app.config.database.path.clone();
     let dir = app.stop().await;
 
     // A "proxy" that only counts who connects to it.
@@ -946,45 +933,26 @@ async fn callbacks_go_straight_to_the_receiver_whatever_proxy_the_environment_na
         }
     });
 
-    let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\ntoken = \"{}\"\n[database]\nurl = \"{database}\"\n\
-             [callbacks]\nurls = [\"{}\"]\nsecret = \"{SECRET}\"\n",
-            crate::helpers::TOKEN,
+    let config = crate::helpers::RelayConfig::new(dir.path())
+        .database(&database)
+        .extra(&format!(
+            "[callbacks]\nurls = [\"{}\"]\nsecret = \"{SECRET}\"\n",
             receiver.url("ops"),
-        ),
-    )
-    .unwrap();
-    let mut command = Command::new(crate::helpers::binary());
-    command
-        .args(["--config", config.to_str().unwrap(), "serve"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .env("JOGG_RELAY__JOGG__BASE_URL", "http://127.0.0.1:1")
-        .env("JOGG_RELAY__JOGG__API_KEY", "sk-test")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for name in [
+        ))
+        .write();
+    let proxies = [
         "HTTP_PROXY",
         "http_proxy",
         "HTTPS_PROXY",
         "https_proxy",
         "ALL_PROXY",
         "all_proxy",
-    ] {
-        command.env(name, &proxy_url);
-    }
-    let mut child = Child(command.spawn().expect("spawn jogg-relay serve"));
-    let stderr = child.0.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<String>>()
-    });
+    ]
+    .map(|name| (name, proxy_url.as_str()));
+    let mut relay = crate::helpers::RelayProcess::start(
+        &config,
+        &[&[("JOGG_RELAY__JOGG__API_KEY", "sk-test")][..], &proxies].concat(),
+    );
 
     // Whichever comes first: the callback at the receiver, or a connection
     // to the proxy (then the test fails at once, not at the deadline).
@@ -1000,8 +968,10 @@ async fn callbacks_go_straight_to_the_receiver_whatever_proxy_the_environment_na
         "nothing went through the proxy"
     );
     assert!(oracle::verified(SECRET, &receiver.state.received()[0]));
-    drop(child);
-    let log = reader.join().unwrap();
+    relay.signal("KILL");
+    relay.wait();
+    let mut log = std::mem::take(&mut relay.startup);
+    log.extend(relay.take_log().try_iter());
     let warnings = log
         .iter()
         .filter(|line| line.contains("WARN") && line.contains("callbacks.video_secret"))

@@ -147,20 +147,66 @@ async fn start(
     app
 }
 
-/// Writes `dir/relay.toml` for the real binary: loopback on port 0, the
-/// test token, the database at `database`, then `extra` (more sections).
-pub fn write_relay_config(dir: &Path, database: &Path, extra: &str) -> PathBuf {
-    let path = dir.join("relay.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
-             [database]\nurl = \"sqlite://{}\"\n{extra}",
-            database.display()
-        ),
-    )
-    .expect("write the configuration");
-    path
+/// The configuration file of a real-binary test: `[server]` on loopback
+/// port 0 with [`TOKEN`], `[database]` at `dir/relay.db` unless told
+/// otherwise, then whatever sections the test adds. Every test of the
+/// binary writes its configuration through this, so the file's first five
+/// lines are always the same (a test that checks a reported line number
+/// relies on that).
+pub struct RelayConfig {
+    dir: PathBuf,
+    database: PathBuf,
+    server_keys: String,
+    extra: String,
+}
+
+impl RelayConfig {
+    /// A configuration written into `dir`, its database `dir/relay.db`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            database: dir.join("relay.db"),
+            server_keys: String::new(),
+            extra: String::new(),
+        }
+    }
+
+    /// The database file (it and its folders need not exist).
+    pub fn database(mut self, path: &Path) -> Self {
+        self.database = path.to_owned();
+        self
+    }
+
+    /// More `[server]` keys, one `key = value` per line: TOML allows no
+    /// second `[server]` table in `extra`.
+    pub fn server_keys(mut self, keys: &str) -> Self {
+        self.server_keys.push_str(keys);
+        self
+    }
+
+    /// More sections (TOML text, each line ending in a newline), after
+    /// `[database]`.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self
+    }
+
+    /// Writes `dir/relay.toml`; its path.
+    pub fn write(self) -> PathBuf {
+        let path = self.dir.join("relay.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n{}\
+                 [database]\nurl = \"sqlite://{}\"\n{}",
+                self.server_keys,
+                self.database.display(),
+                self.extra,
+            ),
+        )
+        .expect("write the configuration");
+        path
+    }
 }
 
 /// An RFC 3339 timestamp as the API shows it, as [`Millis`].
@@ -421,18 +467,45 @@ pub struct RelayProcess {
     pub child: Child,
     /// Where its API listens.
     pub address: SocketAddr,
-    /// Every line it wrote to standard error arrives here.
+    /// The lines it wrote to standard error up to and including the one
+    /// reporting its address (read by `start`, so not in `log`).
+    pub startup: Vec<String>,
+    /// Every later line it writes to standard error arrives here.
     pub log: mpsc::Receiver<String>,
     /// The thread forwarding standard error to `log`; it ends when the
     /// child closes standard error (when it exits).
     reader: Option<std::thread::JoinHandle<()>>,
+    /// Client for [`RelayProcess::send`] and its shorthands.
+    client: reqwest::Client,
 }
 
 impl RelayProcess {
     /// Starts `serve` with `config_file`, binding port 0, and waits for the
     /// address it reports.
     pub fn start(config_file: &Path, extra_env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(binary())
+        Self::start_after(config_file, extra_env, None)
+    }
+
+    /// [`RelayProcess::start`], through `sh -c` when `prelude` is given so
+    /// that it (a umask, a file size limit: std has no call for either)
+    /// applies to the relay. The shell `exec`s the relay, so the child's
+    /// pid is the relay's.
+    pub fn start_after(
+        config_file: &Path,
+        extra_env: &[(&str, &str)],
+        prelude: Option<&str>,
+    ) -> Self {
+        let mut command = match prelude {
+            Some(prelude) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .args(["-c", &format!("{prelude}; exec \"$0\" \"$@\"")])
+                    .arg(binary());
+                shell
+            }
+            None => Command::new(binary()),
+        };
+        let mut child = command
             .args(["--config", config_file.to_str().unwrap(), "serve"])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -457,10 +530,13 @@ impl RelayProcess {
         // Blocking on the child's own output (not a sleep): the relay logs its
         // bound address once it is ready to accept connections.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut startup = Vec::new();
         let address = loop {
             let line = log
                 .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
                 .expect("relay reported its address");
+            startup.push(line);
+            let line = startup.last().unwrap();
             // Text logs say `address=IP:PORT`, JSON logs `"address":"IP:PORT"`.
             if let Some(rest) = line.split("address=").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap();
@@ -474,9 +550,59 @@ impl RelayProcess {
         Self {
             child,
             address,
+            startup,
             log,
             reader: Some(reader),
+            client: jogg_relay::outbound::client_builder().build().unwrap(),
         }
+    }
+
+    /// Sends `method path` with `token` as bearer (none when `None`) and
+    /// `body` as JSON when given.
+    pub async fn send_as(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        let mut request = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", self.base()));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        reply(request.send().await.expect("request sent")).await
+    }
+
+    /// Sends `method path` with [`TOKEN`], `body` as JSON when given.
+    pub async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        self.send_as(method, path, Some(TOKEN), body).await
+    }
+
+    /// Authorised `GET path`.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send("GET", path, None).await
+    }
+
+    /// Authorised `POST path` of `body` as JSON.
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send("POST", path, Some(&body)).await
+    }
+
+    /// The text of `GET /metrics` (no token needed).
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base()))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics text")
     }
 
     /// Waits (at most a minute) for the child to exit, then for every line

@@ -563,18 +563,10 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
 /// A configuration for the real binary on `app`'s database, with the
 /// scenario's learning settings.
 fn cli_config(app: &TestApp) -> std::path::PathBuf {
-    let database = app
-        .config
-        .database
-        .url
-        .strip_prefix("sqlite://")
-        .unwrap()
-        .to_owned();
-    crate::helpers::write_relay_config(
-        app.dir.path(),
-        std::path::Path::new(&database),
-        "[polling]\nadaptive_half_life = 1000\nadaptive_warmup = 10\n",
-    )
+    crate::helpers::RelayConfig::new(app.dir.path())
+        .database(&app.config.database.path)
+        .extra("[polling]\nadaptive_half_life = 1000\nadaptive_warmup = 10\n")
+        .write()
 }
 
 /// Milliseconds from an RFC 3339 text.
@@ -715,7 +707,7 @@ async fn stats_and_export_renders_read_the_database_beside_a_running_relay() {
 async fn export_renders_pages_through_every_finished_row_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("relay.db");
-    let config = crate::helpers::write_relay_config(dir.path(), &database, "");
+    let config = crate::helpers::RelayConfig::new(dir.path()).write();
     let config = config.to_str().unwrap();
     // The binary creates the schema.
     let (code, _, stderr) = run_binary(&["--config", config, "list"], &[]);

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::helpers::{RelayProcess, TOKEN, reply, spawn_manual_app};
+use crate::helpers::{RelayConfig, RelayProcess, TOKEN, spawn_manual_app};
 
 /// A parsed Prometheus text exposition: family → type, and every sample.
 #[derive(Debug, Default)]
@@ -302,23 +302,17 @@ fn relay_config(
     receiver: &SimReceiver,
     extra: &str,
 ) -> std::path::PathBuf {
-    let path = dir.join("relay.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nshutdown_grace = \"1s\"\n\
-             [database]\nurl = \"sqlite://{}/relay.db\"\n\
-             [jogg]\nbase_url = \"{}\"\napi_key = \"{SIM_API_KEY}\"\ntimeout = \"30s\"\n\
+    RelayConfig::new(dir)
+        .server_keys("shutdown_grace = \"1s\"\n")
+        .extra(&format!(
+            "[jogg]\nbase_url = \"{}\"\napi_key = \"{SIM_API_KEY}\"\ntimeout = \"30s\"\n\
              [polling]\nfirst_after = \"0s\"\nmin_interval = \"20ms\"\nmax_interval = \"20ms\"\n\
              [callbacks]\nurls = [\"{}\"]\nsecret = \"whsec_b3BzLXNlY3JldC12YWx1ZS0xMjM=\"\ntimeout = \"30s\"\n\
              retry_schedule = [\"50ms\"]\n{extra}",
-            dir.display(),
             sim.base_url,
             receiver.url("hook"),
-        ),
-    )
-    .unwrap();
-    path
+        ))
+        .write()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,25 +329,14 @@ async fn secrets_never_appear_in_logs_errors_or_check_config() {
             ("JOGG_RELAY__JOGG__BASE_URL", sim.base_url.as_str()),
         ],
     );
-    let client = jogg_relay::outbound::client_builder().build().unwrap();
-    let wrong = reply(
-        client
-            .get(format!("{}/v1/videos", relay.base()))
-            .bearer_auth("guess")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let wrong = relay
+        .send_as("GET", "/v1/videos", Some("guess"), None)
+        .await;
     assert_eq!(wrong.status, 401);
-    let created = client
-        .post(format!("{}/v1/videos", relay.base()))
-        .bearer_auth(TOKEN)
-        .json(&json!({"video_id": "secret-video"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    let created = relay
+        .post("/v1/videos", json!({"video_id": "secret-video"}))
+        .await;
+    assert_eq!(created.status, 201);
     assert!(
         receiver
             .state
@@ -390,14 +373,9 @@ async fn json_logs_carry_video_and_event_ids() {
         &config,
         &[("JOGG_RELAY__JOGG__BASE_URL", sim.base_url.as_str())],
     );
-    let client = jogg_relay::outbound::client_builder().build().unwrap();
-    client
-        .post(format!("{}/v1/videos", relay.base()))
-        .bearer_auth(TOKEN)
-        .json(&json!({"video_id": "json-video"}))
-        .send()
-        .await
-        .unwrap();
+    relay
+        .post("/v1/videos", json!({"video_id": "json-video"}))
+        .await;
     assert!(
         receiver
             .state
@@ -449,15 +427,8 @@ async fn sigterm_mid_flight_exits_within_the_grace_and_hands_work_back() {
         &config,
         &[("JOGG_RELAY__JOGG__BASE_URL", sim.base_url.as_str())],
     );
-    let client = jogg_relay::outbound::client_builder().build().unwrap();
     for id in ["quick", "stuck"] {
-        client
-            .post(format!("{}/v1/videos", relay.base()))
-            .bearer_auth(TOKEN)
-            .json(&json!({"video_id": id}))
-            .send()
-            .await
-            .unwrap();
+        relay.post("/v1/videos", json!({"video_id": id})).await;
     }
     assert!(
         sim.state
@@ -541,16 +512,9 @@ fn systemd_hears_ready_watchdog_and_stopping() {
     socket
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"sqlite://{}/relay.db\"\n\
-             [jogg]\napi_key = \"k\"\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let config = RelayConfig::new(dir.path())
+        .extra("[jogg]\napi_key = \"k\"\n")
+        .write();
     let relay = RelayProcess::start(
         &config,
         &[

@@ -2,7 +2,6 @@
 //! supervision of background tasks, the systemd watchdog, the HTTP
 //! server's timeouts and connection cap, and the `process_*` metrics.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -15,29 +14,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TOKEN, binary, reply, spawn_app_with, test_settings};
+use crate::helpers::{RelayConfig, RelayProcess, TOKEN, binary, spawn_app_with, test_settings};
 
 /// Writes a `serve` configuration for the simulator at `sim_url` into
 /// `dir`, with `extra` appended.
 fn write_config(dir: &std::path::Path, sim_url: &str, extra: &str) -> std::path::PathBuf {
-    crate::helpers::write_relay_config(
-        dir,
-        &dir.join("relay.db"),
-        &format!("[jogg]\nbase_url = \"{sim_url}\"\napi_key = \"{SIM_API_KEY}\"\n{extra}"),
-    )
-}
-
-/// Waits for `child` to exit, at most `limit`; its exit code.
-fn wait_with_deadline(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        // Polling a child's exit has no blocking form with a timeout.
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
+    RelayConfig::new(dir)
+        .extra(&format!(
+            "[jogg]\nbase_url = \"{sim_url}\"\napi_key = \"{SIM_API_KEY}\"\n{extra}"
+        ))
+        .write()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,54 +36,28 @@ async fn a_broken_stderr_never_stops_the_relay() {
         sim.base_url.as_str(),
         "[polling]\nfirst_after = \"0s\"\nmin_interval = \"20ms\"\nmax_interval = \"50ms\"\n",
     );
-    let mut child = Command::new(binary())
-        .args(["--config", config.to_str().unwrap(), "serve"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read up to the address, then close the pipe's only read end: every
-    // later write to standard error fails with EPIPE.
-    let address: SocketAddr = {
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        loop {
-            let line = lines
-                .next()
-                .expect("the relay logs its address before it exits")
-                .unwrap();
-            if let Some(rest) = line.split("address=").nth(1) {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-    };
-    let base = format!("http://{address}");
-    let client = jogg_relay::outbound::client_builder().build().unwrap();
+    let mut relay = RelayProcess::start(
+        &config,
+        &[
+            ("RUST_LOG", "debug"),
+            ("JOGG_RELAY__JOGG__BASE_URL", sim.base_url.as_str()),
+        ],
+    );
+    // Past the address, close the pipe's only read end: the thread reading
+    // it ends at the next line, and every later write to standard error
+    // fails with EPIPE.
+    drop(relay.take_log());
 
     // Requests, polls, transitions and deliveries all log (at debug, a lot).
-    let enqueued = client
-        .post(format!("{base}/v1/videos"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"video_id": "pipe-1"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(enqueued.status(), 201);
+    let enqueued = relay
+        .post("/v1/videos", json!({"video_id": "pipe-1"}))
+        .await;
+    assert_eq!(enqueued.status, 201);
     // The video completes only if the poller survives its logging: the
     // simulator answers "processing" once, then "completed".
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let video = reply(
-            client
-                .get(format!("{base}/v1/videos/pipe-1"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let video = relay.get("/v1/videos/pipe-1").await;
         if video.json["state"] == "completed" {
             break;
         }
@@ -110,17 +70,10 @@ async fn a_broken_stderr_never_stops_the_relay() {
             .wait_for_requests(sim.state.request_count() + 1, Duration::from_millis(500))
             .await;
     }
-    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
+    let health = relay.get("/healthz").await;
+    assert_eq!(health.status, 200);
     // The relay knows it lost lines: the test did exercise the broken pipe.
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics_text().await;
     let lost: f64 = metrics
         .lines()
         .find_map(|line| line.strip_prefix("jogg_relay_log_write_errors_total "))
@@ -130,18 +83,10 @@ async fn a_broken_stderr_never_stops_the_relay() {
     assert!(lost > 0.0, "{lost} lines lost");
 
     // The signal handler logs too; SIGTERM must still stop the relay, cleanly.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
+    relay.signal("TERM");
+    let code = tokio::task::spawn_blocking(move || relay.wait().code())
+        .await
         .unwrap();
-    assert!(status.success());
-    let code = tokio::task::spawn_blocking(move || {
-        let code = wait_with_deadline(&mut child, Duration::from_secs(30));
-        let _ = child.kill();
-        code
-    })
-    .await
-    .unwrap();
     assert_eq!(code, Some(0), "exit code after SIGTERM");
 }
 
@@ -274,7 +219,7 @@ fn systemd_watchdog_stops_when_the_poller_stalls() {
         sim.base_url.as_str(),
         "timeout = \"600s\"\n[polling]\nfirst_after = \"0s\"\nmin_interval = \"10ms\"\n",
     );
-    let mut relay = crate::helpers::RelayProcess::start(
+    let mut relay = RelayProcess::start(
         &config,
         &[
             ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
@@ -301,19 +246,9 @@ fn systemd_watchdog_stops_when_the_poller_stalls() {
     }
     assert!(pings > 10, "{pings} pings while idle");
 
-    let base = relay.base();
-    let status = runtime.block_on(async {
-        jogg_relay::outbound::client_builder()
-            .build()
-            .unwrap()
-            .post(format!("{base}/v1/videos"))
-            .bearer_auth(TOKEN)
-            .json(&json!({"video_id": "stall-1"}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
+    let status = runtime
+        .block_on(relay.post("/v1/videos", json!({"video_id": "stall-1"})))
+        .status;
     assert_eq!(status, 201);
     // Pings stop: a whole second without one (ten intervals), within an
     // overall deadline.

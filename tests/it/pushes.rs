@@ -21,8 +21,8 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    RelayProcess, Reply, TOKEN, TestApp, api_millis, reply, run_binary, spawn_manual_app,
-    spawn_manual_app_with_push_listener, write_relay_config,
+    RelayConfig, RelayProcess, Reply, TOKEN, TestApp, api_millis, reply, run_binary,
+    spawn_manual_app, spawn_manual_app_with_push_listener,
 };
 use crate::oracle;
 
@@ -1133,7 +1133,7 @@ async fn the_push_listener_serves_only_the_push_route() {
 #[tokio::test]
 async fn serve_binds_the_push_listener_from_the_configuration() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_relay_config(dir.path(), &dir.path().join("relay.db"), "");
+    let config = RelayConfig::new(dir.path()).write();
     let mut relay = RelayProcess::start(
         &config,
         &[

@@ -17,7 +17,7 @@ use jogg_relay::store::Store;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::helpers::{RelayProcess, TOKEN};
+use crate::helpers::{RelayConfig, RelayProcess};
 
 const SECRET: &str = "whsec_cmVsaWFiaWxpdHktc3VpdGUtc2VjcmV0";
 
@@ -42,24 +42,18 @@ fn write_config(
     receiver: &SimReceiver,
     retry_schedule: &str,
 ) -> PathBuf {
-    let path = dir.join("relay.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nshutdown_grace = \"1s\"\n\
-             [database]\nurl = \"sqlite://{}/relay.db\"\n\
-             [jogg]\nbase_url = \"{}\"\napi_key = \"{SIM_API_KEY}\"\ntimeout = \"500ms\"\n\
+    RelayConfig::new(dir)
+        .server_keys("shutdown_grace = \"1s\"\n")
+        .extra(&format!(
+            "[jogg]\nbase_url = \"{}\"\napi_key = \"{SIM_API_KEY}\"\ntimeout = \"500ms\"\n\
              requests_per_second = 2000.0\nburst = 50\nmax_in_flight = 32\n\
              [polling]\nfirst_after = \"0s\"\nmin_interval = \"10ms\"\nmax_interval = \"20ms\"\n\
              [callbacks]\nurls = [\"{}\"]\nsecret = \"{SECRET}\"\ntimeout = \"1s\"\n\
              retry_schedule = {retry_schedule}\n",
-            dir.display(),
             sim.base_url,
             receiver.url("hook"),
-        ),
-    )
-    .unwrap();
-    path
+        ))
+        .write()
 }
 
 fn start(config: &Path, sim: &SimUpstream) -> RelayProcess {
@@ -101,20 +95,13 @@ fn script_videos(
 }
 
 /// Enqueues every id through the batch endpoint; every item must be acknowledged.
-async fn enqueue_all(base: &str, ids: &[String]) {
-    let client = jogg_relay::outbound::client_builder().build().unwrap();
+async fn enqueue_all(relay: &RelayProcess, ids: &[String]) {
     for chunk in ids.chunks(1000) {
         let videos: Vec<Value> = chunk.iter().map(|id| json!({"video_id": id})).collect();
-        let reply: Value = client
-            .post(format!("{base}/v1/videos/batch"))
-            .bearer_auth(TOKEN)
-            .json(&json!({"videos": videos}))
-            .send()
+        let reply = relay
+            .post("/v1/videos/batch", json!({"videos": videos}))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .json;
         assert!(
             reply["results"]
                 .as_array()
@@ -291,7 +278,7 @@ async fn repeated_sigkill_loses_nothing() {
     );
 
     let mut relay = start(&config, &sim);
-    enqueue_all(&relay.base(), &ids).await;
+    enqueue_all(&relay, &ids).await;
     let started = Instant::now();
     for kill in 0..kills {
         // Let it work for a random while (measured in upstream requests and
@@ -372,7 +359,7 @@ async fn upstream_faults_never_decide_an_outcome() {
         r#"["20ms", "50ms", "100ms", "200ms"]"#,
     );
     let relay = start(&config, &sim);
-    enqueue_all(&relay.base(), &ids).await;
+    enqueue_all(&relay, &ids).await;
     // Faults for a good while: about three answers per video, or until
     // every video has been answered with its end (short timelines may not
     // need three; waiting for requests that never come stalled this test).
@@ -425,7 +412,7 @@ async fn receiver_outage_then_recovery_delivers_everything_in_retry_order() {
         r#"["100ms", "200ms", "400ms", "800ms", "1600ms", "3200ms", "6400ms", "10s"]"#,
     );
     let relay = start(&config, &sim);
-    enqueue_all(&relay.base(), &ids).await;
+    enqueue_all(&relay, &ids).await;
     // The outage lasts until every video has failed at least four attempts
     // (0.1 + 0.2 + 0.4 s of retries and more), then the receiver recovers.
     let mut attempts_per_video: HashMap<String, usize> = HashMap::new();
@@ -503,69 +490,36 @@ async fn a_locked_database_is_survived_and_recovered_from() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &sim, &receiver, r#"["50ms"]"#);
     let mut relay = start(&config, &sim);
-    let client = jogg_relay::outbound::client_builder().build().unwrap();
-    let enqueue = |id: String| {
-        let client = client.clone();
-        let base = relay.base();
-        async move {
-            client
-                .post(format!("{base}/v1/videos"))
-                .bearer_auth(TOKEN)
-                .json(&json!({"video_id": id}))
-                .send()
-                .await
-                .unwrap()
-        }
-    };
+    let enqueue = |id: String| relay.post("/v1/videos", json!({"video_id": id}));
     let mut acknowledged = Vec::new();
     for i in 0..20 {
         let id = format!("before-{i}");
-        assert_eq!(enqueue(id.clone()).await.status(), 201);
+        assert_eq!(enqueue(id.clone()).await.status, 201);
         acknowledged.push(id);
     }
 
     // Another process takes the write lock and holds it past the busy timeout.
     let store = open_store(dir.path()).await;
     let blocker = store.hold_write_lock().await.unwrap();
-    let ready = client
-        .get(format!("{}/readyz", relay.base()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
+    let ready = relay.get("/readyz").await;
+    assert_eq!(ready.status, 503);
     let during = enqueue("during".into()).await;
-    let status = during.status().as_u16();
-    let body: Value = during.json().await.unwrap();
+    let status = during.status;
+    let body = during.json;
     assert_eq!(
         status, 503,
         "not acknowledged while the database is locked: {body}"
     );
     assert_eq!(body["error"]["code"], "storage_unavailable");
-    assert_eq!(
-        client
-            .get(format!("{}/healthz", relay.base()))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(relay.get("/healthz").await.status, 200);
     blocker.release().await.unwrap();
     store.close().await;
 
     // It recovers by itself: ready again, accepting, and finishing its work.
-    assert_eq!(
-        client
-            .get(format!("{}/readyz", relay.base()))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(relay.get("/readyz").await.status, 200);
     for i in 0..5 {
         let id = format!("after-{i}");
-        assert_eq!(enqueue(id.clone()).await.status(), 201);
+        assert_eq!(enqueue(id.clone()).await.status, 201);
         acknowledged.push(id);
     }
     wait_for_all_callbacks(&receiver, acknowledged.len(), Duration::from_secs(60)).await;

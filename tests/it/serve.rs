@@ -5,7 +5,7 @@ use std::time::Duration;
 use jogg_relay::sim::{SIM_API_KEY, SimUpstream, Timeline};
 use serde_json::json;
 
-use crate::helpers::{RelayProcess, TOKEN, reply};
+use crate::helpers::{RelayConfig, RelayProcess};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_tracks_videos_to_their_terminal_states() {
@@ -18,37 +18,26 @@ async fn serve_tracks_videos_to_their_terminal_states() {
         .script("s-fail2", Timeline::fails(0, 1).observed_spelling());
     // "s-missing" is not scripted: not found, abandoned once the grace ends.
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
-             [database]\nurl = \"sqlite://{}/relay.db\"\n\
-             [jogg]\nbase_url = \"{}\"\napi_key = \"{SIM_API_KEY}\"\nrequests_per_second = 50.0\n\
+    let config = RelayConfig::new(dir.path())
+        .extra(&format!(
+            "[jogg]\nbase_url = \"{}\"\napi_key = \"{SIM_API_KEY}\"\nrequests_per_second = 50.0\n\
              [polling]\nfirst_after = \"0s\"\nmin_interval = \"20ms\"\nmax_interval = \"50ms\"\n\
              not_found_grace = \"100ms\"\n",
-            dir.path().display(),
             sim.base_url
-        ),
-    )
-    .unwrap();
+        ))
+        .write();
     let mut relay = RelayProcess::start(
         &config,
         &[("JOGG_RELAY__JOGG__BASE_URL", sim.base_url.as_str())],
     );
-    let client = jogg_relay::outbound::client_builder().build().unwrap();
     let videos: Vec<_> = ["s-ok", "s-success", "s-fail", "s-fail2", "s-missing"]
         .iter()
         .map(|id| json!({"video_id": id}))
         .collect();
-    let batch = client
-        .post(format!("{}/v1/videos/batch", relay.base()))
-        .bearer_auth(TOKEN)
-        .json(&json!({"videos": videos}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(batch.status(), 200);
+    let batch = relay
+        .post("/v1/videos/batch", json!({"videos": videos}))
+        .await;
+    assert_eq!(batch.status, 200);
 
     // The relay logs every transition after committing it; wait for the
     // five terminal state transitions in its own output.
@@ -84,15 +73,7 @@ async fn serve_tracks_videos_to_their_terminal_states() {
         ("s-fail2", "failed"),
         ("s-missing", "abandoned"),
     ] {
-        let video = reply(
-            client
-                .get(format!("{}/v1/videos/{id}", relay.base()))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let video = relay.get(&format!("/v1/videos/{id}")).await;
         assert_eq!(video.json["state"], state, "{id}: {:?}", video.json);
     }
     let requests = sim.state.requests();

@@ -2,7 +2,6 @@
 //! under a running relay, damaged pages, two daemons on one file, file
 //! modes, and how an open error is reported.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -12,8 +11,12 @@ use jogg_relay::store::Store;
 use serde_json::json;
 
 use crate::helpers::{
-    RelayProcess, TOKEN, TestApp, binary, run_binary, spawn_app, spawn_manual_app,
+    RelayConfig, RelayProcess, TestApp, binary, run_binary, spawn_app, spawn_manual_app,
 };
+
+/// The API key every real relay here is started with (none is in its
+/// configuration file).
+const KEY: [(&str, &str); 1] = [("JOGG_RELAY__JOGG__API_KEY", "sk-test")];
 
 /// The database file of a test relay.
 fn db_path(app: &TestApp) -> PathBuf {
@@ -109,28 +112,17 @@ async fn nothing_is_written_while_the_file_is_moved_away_and_writes_resume_when_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_database_file_is_logged_as_one_error_however_many_requests_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
-    let mut relay = RelayProcess::start(&config, &[("JOGG_RELAY__JOGG__API_KEY", "sk-test")]);
-    let client = jogg_relay::outbound::client_builder().build().unwrap();
-    let enqueue = |id: &str| {
-        client
-            .post(format!("{}/v1/videos", relay.base()))
-            .bearer_auth(TOKEN)
-            .json(&json!({ "video_id": id }))
-            .send()
-    };
-    assert_eq!(enqueue("kept-1").await.unwrap().status(), 201);
+    let config = RelayConfig::new(dir.path()).write();
+    let mut relay = RelayProcess::start(&config, &KEY);
+    let enqueue = |id: &str| relay.post("/v1/videos", json!({ "video_id": id }));
+    assert_eq!(enqueue("kept-1").await.status, 201);
     let db = dir.path().join("relay.db");
     std::fs::remove_file(&db).unwrap();
     for i in 0..5 {
-        let refused = enqueue(&format!("lost-{i}")).await.unwrap();
-        assert_eq!(refused.status(), 503);
-        let ready = client
-            .get(format!("{}/readyz", relay.base()))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(ready.status(), 503);
+        let refused = enqueue(&format!("lost-{i}")).await;
+        assert_eq!(refused.status, 503);
+        let ready = relay.get("/readyz").await;
+        assert_eq!(ready.status, 503);
     }
     relay.signal("TERM");
     assert_eq!(relay.child.wait().unwrap().code(), Some(0));
@@ -282,23 +274,16 @@ async fn a_removed_shared_memory_index_refuses_writes_and_readiness() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_enqueue_acknowledged_after_the_log_is_deleted_is_lost_by_a_kill() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
-    let mut relay = RelayProcess::start(&config, &[("JOGG_RELAY__JOGG__API_KEY", "sk-test")]);
-    let client = jogg_relay::outbound::client_builder().build().unwrap();
-    let enqueue = |id: String| {
-        client
-            .post(format!("{}/v1/videos", relay.base()))
-            .bearer_auth(TOKEN)
-            .json(&json!({ "video_id": id }))
-            .send()
-    };
-    assert_eq!(enqueue("kept-1".into()).await.unwrap().status(), 201);
+    let config = RelayConfig::new(dir.path()).write();
+    let mut relay = RelayProcess::start(&config, &KEY);
+    let enqueue = |id: String| relay.post("/v1/videos", json!({ "video_id": id }));
+    assert_eq!(enqueue("kept-1".into()).await.status, 201);
     std::fs::remove_file(dir.path().join("relay.db-wal")).unwrap();
     let mut acknowledged = Vec::new();
     for i in 0..5 {
         let id = format!("after-{i}");
-        let answer = enqueue(id.clone()).await.unwrap();
-        match answer.status().as_u16() {
+        let answer = enqueue(id.clone()).await;
+        match answer.status {
             201 => acknowledged.push(id),
             status => assert_eq!(status, 503),
         }
@@ -377,17 +362,6 @@ async fn a_second_relay_on_the_same_database_in_one_process_is_refused_until_the
     drop(again);
 }
 
-/// Writes a configuration for the real binary with its database in `dir`.
-fn write_config(dir: &Path) -> PathBuf {
-    write_config_for(dir, &dir.join("relay.db"))
-}
-
-/// Writes a configuration for the real binary in `dir`, for the database
-/// `database`.
-fn write_config_for(dir: &Path, database: &Path) -> PathBuf {
-    crate::helpers::write_relay_config(dir, database, "")
-}
-
 /// Waits (at most 30 s) for `child` to exit, killing it past that;
 /// returns its exit code (`None` when killed) and standard error.
 fn wait_with_deadline(mut child: std::process::Child) -> (Option<i32>, String) {
@@ -427,9 +401,8 @@ fn second_serve(config: &Path) -> (Option<i32>, String) {
 #[test]
 fn a_second_serve_on_the_same_database_is_refused_naming_it_and_the_running_pid() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
-    let key = [("JOGG_RELAY__JOGG__API_KEY", "sk-test")];
-    let first = RelayProcess::start(&config, &key);
+    let config = RelayConfig::new(dir.path()).write();
+    let first = RelayProcess::start(&config, &KEY);
 
     let (code, stderr) = second_serve(&config);
     assert_eq!(code, Some(1), "the second serve must exit: {stderr}");
@@ -468,14 +441,13 @@ fn a_second_serve_on_the_same_database_is_refused_naming_it_and_the_running_pid(
 #[test]
 fn a_second_serve_reaching_the_database_through_a_symlink_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
-    let key = [("JOGG_RELAY__JOGG__API_KEY", "sk-test")];
-    let first = RelayProcess::start(&config, &key);
+    let config = RelayConfig::new(dir.path()).write();
+    let first = RelayProcess::start(&config, &KEY);
 
     let elsewhere = tempfile::tempdir().unwrap();
     let link = elsewhere.path().join("link.db");
     std::os::unix::fs::symlink(dir.path().join("relay.db"), &link).unwrap();
-    let config = write_config_for(elsewhere.path(), &link);
+    let config = RelayConfig::new(elsewhere.path()).database(&link).write();
     let (code, stderr) = second_serve(&config);
     assert_eq!(code, Some(1), "the second serve must exit: {stderr}");
     assert!(stderr.contains("already in use"), "{stderr}");
@@ -486,69 +458,6 @@ fn a_second_serve_reaching_the_database_through_a_symlink_is_refused() {
     assert!(stderr.contains(&link.display().to_string()), "{stderr}");
 }
 
-/// `jogg-relay serve` started through `sh -c` so that `prelude` (a umask,
-/// a file size limit: std has no call for either) applies to it.
-struct ShellRelay {
-    child: std::process::Child,
-    address: String,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ShellRelay {
-    /// Starts the relay and waits (at most 30 s) for the address it logs
-    /// once its database is open and its port bound.
-    fn start(config: &Path, prelude: &str) -> Self {
-        let mut child = Command::new("sh")
-            .args(["-c", &format!("{prelude}; exec \"$0\" \"$@\"")])
-            .arg(binary())
-            .args(["--config", config.to_str().unwrap(), "serve"])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("JOGG_RELAY__JOGG__API_KEY", "sk-test")
-            .env("JOGG_RELAY__JOGG__BASE_URL", "http://127.0.0.1:1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (lines, log) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines.send(line);
-            }
-        });
-        let address = loop {
-            let line = log
-                .recv_timeout(Duration::from_secs(30))
-                .expect("the relay started");
-            if let Some(rest) = line.split("address=").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        Self {
-            child,
-            address,
-            reader: Some(reader),
-        }
-    }
-
-    /// `http://ADDRESS`.
-    fn base(&self) -> String {
-        format!("http://{}", self.address)
-    }
-}
-
-impl Drop for ShellRelay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-    }
-}
-
 #[cfg(unix)]
 #[test]
 fn database_folders_wal_shm_and_lock_files_are_private_whatever_the_umask() {
@@ -556,10 +465,12 @@ fn database_folders_wal_shm_and_lock_files_are_private_whatever_the_umask() {
     let dir = tempfile::tempdir().unwrap();
     // The database's folders do not exist yet: the relay creates them.
     let folder = dir.path().join("state").join("db");
-    let config = write_config_for(dir.path(), &folder.join("relay.db"));
+    let config = RelayConfig::new(dir.path())
+        .database(&folder.join("relay.db"))
+        .write();
     // The most permissive umask. The relay logs its address once the
     // database is open in WAL mode, so every file exists by then.
-    let relay = ShellRelay::start(&config, "umask 000");
+    let relay = RelayProcess::start_after(&config, &KEY, Some("umask 000"));
     let mode_of = |path: &Path| {
         let metadata = std::fs::metadata(path).ok();
         metadata.map(|m| m.permissions().mode() & 0o777)
@@ -599,22 +510,19 @@ fn database_folders_wal_shm_and_lock_files_are_private_whatever_the_umask() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_is_503_as_soon_as_a_full_disk_refuses_an_enqueue() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+    let config = RelayConfig::new(dir.path()).write();
     // 600 blocks (of 512 bytes for dash, 1024 for bash): room for the
     // migrated database and some dozens of pages more.
-    let relay = ShellRelay::start(&config, "trap '' XFSZ; ulimit -f 600");
-    let client = jogg_relay::outbound::client_builder().build().unwrap();
+    let relay = RelayProcess::start_after(&config, &KEY, Some("trap '' XFSZ; ulimit -f 600"));
     let pad = "x".repeat(3000);
     let mut refused = None;
     for i in 0..1000 {
-        let answer = client
-            .post(format!("{}/v1/videos", relay.base()))
-            .bearer_auth(TOKEN)
-            .json(&json!({"video_id": format!("vid-{i}"), "metadata": {"pad": pad}}))
-            .send()
-            .await
-            .unwrap();
-        let answer = crate::helpers::reply(answer).await;
+        let answer = relay
+            .post(
+                "/v1/videos",
+                json!({"video_id": format!("vid-{i}"), "metadata": {"pad": pad}}),
+            )
+            .await;
         if answer.status != 201 {
             refused = Some(answer);
             break;
@@ -623,14 +531,7 @@ async fn readiness_is_503_as_soon_as_a_full_disk_refuses_an_enqueue() {
     let refused = refused.expect("the file size limit was reached");
     assert_eq!(refused.assert_json_error(503), "storage_unavailable");
 
-    let ready = crate::helpers::reply(
-        client
-            .get(format!("{}/readyz", relay.base()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let ready = relay.get("/readyz").await;
     assert_eq!(ready.assert_json_error(503), "database_unavailable");
     assert_eq!(ready.json["error"]["reason"], "write_failed", "{ready:?}");
     let message = ready.json["error"]["message"].as_str().unwrap();
@@ -638,12 +539,8 @@ async fn readiness_is_503_as_soon_as_a_full_disk_refuses_an_enqueue() {
         message.contains("disk I/O error"),
         "SQLite's words: {message}"
     );
-    let health = client
-        .get(format!("{}/healthz", relay.base()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200, "alive all the same");
+    let health = relay.get("/healthz").await;
+    assert_eq!(health.status, 200, "alive all the same");
 
     // Started again on the full disk, the relay has no failed write to go
     // by: its probe must find the disk full by writing. (A few probes may
@@ -651,16 +548,11 @@ async fn readiness_is_503_as_soon_as_a_full_disk_refuses_an_enqueue() {
     // some of it.) A probe's success answers for a second, so the checks
     // are spread over seconds: this real process's clock cannot be paused.
     drop(relay);
-    let relay = ShellRelay::start(&config, "trap '' XFSZ; ulimit -f 600");
+    let relay = RelayProcess::start_after(&config, &KEY, Some("trap '' XFSZ; ulimit -f 600"));
     let mut answers = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while tokio::time::Instant::now() < deadline {
-        let ready = client
-            .get(format!("{}/readyz", relay.base()))
-            .send()
-            .await
-            .unwrap();
-        let ready = crate::helpers::reply(ready).await;
+        let ready = relay.get("/readyz").await;
         let done = ready.status == 503;
         answers.push(ready);
         if done {
@@ -680,7 +572,7 @@ fn a_database_open_error_is_one_line_naming_the_path_once() {
     // The configured database is a folder.
     let db = dir.path().join("relay.db");
     std::fs::create_dir(&db).unwrap();
-    let config = write_config(dir.path());
+    let config = RelayConfig::new(dir.path()).write();
     let (code, stdout, stderr) = run_binary(
         &["--config", config.to_str().unwrap(), "status", "vid-1"],
         &[],
