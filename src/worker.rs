@@ -1,6 +1,6 @@
 //! What the two background workers (poller, delivery) share: the
-//! lease-worker loop itself ([`run_lease_loop`], [`lease_step`]) over the
-//! [`LeaseWorker`] hooks each implements, the leases a process holds, and a
+//! lease-worker loop itself (`run_lease_loop`, `lease_step`) over the
+//! `LeaseWorker` hooks each implements, the leases a process holds, and a
 //! shutdown that waits a bounded grace for work in flight.
 
 use std::collections::HashMap;

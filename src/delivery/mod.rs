@@ -205,8 +205,8 @@ impl Deliverer {
     /// claimed but not yet sent are handed back, attempts in flight get
     /// `server.shutdown_grace` to finish, and whatever is still unfinished is
     /// handed back due now, so the next start sends it at once. The loop is
-    /// the poller's too ([`run_lease_loop`]); what is the delivery worker's
-    /// own is in its [`LeaseWorker`] hooks below.
+    /// the poller's too (`worker::run_lease_loop`); what is the delivery worker's
+    /// own is in its `LeaseWorker` hooks below.
     pub async fn run(&self, shutdown: CancellationToken) {
         run_lease_loop(self, shutdown).await;
     }

@@ -218,8 +218,8 @@ impl Poller {
     /// `server.shutdown_grace` to finish, and whatever is still unfinished
     /// after that is handed back due now, so the next start takes it at once.
     /// The loop is the one the delivery worker runs too
-    /// ([`run_lease_loop`]); what is the poller's own is in its
-    /// [`LeaseWorker`] hooks below.
+    /// (`worker::run_lease_loop`); what is the poller's own is in its
+    /// `LeaseWorker` hooks below.
     pub async fn run(&self, shutdown: CancellationToken) {
         run_lease_loop(self, shutdown).await;
     }
