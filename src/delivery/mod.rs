@@ -12,27 +12,27 @@ pub mod schedule;
 pub mod signing;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use guard::{GuardedResolver, HostLookup};
 
 use crate::config::{Config, WebhookSecret};
-use crate::domain::Millis;
 use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryRelease};
+use crate::domain::{Lease, Millis};
 use crate::jogg::answer::parse_retry_after;
 use crate::store::{Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
 use crate::worker::{
-    Heartbeat, HeldLeases, StepClock, Tasks, acquire_slots, drain_within_grace, link_stopping,
-    settle, settle_all,
+    Heartbeat, HeldLeases, LeaseWorker, LoopTexts, Pace, StepClock, WakeUp, lease_step,
+    run_lease_loop,
 };
 use schedule::AttemptResult;
 
@@ -43,8 +43,6 @@ pub const MAX_IN_FLIGHT: usize = 32;
 pub const MAX_IN_FLIGHT_PER_HOST: usize = 4;
 /// Most bytes of a receiver's answer read (and ignored).
 const MAX_RESPONSE_BYTES: usize = 4096;
-/// Longest idle wait between looks for due deliveries.
-const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Added to every lease beyond the time its attempts can take.
 const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
@@ -206,54 +204,114 @@ impl Deliverer {
     /// Delivers until `shutdown`. Then no new claim is made, deliveries
     /// claimed but not yet sent are handed back, attempts in flight get
     /// `server.shutdown_grace` to finish, and whatever is still unfinished is
-    /// handed back due now, so the next start sends it at once.
+    /// handed back due now, so the next start sends it at once. The loop is
+    /// the poller's too (`worker::run_lease_loop`); what is the delivery worker's
+    /// own is in its `LeaseWorker` hooks below.
     pub async fn run(&self, shutdown: CancellationToken) {
-        info!("delivery worker started");
-        link_stopping(&shutdown, &self.shared.stopping);
-        // Attempts run continuously: a new claim is made as soon as a
-        // quarter of the slots are free, so one slow receiver never holds
-        // up a whole round.
-        let min_batch = (MAX_IN_FLIGHT / 4).max(1);
-        let mut attempts = JoinSet::new();
-        while !shutdown.is_cancelled() {
-            self.heartbeat.beat();
-            while let Some(joined) = attempts.try_join_next() {
-                if let Err(err) = settle::<DeliveryError>(joined) {
-                    warn!(error = %err, "recording a delivery attempt failed; it will be repeated");
-                }
-            }
-            let batch = if attempts.is_empty() { 1 } else { min_batch };
-            let dispatched = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                dispatched = self.dispatch(Millis::now(), &mut attempts, batch) => dispatched,
-            };
-            let wait = match dispatched {
-                Ok(Outcome::Worked(_)) => continue,
-                Ok(Outcome::Idle) => self.idle_wait().await,
-                Err(err) => {
-                    warn!(error = %err, "delivery round failed; retrying shortly");
-                    MAX_IDLE_WAIT
-                }
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.new_work.notified() => {}
-                Some(joined) = attempts.join_next(), if !attempts.is_empty() => {
-                    if let Err(err) = settle::<DeliveryError>(joined) {
-                        warn!(error = %err, "recording a delivery attempt failed; it will be repeated");
-                    }
-                }
-            }
+        run_lease_loop(self, shutdown).await;
+    }
+
+    /// One round: claim what is due at `now` (as many as there are free
+    /// slots), attempt each, record every attempt.
+    pub async fn step(&self, now: Millis) -> Result<Outcome, DeliveryError> {
+        lease_step(self, now).await
+    }
+}
+
+/// The delivery worker's part of the shared lease loop: no gate, leases
+/// sized for the per-host bound, and any queued delivery ends the wait.
+impl LeaseWorker for Deliverer {
+    type Item = ClaimedDelivery;
+    type Outcome = Outcome;
+    type Error = DeliveryError;
+
+    // Bounded by the in-flight slots alone.
+    const MAX_CLAIM: usize = usize::MAX;
+    const TEXTS: LoopTexts = LoopTexts {
+        started: "delivery worker started",
+        stopped: "delivery worker stopped",
+        task_failed: "recording a delivery attempt failed; it will be repeated",
+        step_failed: "delivery round failed; retrying shortly",
+        abandoned: "deliveries still in flight after the shutdown grace were abandoned",
+        handed_back: "handed back unfinished deliveries",
+        hand_back_failed: "could not hand back unfinished deliveries; their leases will expire",
+    };
+
+    fn in_flight(&self) -> &Arc<Semaphore> {
+        &self.in_flight
+    }
+
+    fn heartbeat(&self) -> &Heartbeat {
+        &self.heartbeat
+    }
+
+    fn held(&self) -> &HeldLeases {
+        &self.shared.held
+    }
+
+    fn stopping(&self) -> &CancellationToken {
+        &self.shared.stopping
+    }
+
+    fn shutdown_grace(&self) -> Duration {
+        self.shutdown_grace
+    }
+
+    async fn before_claim(&self, _now: Millis) -> Result<Option<Outcome>, DeliveryError> {
+        Ok(None)
+    }
+
+    async fn claim(&self, now: Millis, limit: usize) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        // Worst case every claimed delivery goes to one host and waits its
+        // turn behind that host's bound.
+        let rounds = limit.div_ceil(MAX_IN_FLIGHT_PER_HOST) as u32;
+        let lease = self.shared.timeout * (rounds + 1) + LEASE_MARGIN;
+        self.shared
+            .writer
+            .claim_deliveries(now, now.plus(lease), limit as u32)
+            .await
+    }
+
+    fn lease_of(delivery: &ClaimedDelivery) -> (i64, Lease) {
+        (delivery.id, delivery.lease)
+    }
+
+    fn work(
+        &self,
+        delivery: ClaimedDelivery,
+        permit: OwnedSemaphorePermit,
+        clock: StepClock,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        attempt(self.shared.clone(), delivery, permit, clock)
+    }
+
+    fn worked(count: usize) -> Outcome {
+        Outcome::Worked(count)
+    }
+
+    fn idle() -> Outcome {
+        Outcome::Idle
+    }
+
+    fn pace(&self, outcome: &Outcome) -> Pace {
+        match outcome {
+            Outcome::Worked(_) => Pace::Again,
+            Outcome::Idle => Pace::Idle,
         }
-        if !drain_within_grace(&mut attempts, &shutdown, self.shutdown_grace).await {
-            warn!(grace = ?self.shutdown_grace, "deliveries still in flight after the shutdown grace were abandoned");
-        }
-        let now = Millis::now();
-        let releases: Vec<DeliveryRelease> = self
-            .shared
-            .held
-            .take_all()
+    }
+
+    async fn next_due(&self) -> Option<Millis> {
+        self.store.next_delivery_due().await.unwrap_or(None)
+    }
+
+    /// Queued deliveries are due at once.
+    async fn wake_up(&self) -> WakeUp {
+        self.new_work.notified().await;
+        WakeUp::Now
+    }
+
+    async fn hand_back(&self, held: Vec<(i64, Lease)>, now: Millis) -> Result<(), StoreError> {
+        let releases = held
             .into_iter()
             .map(|(delivery_id, lease)| DeliveryRelease {
                 delivery_id,
@@ -261,67 +319,7 @@ impl Deliverer {
                 next_attempt_at: now,
             })
             .collect();
-        let count = releases.len();
-        match self.shared.writer.release_deliveries(releases).await {
-            Ok(()) if count > 0 => info!(count, "handed back unfinished deliveries"),
-            Ok(()) => {}
-            Err(err) => {
-                warn!(error = %err, "could not hand back unfinished deliveries; their leases will expire")
-            }
-        }
-        info!("delivery worker stopped");
-    }
-
-    /// Until the next delivery is due, at most [`MAX_IDLE_WAIT`].
-    async fn idle_wait(&self) -> Duration {
-        match self.store.next_delivery_due().await.unwrap_or(None) {
-            Some(Millis(at)) => Duration::from_millis((at - Millis::now().0).clamp(1, 1000) as u64),
-            None => MAX_IDLE_WAIT,
-        }
-    }
-
-    /// One round: claim what is due at `now` (as many as there are free
-    /// slots), attempt each, record every attempt.
-    pub async fn step(&self, now: Millis) -> Result<Outcome, DeliveryError> {
-        let mut attempts = JoinSet::new();
-        let outcome = self.dispatch(now, &mut attempts, 1).await?;
-        settle_all::<DeliveryError>(&mut attempts).await?;
-        Ok(outcome)
-    }
-
-    /// Claims what is due at `now` and starts the attempts in `attempts`
-    /// without waiting for them, once at least `min_batch` slots are free.
-    async fn dispatch(
-        &self,
-        now: Millis,
-        attempts: &mut Tasks,
-        min_batch: usize,
-    ) -> Result<Outcome, DeliveryError> {
-        // The clock starts now: waiting for slots below must not make the
-        // claim's lease or the attempts' times lag behind real time.
-        let clock = StepClock::starting_at(now);
-        let permits = acquire_slots(&self.in_flight, min_batch, usize::MAX, &self.heartbeat).await;
-        // Worst case every claimed delivery goes to one host and waits its
-        // turn behind that host's bound.
-        let rounds = permits.len().div_ceil(MAX_IN_FLIGHT_PER_HOST) as u32;
-        let lease = self.shared.timeout * (rounds + 1) + LEASE_MARGIN;
-        let claimed_at = clock.now();
-        let claimed = self
-            .shared
-            .writer
-            .claim_deliveries(claimed_at, claimed_at.plus(lease), permits.len() as u32)
-            .await?;
-        if claimed.is_empty() {
-            return Ok(Outcome::Idle);
-        }
-        let count = claimed.len();
-        for delivery in &claimed {
-            self.shared.held.hold(delivery.id, delivery.lease);
-        }
-        for (delivery, permit) in claimed.into_iter().zip(permits) {
-            attempts.spawn(attempt(self.shared.clone(), delivery, permit, clock));
-        }
-        Ok(Outcome::Worked(count))
+        self.shared.writer.release_deliveries(releases).await
     }
 }
 

@@ -11,26 +11,26 @@ pub mod gate;
 pub mod learning;
 pub mod policy;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use reqwest::Url;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
 use crate::adaptive::SharedLearner;
 use crate::config::{Config, PollStrategy};
 use crate::domain::poll::{ClaimedVideo, Ranker, Release};
-use crate::domain::{Millis, VideoState};
+use crate::domain::{Lease, Millis, VideoState};
 use crate::jogg::{JoggClient, PauseReason, PollAnswer};
 use crate::store::{Store, StoreError, Writer};
 use crate::telemetry::metrics::RelayMetrics;
 use crate::worker::{
-    HEARTBEAT_INTERVAL, Heartbeat, HeldLeases, StepClock, Tasks, acquire_slots, drain_within_grace,
-    link_stopping, settle, settle_all,
+    HEARTBEAT_INTERVAL, Heartbeat, HeldLeases, LeaseWorker, LoopTexts, Pace, StepClock, WakeUp,
+    lease_step, run_lease_loop,
 };
 use decide::{Decision, GateSignal, PollOutcome};
 use gate::{Closed, UpstreamGate};
@@ -38,8 +38,6 @@ use policy::PollPolicy;
 
 /// Most videos claimed in one round.
 const MAX_CLAIM: usize = 256;
-/// Longest idle wait between looks for due work.
-const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Added to every lease beyond the time its polls can take (a slot is held
 /// before the claim, so only scheduling delays have to fit in here).
 const LEASE_MARGIN: Duration = Duration::from_secs(2);
@@ -219,177 +217,18 @@ impl Poller {
     /// but not yet sent are handed back, polls in flight get
     /// `server.shutdown_grace` to finish, and whatever is still unfinished
     /// after that is handed back due now, so the next start takes it at once.
+    /// The loop is the one the delivery worker runs too
+    /// (`worker::run_lease_loop`); what is the poller's own is in its
+    /// `LeaseWorker` hooks below.
     pub async fn run(&self, shutdown: CancellationToken) {
-        info!("poller started");
-        link_stopping(&shutdown, &self.shared.stopping);
-        // Polls run continuously: a new claim is made as soon as a quarter
-        // of the slots are free, not when a whole round has finished, so one
-        // slow answer never holds up the others.
-        let min_batch = (self.in_flight.available_permits() / 4).max(1);
-        let mut polls = JoinSet::new();
-        while !shutdown.is_cancelled() {
-            self.heartbeat.beat();
-            while let Some(joined) = polls.try_join_next() {
-                if let Err(err) = settle::<PollerError>(joined) {
-                    warn!(error = %err, "recording a poll failed; its lease will expire and it is polled again");
-                }
-            }
-            let batch = if polls.is_empty() { 1 } else { min_batch };
-            let dispatched = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                dispatched = self.dispatch(Millis::now(), &mut polls, batch) => dispatched,
-            };
-            let wait = match dispatched {
-                Ok(Outcome::Worked(_)) => continue,
-                Ok(Outcome::Idle) => self.idle_wait().await,
-                Ok(Outcome::Paused(_)) => {
-                    let until_probe = self.shared.gate.next_probe_at().0 - Millis::now().0;
-                    Duration::from_millis(until_probe.clamp(0, 1000) as u64)
-                }
-                // Looked at again every heartbeat interval: the throttle
-                // can be long, and the loop must show it is alive.
-                Ok(Outcome::Throttled) => {
-                    let now = Millis::now();
-                    self.shared
-                        .gate
-                        .throttled_until(now)
-                        .map_or(Duration::ZERO, |until| {
-                            Duration::from_millis(until.0.saturating_sub(now.0).max(0) as u64)
-                        })
-                        .min(HEARTBEAT_INTERVAL)
-                }
-                Err(err) => {
-                    warn!(error = %err, "poll round failed; retrying shortly");
-                    MAX_IDLE_WAIT
-                }
-            };
-            let sleep = tokio::time::sleep(wait);
-            tokio::pin!(sleep);
-            loop {
-                self.heartbeat.beat();
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = &mut sleep => break,
-                    announced = self.new_videos.next() => {
-                        // Wait on for new videos that are not due yet, just
-                        // no longer than until they are.
-                        let Some(due) = announced else { continue };
-                        let until_due = due.0.saturating_sub(Millis::now().0);
-                        if until_due <= 0 {
-                            break;
-                        }
-                        let due_at = tokio::time::Instant::now()
-                            + Duration::from_millis(until_due as u64);
-                        if due_at < sleep.deadline() {
-                            sleep.as_mut().reset(due_at);
-                        }
-                    }
-                    Some(joined) = polls.join_next(), if !polls.is_empty() => {
-                        if let Err(err) = settle::<PollerError>(joined) {
-                            warn!(error = %err, "recording a poll failed; its lease will expire and it is polled again");
-                        }
-                        break;
-                    }
-                }
-            }
-        }
-        if !drain_within_grace(&mut polls, &shutdown, self.shutdown_grace).await {
-            warn!(grace = ?self.shutdown_grace, "polls still in flight after the shutdown grace were abandoned");
-        }
-        self.hand_back_held().await;
-        info!("poller stopped");
-    }
-
-    /// Hands back every claim this process still holds, due now.
-    async fn hand_back_held(&self) {
-        let now = Millis::now();
-        let releases: Vec<Release> = self
-            .shared
-            .held
-            .take_all()
-            .into_iter()
-            .map(|(video_rowid, lease)| Release {
-                video_rowid,
-                lease,
-                next_poll_at: now,
-            })
-            .collect();
-        let count = releases.len();
-        match self.shared.writer.release(releases).await {
-            Ok(()) if count > 0 => info!(count, "handed back unfinished polls"),
-            Ok(()) => {}
-            Err(err) => {
-                warn!(error = %err, "could not hand back unfinished polls; their leases will expire")
-            }
-        }
-    }
-
-    /// How long to wait when nothing is due: until the next video is due,
-    /// at most [`MAX_IDLE_WAIT`] (so new enqueues are seen promptly).
-    async fn idle_wait(&self) -> Duration {
-        match self.store.next_poll_due().await.unwrap_or(None) {
-            Some(Millis(at)) => Duration::from_millis((at - Millis::now().0).clamp(1, 1000) as u64),
-            None => MAX_IDLE_WAIT,
-        }
+        run_lease_loop(self, shutdown).await;
     }
 
     /// One round: claim what is due at `now` (as many as there are free
     /// in-flight slots), poll each within the budget, record every result.
     #[instrument(skip(self), level = "debug")]
     pub async fn step(&self, now: Millis) -> Result<Outcome, PollerError> {
-        let mut polls = JoinSet::new();
-        let outcome = self.dispatch(now, &mut polls, 1).await?;
-        settle_all::<PollerError>(&mut polls).await?;
-        Ok(outcome)
-    }
-
-    /// Claims what is due at `now` and starts its polls in `polls` without
-    /// waiting for them: at least `min_batch` free in-flight slots are
-    /// awaited first (so a busy poller claims in batches, not one by one),
-    /// then every free slot is used.
-    async fn dispatch(
-        &self,
-        now: Millis,
-        polls: &mut Tasks,
-        min_batch: usize,
-    ) -> Result<Outcome, PollerError> {
-        // The clock starts now: waiting for slots below must not make the
-        // claim's lease or the results' times lag behind real time.
-        let clock = StepClock::starting_at(now);
-        let gate = &self.shared.gate;
-        if let Some(reason) = gate.paused() {
-            return self.probe(reason, now).await;
-        }
-        if gate.throttled_until(now).is_some() {
-            return Ok(Outcome::Throttled);
-        }
-
-        // Slots first, then claims: a claimed video never waits for a slot,
-        // so its lease only has to cover the budget wait and the request.
-        let permits = acquire_slots(&self.in_flight, min_batch, MAX_CLAIM, &self.heartbeat).await;
-        let claimed = self.claim(clock.now(), permits.len()).await?;
-        if claimed.is_empty() {
-            return Ok(Outcome::Idle);
-        }
-        let count = claimed.len();
-        for video in &claimed {
-            self.shared.held.hold(video.id, video.lease);
-        }
-        for (video, permit) in claimed.into_iter().zip(permits) {
-            polls.spawn(poll_one(self.shared.clone(), video, permit, clock));
-        }
-        Ok(Outcome::Worked(count))
-    }
-
-    /// Claims up to `limit` due videos, with a lease long enough for all of
-    /// them to pass the budget and finish their request.
-    async fn claim(&self, now: Millis, limit: usize) -> Result<Vec<ClaimedVideo>, StoreError> {
-        let budget_wait = Duration::from_secs_f64(limit as f64 / self.requests_per_second);
-        let lease = budget_wait + self.request_timeout + LEASE_MARGIN;
-        self.shared
-            .writer
-            .claim_due_ranked(now, now.plus(lease), limit as u32, self.ranker.clone())
-            .await
+        lease_step(self, now).await
     }
 
     /// While paused: at most one probe (a real poll of one due video) per
@@ -421,6 +260,141 @@ impl Poller {
         gate.resume();
         apply(&self.shared, &video, &answer, now).await?;
         Ok(Outcome::Worked(1))
+    }
+}
+
+/// The poller's part of the shared lease loop: the gate (pause, probe,
+/// throttle) before every claim, claims ranked and leased for the budget,
+/// and waking for newly announced videos only once they are due.
+impl LeaseWorker for Poller {
+    type Item = ClaimedVideo;
+    type Outcome = Outcome;
+    type Error = PollerError;
+
+    const MAX_CLAIM: usize = MAX_CLAIM;
+    const TEXTS: LoopTexts = LoopTexts {
+        started: "poller started",
+        stopped: "poller stopped",
+        task_failed: "recording a poll failed; its lease will expire and it is polled again",
+        step_failed: "poll round failed; retrying shortly",
+        abandoned: "polls still in flight after the shutdown grace were abandoned",
+        handed_back: "handed back unfinished polls",
+        hand_back_failed: "could not hand back unfinished polls; their leases will expire",
+    };
+
+    fn in_flight(&self) -> &Arc<Semaphore> {
+        &self.in_flight
+    }
+
+    fn heartbeat(&self) -> &Heartbeat {
+        &self.heartbeat
+    }
+
+    fn held(&self) -> &HeldLeases {
+        &self.shared.held
+    }
+
+    fn stopping(&self) -> &CancellationToken {
+        &self.shared.stopping
+    }
+
+    fn shutdown_grace(&self) -> Duration {
+        self.shutdown_grace
+    }
+
+    /// Nothing is claimed while the gate is closed: paused, at most a
+    /// probe; throttled, nothing until the throttle ends.
+    async fn before_claim(&self, now: Millis) -> Result<Option<Outcome>, PollerError> {
+        let gate = &self.shared.gate;
+        if let Some(reason) = gate.paused() {
+            return self.probe(reason, now).await.map(Some);
+        }
+        if gate.throttled_until(now).is_some() {
+            return Ok(Some(Outcome::Throttled));
+        }
+        Ok(None)
+    }
+
+    /// Claims up to `limit` due videos, with a lease long enough for all of
+    /// them to pass the budget and finish their request.
+    async fn claim(&self, now: Millis, limit: usize) -> Result<Vec<ClaimedVideo>, StoreError> {
+        let budget_wait = Duration::from_secs_f64(limit as f64 / self.requests_per_second);
+        let lease = budget_wait + self.request_timeout + LEASE_MARGIN;
+        self.shared
+            .writer
+            .claim_due_ranked(now, now.plus(lease), limit as u32, self.ranker.clone())
+            .await
+    }
+
+    fn lease_of(video: &ClaimedVideo) -> (i64, Lease) {
+        (video.id, video.lease)
+    }
+
+    fn work(
+        &self,
+        video: ClaimedVideo,
+        permit: OwnedSemaphorePermit,
+        clock: StepClock,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        poll_one(self.shared.clone(), video, permit, clock)
+    }
+
+    fn worked(count: usize) -> Outcome {
+        Outcome::Worked(count)
+    }
+
+    fn idle() -> Outcome {
+        Outcome::Idle
+    }
+
+    fn pace(&self, outcome: &Outcome) -> Pace {
+        match outcome {
+            Outcome::Worked(_) => Pace::Again,
+            Outcome::Idle => Pace::Idle,
+            Outcome::Paused(_) => {
+                let until_probe = self.shared.gate.next_probe_at().0 - Millis::now().0;
+                Pace::Wait(Duration::from_millis(until_probe.clamp(0, 1000) as u64))
+            }
+            // Looked at again every heartbeat interval: the throttle can be
+            // long, and the loop must show it is alive.
+            Outcome::Throttled => {
+                let now = Millis::now();
+                Pace::Wait(
+                    self.shared
+                        .gate
+                        .throttled_until(now)
+                        .map_or(Duration::ZERO, |until| {
+                            Duration::from_millis(until.0.saturating_sub(now.0).max(0) as u64)
+                        })
+                        .min(HEARTBEAT_INTERVAL),
+                )
+            }
+        }
+    }
+
+    async fn next_due(&self) -> Option<Millis> {
+        self.store.next_poll_due().await.unwrap_or(None)
+    }
+
+    /// An enqueue announces when its videos are first due: the loop waits
+    /// on until then rather than claiming nothing at once.
+    async fn wake_up(&self) -> WakeUp {
+        match self.new_videos.next().await {
+            Some(due) => WakeUp::At(due),
+            None => WakeUp::Nothing,
+        }
+    }
+
+    async fn hand_back(&self, held: Vec<(i64, Lease)>, now: Millis) -> Result<(), StoreError> {
+        let releases = held
+            .into_iter()
+            .map(|(video_rowid, lease)| Release {
+                video_rowid,
+                lease,
+                next_poll_at: now,
+            })
+            .collect();
+        self.shared.writer.release(releases).await
     }
 }
 
