@@ -86,7 +86,7 @@ pub enum Command {
     },
     /// Replay a render workload against the poll strategies in virtual
     /// time (seconds, no network) and print calls per video and detection
-    /// delays for each, using the [polling] settings of the configuration.
+    /// delays for each, using the `[polling]` settings of the configuration.
     Simulate {
         /// Videos in the reference workload.
         #[arg(long, default_value_t = 2_000)]

@@ -17,7 +17,7 @@
 //! - [`outbound`]: outbound HTTP client set-up.
 //! - [`app`]: wires the pieces together and owns graceful shutdown.
 //! - [`telemetry`]: logging set-up.
-//! - [`bench`]: the benchmark command.
+//! - [`bench`](mod@bench): the benchmark command.
 //! - [`demo`]: the end-to-end demonstration against the simulators.
 //! - [`worker`]: leases and bounded shutdown shared by the workers.
 //! - [`workload`]: render workloads (reference distribution, CSV) and delay reports.

@@ -8,8 +8,8 @@
 //!   from the first poll that saw it rendering (JoggAI says `pending` while
 //!   a video waits in its queue, which can last far longer than the render
 //!   itself; once it says `processing`, the clock that matters restarts).
-//! - [`Learner::next_gap`] spaces polls by equal steps of probability
-//!   mass of the learned distribution; [`Learner::completion_chance`] ranks
+//! - [`Schedule::next_gap`] spaces polls by equal steps of probability
+//!   mass of the learned distribution; [`Schedule::completion_chance`] ranks
 //!   due videos when the budget cannot poll them all.
 //!
 //! Everything here is pure and synchronous: the poller owns a `Learner`
@@ -37,7 +37,7 @@ pub const REPORTED_QUANTILES: [f64; 7] = [0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99]
 const EXHAUSTED: f64 = 1e-3;
 
 /// Beyond the last this much of the learned mass, the completion chance
-/// uses an exponential tail (see [`Learner::completion_chance`]).
+/// uses an exponential tail (see [`Schedule::completion_chance`]).
 const TAIL: f64 = 0.01;
 
 /// How many finished videos a learner with `half_life` keeps: ten

@@ -14,10 +14,10 @@
 //! - hyper's header-read timer closes a connection that has not sent a
 //!   complete request head within `header_timeout` of opening or of its
 //!   previous response, which bounds slow headers and idle keep-alive alike;
-//! - [`body_deadline`] gives the body `body_timeout` from the end of the
+//! - `body_deadline` gives the body `body_timeout` from the end of the
 //!   headers; a slower body gets `408 request_timeout` and the connection
 //!   is closed;
-//! - [`WriteDeadline`] closes a connection whose response writes make no
+//! - `WriteDeadline` closes a connection whose response writes make no
 //!   progress for `write_timeout`: the client is not reading (hyper's header
 //!   timer does not run while hyper writes, so without it a client that
 //!   pipelines requests and never reads would keep its slot forever).

@@ -4,13 +4,13 @@
 //! With `synchronous=FULL` each commit costs an fsync, which caps a naive
 //! one-transaction-per-request design at a few hundred requests per second.
 //! Instead, requests queue on a channel; the writer takes everything queued
-//! (up to [`MAX_BATCH`]), applies it in ONE transaction, commits once, and
+//! (up to `MAX_BATCH`), applies it in ONE transaction, commits once, and
 //! only then answers each caller. Durability is unchanged (nobody is answered
 //! before their data is on disk) while the fsync cost is shared by the batch.
 //!
 //! Within the transaction, neighbouring enqueues and neighbouring poll
 //! results are each applied by one set-based statement (see
-//! [`mutations`]), so a batch costs a handful of statements, not one or
+//! `mutations`), so a batch costs a handful of statements, not one or
 //! more per request.
 //!
 //! If the shared transaction fails, each operation is retried in its own
