@@ -23,7 +23,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hmac::{KeyInit as _, Mac as _};
 use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 use serde_json::json;
@@ -31,6 +30,7 @@ use tracing::{debug, info, instrument};
 
 use super::ApiState;
 use super::error::ApiError;
+use crate::delivery::signing;
 use crate::domain::{Millis, VideoId};
 use crate::store::{HintOutcome, PushHint};
 
@@ -53,17 +53,12 @@ const FINISHED_EVENTS: [&str; 2] = [
 /// JoggAI writes lowercase hex; uppercase digits are accepted too, since
 /// they name the same bytes and refusing them would gain nothing. Anything
 /// else (another length, whitespace inside, a prefix such as `sha256=`) is
-/// refused. The comparison of the decoded bytes is `hmac`'s constant-time
-/// one, so its timing does not reveal how much of a guess was right.
+/// refused. The decoded bytes are compared in constant time, so the timing
+/// does not reveal how much of a guess was right.
 pub fn signature_is_valid(secret: &[u8], body: &[u8], presented: &[u8]) -> bool {
-    let Some(presented) = decode_hex_32(presented) else {
-        return false;
-    };
-    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) else {
-        return false;
-    };
-    mac.update(body);
-    mac.verify_slice(&presented).is_ok()
+    decode_hex_32(presented).is_some_and(|presented| {
+        signing::constant_time_eq(&presented, &signing::joggai_digest(secret, body))
+    })
 }
 
 /// Exactly 64 hex digits as 32 bytes.

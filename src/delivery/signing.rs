@@ -37,8 +37,15 @@ pub fn standard_signature(secret: &WebhookSecret, id: &str, timestamp: i64, body
 /// The JoggAI-style `X-Webhook-Signature`: lowercase hex HMAC-SHA256 of the
 /// body, keyed with the whole secret string.
 pub fn joggai_signature(secret: &WebhookSecret, body: &[u8]) -> String {
-    let digest = hmac(secret.full().expose_secret().as_bytes(), &[body]);
+    let digest = joggai_digest(secret.full().expose_secret().as_bytes(), body);
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The bytes a JoggAI-style signature writes in hex: HMAC-SHA256 of `body`
+/// keyed with `key`, the secret string's bytes. Shared by the callbacks the
+/// relay signs and the pushes from JoggAI it verifies.
+pub fn joggai_digest(key: &[u8], body: &[u8]) -> Vec<u8> {
+    hmac(key, &[body])
 }
 
 /// Checks a `webhook-signature` header (which may list several
@@ -67,7 +74,7 @@ pub fn verify_joggai(secret: &WebhookSecret, body: &[u8], header: &str) -> bool 
 
 /// `subtle`'s constant-time comparison (a different length is `false` at
 /// once; lengths of signatures are public).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
