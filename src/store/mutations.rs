@@ -314,18 +314,37 @@ async fn claim_hinted(
     lease_until: Millis,
     limit: u32,
 ) -> Result<Vec<ClaimedVideo>, StoreError> {
-    let claimed = sqlx::query_as::<_, ClaimedVideoRow>(concat!(
-        "UPDATE videos SET next_poll_at = ?1, lease_until = ?1 WHERE id IN (\
-         SELECT id FROM videos INDEXED BY videos_hinted \
-         WHERE state = 'active' AND hinted_at IS NOT NULL AND next_poll_at <= ?2 \
-         ORDER BY next_poll_at LIMIT ?3 + 0) RETURNING ",
-        claimed_columns!("?2")
-    ))
-    .bind(lease_until.0)
-    .bind(now.0)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
+    lease_selected(
+        conn,
+        concat!(
+            "UPDATE videos SET next_poll_at = ?1, lease_until = ?1 WHERE id IN (\
+             SELECT id FROM videos INDEXED BY videos_hinted \
+             WHERE state = 'active' AND hinted_at IS NOT NULL AND next_poll_at <= ?2 \
+             ORDER BY next_poll_at LIMIT ?3 + 0) RETURNING ",
+            claimed_columns!("?2")
+        ),
+        now,
+        lease_until,
+        limit,
+    )
+    .await
+}
+
+/// Runs a claim statement (`?1` the lease's end, `?2` now, `?3` the limit)
+/// and decodes the claimed rows.
+async fn lease_selected(
+    conn: &mut SqliteConnection,
+    statement: &'static str,
+    now: Millis,
+    lease_until: Millis,
+    limit: u32,
+) -> Result<Vec<ClaimedVideo>, StoreError> {
+    let claimed = sqlx::query_as::<_, ClaimedVideoRow>(statement)
+        .bind(lease_until.0)
+        .bind(now.0)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
     Ok(claimed.into_iter().map(ClaimedVideo::from).collect())
 }
 
@@ -364,18 +383,19 @@ pub(crate) async fn claim_due(
     lease_until: Millis,
     limit: u32,
 ) -> Result<Vec<ClaimedVideo>, StoreError> {
-    let claimed = sqlx::query_as::<_, ClaimedVideoRow>(concat!(
-        "UPDATE videos SET next_poll_at = ?1, lease_until = ?1 WHERE id IN (",
-        due_videos!(),
-        ") RETURNING ",
-        claimed_columns!("?2")
-    ))
-    .bind(lease_until.0)
-    .bind(now.0)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    Ok(claimed.into_iter().map(ClaimedVideo::from).collect())
+    lease_selected(
+        conn,
+        concat!(
+            "UPDATE videos SET next_poll_at = ?1, lease_until = ?1 WHERE id IN (",
+            due_videos!(),
+            ") RETURNING ",
+            claimed_columns!("?2")
+        ),
+        now,
+        lease_until,
+        limit,
+    )
+    .await
 }
 
 /// Like [`claim_due`], but when more videos are due than `limit`, takes the
