@@ -768,7 +768,8 @@ pub(crate) async fn claim_deliveries(
             "SELECT d.id, d.url, d.attempts, d.lease_until, d.event_id, v.video_id, v.state, \
                     v.video_url, v.cover_url, v.created_at, v.duration, v.error_code, \
                     v.error_message, v.metadata, v.reason, v.terminal_at, \
-                    CASE WHEN v.state IN ('completed', 'failed') AND NOT EXISTS (\
+                    CASE WHEN v.hinted_at IS NOT NULL AND v.state IN ('completed', 'failed') \
+                      AND NOT EXISTS (\
                         SELECT 1 FROM delivery_attempts a WHERE a.delivery_id = d.id \
                           AND a.status BETWEEN 200 AND 299) \
                       THEN v.hinted_at END AS pushed_at \
