@@ -67,8 +67,8 @@ pub fn upstream_gate(config: &Config) -> UpstreamGate {
 /// The relay's long-lived parts, built and ready to run.
 pub struct App {
     /// Held until [`App::run`] has closed the database (or the app is
-    /// dropped): one relay per database.
-    lock: DatabaseLock,
+    /// dropped): one relay per SQLite database.
+    lock: Option<DatabaseLock>,
     config: Config,
     store: Store,
     writer: Writer,
@@ -103,7 +103,11 @@ impl App {
     /// migrating it) and builds every part.
     pub async fn build(config: Config) -> Result<Self, AppError> {
         // First, so a second relay changes nothing, not even by migrating.
-        let lock = DatabaseLock::acquire(&config.database.path)?;
+        let lock = config
+            .database
+            .sqlite_path()
+            .map(DatabaseLock::acquire)
+            .transpose()?;
         let store = Store::open(&config.database).await?;
         let client = JoggClient::new(&config.jogg)?;
         let (writer, writer_task) = Writer::start(&store).await?;
@@ -253,7 +257,7 @@ impl App {
         // Tasks given to `supervise` before `run` knew the real token.
         crate::worker::link_stopping(&shutdown, &shutdown_hint);
         let address = listener.local_addr()?;
-        info!(%address, database = %config.database.path.display(), "jogg-relay listening");
+        info!(%address, database = %config.database.url, "jogg-relay listening");
 
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut names = HashMap::new();

@@ -64,11 +64,11 @@ mod validated;
 
 pub use settings::{
     CallbacksSettings, DatabaseSettings, JoggSettings, LogSettings, PollingSettings, SecretSetting,
-    ServerSettings, Settings,
+    ServerSettings, Settings, redact_database_url,
 };
 pub use validated::{
-    CallbacksConfig, Config, DatabaseConfig, JoggConfig, LogConfig, LogFormat, PollStrategy,
-    PollingConfig, ServerConfig, WebhookSecret,
+    CallbacksConfig, Config, DatabaseBackend, DatabaseConfig, JoggConfig, LogConfig, LogFormat,
+    PollStrategy, PollingConfig, ServerConfig, WebhookSecret,
 };
 
 impl Settings {
@@ -184,7 +184,7 @@ impl Settings {
             })
             .transpose()?;
 
-        let database = DatabaseConfig::parse(&self.database.url)?;
+        let database = database_config(&self.database)?;
 
         let jogg = &self.jogg;
         let base_url = http_url(&jogg.base_url, "jogg.base_url")?;
@@ -508,6 +508,7 @@ fn check_string_keys(table: &toml::Table) -> Result<(), ConfigError> {
         "jogg.webhook_secret",
         "jogg.webhook_secret_file",
         "server.webhook_bind",
+        "database.url_file",
     ];
     let defaults = toml::Table::try_from(Settings::default()).unwrap_or_default();
     for (section, keys) in table {
@@ -590,6 +591,35 @@ fn http_url(raw: &str, key: &str) -> Result<Url, ConfigError> {
         ));
     }
     Ok(url)
+}
+
+/// Resolves the database URL from `database.url` or, when set,
+/// `database.url_file` (whose trailing newline is dropped). `url` has a
+/// default, so the file wins only over that default: a `url` of its own
+/// beside the file is refused as ambiguous.
+fn database_config(settings: &DatabaseSettings) -> Result<DatabaseConfig, ConfigError> {
+    let Some(path) = &settings.url_file else {
+        return DatabaseConfig::parse(&settings.url);
+    };
+    if settings.url != DatabaseSettings::default().url {
+        return Err(ConfigError::new(
+            "database.url",
+            "set either database.url or database.url_file, not both",
+        ));
+    }
+    let path = credential_path(path);
+    let text = std::fs::read_to_string(&path).map_err(|err| {
+        ConfigError::new(
+            "database.url_file",
+            format!("cannot read {}: {err}", path.display()),
+        )
+    })?;
+    DatabaseConfig::parse(text.trim_end_matches(['\r', '\n'])).map_err(|err| {
+        ConfigError::new(
+            "database.url_file",
+            format!("{}: {}", path.display(), err.message),
+        )
+    })
 }
 
 /// Resolves a secret from its inline value or its `*_file` twin (never both).

@@ -89,11 +89,66 @@ pub struct ServerSettings {
 }
 
 /// `[database]` as written.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
-    /// `sqlite://path/to/file.db`.
+    /// `sqlite://path/to/file.db` or `postgres://user:password@host/db`;
+    /// shown (by `check-config`, in logs) with any password redacted.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
+    /// File holding the URL (it may carry a password), instead of `url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_database_url(&self.url))
+            .field("url_file", &self.url_file)
+            .finish()
+    }
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(
+    url: &str,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact_database_url(url))
+}
+
+/// `url` with its password (in the authority, or a `password` query
+/// parameter) replaced by `redacted`, for messages and `check-config`. A
+/// text that does not parse as a URL is shown with everything before its
+/// last `@` hidden, since that part may hold a password.
+pub fn redact_database_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.scheme() != "sqlite" => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("redacted"));
+            }
+            if parsed.query_pairs().any(|(key, _)| key == "password") {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(key, value)| {
+                        let value = if key == "password" {
+                            "redacted".into()
+                        } else {
+                            value.into_owned()
+                        };
+                        (key.into_owned(), value)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => match url.rsplit_once('@') {
+            Some((_, host)) => format!("[redacted]@{host}"),
+            None => url.to_owned(),
+        },
+    }
 }
 
 /// `[jogg]` as written.
@@ -224,6 +279,7 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             url: "sqlite://data/jogg-relay.db".into(),
+            url_file: None,
         }
     }
 }

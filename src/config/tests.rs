@@ -274,7 +274,23 @@ fn every_invalid_value_names_its_key() {
         ),
         ("[server]\nbind = \"localhost\"\n", &[], "server.bind"),
         ("[server]\nbind = \"0.0.0.0:8080\"\n", &[], "server.token"),
-        ("[database]\nurl = \"postgres://x\"\n", &[], "database.url"),
+        ("[database]\nurl = \"mysql://x\"\n", &[], "database.url"),
+        (
+            "[database]\nurl = \"postgres://h/db?sslmode=sometimes\"\n",
+            &[],
+            "database.url",
+        ),
+        (
+            "[database]\nurl = \"sqlite://a.db\"\nurl_file = \"/nonexistent/url\"\n",
+            &[],
+            "database.url",
+        ),
+        (
+            "[database]\nurl_file = \"/nonexistent/url\"\n",
+            &[],
+            "database.url_file",
+        ),
+        ("[database]\nurl_file = 5\n", &[], "database.url_file"),
         ("[log]\nformat = \"xml\"\n", &[], "log.format"),
         (
             "[jogg]\napi_key_file = \"/nonexistent/key\"\n",
@@ -980,4 +996,102 @@ fn safety_net_applies_only_with_a_push_secret() {
             );
         }
     }
+}
+
+/// A PostgreSQL URL selects that engine; its password never shows: not in
+/// `check-config`'s output, not in `Debug`, not in the URL kept for
+/// messages, not in the error for a URL that does not validate.
+#[test]
+fn a_postgres_url_selects_postgres_and_its_password_is_redacted() {
+    for scheme in ["postgres", "postgresql"] {
+        let toml = format!(
+            "[database]\nurl = \"{scheme}://relay:hunter2-pw@db.internal:5433/relay?password=q-pw&sslmode=require\"\n"
+        );
+        let settings = load_str(&toml, &[]).unwrap();
+        let config = settings.validate().unwrap();
+        let DatabaseBackend::Postgres { url } = &config.database.backend else {
+            panic!("{scheme}: not PostgreSQL: {:?}", config.database);
+        };
+        assert!(
+            url.expose_secret().contains("hunter2-pw"),
+            "the URL is kept whole"
+        );
+        assert_eq!(config.database.sqlite_path(), None);
+        for shown in [
+            settings.to_redacted_toml(),
+            format!("{settings:?}"),
+            format!("{config:?}"),
+            config.database.url.clone(),
+        ] {
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("q-pw"),
+                "{shown}"
+            );
+            assert!(shown.contains("db.internal"), "{shown}");
+        }
+    }
+    let err = load_str(
+        "[database]\nurl = \"postgres://relay:hunter2-pw@db/relay?sslmode=sometimes\"\n",
+        &[],
+    )
+    .unwrap()
+    .validate()
+    .unwrap_err();
+    assert_eq!(err.key, "database.url");
+    assert!(!err.message.contains("hunter2"), "{}", err.message);
+}
+
+/// `database.url_file` holds the URL (trailing newline dropped), looked
+/// up in systemd's credentials folder when relative; an unreadable file
+/// or a bad URL in it is an error naming `database.url_file`, without the
+/// password.
+#[test]
+fn the_database_url_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db-url");
+    std::fs::write(&file, "postgres://relay:s3cret-pw@localhost/relay\n").unwrap();
+    let toml = format!("[database]\nurl_file = {:?}\n", file.display().to_string());
+    let settings = load_str(&toml, &[]).unwrap();
+    let config = settings.validate().unwrap();
+    let DatabaseBackend::Postgres { url } = &config.database.backend else {
+        panic!("not PostgreSQL");
+    };
+    assert_eq!(
+        url.expose_secret(),
+        "postgres://relay:s3cret-pw@localhost/relay"
+    );
+    assert!(!settings.to_redacted_toml().contains("s3cret"));
+
+    std::fs::write(
+        &file,
+        "postgres://relay:s3cret-pw@localhost/relay?sslmode=x\n",
+    )
+    .unwrap();
+    let err = load_str(&toml, &[]).unwrap().validate().unwrap_err();
+    assert_eq!(err.key, "database.url_file");
+    assert!(!err.message.contains("s3cret"), "{}", err.message);
+}
+
+/// The redaction of database URLs for messages, by its own cases: the
+/// authority's password, a `password` parameter, and text that is not a
+/// URL at all.
+#[test]
+fn database_urls_are_redacted_for_display() {
+    assert_eq!(
+        redact_database_url("postgres://u:p@h:1/d"),
+        "postgres://u:redacted@h:1/d"
+    );
+    assert_eq!(
+        redact_database_url("postgresql://h/d?user=u&password=p&sslmode=require"),
+        "postgresql://h/d?user=u&password=redacted&sslmode=require"
+    );
+    assert_eq!(redact_database_url("postgres://u@h/d"), "postgres://u@h/d");
+    assert_eq!(
+        redact_database_url("sqlite://data/x.db"),
+        "sqlite://data/x.db"
+    );
+    assert_eq!(
+        redact_database_url("not a url p@ss@host"),
+        "[redacted]@host"
+    );
 }

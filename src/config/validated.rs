@@ -97,19 +97,60 @@ pub struct ServerConfig {
 }
 
 /// Where the SQLite database lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DatabaseConfig {
-    /// The URL as configured, for messages.
+    /// The URL as configured, any password redacted: for messages.
     pub url: String,
-    /// The database file.
-    pub path: PathBuf,
+    /// Which engine holds the data, and where.
+    pub backend: DatabaseBackend,
+}
+
+/// The storage engine the URL selects.
+#[derive(Debug, Clone)]
+pub enum DatabaseBackend {
+    /// One SQLite file, for one daemon.
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A PostgreSQL database, which several daemons may share.
+    Postgres {
+        /// The connection URL, which may carry a password.
+        url: SecretString,
+    },
 }
 
 impl DatabaseConfig {
     /// Accepts `sqlite://relative/path.db`, `sqlite:///absolute/path.db` and
-    /// `sqlite:path.db`; a `?query` suffix is not supported, since the relay
-    /// sets its own connection options.
+    /// `sqlite:path.db` (a `?query` suffix is not supported, since the relay
+    /// sets its own connection options), and `postgres://` or
+    /// `postgresql://` URLs with any of PostgreSQL's own parameters
+    /// (`sslmode`, `host` for a socket folder, ...).
     pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let shown = super::settings::redact_database_url(url);
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // The URL crate's messages never quote the input; sqlx's say
+            // which parameter is wrong. Neither repeats a password.
+            url::Url::parse(url).map_err(|err| {
+                ConfigError::new(
+                    "database.url",
+                    format!("{shown:?} is not a valid PostgreSQL URL: {err}"),
+                )
+            })?;
+            url.parse::<sqlx::postgres::PgConnectOptions>()
+                .map_err(|err| {
+                    ConfigError::new(
+                        "database.url",
+                        format!("{shown:?} is not a valid PostgreSQL URL: {err}"),
+                    )
+                })?;
+            return Ok(Self {
+                url: shown,
+                backend: DatabaseBackend::Postgres {
+                    url: SecretString::from(url.to_owned()),
+                },
+            });
+        }
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
@@ -117,13 +158,26 @@ impl DatabaseConfig {
             .ok_or_else(|| {
                 ConfigError::new(
                     "database.url",
-                    format!("{url:?} must look like sqlite://path/to/file.db"),
+                    format!(
+                        "{shown:?} must look like sqlite://path/to/file.db or \
+                         postgres://user@host/database"
+                    ),
                 )
             })?;
         Ok(Self {
             url: url.to_owned(),
-            path: PathBuf::from(path),
+            backend: DatabaseBackend::Sqlite {
+                path: PathBuf::from(path),
+            },
         })
+    }
+
+    /// The SQLite file, when the database is one.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        match &self.backend {
+            DatabaseBackend::Sqlite { path } => Some(path),
+            DatabaseBackend::Postgres { .. } => None,
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
-use super::file::{DatabaseFile, FileProblem};
+use super::sqlite::file::{DatabaseFile, FileProblem};
 
 /// How long a write that failed for want of storage (a full disk, an I/O
 /// error, a read-only file) keeps readiness at 503 without a probe, unless
@@ -77,7 +77,9 @@ impl Unready {
 /// Shared by every clone of a store and its writer.
 #[derive(Debug)]
 pub struct Health {
-    file: DatabaseFile,
+    /// The SQLite file and its logs; `None` for PostgreSQL, whose files
+    /// are the server's business.
+    file: Option<DatabaseFile>,
     state: Mutex<State>,
 }
 
@@ -98,8 +100,9 @@ struct State {
 }
 
 impl Health {
-    /// Health of the database `file`, with nothing known yet.
-    pub fn new(file: DatabaseFile) -> Self {
+    /// Health of the SQLite database `file`, or of a PostgreSQL database
+    /// (`None`), with nothing known yet.
+    pub fn new(file: Option<DatabaseFile>) -> Self {
         Self {
             file,
             state: Mutex::new(State::default()),
@@ -120,15 +123,18 @@ impl Health {
     /// return to normal (the file renamed back) as an INFO; the checks in
     /// between are silent, so a refused request does not log.
     pub fn check_file(&self) -> Result<(), FileProblem> {
-        let checked = self.file.check();
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let checked = file.check();
         let mut state = self.state();
         match (&checked, &state.file_problem) {
             (Err(problem), logged) if logged.as_ref() != Some(problem) => {
-                error!(path = %self.file.path().display(), reason = problem.reason(), "{problem}; writes are refused");
+                error!(path = %file.path().display(), reason = problem.reason(), "{problem}; writes are refused");
                 state.file_problem = Some(problem.clone());
             }
             (Ok(()), Some(_)) => {
-                info!(path = %self.file.path().display(), "the database's files are back; writes are accepted again");
+                info!(path = %file.path().display(), "the database's files are back; writes are accepted again");
                 state.file_problem = None;
             }
             _ => {}
@@ -153,7 +159,7 @@ impl Health {
         let mut state = self.state();
         state.last_failure = Some(message.to_owned());
         state.probe_succeeded_at = None;
-        if primary_code(err).is_none_or(|code| !CONTENTION_CODES.contains(&code)) {
+        if !self.is_contention(err) {
             state.storage_failure =
                 Some((Instant::now() + STORAGE_FAILURE_HOLD, message.to_owned()));
         }
@@ -164,10 +170,10 @@ impl Health {
         let sqlx::Error::Database(db) = err else {
             return;
         };
-        if primary_code(err).is_some_and(|code| CORRUPTION_CODES.contains(&code)) {
+        if self.is_corruption(err) {
             let mut state = self.state();
             if state.corrupt.is_none() {
-                error!(path = %self.file.path().display(), error = %db, "SQLite reports the database as corrupt");
+                error!(error = %db, "the database reports damaged data");
                 state.corrupt = Some(db.message().to_owned());
             }
         }
@@ -209,6 +215,36 @@ impl Health {
     }
 }
 
+impl Health {
+    /// Whether `err` says another connection holds a lock: SQLite's
+    /// `SQLITE_BUSY`/`SQLITE_LOCKED`, PostgreSQL's lock timeouts and
+    /// deadlocks (class 40 and `55P03`).
+    fn is_contention(&self, err: &sqlx::Error) -> bool {
+        match &self.file {
+            Some(_) => primary_code(err).is_some_and(|code| CONTENTION_CODES.contains(&code)),
+            None => sqlstate(err).is_some_and(|code| code.starts_with("40") || code == "55P03"),
+        }
+    }
+
+    /// Whether `err` says the stored data is damaged: SQLite's
+    /// `SQLITE_CORRUPT`/`SQLITE_NOTADB`, PostgreSQL's class `XX` codes for
+    /// corrupted data or index (`XX001`, `XX002`).
+    fn is_corruption(&self, err: &sqlx::Error) -> bool {
+        match &self.file {
+            Some(_) => primary_code(err).is_some_and(|code| CORRUPTION_CODES.contains(&code)),
+            None => sqlstate(err).is_some_and(|code| code == "XX001" || code == "XX002"),
+        }
+    }
+}
+
+/// PostgreSQL's SQLSTATE in `err`, if the server reported one.
+fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    let sqlx::Error::Database(db) = err else {
+        return None;
+    };
+    Some(db.code()?.into_owned())
+}
+
 /// SQLite's primary result code in `err`, if SQLite reported it.
 fn primary_code(err: &sqlx::Error) -> Option<i64> {
     let sqlx::Error::Database(db) = err else {
@@ -227,8 +263,8 @@ mod tests {
     #[test]
     fn a_probe_is_reused_for_a_second_and_never_past_a_failed_write() {
         let dir = tempfile::tempdir().unwrap();
-        let file = super::super::file::prepare(&dir.path().join("relay.db")).unwrap();
-        let health = Health::new(file);
+        let file = super::super::sqlite::file::prepare(&dir.path().join("relay.db")).unwrap();
+        let health = Health::new(Some(file));
         let start = Instant::now();
         assert!(!health.probe_is_fresh(start), "no probe yet");
         health.probe_succeeded(start);

@@ -1,34 +1,33 @@
-//! All persistence: the SQLite connection set-up, the embedded migrations,
-//! the read queries, and (in [`writer`]) the single group-commit writer that
-//! every API write goes through.
+//! All persistence, behind one seam ([`backend`]'s traits) with two
+//! engines: SQLite ([`sqlite`], one file for one daemon) and PostgreSQL
+//! (several daemons on one database). [`Store`] serves the reads and
+//! [`Writer`] (the group-commit writer, the same code for both engines)
+//! every write; the rest of the crate sees neither engine nor SQL.
 //!
-//! Times are stored as [`Millis`]; see `migrations/` for the schema and the
-//! reasoning behind each index.
+//! Times are stored as [`Millis`]; see `migrations/sqlite/` and
+//! `migrations/postgres/` for the schemas and the reasoning behind each
+//! index.
 
-pub mod file;
+mod backend;
 pub mod health;
-pub mod lock;
-mod mutations;
 pub mod records;
 mod rows;
+pub mod sqlite;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 pub mod writer;
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use sqlx::ConnectOptions as _;
-use sqlx::SqliteConnection;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
 use tracing::instrument;
 
+use self::backend::Reads as _;
 use self::health::Health;
-use crate::config::DatabaseConfig;
+use self::sqlite::SqliteDatabase;
+use crate::config::{DatabaseBackend, DatabaseConfig};
 use crate::domain::{Millis, VideoId, VideoState};
+
+pub use sqlite::{file, lock};
 
 pub use health::Unready;
 pub use lock::{DatabaseLock, LockError};
@@ -38,21 +37,6 @@ pub use records::{
     VideoRecord,
 };
 pub use writer::Writer;
-
-/// How long a connection waits for another writer's lock before giving up
-/// with `SQLITE_BUSY`. Generous, because a second process (the CLI) may be
-/// writing at the same time as the daemon.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Connections in the pool. Reads run in parallel under WAL; writes are
-/// serialised by SQLite (and, within the daemon, by [`Writer`]).
-const MAX_CONNECTIONS: u32 = 4;
-
-/// Page cache of the writer's connection (`PRAGMA cache_size`; negative
-/// means KiB): 8 MiB instead of SQLite's 2 MiB, so that the pages every
-/// commit touches (index interiors, the newest leaves) are not read back
-/// from disk. Bounded, so memory does not grow with the database.
-const WRITER_CACHE_SIZE: &str = "-8192";
 
 /// A failure of the store.
 #[derive(Debug, thiserror::Error)]
@@ -93,15 +77,6 @@ pub enum StoreError {
     WriterStopped,
 }
 
-/// SQLite's own words for a failed open, without sqlx's wrapping (which
-/// repeats them).
-fn sqlite_cause(err: &sqlx::Error) -> String {
-    match err {
-        sqlx::Error::Database(db) => db.message().to_owned(),
-        other => other.to_string(),
-    }
-}
-
 /// Figures read from the database for `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Gauges {
@@ -113,79 +88,89 @@ pub struct Gauges {
     pub delivery_lag_seconds: f64,
 }
 
-/// Handle to the database: a connection pool with the relay's pragmas.
+impl Gauges {
+    /// The gauges from the rows every engine reads: `(state, count)` pairs
+    /// (unknown states skipped) and the oldest due times.
+    fn from_rows(
+        counts: Vec<(String, i64)>,
+        now: Millis,
+        oldest_poll: Option<i64>,
+        oldest_delivery: Option<i64>,
+    ) -> Self {
+        let lag = |due: Option<i64>| due.map_or(0.0, |at| ((now.0 - at).max(0) as f64) / 1000.0);
+        Gauges {
+            videos: counts
+                .into_iter()
+                .filter_map(|(state, n)| Some((state.parse().ok()?, u64::try_from(n).ok()?)))
+                .collect(),
+            poll_lag_seconds: lag(oldest_poll),
+            delivery_lag_seconds: lag(oldest_delivery),
+        }
+    }
+}
+
+/// Whether `err` can be caused by one request of a batch (a constraint the
+/// request's data violates, a value that does not decode) rather than by
+/// the database as a whole.
+fn is_constraint_or_decode(err: &StoreError) -> bool {
+    match err {
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            !matches!(db.kind(), sqlx::error::ErrorKind::Other)
+        }
+        StoreError::Database(sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. }) => true,
+        _ => false,
+    }
+}
+
+/// The engine behind a [`Store`].
+#[derive(Clone, Debug)]
+pub(crate) enum Engine {
+    /// One SQLite file.
+    Sqlite(SqliteDatabase),
+}
+
+/// Runs `$body` with `$db` bound to the engine's database, whichever it is.
+macro_rules! on_engine {
+    ($store:expr, $db:ident => $body:expr) => {
+        match &$store.engine {
+            Engine::Sqlite($db) => $body,
+        }
+    };
+}
+
+/// Handle to the database: the engine's connection pool and the shared
+/// health record. Cloned into every request's state.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
-    /// How every connection is opened, for the writer's own connection
-    /// (shared: a `Store` is cloned into every request's state).
-    options: Arc<SqliteConnectOptions>,
-    /// The file's identity, corruption reports and the last write's
-    /// outcome, for readiness.
+    engine: Engine,
+    /// Corruption reports, the file's identity (SQLite) and the last
+    /// write's outcome, for readiness.
     health: Arc<Health>,
 }
 
 impl Store {
-    /// Opens (creating when missing, mode `0600`) the database file and its
-    /// parent folders (mode `0700`), applies the embedded migrations, and
-    /// records the identity of the file and of its `-wal` and `-shm`.
-    ///
-    /// Only start-up creates the file (here, or the daemon's
-    /// [`DatabaseLock`] just before): every connection opened later (the
-    /// pool's, the writer's) fails if the file is gone rather than creating
-    /// an empty database at the path.
-    #[instrument(skip_all, fields(path = %config.path.display()))]
+    /// Opens the configured database, creating it (SQLite) or its tables
+    /// (both) when missing, and applies the embedded migrations.
+    #[instrument(skip_all, fields(database = %config.url))]
     pub async fn open(config: &DatabaseConfig) -> Result<Self, StoreError> {
-        if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            file::create_private_dirs(parent).map_err(|source| StoreError::CreateDir {
-                path: parent.display().to_string(),
-                source,
-            })?;
+        match &config.backend {
+            DatabaseBackend::Sqlite { path } => {
+                let db = SqliteDatabase::open(path).await?;
+                Ok(Self {
+                    health: db.health().clone(),
+                    engine: Engine::Sqlite(db),
+                })
+            }
+            DatabaseBackend::Postgres { .. } => Err(StoreError::Open {
+                path: config.url.clone(),
+                cause: "PostgreSQL is not supported yet".into(),
+            }),
         }
-        let open_error = |cause: String| StoreError::Open {
-            path: config.path.display().to_string(),
-            cause,
-        };
-        let mut file = file::prepare(&config.path).map_err(|err| open_error(err.to_string()))?;
-        let (pool, options) = Self::connect(&config.path)
-            .await
-            .map_err(|err| open_error(sqlite_cause(&err)))?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        // The pool's connection is open in WAL mode: `-wal` and `-shm`
-        // exist, and keep their identity while a connection stays open
-        // (the writer's, for the daemon's whole life).
-        file.record_log_files();
-        Ok(Self {
-            pool,
-            options: Arc::new(options),
-            health: Arc::new(Health::new(file)),
-        })
     }
 
-    /// Connects with the durability settings ARCHITECTURE.md explains: WAL so readers never
-    /// block the writer, `synchronous=FULL` so an acknowledged commit survives
-    /// power loss, a busy timeout, and foreign keys enforced.
-    async fn connect(path: &Path) -> Result<(SqlitePool, SqliteConnectOptions), sqlx::Error> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(false)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true)
-            // Statement journals (the undo log of one multi-row statement
-            // inside a transaction) in memory rather than in a temporary
-            // file opened and closed on every commit.
-            .pragma("temp_store", "memory");
-        // No liveness ping on every acquire (the default): a connection to a
-        // local file does not go stale, and the ping is a round trip to
-        // SQLite's thread before every transaction and read.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .test_before_acquire(false)
-            .connect_with(options.clone())
-            .await?;
-        Ok((pool, options))
+    /// The engine, for the writer.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// The shared health record (for the writer).
@@ -193,97 +178,28 @@ impl Store {
         &self.health
     }
 
-    /// Converts a read's error, remembering a corruption report for
-    /// readiness.
-    fn read_error(&self, err: sqlx::Error) -> StoreError {
-        self.health.note_error(&err);
-        StoreError::Database(err)
-    }
-
-    /// A connection outside the pool, for the [`Writer`]: owning one
-    /// connection for good keeps its page cache valid between commits
-    /// (another connection's commit would invalidate it) and spares the
-    /// pool checkout per transaction.
-    pub(crate) async fn dedicated_connection(&self) -> Result<SqliteConnection, StoreError> {
-        let options = (*self.options)
-            .clone()
-            .pragma("cache_size", WRITER_CACHE_SIZE);
-        Ok(options.connect().await?)
-    }
-
-    /// The underlying pool, for the store's unit tests. Only `store` runs
-    /// SQL: the integration tests use `store::test_support` (feature
-    /// `test-support`).
-    #[cfg(test)]
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    /// Closes every connection, checkpointing the WAL.
+    /// Closes every connection (SQLite: checkpointing the WAL).
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_engine!(self, db => db.close().await)
     }
 
     /// Videos per state, and how late the most overdue poll and delivery
-    /// are at `now` (seconds, 0 when nothing is overdue). Each figure is an
-    /// index scan: counting by state walks `videos_state_order`, the lags
-    /// read the first entry of the due indexes.
+    /// are at `now` (seconds, 0 when nothing is overdue).
     pub async fn gauges(&self, now: Millis) -> Result<Gauges, StoreError> {
-        let counts: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM videos GROUP BY state")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|err| self.read_error(err))?;
-        let oldest_poll: Option<i64> = sqlx::query_scalar(
-            "SELECT next_poll_at FROM videos INDEXED BY videos_due \
-             WHERE state = 'active' ORDER BY next_poll_at LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|err| self.read_error(err))?;
-        let oldest_delivery: Option<i64> = sqlx::query_scalar(
-            "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due \
-             WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|err| self.read_error(err))?;
-        let lag = |due: Option<i64>| due.map_or(0.0, |at| ((now.0 - at).max(0) as f64) / 1000.0);
-        Ok(Gauges {
-            videos: counts
-                .into_iter()
-                .filter_map(|(state, n)| Some((state.parse().ok()?, u64::try_from(n).ok()?)))
-                .collect(),
-            poll_lag_seconds: lag(oldest_poll),
-            delivery_lag_seconds: lag(oldest_delivery),
-        })
+        on_engine!(self, db => db.gauges(now).await)
     }
 
     /// When the next active video is due for a poll (`None`: none is
-    /// active), for the poller's idle wait: the first entry of the
-    /// `videos_due` index. Errors are returned as they are (the caller
-    /// waits its longest instead).
+    /// active), for the poller's idle wait. Errors are returned as they are
+    /// (the caller waits its longest instead).
     pub async fn next_poll_due(&self) -> Result<Option<Millis>, StoreError> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT next_poll_at FROM videos INDEXED BY videos_due \
-             WHERE state = 'active' ORDER BY next_poll_at LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(next.map(Millis))
+        on_engine!(self, db => db.next_poll_due().await)
     }
 
     /// When the next pending delivery is due (`None`: none is pending),
-    /// for the delivery worker's idle wait: the first entry of the
-    /// `deliveries_due` index. Errors are returned as they are.
+    /// for the delivery worker's idle wait. Errors are returned as they are.
     pub async fn next_delivery_due(&self) -> Result<Option<Millis>, StoreError> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due \
-             WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(next.map(Millis))
+        on_engine!(self, db => db.next_delivery_due().await)
     }
 
     /// One video with its transitions and deliveries, or `None`.
@@ -292,44 +208,12 @@ impl Store {
         &self,
         video_id: &VideoId,
     ) -> Result<Option<VideoDetails>, StoreError> {
-        // A pool connection opened after the file was replaced would read
-        // the other file: answer from neither.
-        self.health.check_file()?;
-        let Some(video) = sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEO_BY_ID)
-            .bind(video_id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|err| self.read_error(err))?
-        else {
-            return Ok(None);
-        };
-        let transitions = sqlx::query_as::<_, TransitionRecord>(
-            "SELECT kind, from_value, to_value, at FROM transitions \
-             WHERE video_rowid = ? ORDER BY id",
-        )
-        .bind(video.id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|err| self.read_error(err))?;
-        let deliveries = sqlx::query_as::<_, DeliveryRecord>(
-            "SELECT url, event_id, state, attempts, last_status, last_error, reason, \
-                    next_attempt_at \
-             FROM deliveries WHERE video_rowid = ? ORDER BY id",
-        )
-        .bind(video.id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|err| self.read_error(err))?;
-        Ok(Some(VideoDetails {
-            video,
-            transitions,
-            deliveries,
-        }))
+        on_engine!(self, db => db.video_details(video_id).await)
     }
 
     /// A page of videos in insertion order, starting after row `after`.
     ///
-    /// Ordering by the never-reused rowid is what makes cursor pagination
+    /// Ordering by the never-reused row id is what makes cursor pagination
     /// stable: rows inserted while a client pages land after every cursor it
     /// already holds, so each row is seen exactly once.
     #[instrument(skip(self), level = "debug")]
@@ -339,56 +223,43 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<VideoRecord>, StoreError> {
-        self.health.check_file()?;
-        let rows = match state {
-            Some(state) => sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEOS_PAGE_BY_STATE)
-                .bind(state.as_str())
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|err| self.read_error(err))?,
-            None => sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEOS_PAGE)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|err| self.read_error(err))?,
-        };
-        Ok(rows)
+        on_engine!(self, db => db.list_videos(state, after, limit).await)
     }
 
     /// Finished renders (videos JoggAI reported completed or failed), in
     /// the order they finished, starting after `after` (`terminal_at`,
-    /// rowid), at most `limit`. What the learned schedule replays at start
-    /// and `export-renders` writes out.
+    /// row id), at most `limit`. What `export-renders` writes out.
     #[instrument(skip(self), level = "debug")]
     pub async fn finished_renders(
         &self,
         after: Option<(i64, i64)>,
         limit: u32,
     ) -> Result<Vec<FinishedRender>, StoreError> {
-        let (at, id) = after.unwrap_or((i64::MIN, i64::MIN));
-        sqlx::query_as::<_, FinishedRender>(records::SELECT_FINISHED_RENDERS_AFTER)
-            .bind(at)
-            .bind(id)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|err| self.read_error(err))
+        on_engine!(self, db => db.finished_renders(after, limit).await)
     }
 
-    /// The newest `count` videos (by rowid, whatever their state), oldest
+    /// The newest `count` videos (by row id, whatever their state), oldest
     /// first: what the learned schedule replays at start.
     #[instrument(skip(self), level = "debug")]
     pub async fn newest_renders(&self, count: u32) -> Result<Vec<TrackedRender>, StoreError> {
-        let mut rows = sqlx::query_as::<_, TrackedRender>(records::SELECT_NEWEST_RENDERS)
-            .bind(count)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|err| self.read_error(err))?;
-        rows.reverse();
-        Ok(rows)
+        on_engine!(self, db => db.newest_renders(count).await)
+    }
+
+    /// The SQLite pool, for the store's unit tests and
+    /// `store::test_support`.
+    #[cfg(any(test, feature = "test-support"))]
+    pub(crate) fn sqlite_pool(&self) -> &sqlx::SqlitePool {
+        match &self.engine {
+            Engine::Sqlite(db) => db.pool(),
+        }
+    }
+
+    /// The underlying pool, for the store's unit tests. Only `store` runs
+    /// SQL: the integration tests use `store::test_support` (feature
+    /// `test-support`).
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &sqlx::SqlitePool {
+        self.sqlite_pool()
     }
 }
 

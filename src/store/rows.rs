@@ -145,9 +145,10 @@ mod tests {
         .execute(&mut *conn)
         .await
         .unwrap();
-        let claimed = super::super::mutations::claim_due(&mut conn, Millis(20), Millis(90), 1)
-            .await
-            .unwrap();
+        let claimed =
+            super::super::sqlite::mutations::claim_due(&mut conn, Millis(20), Millis(90), 1)
+                .await
+                .unwrap();
         assert_eq!(claimed.len(), 1);
         let video = &claimed[0];
         assert_eq!(video.video_id, StoredId::Invalid("a b".into()));

@@ -143,7 +143,7 @@ impl Store {
     /// Every video's row, in rowid order.
     pub async fn video_rows(&self) -> Result<Vec<VideoRow>, StoreError> {
         let rows: Vec<VideoColumns> = sqlx::query_as(select_videos!("ORDER BY id"))
-            .fetch_all(&self.pool)
+            .fetch_all(self.sqlite_pool())
             .await?;
         Ok(rows.into_iter().map(VideoRow::from).collect())
     }
@@ -152,7 +152,7 @@ impl Store {
     pub async fn video_row(&self, video_id: &str) -> Result<Option<VideoRow>, StoreError> {
         let row: Option<VideoColumns> = sqlx::query_as(select_videos!("WHERE video_id = ?"))
             .bind(video_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.sqlite_pool())
             .await?;
         Ok(row.map(VideoRow::from))
     }
@@ -165,7 +165,7 @@ impl Store {
             "SELECT url, state, attempts, lease_until, next_attempt_at \
              FROM deliveries ORDER BY id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.sqlite_pool())
         .await?;
         Ok(rows
             .into_iter()
@@ -185,7 +185,7 @@ impl Store {
     pub async fn attempt_rows(&self) -> Result<Vec<AttemptRow>, StoreError> {
         let rows: Vec<(Option<i64>, i64)> =
             sqlx::query_as("SELECT status, duration_ms FROM delivery_attempts ORDER BY id")
-                .fetch_all(&self.pool)
+                .fetch_all(self.sqlite_pool())
                 .await?;
         Ok(rows
             .into_iter()
@@ -201,7 +201,7 @@ impl Store {
         let rows: Vec<(i64, String, Option<String>, String)> = sqlx::query_as(
             "SELECT video_rowid, kind, from_value, to_value FROM transitions ORDER BY id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.sqlite_pool())
         .await?;
         Ok(rows
             .into_iter()
@@ -221,7 +221,9 @@ impl Store {
             Table::Transitions => "SELECT COUNT(*) FROM transitions",
             Table::Deliveries => "SELECT COUNT(*) FROM deliveries",
         };
-        Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar(sql)
+            .fetch_one(self.sqlite_pool())
+            .await?)
     }
 
     /// Moves the enqueue of the videos `video_ids` to `enqueued_at`, their
@@ -240,7 +242,7 @@ impl Store {
         .bind(enqueued_at.0)
         .bind(next_poll_at.0)
         .bind(serde_json::to_string(video_ids).expect("strings serialize"))
-        .execute(&self.pool)
+        .execute(self.sqlite_pool())
         .await?;
         Ok(())
     }
@@ -251,7 +253,7 @@ impl Store {
         sqlx::query("UPDATE deliveries SET url = ?1 WHERE url = ?2")
             .bind(to)
             .bind(from)
-            .execute(&self.pool)
+            .execute(self.sqlite_pool())
             .await?;
         Ok(())
     }
@@ -265,14 +267,14 @@ impl Store {
         } else {
             "DROP TRIGGER fail_outbox"
         };
-        sqlx::query(sql).execute(&self.pool).await?;
+        sqlx::query(sql).execute(self.sqlite_pool()).await?;
         Ok(())
     }
 
     /// Takes the database's write lock (`BEGIN IMMEDIATE`) and holds it
     /// until [`WriteLock::release`], as another process writing would.
     pub async fn hold_write_lock(&self) -> Result<WriteLock, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.sqlite_pool().acquire().await?;
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         Ok(WriteLock { conn })
     }
@@ -285,7 +287,7 @@ impl Store {
                     (SELECT page_size FROM pragma_page_size())",
         )
         .bind(table)
-        .fetch_one(&self.pool)
+        .fetch_one(self.sqlite_pool())
         .await?)
     }
 }

@@ -26,16 +26,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection as _, SqliteConnection};
+use sqlx::Connection as _;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{instrument, warn};
 
+use super::backend::{Conn, Outbox, VideoQueue};
 use super::health::{Health, Unready};
-use super::mutations;
 use super::records::{
     CancelOutcome, EnqueueOutcome, HintOutcome, NewVideo, PushHint, RedeliverOutcome,
 };
-use super::{Store, StoreError};
+use super::sqlite::Sqlite;
+use super::{Engine, Store, StoreError};
 use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryRelease};
 use crate::domain::poll::{ClaimedVideo, PollUpdate, Ranker, Release};
 use crate::domain::{Millis, VideoId};
@@ -272,14 +273,23 @@ impl Writer {
     /// stops once every handle is dropped and the queue is drained; await the
     /// returned handle to know the last commit has happened.
     pub async fn start(store: &Store) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
-        let conn = store.dedicated_connection().await?;
-        Ok(Self::start_on(store, conn))
+        match store.engine() {
+            Engine::Sqlite(db) => {
+                let conn = Sqlite::writer_connection(db).await?;
+                Ok(Self::start_on::<Sqlite>(store, db.clone(), conn))
+            }
+        }
     }
 
-    /// Starts the writer task on `conn`.
-    fn start_on(store: &Store, conn: SqliteConnection) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the writer task on `conn`, a connection to `db` (which it
+    /// reconnects to after a database-wide failure).
+    fn start_on<D: WriterEngine>(
+        store: &Store,
+        db: D::Database,
+        conn: Conn<D>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
-        let task = tokio::spawn(run(store.clone(), conn, queue));
+        let task = tokio::spawn(run::<D>(store.health().clone(), db, conn, queue));
         let health = store.health().clone();
         let probe_turn = Arc::default();
         (
@@ -474,12 +484,29 @@ impl Writer {
     }
 }
 
+/// An engine the writer can run on: its write traits, and how to open the
+/// writer's own connection.
+pub(crate) trait WriterEngine: VideoQueue + Outbox {
+    /// The open database the connection comes from.
+    type Database: Send + Sync + 'static;
+
+    /// A connection of the writer's own (outside any pool).
+    fn writer_connection(
+        db: &Self::Database,
+    ) -> impl std::future::Future<Output = Result<Conn<Self>, StoreError>> + Send;
+}
+
 /// The writer loop: drain the queue in batches until every sender is gone.
-async fn run(store: Store, mut conn: SqliteConnection, mut queue: mpsc::Receiver<WriteOp>) {
+async fn run<D: WriterEngine>(
+    health: Arc<Health>,
+    db: D::Database,
+    mut conn: Conn<D>,
+    mut queue: mpsc::Receiver<WriteOp>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if commit_batch(&mut conn, &mut batch, store.health()).await == Connection::Suspect {
-            conn = reconnect(&store, conn).await;
+        if commit_batch::<D>(&mut conn, &mut batch, &health).await == Connection::Suspect {
+            conn = reconnect::<D>(&db, conn).await;
         }
     }
     if let Err(err) = conn.close().await {
@@ -500,8 +527,8 @@ enum Connection {
 /// transaction back on its own (a full disk, an I/O error), sqlx may still
 /// count it as open and refuse every later `BEGIN`, which would fail every
 /// write until a restart. Keeps the old connection if no new one opens.
-async fn reconnect(store: &Store, old: SqliteConnection) -> SqliteConnection {
-    match store.dedicated_connection().await {
+async fn reconnect<D: WriterEngine>(db: &D::Database, old: Conn<D>) -> Conn<D> {
+    match D::writer_connection(db).await {
         Ok(fresh) => {
             if let Err(err) = old.close().await {
                 warn!(error = %err, "closing the writer's failed connection failed");
@@ -525,8 +552,8 @@ fn refuse_all(batch: &mut Vec<WriteOp>, err: impl Fn() -> StoreError) {
 /// Applies `batch` in one transaction and answers every caller; on failure,
 /// falls back to one transaction per request.
 #[instrument(skip_all, level = "debug", fields(size = batch.len()))]
-async fn commit_batch(
-    conn: &mut SqliteConnection,
+async fn commit_batch<D: WriterEngine>(
+    conn: &mut Conn<D>,
     batch: &mut Vec<WriteOp>,
     health: &Health,
 ) -> Connection {
@@ -539,13 +566,13 @@ async fn commit_batch(
         return Connection::Sound;
     }
     let shared = async {
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = conn.begin_with(D::BEGIN).await?;
         let mut changed = false;
         let mut rest = &mut batch[..];
         while !rest.is_empty() {
             let run = set_run_len(rest);
             let (head, tail) = rest.split_at_mut(run);
-            changed |= apply_run(&mut tx, head).await?;
+            changed |= apply_run::<D>(&mut tx, head).await?;
             rest = tail;
         }
         tx.commit().await?;
@@ -568,13 +595,13 @@ async fn commit_batch(
             }
             Connection::Sound
         }
-        Err(err) if batch.len() == 1 || !is_request_specific(&err) => {
+        Err(err) if batch.len() == 1 || !D::is_request_specific(&err) => {
             // A locked, read-only or full database fails every request the
             // same way: answer them all now rather than retrying each alone
             // (which would wait out the busy timeout once per request).
             warn!(error = %err, requests = batch.len(), "write failed");
             let message = err.to_string();
-            let specific = is_request_specific(&err);
+            let specific = D::is_request_specific(&err);
             if !specific && let StoreError::Database(cause) = &err {
                 health.write_failed(cause, &message);
             }
@@ -593,8 +620,9 @@ async fn commit_batch(
             let mut answers = Vec::with_capacity(batch.len());
             for mut request in batch.drain(..) {
                 let result = async {
-                    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-                    let changed = apply_run(&mut tx, std::slice::from_mut(&mut request)).await?;
+                    let mut tx = conn.begin_with(D::BEGIN).await?;
+                    let changed =
+                        apply_run::<D>(&mut tx, std::slice::from_mut(&mut request)).await?;
                     tx.commit().await?;
                     Ok(changed)
                 }
@@ -607,7 +635,7 @@ async fn commit_batch(
             // failed write for readiness, like a failed shared batch.
             for (_, result) in &answers {
                 if let Err(err @ StoreError::Database(cause)) = result
-                    && !is_request_specific(err)
+                    && !D::is_request_specific(err)
                 {
                     health.write_failed(cause, &err.to_string());
                 }
@@ -628,18 +656,6 @@ async fn commit_batch(
             }
             Connection::Sound
         }
-    }
-}
-
-/// Whether `err` can be caused by one request of a batch (a constraint the
-/// request's data violates) rather than by the database as a whole.
-fn is_request_specific(err: &StoreError) -> bool {
-    match err {
-        StoreError::Database(sqlx::Error::Database(db)) => {
-            !matches!(db.kind(), sqlx::error::ErrorKind::Other)
-        }
-        StoreError::Database(sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. }) => true,
-        _ => false,
     }
 }
 
@@ -691,7 +707,10 @@ fn set_run_len(ops: &[WriteOp]) -> usize {
 /// Applies a run chosen by [`set_run_len`] inside the caller's transaction,
 /// staging each operation's result; returns whether any changed the
 /// database.
-async fn apply_run(conn: &mut SqliteConnection, run: &mut [WriteOp]) -> Result<bool, StoreError> {
+async fn apply_run<D: VideoQueue + Outbox>(
+    conn: &mut Conn<D>,
+    run: &mut [WriteOp],
+) -> Result<bool, StoreError> {
     match run.first() {
         Some(WriteOp::Enqueue { .. }) => {
             let videos: Vec<&NewVideo> = run
@@ -701,7 +720,7 @@ async fn apply_run(conn: &mut SqliteConnection, run: &mut [WriteOp]) -> Result<b
                     _ => &[],
                 })
                 .collect();
-            let mut outcomes = mutations::insert_videos(conn, &videos, Millis::now())
+            let mut outcomes = D::insert_videos(conn, &videos, Millis::now())
                 .await?
                 .into_iter();
             let mut changed = false;
@@ -720,7 +739,7 @@ async fn apply_run(conn: &mut SqliteConnection, run: &mut [WriteOp]) -> Result<b
                     _ => None,
                 })
                 .collect();
-            let applied = mutations::record_polls(conn, &updates).await?;
+            let applied = D::record_polls(conn, &updates).await?;
             let mut changed = false;
             let replies = run.iter_mut().filter_map(|op| match op {
                 WriteOp::RecordPoll { reply, .. } => Some(reply),
@@ -732,7 +751,7 @@ async fn apply_run(conn: &mut SqliteConnection, run: &mut [WriteOp]) -> Result<b
             Ok(changed)
         }
         Some(WriteOp::Probe { .. }) => {
-            mutations::touch_probe(conn, Millis::now()).await?;
+            D::touch_probe(conn, Millis::now()).await?;
             let mut changed = false;
             for op in run {
                 if let WriteOp::Probe { reply } = op {
@@ -744,7 +763,7 @@ async fn apply_run(conn: &mut SqliteConnection, run: &mut [WriteOp]) -> Result<b
         Some(_) => {
             let mut changed = false;
             for op in run {
-                changed |= apply(conn, op).await?;
+                changed |= apply::<D>(conn, op).await?;
             }
             Ok(changed)
         }
@@ -756,15 +775,18 @@ async fn apply_run(conn: &mut SqliteConnection, run: &mut [WriteOp]) -> Result<b
 /// result; returns whether it changed the database. (Enqueues, poll
 /// results and probes are applied by [`apply_run`], alone or with their
 /// neighbours.)
-async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<bool, StoreError> {
+async fn apply<D: VideoQueue + Outbox>(
+    conn: &mut Conn<D>,
+    op: &mut WriteOp,
+) -> Result<bool, StoreError> {
     let now = Millis::now();
     match op {
         // A run of one (boxed: the two functions call each other).
         WriteOp::Enqueue { .. } | WriteOp::RecordPoll { .. } | WriteOp::Probe { .. } => {
-            Box::pin(apply_run(conn, std::slice::from_mut(op))).await
+            Box::pin(apply_run::<D>(conn, std::slice::from_mut(op))).await
         }
         WriteOp::Cancel { video_id, reply } => {
-            Ok(reply.stage(mutations::cancel_video(conn, video_id, now).await?))
+            Ok(reply.stage(D::cancel_video(conn, video_id, now).await?))
         }
         WriteOp::Claim {
             now,
@@ -772,14 +794,11 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<bool, St
             limit,
             rank,
             reply,
-        } => {
-            Ok(reply
-                .stage(mutations::claim(conn, *now, *lease_until, *limit, rank.as_ref()).await?))
-        }
-        WriteOp::Hint { hint, reply } => Ok(reply.stage(mutations::hint(conn, hint).await?)),
+        } => Ok(reply.stage(D::claim(conn, *now, *lease_until, *limit, rank.as_ref()).await?)),
+        WriteOp::Hint { hint, reply } => Ok(reply.stage(D::hint(conn, hint).await?)),
         WriteOp::Release { releases, reply } => {
             for release in releases.iter() {
-                mutations::release(conn, release).await?;
+                D::release(conn, release).await?;
             }
             Ok(reply.stage(()))
         }
@@ -788,21 +807,21 @@ async fn apply(conn: &mut SqliteConnection, op: &mut WriteOp) -> Result<bool, St
             lease_until,
             limit,
             reply,
-        } => Ok(reply.stage(mutations::claim_deliveries(conn, *now, *lease_until, *limit).await?)),
+        } => Ok(reply.stage(D::claim_deliveries(conn, *now, *lease_until, *limit).await?)),
         WriteOp::ReleaseDeliveries { releases, reply } => {
             for release in releases.iter() {
-                mutations::release_delivery(conn, release).await?;
+                D::release_delivery(conn, release).await?;
             }
             Ok(reply.stage(()))
         }
         WriteOp::RecordAttempt { attempt, reply } => {
-            Ok(reply.stage(mutations::record_attempt(conn, attempt).await?))
+            Ok(reply.stage(D::record_attempt(conn, attempt).await?))
         }
         WriteOp::Redeliver {
             video_id,
             configured,
             reply,
-        } => Ok(reply.stage(mutations::redeliver(conn, video_id, configured, now).await?)),
+        } => Ok(reply.stage(D::redeliver(conn, video_id, configured, now).await?)),
     }
 }
 
@@ -837,12 +856,13 @@ mod tests {
     async fn readiness_fails_while_writes_fail_and_recovers_with_them() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path()).await;
-        let mut conn = store.dedicated_connection().await.unwrap();
+        let Engine::Sqlite(db) = store.engine();
+        let mut conn = db.dedicated_connection().await.unwrap();
         sqlx::query("PRAGMA query_only = ON")
             .execute(&mut conn)
             .await
             .unwrap();
-        let (writer, task) = Writer::start_on(&store, conn);
+        let (writer, task) = Writer::start_on::<Sqlite>(&store, db.clone(), conn);
         // The write lock is still there for the taking: the old readiness
         // check (take it and release it on a pool connection) passes.
         let mut other = store.pool().acquire().await.unwrap();

@@ -672,7 +672,7 @@ async fn redeliver_queues_the_event_again_to_every_current_target() {
         .unwrap()
         .to_owned();
     assert_eq!(receiver.state.accepted_count(), 1);
-    let database = app.config.database.path.clone();
+    let database = app.config.database.sqlite_path().unwrap().to_owned();
     let dir = app.stop().await;
 
     // The operator has added a second receiver since.

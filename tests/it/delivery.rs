@@ -915,7 +915,7 @@ async fn callbacks_go_straight_to_the_receiver_whatever_proxy_the_environment_na
     // A completed video whose callback is still due, in a database.
     let app = relay_for(&receiver, |_| {}).await;
     completed_video(&app, "d-proxy", json!({})).await;
-    let database = app.config.database.path.clone();
+    let database = app.config.database.sqlite_path().unwrap().to_owned();
     let dir = app.stop().await;
 
     // A "proxy" that only counts who connects to it.

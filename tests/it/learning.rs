@@ -564,7 +564,7 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
 /// scenario's learning settings.
 fn cli_config(app: &TestApp) -> std::path::PathBuf {
     crate::helpers::RelayConfig::new(app.dir.path())
-        .database(&app.config.database.path)
+        .database(app.config.database.sqlite_path().unwrap())
         .extra("[polling]\nadaptive_half_life = 1000\nadaptive_warmup = 10\n")
         .write()
 }

@@ -20,7 +20,7 @@ const KEY: [(&str, &str); 1] = [("JOGG_RELAY__JOGG__API_KEY", "sk-test")];
 
 /// The database file of a test relay.
 fn db_path(app: &TestApp) -> PathBuf {
-    app.config.database.path.clone()
+    app.config.database.sqlite_path().unwrap().to_owned()
 }
 
 /// Asserts `/readyz` answers 503 `database_unavailable` with `reason`, and

@@ -7,12 +7,12 @@ use std::collections::hash_map::{Entry, HashMap};
 use serde::Serialize;
 use sqlx::SqliteConnection;
 
-use super::StoreError;
-use super::records::{
+use super::super::StoreError;
+use super::super::records::{
     CancelOutcome, ConflictingFields, EnqueueOutcome, HintOutcome, NewVideo, PushHint,
     RedeliverOutcome,
 };
-use super::rows::{ClaimedDeliveryRow, ClaimedVideoRow, DueVideoRow};
+use super::super::rows::{ClaimedDeliveryRow, ClaimedVideoRow, DueVideoRow};
 use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryRelease};
 use crate::domain::poll::{ClaimedVideo, DueVideo, PollUpdate, RANKED_WINDOW, Ranker, Release};
 use crate::domain::{Millis, VideoId, VideoState};
