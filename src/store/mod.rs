@@ -10,6 +10,7 @@
 
 mod backend;
 pub mod health;
+pub mod postgres;
 pub mod records;
 mod rows;
 pub mod sqlite;
@@ -23,10 +24,13 @@ use tracing::instrument;
 
 use self::backend::Reads as _;
 use self::health::Health;
+use self::postgres::PostgresDatabase;
 use self::sqlite::SqliteDatabase;
 use crate::config::{DatabaseBackend, DatabaseConfig};
 use crate::domain::{Millis, VideoId, VideoState};
 
+pub use postgres::shared::{Reservation, SharedGate, SharedPauses};
+use secrecy::ExposeSecret as _;
 pub use sqlite::{file, lock};
 
 pub use health::Unready;
@@ -112,7 +116,7 @@ impl Gauges {
 /// Whether `err` can be caused by one request of a batch (a constraint the
 /// request's data violates, a value that does not decode) rather than by
 /// the database as a whole.
-fn is_constraint_or_decode(err: &StoreError) -> bool {
+pub(crate) fn is_constraint_or_decode(err: &StoreError) -> bool {
     match err {
         StoreError::Database(sqlx::Error::Database(db)) => {
             !matches!(db.kind(), sqlx::error::ErrorKind::Other)
@@ -127,6 +131,8 @@ fn is_constraint_or_decode(err: &StoreError) -> bool {
 pub(crate) enum Engine {
     /// One SQLite file.
     Sqlite(SqliteDatabase),
+    /// A PostgreSQL database, which several relays may share.
+    Postgres(PostgresDatabase),
 }
 
 /// Runs `$body` with `$db` bound to the engine's database, whichever it is.
@@ -134,6 +140,7 @@ macro_rules! on_engine {
     ($store:expr, $db:ident => $body:expr) => {
         match &$store.engine {
             Engine::Sqlite($db) => $body,
+            Engine::Postgres($db) => $body,
         }
     };
 }
@@ -161,10 +168,23 @@ impl Store {
                     engine: Engine::Sqlite(db),
                 })
             }
-            DatabaseBackend::Postgres { .. } => Err(StoreError::Open {
-                path: config.url.clone(),
-                cause: "PostgreSQL is not supported yet".into(),
-            }),
+            DatabaseBackend::Postgres { url } => {
+                let db = PostgresDatabase::open(url.expose_secret()).await?;
+                Ok(Self {
+                    health: db.health().clone(),
+                    engine: Engine::Postgres(db),
+                })
+            }
+        }
+    }
+
+    /// What several relays on this database share (the upstream budget,
+    /// the global pauses, wake-up calls): `None` for SQLite, which serves
+    /// one relay.
+    pub fn shared_gate(&self) -> Option<SharedGate> {
+        match &self.engine {
+            Engine::Sqlite(_) => None,
+            Engine::Postgres(db) => Some(SharedGate::new(db.pool().clone())),
         }
     }
 
@@ -251,6 +271,7 @@ impl Store {
     pub(crate) fn sqlite_pool(&self) -> &sqlx::SqlitePool {
         match &self.engine {
             Engine::Sqlite(db) => db.pool(),
+            Engine::Postgres(_) => panic!("this test reads SQLite's internals"),
         }
     }
 

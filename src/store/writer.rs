@@ -32,6 +32,7 @@ use tracing::{instrument, warn};
 
 use super::backend::{Conn, Outbox, VideoQueue};
 use super::health::{Health, Unready};
+use super::postgres::Postgres;
 use super::records::{
     CancelOutcome, EnqueueOutcome, HintOutcome, NewVideo, PushHint, RedeliverOutcome,
 };
@@ -277,6 +278,10 @@ impl Writer {
             Engine::Sqlite(db) => {
                 let conn = Sqlite::writer_connection(db).await?;
                 Ok(Self::start_on::<Sqlite>(store, db.clone(), conn))
+            }
+            Engine::Postgres(db) => {
+                let conn = Postgres::writer_connection(db).await?;
+                Ok(Self::start_on::<Postgres>(store, db.clone(), conn))
             }
         }
     }
@@ -856,7 +861,9 @@ mod tests {
     async fn readiness_fails_while_writes_fail_and_recovers_with_them() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path()).await;
-        let Engine::Sqlite(db) = store.engine();
+        let Engine::Sqlite(db) = store.engine() else {
+            unreachable!("a SQLite store")
+        };
         let mut conn = db.dedicated_connection().await.unwrap();
         sqlx::query("PRAGMA query_only = ON")
             .execute(&mut conn)

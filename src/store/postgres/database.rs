@@ -1,0 +1,226 @@
+//! The PostgreSQL engine behind the storage seam: the pool the reads use,
+//! the writer's own connection, and the write traits over [`mutations`].
+
+use std::sync::Arc;
+
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::{ConnectOptions as _, PgConnection};
+
+use super::{mutations, reads};
+use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryRelease};
+use crate::domain::poll::{ClaimedVideo, PollUpdate, Ranker, Release};
+use crate::domain::{Millis, VideoId, VideoState};
+use crate::store::backend::{Conn, Dialect, Outbox, Reads, VideoQueue};
+use crate::store::health::Health;
+use crate::store::records::{
+    CancelOutcome, EnqueueOutcome, FinishedRender, HintOutcome, NewVideo, PushHint,
+    RedeliverOutcome, TrackedRender, VideoDetails, VideoRecord,
+};
+use crate::store::writer::WriterEngine;
+use crate::store::{Gauges, StoreError};
+
+/// The PostgreSQL dialect of the write traits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Postgres;
+
+/// An open PostgreSQL database: the readers' pool and how to open the
+/// writer's connection.
+#[derive(Clone, Debug)]
+pub(crate) struct PostgresDatabase {
+    pool: PgPool,
+    /// How the writer's own connection is opened (and reopened).
+    options: Arc<PgConnectOptions>,
+    /// Corruption reports and the last write's outcome, for readiness.
+    health: Arc<Health>,
+}
+
+impl PostgresDatabase {
+    /// Connects to `url` and applies the embedded migrations.
+    pub(crate) async fn open(url: &str) -> Result<Self, StoreError> {
+        let (pool, options) = super::connect(url).await?;
+        Ok(Self {
+            pool,
+            options: Arc::new(options),
+            health: Arc::new(Health::new(None)),
+        })
+    }
+
+    /// The shared health record.
+    pub(crate) fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// The readers' pool.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A read's error, remembered when it reports damaged data.
+    fn read_error(&self, err: StoreError) -> StoreError {
+        if let StoreError::Database(cause) = &err {
+            self.health.note_error(cause);
+        }
+        err
+    }
+}
+
+impl Reads for PostgresDatabase {
+    async fn gauges(&self, now: Millis) -> Result<Gauges, StoreError> {
+        reads::gauges(&self.pool, now)
+            .await
+            .map_err(|err| self.read_error(err))
+    }
+
+    async fn next_poll_due(&self) -> Result<Option<Millis>, StoreError> {
+        reads::next_poll_due(&self.pool).await
+    }
+
+    async fn next_delivery_due(&self) -> Result<Option<Millis>, StoreError> {
+        reads::next_delivery_due(&self.pool).await
+    }
+
+    async fn video_details(&self, video_id: &VideoId) -> Result<Option<VideoDetails>, StoreError> {
+        reads::video_details(&self.pool, video_id)
+            .await
+            .map_err(|err| self.read_error(err))
+    }
+
+    async fn list_videos(
+        &self,
+        state: Option<VideoState>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<VideoRecord>, StoreError> {
+        reads::list_videos(&self.pool, state, after, limit)
+            .await
+            .map_err(|err| self.read_error(err))
+    }
+
+    async fn finished_renders(
+        &self,
+        after: Option<(i64, i64)>,
+        limit: u32,
+    ) -> Result<Vec<FinishedRender>, StoreError> {
+        reads::finished_renders(&self.pool, after, limit)
+            .await
+            .map_err(|err| self.read_error(err))
+    }
+
+    async fn newest_renders(&self, count: u32) -> Result<Vec<TrackedRender>, StoreError> {
+        reads::newest_renders(&self.pool, count)
+            .await
+            .map_err(|err| self.read_error(err))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl Dialect for Postgres {
+    type Db = sqlx::Postgres;
+    /// READ COMMITTED: every statement here re-checks its row's state and
+    /// lease, which PostgreSQL re-evaluates on the newest row version.
+    const BEGIN: &'static str = "BEGIN";
+
+    /// Besides constraints and decoding, a serialization failure or a
+    /// deadlock (class 40) between relays concerns the transaction, not
+    /// the database: the batch is retried request by request.
+    fn is_request_specific(err: &StoreError) -> bool {
+        if let StoreError::Database(sqlx::Error::Database(db)) = err
+            && db.code().is_some_and(|code| code.starts_with("40"))
+        {
+            return true;
+        }
+        crate::store::is_constraint_or_decode(err)
+    }
+}
+
+impl WriterEngine for Postgres {
+    type Database = PostgresDatabase;
+
+    async fn writer_connection(db: &PostgresDatabase) -> Result<PgConnection, StoreError> {
+        Ok(db.options.connect().await?)
+    }
+}
+
+impl VideoQueue for Postgres {
+    async fn insert_videos(
+        conn: &mut Conn<Self>,
+        videos: &[&NewVideo],
+        now: Millis,
+    ) -> Result<Vec<EnqueueOutcome>, StoreError> {
+        mutations::insert_videos(conn, videos, now).await
+    }
+
+    async fn cancel_video(
+        conn: &mut Conn<Self>,
+        video_id: &VideoId,
+        now: Millis,
+    ) -> Result<CancelOutcome, StoreError> {
+        mutations::cancel_video(conn, video_id, now).await
+    }
+
+    async fn claim(
+        conn: &mut Conn<Self>,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+        rank: Option<&Ranker>,
+    ) -> Result<Vec<ClaimedVideo>, StoreError> {
+        mutations::claim(conn, now, lease_until, limit, rank).await
+    }
+
+    async fn record_polls(
+        conn: &mut Conn<Self>,
+        updates: &[&PollUpdate],
+    ) -> Result<Vec<bool>, StoreError> {
+        mutations::record_polls(conn, updates).await
+    }
+
+    async fn hint(conn: &mut Conn<Self>, hint: &PushHint) -> Result<HintOutcome, StoreError> {
+        mutations::hint(conn, hint).await
+    }
+
+    async fn release(conn: &mut Conn<Self>, release: &Release) -> Result<(), StoreError> {
+        mutations::release(conn, release).await
+    }
+}
+
+impl Outbox for Postgres {
+    async fn claim_deliveries(
+        conn: &mut Conn<Self>,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        mutations::claim_deliveries(conn, now, lease_until, limit).await
+    }
+
+    async fn record_attempt(
+        conn: &mut Conn<Self>,
+        attempt: &AttemptRecord,
+    ) -> Result<bool, StoreError> {
+        mutations::record_attempt(conn, attempt).await
+    }
+
+    async fn release_delivery(
+        conn: &mut Conn<Self>,
+        release: &DeliveryRelease,
+    ) -> Result<(), StoreError> {
+        mutations::release_delivery(conn, release).await
+    }
+
+    async fn redeliver(
+        conn: &mut Conn<Self>,
+        video_id: &VideoId,
+        configured: &[String],
+        now: Millis,
+    ) -> Result<RedeliverOutcome, StoreError> {
+        mutations::redeliver(conn, video_id, configured, now).await
+    }
+
+    async fn touch_probe(conn: &mut Conn<Self>, now: Millis) -> Result<(), StoreError> {
+        mutations::touch_probe(conn, now).await
+    }
+}
