@@ -16,6 +16,7 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::delivery::{ClientBuildError, Deliverer};
 use crate::jogg::{ClientError, JoggClient};
+use crate::peers;
 use crate::poller::gate::UpstreamGate;
 use crate::poller::learning::load_learner;
 use crate::poller::policy::PollPolicy;
@@ -111,7 +112,7 @@ impl App {
         let store = Store::open(&config.database).await?;
         let client = JoggClient::new(&config.jogg)?;
         let (writer, writer_task) = Writer::start(&store).await?;
-        let gate = Arc::new(upstream_gate(&config));
+        let gate = Arc::new(upstream_gate(&config).with_shared(store.shared_gate()));
         let wakeups = Wakeups::default();
         let metrics = Arc::new(RelayMetrics::new());
         // What was learned is an optimisation: a database whose rows cannot
@@ -142,7 +143,9 @@ impl App {
             wakeups.new_deliveries.clone(),
             metrics.clone(),
         )?;
-        Ok(Self {
+        let shared_gate = store.shared_gate();
+        let polling = config.polling.clone();
+        let mut app = Self {
             lock,
             config,
             store,
@@ -157,7 +160,20 @@ impl App {
             extra_tasks: Vec::new(),
             shutdown_hint: CancellationToken::new(),
             push_listener: None,
-        })
+        };
+        // Relays sharing a PostgreSQL database hear of each other's work at
+        // once and learn from each other's videos.
+        if let Some(shared) = shared_gate {
+            let wakeups = app.wakeups.clone();
+            app.supervise("wake-up listener", |shutdown| {
+                peers::relay_wakeups(shared, wakeups, shutdown)
+            });
+            let (store, learner) = (app.store.clone(), app.learner.clone());
+            app.supervise("learned model refresh", |shutdown| {
+                peers::refresh_learner(store, polling, learner, shutdown)
+            });
+        }
+        Ok(app)
     }
 
     /// Serves `POST /webhooks/jogg` (and nothing else) on `listener` too,

@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: layered configuration (defaults, TOML file, environment) and validation.
 //! - [`domain`]: the vocabulary shared by every module (video ids, states, timestamps).
-//! - [`store`]: every SQL statement, the migrations and the group-commit writer.
+//! - [`store`]: every SQL statement (SQLite and PostgreSQL behind one seam), the migrations and the group-commit writer.
+//! - [`peers`]: what relays sharing a PostgreSQL database keep in step (wake-ups, the learned model).
 //! - [`jogg`]: the upstream protocol (client, answer classification).
 //! - [`adaptive`]: the learned render-time distribution and the adaptive schedule.
 //! - [`export`]: the `export-renders` CSV of finished renders.
@@ -35,6 +36,7 @@ pub mod domain;
 pub mod export;
 pub mod jogg;
 pub mod outbound;
+pub mod peers;
 pub mod poller;
 pub mod sim;
 pub mod simulate;

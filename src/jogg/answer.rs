@@ -106,6 +106,17 @@ pub enum PauseReason {
 
 impl PauseReason {
     /// Stable snake_case name, shown by `/readyz` and in logs.
+    /// The reason named `name` (as [`PauseReason::as_str`] spells it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            PauseReason::InvalidApiKey,
+            PauseReason::NoPermission,
+            PauseReason::InsufficientCredit,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PauseReason::InvalidApiKey => "invalid_api_key",

@@ -14,8 +14,15 @@
 //! sender with no slack at all would be seen over budget whenever one
 //! request travels faster than the one before it. The steady rate is the
 //! full budget; only the initial burst is slightly smaller.
+//!
+//! On PostgreSQL several relays share one budget: the gate then reserves
+//! each request's slot in the database ([`SharedGate::reserve`], the same
+//! GCRA on one row), publishes the pauses it starts or ends there, and
+//! adopts those another relay started. Of several paused relays, one
+//! probes at a time ([`SharedGate::take_probe`]).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -23,6 +30,12 @@ use tracing::{error, info, warn};
 
 use crate::domain::Millis;
 use crate::jogg::{PauseReason, default_rate_limit_pause};
+use crate::store::{Reservation, SharedGate};
+
+/// How long a relay waits before trying again when the shared gate cannot
+/// be reached (the database is away): its requests are not sent meanwhile,
+/// since their slots cannot be reserved.
+const SHARED_GATE_RETRY: Duration = Duration::from_secs(1);
 
 /// Arrival jitter the reserve is sized to absorb.
 const JITTER_ALLOWANCE: Duration = Duration::from_millis(20);
@@ -42,6 +55,23 @@ pub enum Closed {
     Throttled(Millis),
     /// The relay is shutting down (set by the caller, never by the gate).
     Stopping,
+    /// The shared budget cannot be reached (the database is away); try
+    /// again at this time.
+    Unavailable(Millis),
+}
+
+/// A pause change told to the other relays.
+#[derive(Debug, Clone, Copy)]
+enum SharedChange {
+    Throttle(Millis),
+    Refuse(PauseReason, Millis),
+    Resume,
+}
+
+/// The reason another relay stored; a name this version does not know
+/// (a newer relay's) reads as a refused key, which pauses all the same.
+fn adopted_reason(name: &str) -> PauseReason {
+    PauseReason::from_name(name).unwrap_or(PauseReason::InvalidApiKey)
 }
 
 /// State behind the lock.
@@ -119,6 +149,11 @@ pub struct UpstreamGate {
     probe_cap: Duration,
     /// Longest 429 pause, whatever `Retry-After` says.
     max_pause: Duration,
+    /// The budget and pauses shared with other relays on one database.
+    shared: Option<SharedGate>,
+    /// Whether the last reservation in the shared gate failed (so that a
+    /// database away is logged once, not per request).
+    shared_unreachable: AtomicBool,
     state: Mutex<GateState>,
 }
 
@@ -142,6 +177,8 @@ impl UpstreamGate {
             probe_base,
             probe_cap: probe_cap.max(probe_base),
             max_pause: DEFAULT_MAX_PAUSE,
+            shared: None,
+            shared_unreachable: AtomicBool::new(false),
             state: Mutex::new(GateState {
                 tat: Instant::now(),
                 throttled_until: None,
@@ -162,6 +199,13 @@ impl UpstreamGate {
         self
     }
 
+    /// Shares the budget and the pauses with every relay on the database
+    /// behind `shared`.
+    pub fn with_shared(mut self, shared: Option<SharedGate>) -> Self {
+        self.shared = shared;
+        self
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         self.state
             .lock()
@@ -173,7 +217,7 @@ impl UpstreamGate {
     /// caller then hands its video back instead of holding it through the
     /// pause.
     pub async fn acquire(&self, now: Millis) -> Result<(), Closed> {
-        let (send_at, epoch) = {
+        let (local_slot, epoch) = {
             let mut state = self.lock();
             if let Some(reason) = state.paused {
                 return Err(Closed::Paused(reason));
@@ -190,13 +234,19 @@ impl UpstreamGate {
                 }
                 None => {}
             }
-            let tat = state.tat.max(instant);
-            let send_at = tat
-                .checked_sub(self.tolerance)
-                .unwrap_or(instant)
-                .max(instant);
-            state.tat = tat + self.interval;
-            (send_at, state.throttle_epoch)
+            // A shared budget is reserved in the database instead.
+            let local_slot = self.shared.is_none().then(|| {
+                let tat = state.tat.max(instant);
+                state.tat = tat + self.interval;
+                tat.checked_sub(self.tolerance)
+                    .unwrap_or(instant)
+                    .max(instant)
+            });
+            (local_slot, state.throttle_epoch)
+        };
+        let send_at = match &self.shared {
+            Some(shared) => self.reserve_shared(shared, now).await?,
+            None => local_slot.unwrap_or_else(Instant::now),
         };
         tokio::time::sleep_until(send_at).await;
         let state = self.lock();
@@ -209,6 +259,147 @@ impl UpstreamGate {
             return Err(Closed::Throttled(until));
         }
         Ok(())
+    }
+
+    /// Reserves a slot of the shared budget: when to send, or why not (a
+    /// pause another relay started is adopted here). While the database
+    /// cannot be reached nothing is sent; that is logged once, and once
+    /// more when it answers again.
+    async fn reserve_shared(&self, shared: &SharedGate, now: Millis) -> Result<Instant, Closed> {
+        let reserved = shared.reserve(now, self.interval, self.tolerance).await;
+        let unreachable = reserved.is_err();
+        if self.shared_unreachable.swap(unreachable, Ordering::AcqRel) != unreachable {
+            match &reserved {
+                Err(err) => warn!(
+                    error = %err,
+                    "cannot reserve requests in the budget shared through the database; \
+                     nothing is sent to JoggAI until it answers"
+                ),
+                Ok(_) => info!("the shared budget answers again; polling resumed"),
+            }
+        }
+        match reserved {
+            Ok(Reservation::Granted { wait }) => Ok(Instant::now() + wait),
+            Ok(Reservation::Throttled { until }) => {
+                self.adopt_throttle(until);
+                Err(Closed::Throttled(until))
+            }
+            Ok(Reservation::Refused {
+                reason,
+                next_probe_at,
+            }) => {
+                let reason = adopted_reason(&reason);
+                self.adopt_pause(reason, next_probe_at);
+                Err(Closed::Paused(reason))
+            }
+            Err(_) => Err(Closed::Unavailable(now.plus(SHARED_GATE_RETRY))),
+        }
+    }
+
+    /// Another relay was throttled until `until`: so is this one (without
+    /// logging again what that relay logged).
+    fn adopt_throttle(&self, until: Millis) {
+        let mut state = self.lock();
+        if state.throttled_until.is_none_or(|current| current < until) {
+            state.throttled_until = Some(until);
+            state.throttle_epoch += 1;
+        }
+    }
+
+    /// Another relay was refused for `reason`: this one pauses too, and
+    /// probes (taking turns with the others) from `next_probe_at`.
+    fn adopt_pause(&self, reason: PauseReason, next_probe_at: Millis) {
+        let mut state = self.lock();
+        if state.paused.is_none() {
+            warn!(
+                reason = reason.as_str(),
+                "JoggAI refused another relay's requests; polling is paused here too"
+            );
+            state.paused = Some(reason);
+            state.failed_probes = 0;
+        }
+        state.next_probe_at = next_probe_at;
+    }
+
+    /// While paused or throttled, what the other relays on the database
+    /// know: a pause one of them started, a refusal a probe of theirs
+    /// ended (polling resumes here too), when the next probe is due.
+    /// Without a shared gate, or when the database does not answer,
+    /// nothing changes.
+    pub async fn refresh(&self, now: Millis) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let Ok(pauses) = shared.pauses(now).await else {
+            return;
+        };
+        if let Some(until) = pauses.throttled_until {
+            self.adopt_throttle(until);
+        }
+        match pauses.refused {
+            Some((reason, next_probe_at)) => {
+                self.adopt_pause(adopted_reason(&reason), next_probe_at)
+            }
+            None => {
+                let mut state = self.lock();
+                if let Some(reason) = state.paused.take() {
+                    info!(
+                        reason = reason.as_str(),
+                        "another relay's probe succeeded; polling resumed"
+                    );
+                    state.failed_probes = 0;
+                }
+            }
+        }
+    }
+
+    /// Whether this relay may send the probe due at `now`: always alone;
+    /// with other relays on the database, only the one that takes the turn
+    /// (moving the next probe one probe delay later for all of them).
+    pub async fn take_probe(&self, now: Millis) -> bool {
+        let Some(shared) = &self.shared else {
+            return true;
+        };
+        let next = now.plus(self.probe_delay(self.lock().failed_probes));
+        match shared.take_probe(now, next).await {
+            Ok(true) => true,
+            Ok(false) => {
+                self.refresh(now).await;
+                false
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot take the probe's turn in the shared gate");
+                false
+            }
+        }
+    }
+
+    /// The delay before the next probe after `failed` failed probes.
+    fn probe_delay(&self, failed: u32) -> Duration {
+        self.probe_base
+            .mul_f64(2f64.powi(failed.min(30) as i32))
+            .min(self.probe_cap)
+    }
+
+    /// Tells the other relays (in the background: the pause already holds
+    /// here, and a database that does not answer must not hold up the
+    /// poll that saw it).
+    fn publish(&self, change: SharedChange) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let published = match change {
+                SharedChange::Throttle(until) => shared.throttle(until).await,
+                SharedChange::Refuse(reason, next_probe_at) => {
+                    shared.refuse(reason.as_str(), next_probe_at).await
+                }
+                SharedChange::Resume => shared.resume().await,
+            };
+            if let Err(err) = published {
+                warn!(error = %err, "cannot tell the other relays about a pause");
+            }
+        });
     }
 
     /// JoggAI answered 429 at `now`: pause every request for `retry_after`
@@ -225,6 +416,7 @@ impl UpstreamGate {
         if state.throttled_until.is_none_or(|current| current < until) {
             state.throttled_until = Some(until);
             state.throttle_epoch += 1;
+            self.publish(SharedChange::Throttle(until));
         }
         // Logged once per pause: answers to requests that were already in
         // flight add nothing.
@@ -267,6 +459,7 @@ impl UpstreamGate {
         state.paused = Some(reason);
         state.failed_probes = 0;
         state.next_probe_at = now.plus(self.probe_base);
+        self.publish(SharedChange::Refuse(reason, state.next_probe_at));
     }
 
     /// A probe was refused again: the next one waits twice as long (up to
@@ -275,11 +468,8 @@ impl UpstreamGate {
         let mut state = self.lock();
         state.paused = Some(reason);
         state.failed_probes = state.failed_probes.saturating_add(1);
-        let delay = self
-            .probe_base
-            .mul_f64(2f64.powi(state.failed_probes.min(30) as i32))
-            .min(self.probe_cap);
-        state.next_probe_at = now.plus(delay);
+        state.next_probe_at = now.plus(self.probe_delay(state.failed_probes));
+        self.publish(SharedChange::Refuse(reason, state.next_probe_at));
     }
 
     /// A probe succeeded: polling resumes.
@@ -290,6 +480,7 @@ impl UpstreamGate {
                 reason = reason.as_str(),
                 "JoggAI accepts the relay's requests again; polling resumed"
             );
+            self.publish(SharedChange::Resume);
         }
         state.failed_probes = 0;
     }

@@ -53,6 +53,19 @@ pub fn replayed(polling: &PollingConfig) -> u32 {
 /// A learner rebuilt from the newest videos in `store`, in the order the
 /// relay took them, so a restart keeps what was learned.
 pub async fn load_learner(store: &Store, polling: &PollingConfig) -> Result<Learner, StoreError> {
+    let (learner, replayed) = rebuild_learner(store, polling).await?;
+    if replayed > 0 {
+        info!(videos = replayed, "render times learned from the database");
+    }
+    Ok(learner)
+}
+
+/// A learner fitted to the newest videos in `store`, and how many videos
+/// it read (quietly: relays sharing a database rebuild it periodically).
+pub async fn rebuild_learner(
+    store: &Store,
+    polling: &PollingConfig,
+) -> Result<(Learner, usize), StoreError> {
     let mut learner = Learner::new(polling.adaptive);
     let renders = store.newest_renders(replayed(polling)).await?;
     for render in &renders {
@@ -64,13 +77,7 @@ pub async fn load_learner(store: &Store, polling: &PollingConfig) -> Result<Lear
         }
     }
     learner.refit();
-    if !renders.is_empty() {
-        info!(
-            videos = renders.len(),
-            "render times learned from the database"
-        );
-    }
-    Ok(learner)
+    Ok((learner, renders.len()))
 }
 
 /// The claim's ranking under the adaptive strategy: the chance that each

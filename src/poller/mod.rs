@@ -236,7 +236,7 @@ impl Poller {
     /// and grows the delay.
     async fn probe(&self, reason: PauseReason, now: Millis) -> Result<Outcome, PollerError> {
         let gate = &self.shared.gate;
-        if now < gate.next_probe_at() {
+        if now < gate.next_probe_at() || !gate.take_probe(now).await {
             return Ok(Outcome::Paused(reason));
         }
         let Some(video) = self.claim(now, 1).await?.pop() else {
@@ -306,6 +306,10 @@ impl LeaseWorker for Poller {
     /// probe; throttled, nothing until the throttle ends.
     async fn before_claim(&self, now: Millis) -> Result<Option<Outcome>, PollerError> {
         let gate = &self.shared.gate;
+        if gate.paused().is_some() || gate.throttled_until(now).is_some() {
+            // Another relay on the database may have ended it.
+            gate.refresh(now).await;
+        }
         if let Some(reason) = gate.paused() {
             return self.probe(reason, now).await.map(Some);
         }
@@ -422,7 +426,7 @@ async fn poll_one(
             // back, due when the gate reopens.
             let next_poll_at = match closed {
                 Closed::Paused(_) | Closed::Stopping => clock.now(),
-                Closed::Throttled(until) => until,
+                Closed::Throttled(until) | Closed::Unavailable(until) => until,
             };
             shared
                 .writer

@@ -140,6 +140,7 @@ impl SqliteDatabase {
 
     /// The readers' pool (for `store::test_support` and the store's unit
     /// tests).
+    #[cfg(any(test, feature = "test-support"))]
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
