@@ -15,6 +15,7 @@
 //! - [`api`]: the HTTP API (axum routes, authentication, JSON errors).
 //! - [`simulate`]: the `simulate` command (poll strategies replayed in virtual time).
 //! - [`sim`]: a JoggAI simulator for tests, `demo` and benchmarks.
+//! - [`scratch_postgres`]: a throwaway PostgreSQL cluster for tests and benchmarks.
 //! - [`outbound`]: outbound HTTP client set-up.
 //! - [`app`]: wires the pieces together and owns graceful shutdown.
 //! - [`telemetry`]: logging set-up.
@@ -38,6 +39,8 @@ pub mod jogg;
 pub mod outbound;
 pub mod peers;
 pub mod poller;
+#[cfg(unix)]
+pub mod scratch_postgres;
 pub mod sim;
 pub mod simulate;
 pub mod store;

@@ -23,6 +23,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(unix)]
+mod postgres;
+#[cfg(unix)]
+pub use postgres::{scratch_postgres, skip_without_postgres};
+
 /// The bearer token every [`spawn_app`] relay requires.
 pub const TOKEN: &str = "test-token-0123456789";
 

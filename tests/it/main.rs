@@ -13,6 +13,8 @@ mod learning;
 mod operations;
 mod oracle;
 mod poller;
+#[cfg(unix)]
+mod postgres_cluster;
 mod process;
 mod pushes;
 mod reliability;
