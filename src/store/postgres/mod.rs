@@ -111,9 +111,11 @@ pub(crate) mod test_db {
             let name = format!("jr_{}_{}", test, fastrand::u32(..));
             let mut admin = PgConnection::connect(&admin_url).await.unwrap();
             // The name is built from a test's name and a number: no quoting
-            // issue can arise.
+            // issue can arise. (One statement per call: CREATE DATABASE
+            // cannot run in the implicit transaction of a multi-statement
+            // string.)
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS \"{name}\"; CREATE DATABASE \"{name}\""
+                "CREATE DATABASE \"{name}\""
             )))
             .execute(&mut admin)
             .await

@@ -1053,3 +1053,1394 @@ pub(crate) async fn touch_probe(conn: &mut PgConnection, now: Millis) -> Result<
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each test runs on a fresh database of the server named by
+    //! `JOGG_RELAY_TEST_PG_URL` (skipped, loudly, without one). The expected
+    //! rows are worked out by hand from the documented semantics; rows are
+    //! set up and read back with plain SQL, not with the code under test.
+
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use sqlx::{Connection as _, PgConnection};
+
+    use super::*;
+    use crate::domain::poll::{NewTransition, TerminalChange, TransitionKind, UpstreamFields};
+    use crate::domain::{Lease, StoredId};
+    use crate::store::postgres::test_db::TestDb;
+
+    /// How long a statement that must not wait for another transaction's
+    /// locks may take before the test calls it blocked.
+    const NO_WAIT: Duration = Duration::from_secs(10);
+
+    fn new_video(id: &str, url: Option<&str>, metadata: Option<&str>, due: i64) -> NewVideo {
+        NewVideo {
+            video_id: VideoId::parse(id).unwrap(),
+            callback_url: url.map(str::to_owned),
+            metadata: metadata.map(str::to_owned),
+            first_poll_at: Millis(due),
+        }
+    }
+
+    /// Runs hand-written set-up SQL.
+    async fn exec(conn: &mut PgConnection, sql: &'static str) {
+        sqlx::raw_sql(sql).execute(conn).await.unwrap();
+    }
+
+    /// The internal columns of a video that the tests check.
+    #[derive(Debug, PartialEq)]
+    struct Video {
+        state: String,
+        next_poll_at: Option<i64>,
+        lease_until: Option<i64>,
+        hinted_at: Option<i64>,
+        polled_at: Option<i64>,
+        polls: i64,
+        updated_at: i64,
+    }
+
+    async fn video(conn: &mut PgConnection, video_id: &str) -> Video {
+        let (state, next_poll_at, lease_until, hinted_at, polled_at, polls, updated_at) =
+            sqlx::query_as(
+                "SELECT state, next_poll_at, lease_until, hinted_at, polled_at, polls, \
+                        updated_at FROM videos WHERE video_id = $1",
+            )
+            .bind(video_id)
+            .fetch_one(conn)
+            .await
+            .unwrap();
+        Video {
+            state,
+            next_poll_at,
+            lease_until,
+            hinted_at,
+            polled_at,
+            polls,
+            updated_at,
+        }
+    }
+
+    async fn rowid(conn: &mut PgConnection, video_id: &str) -> i64 {
+        sqlx::query_scalar("SELECT id FROM videos WHERE video_id = $1")
+            .bind(video_id)
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    }
+
+    /// Every transition: (video_id, kind, from, to, at), in log order.
+    async fn transitions(
+        conn: &mut PgConnection,
+    ) -> Vec<(String, String, Option<String>, String, i64)> {
+        sqlx::query_as(
+            "SELECT v.video_id, t.kind, t.from_value, t.to_value, t.at \
+             FROM transitions t JOIN videos v ON v.id = t.video_rowid ORDER BY t.id",
+        )
+        .fetch_all(conn)
+        .await
+        .unwrap()
+    }
+
+    /// A delivery's columns the tests check.
+    #[derive(Debug, PartialEq)]
+    struct Delivery {
+        video_id: String,
+        event_id: String,
+        url: String,
+        state: String,
+        attempts: i64,
+        next_attempt_at: Option<i64>,
+        lease_until: Option<i64>,
+        last_status: Option<i64>,
+        reason: Option<String>,
+        updated_at: i64,
+    }
+
+    /// Every delivery, in id order.
+    async fn deliveries(conn: &mut PgConnection) -> Vec<Delivery> {
+        let rows: Vec<(
+            String,
+            String,
+            String,
+            String,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            i64,
+        )> = sqlx::query_as(
+            "SELECT v.video_id, d.event_id, d.url, d.state, d.attempts, d.next_attempt_at, \
+                    d.lease_until, d.last_status, d.reason, d.updated_at \
+             FROM deliveries d JOIN videos v ON v.id = d.video_rowid ORDER BY d.id",
+        )
+        .fetch_all(conn)
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(|r| Delivery {
+                video_id: r.0,
+                event_id: r.1,
+                url: r.2,
+                state: r.3,
+                attempts: r.4,
+                next_attempt_at: r.5,
+                lease_until: r.6,
+                last_status: r.7,
+                reason: r.8,
+                updated_at: r.9,
+            })
+            .collect()
+    }
+
+    /// A still-active result for `claimed`, seen at `at`, due again at
+    /// `next`.
+    fn ongoing(claimed: &ClaimedVideo, at: i64, next: i64) -> PollUpdate {
+        PollUpdate {
+            video_rowid: claimed.id,
+            lease: claimed.lease,
+            at: Millis(at),
+            counted: true,
+            upstream_status: Some("rendering".into()),
+            fields: UpstreamFields::default(),
+            unchanged_polls: 0,
+            error_streak: 0,
+            next_poll_at: Some(Millis(next)),
+            unfinished_seen_at: Some(Millis(at)),
+            rendering_seen_at: None,
+            claimed_at: claimed.claimed_at,
+            repoll_after_push_at: Millis(at + 1_000),
+            transitions: Vec::new(),
+            terminal: None,
+        }
+    }
+
+    /// A result ending `claimed` as completed with `event_id`, to `targets`.
+    fn completed(claimed: &ClaimedVideo, at: i64, event_id: &str, targets: &[&str]) -> PollUpdate {
+        PollUpdate {
+            upstream_status: Some("completed".into()),
+            next_poll_at: None,
+            unfinished_seen_at: None,
+            transitions: vec![NewTransition {
+                kind: TransitionKind::Status,
+                from: claimed.upstream_status.clone(),
+                to: format!("completed ({event_id})"),
+            }],
+            terminal: Some(TerminalChange {
+                state: VideoState::Completed,
+                reason: None,
+                event_id: event_id.into(),
+                targets: targets.iter().map(|t| t.to_string()).collect(),
+            }),
+            ..ongoing(claimed, at, 0)
+        }
+    }
+
+    fn ids(claimed: &[ClaimedVideo]) -> Vec<&str> {
+        claimed.iter().map(|v| v.video_id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn enqueue_reports_repeats_and_conflicts_within_one_batch() {
+        let Some(db) = TestDb::create("enqueue").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        // v1 is tracked already, its metadata written with other key
+        // order and spacing.
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, callback_url, metadata, enqueued_at, updated_at, \
+                                 next_poll_at) \
+             VALUES ('v1', 'https://a.example/h', '{ \"b\" : [1, {\"y\":2,\"x\":1}], \"a\": \"z\" }', \
+                     5, 5, 5)",
+        )
+        .await;
+        let batch = [
+            new_video("v2", Some("https://b.example/h"), Some(r#"{"k":1}"#), 100),
+            new_video(
+                "v1",
+                Some("https://a.example/h"),
+                Some(r#"{"a":"z","b":[1,{"x":1,"y":2}]}"#),
+                100,
+            ),
+            new_video("v2", Some("https://b.example/h"), Some(r#"{ "k": 1 }"#), 200),
+            new_video("v2", Some("https://b.example/h"), Some(r#"{"k":1.0}"#), 200),
+            new_video("v1", None, Some(r#"{"a":"z","b":[1,{"x":1,"y":2}]}"#), 100),
+            new_video("v3", None, None, 300),
+            new_video("v3", Some("https://c.example/h"), Some("{}"), 300),
+        ];
+        let refs: Vec<&NewVideo> = batch.iter().collect();
+        let outcomes = insert_videos(&mut conn, &refs, Millis(1_000)).await.unwrap();
+        let differ = |callback_url, metadata| {
+            EnqueueOutcome::Conflict(ConflictingFields {
+                callback_url,
+                metadata,
+            })
+        };
+        assert_eq!(
+            outcomes,
+            [
+                EnqueueOutcome::Created { at: Millis(1_000) },
+                EnqueueOutcome::Existing,
+                EnqueueOutcome::Existing,
+                // 1.0 is not 1 (as on SQLite, which compares serde_json values).
+                differ(false, true),
+                differ(true, false),
+                EnqueueOutcome::Created { at: Millis(1_000) },
+                differ(true, true),
+            ]
+        );
+        // Stored: v1 untouched, v2 and v3 as their first occurrences, in
+        // the batch's order.
+        let rows: Vec<(String, Option<String>, Option<String>, i64, i64, Option<i64>)> =
+            sqlx::query_as(
+                "SELECT video_id, callback_url, metadata, enqueued_at, updated_at, next_poll_at \
+                 FROM videos ORDER BY id",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (
+                    "v1".into(),
+                    Some("https://a.example/h".into()),
+                    Some("{ \"b\" : [1, {\"y\":2,\"x\":1}], \"a\": \"z\" }".into()),
+                    5,
+                    5,
+                    Some(5)
+                ),
+                (
+                    "v2".into(),
+                    Some("https://b.example/h".into()),
+                    Some(r#"{"k":1}"#.into()),
+                    1_000,
+                    1_000,
+                    Some(100)
+                ),
+                ("v3".into(), None, None, 1_000, 1_000, Some(300)),
+            ]
+        );
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    /// Blocks until some backend of the test's database waits for a lock,
+    /// or fails after a deadline.
+    async fn wait_for_lock_wait(db: &TestDb) {
+        let deadline = tokio::time::Instant::now() + NO_WAIT;
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no backend ever waited for a lock"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Two instances enqueue the same id at once: the second's insert waits
+    /// for the first's transaction, and once that commits, reports the id
+    /// as tracked (here with another callback_url: a conflict), not as
+    /// created.
+    #[tokio::test]
+    async fn an_enqueue_racing_another_instance_compares_with_its_row() {
+        let Some(db) = TestDb::create("enqueue_race").await else {
+            return;
+        };
+        let mut first = db.conn().await;
+        let mut tx1 = first.begin().await.unwrap();
+        let mine = new_video("v9", Some("https://one.example/h"), None, 10);
+        assert_eq!(
+            insert_videos(&mut tx1, &[&mine], Millis(1)).await.unwrap(),
+            [EnqueueOutcome::Created { at: Millis(1) }]
+        );
+        let pool = db.pool.clone();
+        let second = tokio::spawn(async move {
+            let mut conn = pool.acquire().await.unwrap();
+            let mut tx2 = conn.begin().await.unwrap();
+            let theirs = new_video("v9", Some("https://two.example/h"), None, 20);
+            let other = new_video("v10", None, None, 20);
+            let outcomes = insert_videos(&mut tx2, &[&theirs, &other], Millis(2))
+                .await
+                .unwrap();
+            tx2.commit().await.unwrap();
+            outcomes
+        });
+        wait_for_lock_wait(&db).await;
+        tx1.commit().await.unwrap();
+        let outcomes = tokio::time::timeout(NO_WAIT, second)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                EnqueueOutcome::Conflict(ConflictingFields {
+                    callback_url: true,
+                    metadata: false
+                }),
+                EnqueueOutcome::Created { at: Millis(2) },
+            ]
+        );
+        let url: Option<String> =
+            sqlx::query_scalar("SELECT callback_url FROM videos WHERE video_id = 'v9'")
+                .fetch_one(&mut *first)
+                .await
+                .unwrap();
+        assert_eq!(url.as_deref(), Some("https://one.example/h"));
+        drop(first);
+        db.drop_db().await;
+    }
+
+    /// Ten due videos, two of them with a pending push. One instance's
+    /// claim (not yet committed) holds four; another's, at the same time,
+    /// takes the other six without waiting, pushes first then most overdue
+    /// first; no video is leased twice.
+    #[tokio::test]
+    async fn concurrent_claims_skip_each_others_rows() {
+        let Some(db) = TestDb::create("claims").await else {
+            return;
+        };
+        let mut a = db.conn().await;
+        let mut b = db.conn().await;
+        // v0..v9 due at 0..9; v7 and v8 hinted; v10 not due yet.
+        exec(
+            &mut a,
+            "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at, hinted_at) \
+             SELECT 'v' || i, 0, 0, CASE WHEN i = 10 THEN 1000 ELSE i END, \
+                    CASE WHEN i IN (7, 8) THEN 1 END \
+             FROM generate_series(0, 10) AS i",
+        )
+        .await;
+        let mut tx_a = a.begin().await.unwrap();
+        let first = claim(&mut tx_a, Millis(100), Millis(500), 4, None)
+            .await
+            .unwrap();
+        // Pushes first, then the most overdue.
+        assert_eq!(ids(&first), ["v7", "v8", "v0", "v1"]);
+        let mut tx_b = b.begin().await.unwrap();
+        let second = tokio::time::timeout(
+            NO_WAIT,
+            claim(&mut tx_b, Millis(100), Millis(600), 10, None),
+        )
+        .await
+        .expect("the second claim waited for the first one's rows")
+        .unwrap();
+        assert_eq!(ids(&second), ["v2", "v3", "v4", "v5", "v6", "v9"]);
+        tx_b.commit().await.unwrap();
+        tx_a.commit().await.unwrap();
+        // Each row carries the lease of the claim that took it.
+        let leases: Vec<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT video_id, lease_until, next_poll_at FROM videos ORDER BY id",
+        )
+        .fetch_all(&mut *a)
+        .await
+        .unwrap();
+        for (id, lease, next) in leases {
+            let expected = match id.as_str() {
+                "v7" | "v8" | "v0" | "v1" => (Some(500), Some(500)),
+                "v10" => (None, Some(1000)),
+                _ => (Some(600), Some(600)),
+            };
+            assert_eq!((lease, next), expected, "{id}");
+        }
+        // What a claim returns of each row.
+        let v7 = &first[0];
+        assert_eq!(v7.lease, Lease { until: Millis(500) });
+        assert_eq!(v7.claimed_at, Millis(100));
+        assert_eq!(v7.hinted_at, Some(Millis(1)));
+        assert_eq!(v7.enqueued_at, Millis(0));
+        assert!(v7.answers_push());
+        drop((a, b));
+        db.drop_db().await;
+    }
+
+    /// Many instances claiming at once, each in its own transactions, with
+    /// plain, pushed and ranked claims: every due video is leased exactly
+    /// once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_claimers_lease_every_video_exactly_once() {
+        let Some(db) = TestDb::create("claim_race").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at, hinted_at) \
+             SELECT 'v' || i, 0, 0, i % 50, CASE WHEN i % 7 = 0 THEN 1 END \
+             FROM generate_series(1, 300) AS i",
+        )
+        .await;
+        let rank = Ranker(std::sync::Arc::new(|due: &[DueVideo], _| {
+            due.iter().map(|v| (v.id % 13) as f64).collect()
+        }));
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..6i64 {
+            let pool = db.pool.clone();
+            let rank = rank.clone();
+            tasks.spawn(async move {
+                let mut conn = pool.acquire().await.unwrap();
+                let mut taken = Vec::new();
+                loop {
+                    let mut tx = conn.begin().await.unwrap();
+                    let ranked = (worker % 2 == 0).then_some(&rank);
+                    let claimed = claim(&mut tx, Millis(100), Millis(1_000 + worker), 7, ranked)
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                    if claimed.is_empty() {
+                        return taken;
+                    }
+                    taken.extend(claimed.into_iter().map(|v| v.id));
+                }
+            });
+        }
+        let mut taken: Vec<i64> = tasks.join_all().await.into_iter().flatten().collect();
+        // What the racers left (rows a ranked window held when the last
+        // racer looked) is taken now, alone.
+        taken.extend(
+            claim_due(&mut conn, Millis(100), Millis(2_000), 1_000)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|v| v.id),
+        );
+        let distinct: HashSet<i64> = taken.iter().copied().collect();
+        assert_eq!(taken.len(), 300, "a video was leased twice or never");
+        assert_eq!(distinct.len(), 300);
+        let unleased: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM videos WHERE lease_until IS NULL")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        assert_eq!(unleased, 0);
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    #[tokio::test]
+    async fn a_ranked_claim_takes_the_best_scored_among_the_most_overdue() {
+        let Some(db) = TestDb::create("ranked").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        // v0..v19 due at 0..19 ms, and v20 not due yet.
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
+             SELECT 'v' || i, 0, 0, CASE WHEN i = 20 THEN 1000 ELSE i END \
+             FROM generate_series(0, 20) AS i",
+        )
+        .await;
+        // Scores rank the later-due videos higher; v3 and v5 tie with the
+        // best, so the more overdue wins the tie.
+        let rank = Ranker(std::sync::Arc::new(|due: &[DueVideo], _| {
+            due.iter()
+                .map(|v| match v.next_poll_at.0 {
+                    3 | 5 => 100.0,
+                    at => at as f64,
+                })
+                .collect()
+        }));
+        // Two taken from the window of the 8 most overdue (v0..v7), best
+        // first.
+        let claimed = claim_due_ranked(&mut conn, Millis(100), Millis(500), 2, &rank)
+            .await
+            .unwrap();
+        assert_eq!(ids(&claimed), ["v3", "v5"]);
+        // The window is the 12 most overdue not leased (v0..v13 but v3 and
+        // v5): the three latest due of those.
+        let claimed = claim_due_ranked(&mut conn, Millis(100), Millis(500), 3, &rank)
+            .await
+            .unwrap();
+        assert_eq!(ids(&claimed), ["v13", "v12", "v11"]);
+        // Fewer due than the limit: all of them, most overdue first, none
+        // not yet due.
+        let claimed = claim_due_ranked(&mut conn, Millis(100), Millis(500), 50, &rank)
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(&claimed),
+            ["v0", "v1", "v2", "v4", "v6", "v7", "v8", "v9", "v10", "v14", "v15", "v16", "v17", "v18", "v19"]
+        );
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    /// A row something else wrote, whose id no longer validates, is still
+    /// claimed, its id marked invalid.
+    #[tokio::test]
+    async fn a_claimed_row_keeps_an_id_that_does_not_validate() {
+        let Some(db) = TestDb::create("invalid_id").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
+             VALUES ('a b', 5, 5, 10)",
+        )
+        .await;
+        let claimed = claim_due(&mut conn, Millis(20), Millis(90), 1).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].video_id, StoredId::Invalid("a b".into()));
+        assert_eq!(claimed[0].hinted_at, None);
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    /// The first claim's lease ran out while its request was in flight; a
+    /// second claim took the video. Both results reach one group commit,
+    /// the stale one first: only the fresh one is applied, and a stale one
+    /// arriving alone later changes nothing either.
+    #[tokio::test]
+    async fn a_stale_result_is_discarded() {
+        let Some(db) = TestDb::create("stale").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
+             VALUES ('v1', 0, 0, 0)",
+        )
+        .await;
+        let stale = claim_due(&mut conn, Millis(1), Millis(100), 1).await.unwrap();
+        let fresh = claim_due(&mut conn, Millis(150), Millis(300), 1)
+            .await
+            .unwrap();
+        assert_eq!((stale.len(), fresh.len()), (1, 1));
+        let (old, new) = (
+            completed(&stale[0], 160, "evt_stale", &["https://h.example/x"]),
+            completed(&fresh[0], 170, "evt_fresh", &["https://h.example/x"]),
+        );
+        assert_eq!(
+            record_polls(&mut conn, &[&old, &new]).await.unwrap(),
+            [false, true]
+        );
+        let late = ongoing(&stale[0], 180, 5_000);
+        assert_eq!(record_polls(&mut conn, &[&late]).await.unwrap(), [false]);
+
+        let event: Option<String> =
+            sqlx::query_scalar("SELECT event_id FROM videos WHERE video_id = 'v1'")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        assert_eq!(event.as_deref(), Some("evt_fresh"));
+        let row = video(&mut conn, "v1").await;
+        assert_eq!(
+            row,
+            Video {
+                state: "completed".into(),
+                next_poll_at: None,
+                lease_until: None,
+                hinted_at: None,
+                polled_at: Some(170),
+                polls: 1,
+                updated_at: 170,
+            }
+        );
+        let outbox: Vec<String> = deliveries(&mut conn)
+            .await
+            .into_iter()
+            .map(|d| d.event_id)
+            .collect();
+        assert_eq!(outbox, ["evt_fresh"]);
+        let log: Vec<String> = transitions(&mut conn)
+            .await
+            .into_iter()
+            .map(|t| t.3)
+            .collect();
+        assert_eq!(log, ["completed (evt_fresh)"]);
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    /// A terminal result beside an ongoing one: the state, the upstream
+    /// fields, the transitions in order and one pending delivery per target
+    /// are written; rolled back, none of it is; with the outbox failing,
+    /// the whole result fails.
+    #[tokio::test]
+    async fn a_terminal_result_writes_state_transitions_and_outbox_together() {
+        let Some(db) = TestDb::create("terminal").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, upstream_status, video_url, enqueued_at, updated_at, \
+                                 next_poll_at, hinted_at, rendering_seen_at, unfinished_seen_at) \
+             VALUES ('t', 'rendering', 'https://old.example/v.mp4', 0, 0, 10, 5, 7, 8), \
+                    ('o', NULL, NULL, 0, 0, 20, NULL, NULL, NULL)",
+        )
+        .await;
+        let claimed = claim(&mut conn, Millis(100), Millis(900), 2, None)
+            .await
+            .unwrap();
+        assert_eq!(ids(&claimed), ["t", "o"]);
+        let mut end = completed(&claimed[0], 400, "evt_t", &["https://u1.example/h", "https://u2.example/h"]);
+        end.fields = UpstreamFields {
+            video_url: Some("https://cdn.example/t.mp4".into()),
+            cover_url: Some("https://cdn.example/t.jpg".into()),
+            created_at: Some(1_700_000_000),
+            duration: Some(12.5),
+            error_code: None,
+            error_message: None,
+        };
+        end.rendering_seen_at = Some(Millis(390));
+        end.transitions.push(NewTransition {
+            kind: TransitionKind::State,
+            from: Some("active".into()),
+            to: "completed".into(),
+        });
+        let mut on = ongoing(&claimed[1], 410, 2_000);
+        on.upstream_status = Some("pending".into());
+        on.transitions.push(NewTransition {
+            kind: TransitionKind::Status,
+            from: None,
+            to: "pending".into(),
+        });
+
+        // Rolled back: nothing of it stays.
+        let mut tx = conn.begin().await.unwrap();
+        assert_eq!(record_polls(&mut tx, &[&end, &on]).await.unwrap(), [true, true]);
+        tx.rollback().await.unwrap();
+        assert_eq!(video(&mut conn, "t").await.state, "active");
+        assert_eq!(video(&mut conn, "t").await.lease_until, Some(900));
+        assert!(transitions(&mut conn).await.is_empty());
+        assert!(deliveries(&mut conn).await.is_empty());
+
+        // The outbox refuses rows: the result fails as a whole.
+        exec(
+            &mut conn,
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+               $$ BEGIN RAISE EXCEPTION 'outbox refused'; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT ON deliveries \
+               FOR EACH ROW EXECUTE FUNCTION refuse()",
+        )
+        .await;
+        let mut tx = conn.begin().await.unwrap();
+        assert!(record_polls(&mut tx, &[&end, &on]).await.is_err());
+        tx.rollback().await.unwrap();
+        exec(&mut conn, "DROP TRIGGER refuse ON deliveries").await;
+        assert_eq!(video(&mut conn, "t").await.state, "active");
+        assert!(transitions(&mut conn).await.is_empty());
+
+        // Committed.
+        let mut tx = conn.begin().await.unwrap();
+        assert_eq!(record_polls(&mut tx, &[&end, &on]).await.unwrap(), [true, true]);
+        tx.commit().await.unwrap();
+
+        #[allow(clippy::type_complexity)]
+        let upstream: (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<f64>,
+        ) = sqlx::query_as(
+            "SELECT upstream_status, video_url, cover_url, created_at, duration \
+             FROM videos WHERE video_id = 't'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            upstream,
+            (
+                Some("completed".into()),
+                Some("https://cdn.example/t.mp4".into()),
+                Some("https://cdn.example/t.jpg".into()),
+                Some(1_700_000_000),
+                Some(12.5),
+            )
+        );
+        #[allow(clippy::type_complexity)]
+        let record: (
+            String,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            i64,
+        ) = sqlx::query_as(
+            "SELECT state, event_id, terminal_at, next_poll_at, lease_until, hinted_at, \
+                    rendering_seen_at, unfinished_seen_at, polls \
+             FROM videos WHERE video_id = 't'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            record,
+            (
+                "completed".into(),
+                Some("evt_t".into()),
+                Some(400),
+                None,
+                None,
+                // The push (at 5) came before the claim (at 100): this poll
+                // answered it, and the mark stays.
+                Some(5),
+                // The first poll that saw it rendering stays the first.
+                Some(7),
+                // Not unfinished in this answer: kept.
+                Some(8),
+                1,
+            )
+        );
+        assert_eq!(
+            video(&mut conn, "o").await,
+            Video {
+                state: "active".into(),
+                next_poll_at: Some(2_000),
+                lease_until: None,
+                hinted_at: None,
+                polled_at: Some(410),
+                polls: 1,
+                updated_at: 410,
+            }
+        );
+        assert_eq!(
+            transitions(&mut conn).await,
+            [
+                (
+                    "t".into(),
+                    "status".into(),
+                    Some("rendering".into()),
+                    "completed (evt_t)".into(),
+                    400
+                ),
+                (
+                    "t".into(),
+                    "state".into(),
+                    Some("active".into()),
+                    "completed".into(),
+                    400
+                ),
+                ("o".into(), "status".into(), None, "pending".into(), 410),
+            ]
+        );
+        let pending = |url: &str| Delivery {
+            video_id: "t".into(),
+            event_id: "evt_t".into(),
+            url: url.into(),
+            state: "pending".into(),
+            attempts: 0,
+            next_attempt_at: Some(400),
+            lease_until: None,
+            last_status: None,
+            reason: None,
+            updated_at: 400,
+        };
+        assert_eq!(
+            deliveries(&mut conn).await,
+            [
+                pending("https://u1.example/h"),
+                pending("https://u2.example/h")
+            ]
+        );
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    /// The push rules of a still-active result: a push before the claim is
+    /// answered and cleared by a successful poll; one after the claim stays
+    /// pending and brings the next poll forward to `repoll_after_push_at`;
+    /// a failed poll answers nothing, so its push stays.
+    #[tokio::test]
+    async fn ongoing_results_keep_or_clear_the_pending_push() {
+        let Some(db) = TestDb::create("ongoing_push").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at, hinted_at) \
+             VALUES ('answered', 0, 0, 10, 50), ('late', 0, 0, 11, 50), \
+                    ('failed', 0, 0, 12, 50)",
+        )
+        .await;
+        let claimed = claim(&mut conn, Millis(1_000), Millis(9_000), 3, None)
+            .await
+            .unwrap();
+        assert_eq!(ids(&claimed), ["answered", "late", "failed"]);
+        // A push for `late` arrives while its poll is in flight: the
+        // leased video keeps its due time (the lease).
+        let pushed = hint(
+            &mut conn,
+            &PushHint {
+                video_id: VideoId::parse("late").unwrap(),
+                at: Millis(1_500),
+                min_interval: Duration::from_secs(1),
+                adopt: false,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(pushed, HintOutcome::Hinted { due_at: Millis(9_000) });
+        let answered = ongoing(&claimed[0], 2_000, 60_000);
+        let late = PollUpdate {
+            repoll_after_push_at: Millis(3_000),
+            ..ongoing(&claimed[1], 2_000, 60_000)
+        };
+        let failed = PollUpdate {
+            counted: false,
+            error_streak: 1,
+            ..ongoing(&claimed[2], 2_000, 60_000)
+        };
+        assert_eq!(
+            record_polls(&mut conn, &[&answered, &late, &failed])
+                .await
+                .unwrap(),
+            [true, true, true]
+        );
+        let expect = |next, hinted, polls| Video {
+            state: "active".into(),
+            next_poll_at: Some(next),
+            lease_until: None,
+            hinted_at: hinted,
+            polled_at: Some(2_000),
+            polls,
+            updated_at: 2_000,
+        };
+        assert_eq!(video(&mut conn, "answered").await, expect(60_000, None, 1));
+        assert_eq!(video(&mut conn, "late").await, expect(3_000, Some(1_500), 1));
+        assert_eq!(video(&mut conn, "failed").await, expect(60_000, Some(50), 0));
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    fn push(video_id: &str, at: i64, min_interval: Duration, adopt: bool) -> PushHint {
+        PushHint {
+            video_id: VideoId::parse(video_id).unwrap(),
+            at: Millis(at),
+            min_interval,
+            adopt,
+        }
+    }
+
+    /// A push makes the video due at `max(at, polled_at + min_interval)`
+    /// but never later than it was due; `hinted_at` only moves forward; a
+    /// leased video keeps its due time; other states and unknown ids are
+    /// reported, and adopted when asked.
+    #[tokio::test]
+    async fn a_push_schedules_the_confirming_poll() {
+        let Some(db) = TestDb::create("hint").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, state, enqueued_at, updated_at, next_poll_at, \
+                                 polled_at, lease_until) \
+             VALUES ('p', 'active', 0, 0, 50000, 1000, NULL), \
+                    ('never', 'active', 0, 0, 50000, NULL, NULL), \
+                    ('soon', 'active', 0, 0, 4000, 1000, NULL), \
+                    ('leased', 'active', 0, 0, 70000, 1000, 70000), \
+                    ('huge', 'active', 0, 0, 50000, 1000, NULL), \
+                    ('done', 'completed', 0, 0, NULL, 1000, NULL)",
+        )
+        .await;
+        let five = Duration::from_secs(5);
+        let due = |at| HintOutcome::Hinted { due_at: Millis(at) };
+        // max(2000, 1000 + 5000) = 6000, sooner than 50000.
+        assert_eq!(hint(&mut conn, &push("p", 2_000, five, false)).await.unwrap(), due(6_000));
+        assert_eq!(video(&mut conn, "p").await.hinted_at, Some(2_000));
+        // An older push: hinted_at stays 2000; min(6000, max(1500, 6000)).
+        assert_eq!(hint(&mut conn, &push("p", 1_500, five, false)).await.unwrap(), due(6_000));
+        assert_eq!(video(&mut conn, "p").await.hinted_at, Some(2_000));
+        // A later push: hinted_at 9000; min(6000, max(9000, 6000)) = 6000.
+        assert_eq!(hint(&mut conn, &push("p", 9_000, five, false)).await.unwrap(), due(6_000));
+        assert_eq!(video(&mut conn, "p").await.hinted_at, Some(9_000));
+        // Never polled: due at the push.
+        assert_eq!(hint(&mut conn, &push("never", 3_000, five, false)).await.unwrap(), due(3_000));
+        // Due sooner than the push would make it: unchanged.
+        assert_eq!(hint(&mut conn, &push("soon", 2_000, five, false)).await.unwrap(), due(4_000));
+        // Leased: the lease stays the due time, the push is recorded.
+        assert_eq!(
+            hint(&mut conn, &push("leased", 2_000, five, false)).await.unwrap(),
+            due(70_000)
+        );
+        let leased = video(&mut conn, "leased").await;
+        assert_eq!((leased.lease_until, leased.hinted_at), (Some(70_000), Some(2_000)));
+        // An interval past i64 milliseconds: no overflow, due time kept.
+        assert_eq!(
+            hint(&mut conn, &push("huge", 2_000, Duration::MAX, false)).await.unwrap(),
+            due(50_000)
+        );
+        assert_eq!(
+            hint(&mut conn, &push("done", 2_000, five, true)).await.unwrap(),
+            HintOutcome::NotActive(VideoState::Completed)
+        );
+        assert_eq!(video(&mut conn, "done").await.hinted_at, None);
+        assert_eq!(
+            hint(&mut conn, &push("stranger", 2_000, five, false)).await.unwrap(),
+            HintOutcome::Untracked
+        );
+        let strangers: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM videos WHERE video_id = 'stranger'")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        assert_eq!(strangers, 0);
+        assert_eq!(
+            hint(&mut conn, &push("stranger", 2_500, five, true)).await.unwrap(),
+            HintOutcome::Adopted
+        );
+        let adopted: (String, i64, i64, Option<i64>, Option<i64>, Option<String>, Option<String>) =
+            sqlx::query_as(
+                "SELECT state, enqueued_at, updated_at, next_poll_at, hinted_at, callback_url, \
+                        metadata FROM videos WHERE video_id = 'stranger'",
+            )
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            adopted,
+            ("active".into(), 2_500, 2_500, Some(2_500), Some(2_500), None, None)
+        );
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    /// Two instances claim deliveries at once: disjoint, without waiting.
+    /// Attempts are recorded only under the claim's lease, a retry keeps the
+    /// delivery pending, a success or a dead end closes it; a hand-back
+    /// needs the lease too.
+    #[tokio::test]
+    async fn deliveries_are_claimed_attempted_and_released_under_their_lease() {
+        let Some(db) = TestDb::create("deliveries").await else {
+            return;
+        };
+        let mut a = db.conn().await;
+        let mut b = db.conn().await;
+        exec(
+            &mut a,
+            "INSERT INTO videos (video_id, state, video_url, metadata, duration, created_at, \
+                                 event_id, terminal_at, hinted_at, enqueued_at, updated_at) \
+             VALUES ('d1', 'completed', 'https://cdn.example/1.mp4', '{\"k\":1}', 12.5, \
+                     1700000000, 'e1', 900, 700, 0, 0), \
+                    ('d2', 'failed', NULL, NULL, NULL, NULL, 'e2', 950, NULL, 0, 0); \
+             INSERT INTO deliveries (video_rowid, event_id, url, state, next_attempt_at, \
+                                     created_at, updated_at) \
+             SELECT v.id, v.event_id, d.url, d.state, d.due, 0, 0 \
+             FROM (VALUES (1, 'd1', 'https://a.example', 'pending', 100), \
+                          (2, 'd1', 'https://b.example', 'pending', 200), \
+                          (3, 'd2', 'https://c.example', 'pending', 300), \
+                          (4, 'd2', 'https://later.example', 'pending', 10000), \
+                          (5, 'd2', 'https://dead.example', 'dead', NULL)) \
+                  AS d (n, video, url, state, due) \
+             JOIN videos v ON v.video_id = d.video ORDER BY d.n",
+        )
+        .await;
+        let mut tx_a = a.begin().await.unwrap();
+        let first = claim_deliveries(&mut tx_a, Millis(1_000), Millis(5_000), 2)
+            .await
+            .unwrap();
+        let mut tx_b = b.begin().await.unwrap();
+        let second = tokio::time::timeout(
+            NO_WAIT,
+            claim_deliveries(&mut tx_b, Millis(1_000), Millis(6_000), 10),
+        )
+        .await
+        .expect("the second claim waited for the first one's rows")
+        .unwrap();
+        tx_b.commit().await.unwrap();
+        tx_a.commit().await.unwrap();
+        let urls =
+            |claimed: &[ClaimedDelivery]| claimed.iter().map(|d| d.url.clone()).collect::<Vec<_>>();
+        assert_eq!(urls(&first), ["https://a.example", "https://b.example"]);
+        assert_eq!(urls(&second), ["https://c.example"]);
+        let da = &first[0];
+        assert_eq!(
+            (da.attempts, da.lease, da.event_id.as_str(), da.video_id.as_str(), da.state),
+            (0, Lease { until: Millis(5_000) }, "e1", "d1", VideoState::Completed)
+        );
+        assert_eq!(
+            (
+                da.video_url.as_deref(),
+                da.metadata.as_deref(),
+                da.duration,
+                da.created_at,
+                da.terminal_at,
+                da.pushed_at
+            ),
+            (
+                Some("https://cdn.example/1.mp4"),
+                Some(r#"{"k":1}"#),
+                Some(12.5),
+                Some(1_700_000_000),
+                Some(Millis(900)),
+                // Completion learned by push at 700, nothing delivered yet.
+                Some(Millis(700))
+            )
+        );
+        // No push for d2.
+        assert_eq!(second[0].pushed_at, None);
+
+        let attempt = |d: &ClaimedDelivery, lease: i64, at: i64, status: u16, next| AttemptRecord {
+            delivery_id: d.id,
+            lease: Lease { until: Millis(lease) },
+            at: Millis(at),
+            status: Some(status),
+            error: None,
+            duration_ms: 40,
+            next,
+        };
+        // Not the claim's lease: nothing recorded.
+        assert!(!record_attempt(&mut a, &attempt(da, 4_999, 1_100, 503, DeliveryNext::Retry(Millis(2_000)))).await.unwrap());
+        assert!(record_attempt(&mut a, &attempt(da, 5_000, 1_100, 503, DeliveryNext::Retry(Millis(2_000)))).await.unwrap());
+        // The lease is spent.
+        assert!(!record_attempt(&mut a, &attempt(da, 5_000, 1_200, 503, DeliveryNext::Retry(Millis(2_000)))).await.unwrap());
+        let db_ = &first[1];
+        assert!(record_attempt(&mut a, &attempt(db_, 5_000, 1_150, 410, DeliveryNext::Dead("gone".into()))).await.unwrap());
+        // The retry is due at 2000; b is dead; c is leased until 6000.
+        let again = claim_deliveries(&mut a, Millis(2_500), Millis(8_000), 10)
+            .await
+            .unwrap();
+        assert_eq!(urls(&again), ["https://a.example"]);
+        assert_eq!((again[0].attempts, again[0].pushed_at), (1, Some(Millis(700))));
+        assert!(record_attempt(&mut a, &attempt(&again[0], 8_000, 2_600, 204, DeliveryNext::Delivered)).await.unwrap());
+        // Handing c back: not with a stale lease, yes with its own.
+        let dc = &second[0];
+        let hand_back = |lease: i64| DeliveryRelease {
+            delivery_id: dc.id,
+            lease: Lease { until: Millis(lease) },
+            next_attempt_at: Millis(7_000),
+        };
+        release_delivery(&mut a, &hand_back(5_000)).await.unwrap();
+        assert_eq!(deliveries(&mut a).await[2].lease_until, Some(6_000));
+        release_delivery(&mut a, &hand_back(6_000)).await.unwrap();
+
+        let row = |video: &str, url: &str, state: &str, attempts, next, lease, status, reason: Option<&str>, updated| Delivery {
+            video_id: video.into(),
+            event_id: if video == "d1" { "e1" } else { "e2" }.into(),
+            url: url.into(),
+            state: state.into(),
+            attempts,
+            next_attempt_at: next,
+            lease_until: lease,
+            last_status: status,
+            reason: reason.map(str::to_owned),
+            updated_at: updated,
+        };
+        assert_eq!(
+            deliveries(&mut a).await,
+            [
+                row("d1", "https://a.example", "delivered", 2, None, None, Some(204), None, 2_600),
+                row("d1", "https://b.example", "dead", 1, None, None, Some(410), Some("gone"), 1_150),
+                row("d2", "https://c.example", "pending", 0, Some(7_000), None, None, None, 0),
+                row("d2", "https://later.example", "pending", 0, Some(10_000), None, None, None, 0),
+                row("d2", "https://dead.example", "dead", 0, None, None, None, None, 0),
+            ]
+        );
+        let log: Vec<(String, i64, Option<i64>, Option<String>, i64)> = sqlx::query_as(
+            "SELECT d.url, a.at, a.status, a.error, a.duration_ms \
+             FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id ORDER BY a.id",
+        )
+        .fetch_all(&mut *a)
+        .await
+        .unwrap();
+        assert_eq!(
+            log,
+            [
+                ("https://a.example".into(), 1_100, Some(503), None, 40),
+                ("https://b.example".into(), 1_150, Some(410), None, 40),
+                ("https://a.example".into(), 2_600, Some(204), None, 40),
+            ]
+        );
+
+        // Redelivered: a's earlier success means its push no longer
+        // counts; b (never delivered) still carries it.
+        assert_eq!(
+            redeliver(
+                &mut a,
+                &VideoId::parse("d1").unwrap(),
+                &["https://a.example".into(), "https://b.example".into()],
+                Millis(10_000)
+            )
+            .await
+            .unwrap(),
+            RedeliverOutcome::Queued {
+                event_id: "e1".into(),
+                targets: 2
+            }
+        );
+        let resent = claim_deliveries(&mut a, Millis(10_000), Millis(20_000), 10)
+            .await
+            .unwrap();
+        // Most overdue first: c (handed back due at 7000), then the rows
+        // due at 10000 in id order.
+        assert_eq!(
+            urls(&resent),
+            [
+                "https://c.example",
+                "https://a.example",
+                "https://b.example",
+                "https://later.example"
+            ]
+        );
+        let pushed: Vec<Option<Millis>> = resent.iter().map(|d| d.pushed_at).collect();
+        assert_eq!(pushed, [None, None, Some(Millis(700)), None]);
+        drop((a, b));
+        db.drop_db().await;
+    }
+
+    /// A redelivery re-arms every current target: delivered and dead rows
+    /// become pending afresh, a missing one is created, an idle pending one
+    /// is made due now, one in flight is left alone.
+    #[tokio::test]
+    async fn redeliver_requeues_every_target() {
+        let Some(db) = TestDb::create("redeliver").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, state, callback_url, event_id, enqueued_at, updated_at) \
+             VALUES ('r1', 'completed', 'https://own.example', 'e9', 0, 0), \
+                    ('r2', 'active', NULL, NULL, 0, 0), \
+                    ('r3', 'cancelled', NULL, NULL, 0, 0); \
+             INSERT INTO deliveries (video_rowid, event_id, url, state, attempts, next_attempt_at, \
+                                     lease_until, reason, created_at, updated_at) \
+             SELECT v.id, 'e9', d.url, d.state, d.attempts, d.due, d.lease, d.reason, 0, 0 \
+             FROM (VALUES (1, 'https://c1.example', 'delivered', 1, NULL, NULL, NULL), \
+                          (2, 'https://own.example', 'dead', 5, NULL, NULL, 'exhausted'), \
+                          (3, 'https://p.example', 'pending', 2, 99000, NULL, NULL), \
+                          (4, 'https://q.example', 'pending', 1, 98000, 98000, NULL)) \
+                  AS d (n, url, state, attempts, due, lease, reason) \
+             JOIN videos v ON v.video_id = 'r1' ORDER BY d.n",
+        )
+        .await;
+        let configured = [
+            "https://c1.example".to_owned(),
+            "https://c2.example".to_owned(),
+            "https://c1.example".to_owned(),
+        ];
+        // Three configured entries (one repeated) and the video's own URL:
+        // four targets, as SQLite counts them.
+        assert_eq!(
+            redeliver(&mut conn, &VideoId::parse("r1").unwrap(), &configured, Millis(5_000))
+                .await
+                .unwrap(),
+            RedeliverOutcome::Queued {
+                event_id: "e9".into(),
+                targets: 4
+            }
+        );
+        let row = |url: &str, attempts, next, lease, updated| Delivery {
+            video_id: "r1".into(),
+            event_id: "e9".into(),
+            url: url.into(),
+            state: "pending".into(),
+            attempts,
+            next_attempt_at: Some(next),
+            lease_until: lease,
+            last_status: None,
+            reason: None,
+            updated_at: updated,
+        };
+        assert_eq!(
+            deliveries(&mut conn).await,
+            [
+                row("https://c1.example", 0, 5_000, None, 5_000),
+                row("https://own.example", 0, 5_000, None, 5_000),
+                row("https://p.example", 2, 5_000, None, 5_000),
+                row("https://q.example", 1, 98_000, Some(98_000), 0),
+                row("https://c2.example", 0, 5_000, None, 5_000),
+            ]
+        );
+        assert_eq!(
+            redeliver(&mut conn, &VideoId::parse("r2").unwrap(), &configured, Millis(5_000))
+                .await
+                .unwrap(),
+            RedeliverOutcome::NoEvent(VideoState::Active)
+        );
+        assert_eq!(
+            redeliver(&mut conn, &VideoId::parse("r3").unwrap(), &configured, Millis(5_000))
+                .await
+                .unwrap(),
+            RedeliverOutcome::NoEvent(VideoState::Cancelled)
+        );
+        assert_eq!(
+            redeliver(&mut conn, &VideoId::parse("nope").unwrap(), &configured, Millis(5_000))
+                .await
+                .unwrap(),
+            RedeliverOutcome::NotFound
+        );
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    /// Cancel ends an active video with its transition; the poll in flight
+    /// then finds its lease gone. Repeated, or on another state, it reports
+    /// what is there.
+    #[tokio::test]
+    async fn cancel_ends_an_active_video_only() {
+        let Some(db) = TestDb::create("cancel").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, state, enqueued_at, updated_at, next_poll_at) \
+             VALUES ('c', 'active', 0, 0, 0), ('f', 'failed', 0, 0, NULL)",
+        )
+        .await;
+        let claimed = claim_due(&mut conn, Millis(10), Millis(500), 1).await.unwrap();
+        let id = |s: &str| VideoId::parse(s).unwrap();
+        assert_eq!(
+            cancel_video(&mut conn, &id("c"), Millis(20)).await.unwrap(),
+            CancelOutcome::Cancelled
+        );
+        assert_eq!(
+            record_polls(&mut conn, &[&ongoing(&claimed[0], 30, 1_000)])
+                .await
+                .unwrap(),
+            [false]
+        );
+        assert_eq!(
+            video(&mut conn, "c").await,
+            Video {
+                state: "cancelled".into(),
+                next_poll_at: None,
+                lease_until: None,
+                hinted_at: None,
+                polled_at: None,
+                polls: 0,
+                updated_at: 20,
+            }
+        );
+        assert_eq!(
+            transitions(&mut conn).await,
+            [(
+                "c".into(),
+                "state".into(),
+                Some("active".into()),
+                "cancelled".into(),
+                20
+            )]
+        );
+        assert_eq!(
+            cancel_video(&mut conn, &id("c"), Millis(40)).await.unwrap(),
+            CancelOutcome::AlreadyCancelled
+        );
+        assert_eq!(
+            cancel_video(&mut conn, &id("f"), Millis(40)).await.unwrap(),
+            CancelOutcome::Terminal(VideoState::Failed)
+        );
+        assert_eq!(
+            cancel_video(&mut conn, &id("x"), Millis(40)).await.unwrap(),
+            CancelOutcome::NotFound
+        );
+        assert_eq!(transitions(&mut conn).await.len(), 1);
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    /// A hand-back needs the claim's lease.
+    #[tokio::test]
+    async fn a_release_needs_the_claims_lease() {
+        let Some(db) = TestDb::create("release").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
+             VALUES ('v', 0, 0, 0)",
+        )
+        .await;
+        let claimed = claim_due(&mut conn, Millis(10), Millis(500), 1).await.unwrap();
+        let back = |lease| Release {
+            video_rowid: claimed[0].id,
+            lease: Lease { until: Millis(lease) },
+            next_poll_at: Millis(77),
+        };
+        release(&mut conn, &back(499)).await.unwrap();
+        let v = video(&mut conn, "v").await;
+        assert_eq!((v.next_poll_at, v.lease_until), (Some(500), Some(500)));
+        release(&mut conn, &back(500)).await.unwrap();
+        let v = video(&mut conn, "v").await;
+        assert_eq!((v.next_poll_at, v.lease_until), (Some(77), None));
+        assert_eq!(rowid(&mut conn, "v").await, claimed[0].id);
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    /// Every probe rewrites the one row and counts itself, even within one
+    /// millisecond.
+    #[tokio::test]
+    async fn every_probe_changes_the_row() {
+        let Some(db) = TestDb::create("probe").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        touch_probe(&mut conn, Millis(7)).await.unwrap();
+        touch_probe(&mut conn, Millis(7)).await.unwrap();
+        touch_probe(&mut conn, Millis(9)).await.unwrap();
+        let rows: Vec<(i64, i64, i64)> =
+            sqlx::query_as("SELECT id, written_at, writes FROM readiness_probe")
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        assert_eq!(rows, [(1, 9, 3)]);
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    /// With several results for one video in a batch (a stale one between
+    /// two runs), each is judged against the row as the previous ones left
+    /// it, in order.
+    #[tokio::test]
+    async fn repeated_videos_in_one_batch_apply_in_order() {
+        let Some(db) = TestDb::create("repeat").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
+             VALUES ('a', 0, 0, 0), ('b', 0, 0, 0)",
+        )
+        .await;
+        let first = claim_due(&mut conn, Millis(1), Millis(100), 2).await.unwrap();
+        let second = claim_due(&mut conn, Millis(200), Millis(300), 2).await.unwrap();
+        assert_eq!(ids(&first), ["a", "b"]);
+        assert_eq!(ids(&second), ["a", "b"]);
+        // b's fresh result, a's stale one, a's fresh one, b's stale one.
+        let batch = [
+            ongoing(&second[1], 210, 1_000),
+            ongoing(&first[0], 220, 2_000),
+            ongoing(&second[0], 230, 3_000),
+            ongoing(&first[1], 240, 4_000),
+        ];
+        let refs: Vec<&PollUpdate> = batch.iter().collect();
+        assert_eq!(
+            record_polls(&mut conn, &refs).await.unwrap(),
+            [true, false, true, false]
+        );
+        assert_eq!(video(&mut conn, "a").await.next_poll_at, Some(3_000));
+        assert_eq!(video(&mut conn, "b").await.next_poll_at, Some(1_000));
+        drop(conn);
+        db.drop_db().await;
+    }
+}
