@@ -40,7 +40,7 @@ const MAX_CONNECTIONS: u32 = 8;
 #[instrument(skip_all)]
 pub(crate) async fn connect(url: &str) -> Result<(PgPool, PgConnectOptions), StoreError> {
     let open_error = |cause: String| StoreError::Open {
-        path: redacted(url),
+        path: crate::config::redact_database_url(url),
         cause,
     };
     let options = PgConnectOptions::from_str(url)
@@ -63,72 +63,30 @@ fn cause(err: &sqlx::Error) -> String {
     }
 }
 
-/// `url` without its password, for messages: the URL names the database,
-/// the password must never appear in a log or an error.
-fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                // Only fails for URLs that cannot have a password at all.
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "the configured PostgreSQL database".to_owned(),
-    }
-}
-
-/// A fresh, migrated database per test on the server named by
-/// `JOGG_RELAY_TEST_PG_URL`, or `None` (with a loud note on stderr) when it
-/// is not set.
 #[cfg(test)]
 pub(crate) mod test_db {
-    use sqlx::Connection as _;
-    use sqlx::postgres::{PgConnection, PgPool};
+    use sqlx::postgres::PgPool;
 
-    /// The environment variable naming a server the tests may create
-    /// databases on.
-    const URL_VAR: &str = "JOGG_RELAY_TEST_PG_URL";
-
-    /// A database created for one test; dropped by [`TestDb::drop_db`].
+    /// A fresh, migrated database for one test, on the test binary's
+    /// throwaway cluster.
     pub(crate) struct TestDb {
         /// The pool on the test's database (migrated).
         pub(crate) pool: PgPool,
-        /// The server's URL, for dropping the database.
-        admin_url: String,
-        /// The database's name.
-        name: String,
     }
 
     impl TestDb {
-        /// Creates and migrates a database named after `test`, or returns
-        /// `None` when no server is configured.
+        /// Creates and migrates a database for `test`, or returns `None`
+        /// (reported loudly, or a panic under
+        /// `JOGG_RELAY_REQUIRE_POSTGRES=1`) when PostgreSQL's server
+        /// binaries are missing.
         pub(crate) async fn create(test: &str) -> Option<Self> {
-            let Ok(admin_url) = std::env::var(URL_VAR) else {
-                eprintln!("SKIPPED (no {URL_VAR}): {test}");
-                return None;
-            };
-            let name = format!("jr_{}_{}", test, fastrand::u32(..));
-            let mut admin = PgConnection::connect(&admin_url).await.unwrap();
-            // The name is built from a test's name and a number: no quoting
-            // issue can arise. (One statement per call: CREATE DATABASE
-            // cannot run in the implicit transaction of a multi-statement
-            // string.)
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE \"{name}\""
-            )))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-            admin.close().await.unwrap();
-            let mut url = url::Url::parse(&admin_url).unwrap();
-            url.set_path(&format!("/{name}"));
-            let (pool, _) = super::connect(url.as_str()).await.unwrap();
-            Some(Self {
-                pool,
-                admin_url,
-                name,
-            })
+            let cluster = crate::scratch_postgres::shared_for_tests()?;
+            let url = cluster
+                .create_database()
+                .await
+                .unwrap_or_else(|err| panic!("{test}: cannot create a database: {err}"));
+            let (pool, _) = super::connect(&url).await.unwrap();
+            Some(Self { pool })
         }
 
         /// A connection of its own (a second relay instance's, say).
@@ -136,35 +94,9 @@ pub(crate) mod test_db {
             self.pool.acquire().await.unwrap()
         }
 
-        /// Closes the pool and drops the database.
+        /// Closes the pool (the cluster goes with the test binary).
         pub(crate) async fn drop_db(self) {
             self.pool.close().await;
-            let mut admin = PgConnection::connect(&self.admin_url).await.unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            )))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-            admin.close().await.unwrap();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// A password never reaches an error message.
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            super::redacted("postgres://relay:s3cret@db.example.com:5432/relay"),
-            "postgres://relay:***@db.example.com:5432/relay"
-        );
-        assert_eq!(
-            super::redacted("postgres://relay@localhost/relay?host=/run/pg"),
-            "postgres://relay@localhost/relay?host=/run/pg"
-        );
-        assert!(!super::redacted("postgres://u:s3cret@[bad").contains("s3cret"));
     }
 }

@@ -508,6 +508,16 @@ macro_rules! ending_columns {
     };
 }
 
+/// The bound arrays of new transition rows: video row id, kind, from, to,
+/// at.
+type TransitionColumns<'a> = (
+    Vec<i64>,
+    Vec<&'a str>,
+    Vec<Option<&'a str>>,
+    Vec<&'a str>,
+    Vec<i64>,
+);
+
 /// Applies poll results, each only if its claim still holds its lease;
 /// returns, in order, whether each was applied.
 ///
@@ -703,8 +713,7 @@ async fn record_distinct_polls(
 
     // The transition and outbox rows of the applied results, one array per
     // column.
-    let mut transitions: (Vec<i64>, Vec<&str>, Vec<Option<&str>>, Vec<&str>, Vec<i64>) =
-        Default::default();
+    let mut transitions: TransitionColumns<'_> = Default::default();
     let mut deliveries: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
     for update in updates
         .iter()
@@ -1055,6 +1064,8 @@ pub(crate) async fn touch_probe(conn: &mut PgConnection, now: Millis) -> Result<
 }
 
 #[cfg(test)]
+// The tests read rows back as tuples of their columns, named where bound.
+#[allow(clippy::type_complexity)]
 mod tests {
     //! Each test runs on a fresh database of the server named by
     //! `JOGG_RELAY_TEST_PG_URL` (skipped, loudly, without one). The expected
@@ -1266,14 +1277,21 @@ mod tests {
                 Some(r#"{"a":"z","b":[1,{"x":1,"y":2}]}"#),
                 100,
             ),
-            new_video("v2", Some("https://b.example/h"), Some(r#"{ "k": 1 }"#), 200),
+            new_video(
+                "v2",
+                Some("https://b.example/h"),
+                Some(r#"{ "k": 1 }"#),
+                200,
+            ),
             new_video("v2", Some("https://b.example/h"), Some(r#"{"k":1.0}"#), 200),
             new_video("v1", None, Some(r#"{"a":"z","b":[1,{"x":1,"y":2}]}"#), 100),
             new_video("v3", None, None, 300),
             new_video("v3", Some("https://c.example/h"), Some("{}"), 300),
         ];
         let refs: Vec<&NewVideo> = batch.iter().collect();
-        let outcomes = insert_videos(&mut conn, &refs, Millis(1_000)).await.unwrap();
+        let outcomes = insert_videos(&mut conn, &refs, Millis(1_000))
+            .await
+            .unwrap();
         let differ = |callback_url, metadata| {
             EnqueueOutcome::Conflict(ConflictingFields {
                 callback_url,
@@ -1295,14 +1313,20 @@ mod tests {
         );
         // Stored: v1 untouched, v2 and v3 as their first occurrences, in
         // the batch's order.
-        let rows: Vec<(String, Option<String>, Option<String>, i64, i64, Option<i64>)> =
-            sqlx::query_as(
-                "SELECT video_id, callback_url, metadata, enqueued_at, updated_at, next_poll_at \
+        let rows: Vec<(
+            String,
+            Option<String>,
+            Option<String>,
+            i64,
+            i64,
+            Option<i64>,
+        )> = sqlx::query_as(
+            "SELECT video_id, callback_url, metadata, enqueued_at, updated_at, next_poll_at \
                  FROM videos ORDER BY id",
-            )
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap();
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
         assert_eq!(
             rows,
             [
@@ -1444,12 +1468,11 @@ mod tests {
         tx_b.commit().await.unwrap();
         tx_a.commit().await.unwrap();
         // Each row carries the lease of the claim that took it.
-        let leases: Vec<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
-            "SELECT video_id, lease_until, next_poll_at FROM videos ORDER BY id",
-        )
-        .fetch_all(&mut *a)
-        .await
-        .unwrap();
+        let leases: Vec<(String, Option<i64>, Option<i64>)> =
+            sqlx::query_as("SELECT video_id, lease_until, next_poll_at FROM videos ORDER BY id")
+                .fetch_all(&mut *a)
+                .await
+                .unwrap();
         for (id, lease, next) in leases {
             let expected = match id.as_str() {
                 "v7" | "v8" | "v0" | "v1" => (Some(500), Some(500)),
@@ -1575,7 +1598,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             ids(&claimed),
-            ["v0", "v1", "v2", "v4", "v6", "v7", "v8", "v9", "v10", "v14", "v15", "v16", "v17", "v18", "v19"]
+            [
+                "v0", "v1", "v2", "v4", "v6", "v7", "v8", "v9", "v10", "v14", "v15", "v16", "v17",
+                "v18", "v19"
+            ]
         );
         drop(conn);
         db.drop_db().await;
@@ -1595,7 +1621,9 @@ mod tests {
              VALUES ('a b', 5, 5, 10)",
         )
         .await;
-        let claimed = claim_due(&mut conn, Millis(20), Millis(90), 1).await.unwrap();
+        let claimed = claim_due(&mut conn, Millis(20), Millis(90), 1)
+            .await
+            .unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].video_id, StoredId::Invalid("a b".into()));
         assert_eq!(claimed[0].hinted_at, None);
@@ -1619,7 +1647,9 @@ mod tests {
              VALUES ('v1', 0, 0, 0)",
         )
         .await;
-        let stale = claim_due(&mut conn, Millis(1), Millis(100), 1).await.unwrap();
+        let stale = claim_due(&mut conn, Millis(1), Millis(100), 1)
+            .await
+            .unwrap();
         let fresh = claim_due(&mut conn, Millis(150), Millis(300), 1)
             .await
             .unwrap();
@@ -1692,7 +1722,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ids(&claimed), ["t", "o"]);
-        let mut end = completed(&claimed[0], 400, "evt_t", &["https://u1.example/h", "https://u2.example/h"]);
+        let mut end = completed(
+            &claimed[0],
+            400,
+            "evt_t",
+            &["https://u1.example/h", "https://u2.example/h"],
+        );
         end.fields = UpstreamFields {
             video_url: Some("https://cdn.example/t.mp4".into()),
             cover_url: Some("https://cdn.example/t.jpg".into()),
@@ -1717,7 +1752,10 @@ mod tests {
 
         // Rolled back: nothing of it stays.
         let mut tx = conn.begin().await.unwrap();
-        assert_eq!(record_polls(&mut tx, &[&end, &on]).await.unwrap(), [true, true]);
+        assert_eq!(
+            record_polls(&mut tx, &[&end, &on]).await.unwrap(),
+            [true, true]
+        );
         tx.rollback().await.unwrap();
         assert_eq!(video(&mut conn, "t").await.state, "active");
         assert_eq!(video(&mut conn, "t").await.lease_until, Some(900));
@@ -1742,7 +1780,10 @@ mod tests {
 
         // Committed.
         let mut tx = conn.begin().await.unwrap();
-        assert_eq!(record_polls(&mut tx, &[&end, &on]).await.unwrap(), [true, true]);
+        assert_eq!(
+            record_polls(&mut tx, &[&end, &on]).await.unwrap(),
+            [true, true]
+        );
         tx.commit().await.unwrap();
 
         #[allow(clippy::type_complexity)]
@@ -1895,7 +1936,12 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(pushed, HintOutcome::Hinted { due_at: Millis(9_000) });
+        assert_eq!(
+            pushed,
+            HintOutcome::Hinted {
+                due_at: Millis(9_000)
+            }
+        );
         let answered = ongoing(&claimed[0], 2_000, 60_000);
         let late = PollUpdate {
             repoll_after_push_at: Millis(3_000),
@@ -1922,8 +1968,14 @@ mod tests {
             updated_at: 2_000,
         };
         assert_eq!(video(&mut conn, "answered").await, expect(60_000, None, 1));
-        assert_eq!(video(&mut conn, "late").await, expect(3_000, Some(1_500), 1));
-        assert_eq!(video(&mut conn, "failed").await, expect(60_000, Some(50), 0));
+        assert_eq!(
+            video(&mut conn, "late").await,
+            expect(3_000, Some(1_500), 1)
+        );
+        assert_eq!(
+            video(&mut conn, "failed").await,
+            expect(60_000, Some(50), 0)
+        );
         drop(conn);
         db.drop_db().await;
     }
@@ -1962,37 +2014,73 @@ mod tests {
         let five = Duration::from_secs(5);
         let due = |at| HintOutcome::Hinted { due_at: Millis(at) };
         // max(2000, 1000 + 5000) = 6000, sooner than 50000.
-        assert_eq!(hint(&mut conn, &push("p", 2_000, five, false)).await.unwrap(), due(6_000));
+        assert_eq!(
+            hint(&mut conn, &push("p", 2_000, five, false))
+                .await
+                .unwrap(),
+            due(6_000)
+        );
         assert_eq!(video(&mut conn, "p").await.hinted_at, Some(2_000));
         // An older push: hinted_at stays 2000; min(6000, max(1500, 6000)).
-        assert_eq!(hint(&mut conn, &push("p", 1_500, five, false)).await.unwrap(), due(6_000));
+        assert_eq!(
+            hint(&mut conn, &push("p", 1_500, five, false))
+                .await
+                .unwrap(),
+            due(6_000)
+        );
         assert_eq!(video(&mut conn, "p").await.hinted_at, Some(2_000));
         // A later push: hinted_at 9000; min(6000, max(9000, 6000)) = 6000.
-        assert_eq!(hint(&mut conn, &push("p", 9_000, five, false)).await.unwrap(), due(6_000));
+        assert_eq!(
+            hint(&mut conn, &push("p", 9_000, five, false))
+                .await
+                .unwrap(),
+            due(6_000)
+        );
         assert_eq!(video(&mut conn, "p").await.hinted_at, Some(9_000));
         // Never polled: due at the push.
-        assert_eq!(hint(&mut conn, &push("never", 3_000, five, false)).await.unwrap(), due(3_000));
+        assert_eq!(
+            hint(&mut conn, &push("never", 3_000, five, false))
+                .await
+                .unwrap(),
+            due(3_000)
+        );
         // Due sooner than the push would make it: unchanged.
-        assert_eq!(hint(&mut conn, &push("soon", 2_000, five, false)).await.unwrap(), due(4_000));
+        assert_eq!(
+            hint(&mut conn, &push("soon", 2_000, five, false))
+                .await
+                .unwrap(),
+            due(4_000)
+        );
         // Leased: the lease stays the due time, the push is recorded.
         assert_eq!(
-            hint(&mut conn, &push("leased", 2_000, five, false)).await.unwrap(),
+            hint(&mut conn, &push("leased", 2_000, five, false))
+                .await
+                .unwrap(),
             due(70_000)
         );
         let leased = video(&mut conn, "leased").await;
-        assert_eq!((leased.lease_until, leased.hinted_at), (Some(70_000), Some(2_000)));
+        assert_eq!(
+            (leased.lease_until, leased.hinted_at),
+            (Some(70_000), Some(2_000))
+        );
         // An interval past i64 milliseconds: no overflow, due time kept.
         assert_eq!(
-            hint(&mut conn, &push("huge", 2_000, Duration::MAX, false)).await.unwrap(),
+            hint(&mut conn, &push("huge", 2_000, Duration::MAX, false))
+                .await
+                .unwrap(),
             due(50_000)
         );
         assert_eq!(
-            hint(&mut conn, &push("done", 2_000, five, true)).await.unwrap(),
+            hint(&mut conn, &push("done", 2_000, five, true))
+                .await
+                .unwrap(),
             HintOutcome::NotActive(VideoState::Completed)
         );
         assert_eq!(video(&mut conn, "done").await.hinted_at, None);
         assert_eq!(
-            hint(&mut conn, &push("stranger", 2_000, five, false)).await.unwrap(),
+            hint(&mut conn, &push("stranger", 2_000, five, false))
+                .await
+                .unwrap(),
             HintOutcome::Untracked
         );
         let strangers: i64 =
@@ -2002,20 +2090,37 @@ mod tests {
                 .unwrap();
         assert_eq!(strangers, 0);
         assert_eq!(
-            hint(&mut conn, &push("stranger", 2_500, five, true)).await.unwrap(),
+            hint(&mut conn, &push("stranger", 2_500, five, true))
+                .await
+                .unwrap(),
             HintOutcome::Adopted
         );
-        let adopted: (String, i64, i64, Option<i64>, Option<i64>, Option<String>, Option<String>) =
-            sqlx::query_as(
-                "SELECT state, enqueued_at, updated_at, next_poll_at, hinted_at, callback_url, \
+        let adopted: (
+            String,
+            i64,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+        ) = sqlx::query_as(
+            "SELECT state, enqueued_at, updated_at, next_poll_at, hinted_at, callback_url, \
                         metadata FROM videos WHERE video_id = 'stranger'",
-            )
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
         assert_eq!(
             adopted,
-            ("active".into(), 2_500, 2_500, Some(2_500), Some(2_500), None, None)
+            (
+                "active".into(),
+                2_500,
+                2_500,
+                Some(2_500),
+                Some(2_500),
+                None,
+                None
+            )
         );
         drop(conn);
         db.drop_db().await;
@@ -2071,8 +2176,22 @@ mod tests {
         assert_eq!(urls(&second), ["https://c.example"]);
         let da = &first[0];
         assert_eq!(
-            (da.attempts, da.lease, da.event_id.as_str(), da.video_id.as_str(), da.state),
-            (0, Lease { until: Millis(5_000) }, "e1", "d1", VideoState::Completed)
+            (
+                da.attempts,
+                da.lease,
+                da.event_id.as_str(),
+                da.video_id.as_str(),
+                da.state
+            ),
+            (
+                0,
+                Lease {
+                    until: Millis(5_000)
+                },
+                "e1",
+                "d1",
+                VideoState::Completed
+            )
         );
         assert_eq!(
             (
@@ -2098,7 +2217,9 @@ mod tests {
 
         let attempt = |d: &ClaimedDelivery, lease: i64, at: i64, status: u16, next| AttemptRecord {
             delivery_id: d.id,
-            lease: Lease { until: Millis(lease) },
+            lease: Lease {
+                until: Millis(lease),
+            },
             at: Millis(at),
             status: Some(status),
             error: None,
@@ -2106,31 +2227,79 @@ mod tests {
             next,
         };
         // Not the claim's lease: nothing recorded.
-        assert!(!record_attempt(&mut a, &attempt(da, 4_999, 1_100, 503, DeliveryNext::Retry(Millis(2_000)))).await.unwrap());
-        assert!(record_attempt(&mut a, &attempt(da, 5_000, 1_100, 503, DeliveryNext::Retry(Millis(2_000)))).await.unwrap());
+        assert!(
+            !record_attempt(
+                &mut a,
+                &attempt(da, 4_999, 1_100, 503, DeliveryNext::Retry(Millis(2_000)))
+            )
+            .await
+            .unwrap()
+        );
+        assert!(
+            record_attempt(
+                &mut a,
+                &attempt(da, 5_000, 1_100, 503, DeliveryNext::Retry(Millis(2_000)))
+            )
+            .await
+            .unwrap()
+        );
         // The lease is spent.
-        assert!(!record_attempt(&mut a, &attempt(da, 5_000, 1_200, 503, DeliveryNext::Retry(Millis(2_000)))).await.unwrap());
+        assert!(
+            !record_attempt(
+                &mut a,
+                &attempt(da, 5_000, 1_200, 503, DeliveryNext::Retry(Millis(2_000)))
+            )
+            .await
+            .unwrap()
+        );
         let db_ = &first[1];
-        assert!(record_attempt(&mut a, &attempt(db_, 5_000, 1_150, 410, DeliveryNext::Dead("gone".into()))).await.unwrap());
+        assert!(
+            record_attempt(
+                &mut a,
+                &attempt(db_, 5_000, 1_150, 410, DeliveryNext::Dead("gone".into()))
+            )
+            .await
+            .unwrap()
+        );
         // The retry is due at 2000; b is dead; c is leased until 6000.
         let again = claim_deliveries(&mut a, Millis(2_500), Millis(8_000), 10)
             .await
             .unwrap();
         assert_eq!(urls(&again), ["https://a.example"]);
-        assert_eq!((again[0].attempts, again[0].pushed_at), (1, Some(Millis(700))));
-        assert!(record_attempt(&mut a, &attempt(&again[0], 8_000, 2_600, 204, DeliveryNext::Delivered)).await.unwrap());
+        assert_eq!(
+            (again[0].attempts, again[0].pushed_at),
+            (1, Some(Millis(700)))
+        );
+        assert!(
+            record_attempt(
+                &mut a,
+                &attempt(&again[0], 8_000, 2_600, 204, DeliveryNext::Delivered)
+            )
+            .await
+            .unwrap()
+        );
         // Handing c back: not with a stale lease, yes with its own.
         let dc = &second[0];
         let hand_back = |lease: i64| DeliveryRelease {
             delivery_id: dc.id,
-            lease: Lease { until: Millis(lease) },
+            lease: Lease {
+                until: Millis(lease),
+            },
             next_attempt_at: Millis(7_000),
         };
         release_delivery(&mut a, &hand_back(5_000)).await.unwrap();
         assert_eq!(deliveries(&mut a).await[2].lease_until, Some(6_000));
         release_delivery(&mut a, &hand_back(6_000)).await.unwrap();
 
-        let row = |video: &str, url: &str, state: &str, attempts, next, lease, status, reason: Option<&str>, updated| Delivery {
+        let row = |video: &str,
+                   url: &str,
+                   state: &str,
+                   attempts,
+                   next,
+                   lease,
+                   status,
+                   reason: Option<&str>,
+                   updated| Delivery {
             video_id: video.into(),
             event_id: if video == "d1" { "e1" } else { "e2" }.into(),
             url: url.into(),
@@ -2145,11 +2314,61 @@ mod tests {
         assert_eq!(
             deliveries(&mut a).await,
             [
-                row("d1", "https://a.example", "delivered", 2, None, None, Some(204), None, 2_600),
-                row("d1", "https://b.example", "dead", 1, None, None, Some(410), Some("gone"), 1_150),
-                row("d2", "https://c.example", "pending", 0, Some(7_000), None, None, None, 0),
-                row("d2", "https://later.example", "pending", 0, Some(10_000), None, None, None, 0),
-                row("d2", "https://dead.example", "dead", 0, None, None, None, None, 0),
+                row(
+                    "d1",
+                    "https://a.example",
+                    "delivered",
+                    2,
+                    None,
+                    None,
+                    Some(204),
+                    None,
+                    2_600
+                ),
+                row(
+                    "d1",
+                    "https://b.example",
+                    "dead",
+                    1,
+                    None,
+                    None,
+                    Some(410),
+                    Some("gone"),
+                    1_150
+                ),
+                row(
+                    "d2",
+                    "https://c.example",
+                    "pending",
+                    0,
+                    Some(7_000),
+                    None,
+                    None,
+                    None,
+                    0
+                ),
+                row(
+                    "d2",
+                    "https://later.example",
+                    "pending",
+                    0,
+                    Some(10_000),
+                    None,
+                    None,
+                    None,
+                    0
+                ),
+                row(
+                    "d2",
+                    "https://dead.example",
+                    "dead",
+                    0,
+                    None,
+                    None,
+                    None,
+                    None,
+                    0
+                ),
             ]
         );
         let log: Vec<(String, i64, Option<i64>, Option<String>, i64)> = sqlx::query_as(
@@ -2238,9 +2457,14 @@ mod tests {
         // Three configured entries (one repeated) and the video's own URL:
         // four targets, as SQLite counts them.
         assert_eq!(
-            redeliver(&mut conn, &VideoId::parse("r1").unwrap(), &configured, Millis(5_000))
-                .await
-                .unwrap(),
+            redeliver(
+                &mut conn,
+                &VideoId::parse("r1").unwrap(),
+                &configured,
+                Millis(5_000)
+            )
+            .await
+            .unwrap(),
             RedeliverOutcome::Queued {
                 event_id: "e9".into(),
                 targets: 4
@@ -2269,21 +2493,36 @@ mod tests {
             ]
         );
         assert_eq!(
-            redeliver(&mut conn, &VideoId::parse("r2").unwrap(), &configured, Millis(5_000))
-                .await
-                .unwrap(),
+            redeliver(
+                &mut conn,
+                &VideoId::parse("r2").unwrap(),
+                &configured,
+                Millis(5_000)
+            )
+            .await
+            .unwrap(),
             RedeliverOutcome::NoEvent(VideoState::Active)
         );
         assert_eq!(
-            redeliver(&mut conn, &VideoId::parse("r3").unwrap(), &configured, Millis(5_000))
-                .await
-                .unwrap(),
+            redeliver(
+                &mut conn,
+                &VideoId::parse("r3").unwrap(),
+                &configured,
+                Millis(5_000)
+            )
+            .await
+            .unwrap(),
             RedeliverOutcome::NoEvent(VideoState::Cancelled)
         );
         assert_eq!(
-            redeliver(&mut conn, &VideoId::parse("nope").unwrap(), &configured, Millis(5_000))
-                .await
-                .unwrap(),
+            redeliver(
+                &mut conn,
+                &VideoId::parse("nope").unwrap(),
+                &configured,
+                Millis(5_000)
+            )
+            .await
+            .unwrap(),
             RedeliverOutcome::NotFound
         );
         drop(conn);
@@ -2305,7 +2544,9 @@ mod tests {
              VALUES ('c', 'active', 0, 0, 0), ('f', 'failed', 0, 0, NULL)",
         )
         .await;
-        let claimed = claim_due(&mut conn, Millis(10), Millis(500), 1).await.unwrap();
+        let claimed = claim_due(&mut conn, Millis(10), Millis(500), 1)
+            .await
+            .unwrap();
         let id = |s: &str| VideoId::parse(s).unwrap();
         assert_eq!(
             cancel_video(&mut conn, &id("c"), Millis(20)).await.unwrap(),
@@ -2369,10 +2610,14 @@ mod tests {
              VALUES ('v', 0, 0, 0)",
         )
         .await;
-        let claimed = claim_due(&mut conn, Millis(10), Millis(500), 1).await.unwrap();
+        let claimed = claim_due(&mut conn, Millis(10), Millis(500), 1)
+            .await
+            .unwrap();
         let back = |lease| Release {
             video_rowid: claimed[0].id,
-            lease: Lease { until: Millis(lease) },
+            lease: Lease {
+                until: Millis(lease),
+            },
             next_poll_at: Millis(77),
         };
         release(&mut conn, &back(499)).await.unwrap();
@@ -2422,8 +2667,12 @@ mod tests {
              VALUES ('a', 0, 0, 0), ('b', 0, 0, 0)",
         )
         .await;
-        let first = claim_due(&mut conn, Millis(1), Millis(100), 2).await.unwrap();
-        let second = claim_due(&mut conn, Millis(200), Millis(300), 2).await.unwrap();
+        let first = claim_due(&mut conn, Millis(1), Millis(100), 2)
+            .await
+            .unwrap();
+        let second = claim_due(&mut conn, Millis(200), Millis(300), 2)
+            .await
+            .unwrap();
         assert_eq!(ids(&first), ["a", "b"]);
         assert_eq!(ids(&second), ["a", "b"]);
         // b's fresh result, a's stale one, a's fresh one, b's stale one.
