@@ -21,4 +21,5 @@ mod reliability;
 mod serve;
 mod sim_renders;
 mod storage;
+mod store_contract;
 mod upstream_faults;

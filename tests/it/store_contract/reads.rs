@@ -1,0 +1,372 @@
+//! The read queries' contract: listing, gauges, the idle waits' due
+//! times, the renders the learned schedule replays, and readiness.
+
+use std::time::Duration;
+
+use jogg_relay::domain::delivery::{AttemptRecord, DeliveryNext};
+use jogg_relay::domain::poll::{PollUpdate, UpstreamFields};
+use jogg_relay::domain::{Millis, VideoState};
+use jogg_relay::store::{FinishedRender, Gauges, PushHint, Store, TrackedRender, Writer};
+
+use super::{HOOK, details, ending, finish, id, names, ongoing, video};
+
+/// Pages of videos in insertion order after a rowid cursor, each row as
+/// the video's details show it, optionally of one state; a video added
+/// later comes after every cursor already handed out.
+pub(super) async fn case_list_videos_pages_by_cursor_and_state(store: &Store, writer: &Writer) {
+    finish(writer, video("ls-done", 0), 500, VideoState::Completed, &[]).await;
+    let batch = (1..=5).map(|i| video(&format!("ls-{i}"), 50_000)).collect();
+    writer.enqueue(batch).await.unwrap();
+    writer.enqueue(vec![video("ls-6", 50_000)]).await.unwrap();
+    for raw in ["ls-2", "ls-4"] {
+        writer.cancel(id(raw)).await.unwrap();
+    }
+
+    let mut pages = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.list_videos(None, after, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        assert!(page.iter().all(|v| v.id > after), "after the cursor");
+        after = last.id;
+        for row in &page {
+            assert_eq!(*row, details(store, &row.video_id).await.video);
+        }
+        pages.push(page.into_iter().map(|v| v.video_id).collect::<Vec<_>>());
+        assert!(pages.len() < 10, "pagination ends");
+    }
+    assert_eq!(
+        pages,
+        [
+            vec!["ls-done", "ls-1"],
+            vec!["ls-2", "ls-3"],
+            vec!["ls-4", "ls-5"],
+            vec!["ls-6"],
+        ]
+    );
+
+    let listed = |state: Option<VideoState>, after: i64, limit: u32| async move {
+        let page = store.list_videos(state, after, limit).await.unwrap();
+        page.into_iter()
+            .map(|v| (v.id, v.video_id))
+            .collect::<Vec<_>>()
+    };
+    let ids = |page: &[(i64, String)]| page.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&listed(Some(VideoState::Active), 0, 10).await),
+        ["ls-1", "ls-3", "ls-5", "ls-6"]
+    );
+    let first = listed(Some(VideoState::Cancelled), 0, 1).await;
+    assert_eq!(ids(&first), ["ls-2"]);
+    let second = listed(Some(VideoState::Cancelled), first[0].0, 1).await;
+    assert_eq!(ids(&second), ["ls-4"]);
+    assert!(
+        listed(Some(VideoState::Cancelled), second[0].0, 1)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&listed(Some(VideoState::Completed), 0, 10).await),
+        ["ls-done"]
+    );
+    assert!(listed(Some(VideoState::Failed), 0, 10).await.is_empty());
+    assert!(listed(None, 0, 0).await.is_empty());
+
+    writer.enqueue(vec![video("ls-7", 50_000)]).await.unwrap();
+    assert_eq!(ids(&listed(None, after, 10).await), ["ls-7"]);
+    assert_eq!(
+        ids(&listed(Some(VideoState::Active), after, 10).await),
+        ["ls-7"]
+    );
+}
+
+/// The gauges count videos per state (absent states left out) and measure
+/// how late the most overdue poll and delivery are, in seconds, at the
+/// given time; a leased video or delivery is due at its lease's end.
+pub(super) async fn case_gauges_count_states_and_measure_lags(store: &Store, writer: &Writer) {
+    assert_eq!(
+        store.gauges(Millis(5_000)).await.unwrap(),
+        Gauges::default()
+    );
+
+    finish(
+        writer,
+        video("g-done", 0),
+        2_500,
+        VideoState::Completed,
+        &[HOOK],
+    )
+    .await;
+    finish(
+        writer,
+        video("g-gave-up", 0),
+        2_600,
+        VideoState::Abandoned,
+        &[],
+    )
+    .await;
+    writer
+        .enqueue(vec![
+            video("g-a", 1_000),
+            video("g-b", 4_000),
+            video("g-c", 3_000),
+        ])
+        .await
+        .unwrap();
+    writer.cancel(id("g-c")).await.unwrap();
+
+    let gauges = |now| async move {
+        let mut gauges = store.gauges(Millis(now)).await.unwrap();
+        gauges.videos.sort_by_key(|(state, _)| state.as_str());
+        gauges
+    };
+    let lags = |g: Gauges| (g.poll_lag_seconds, g.delivery_lag_seconds);
+    let at_5000 = gauges(5_000).await;
+    assert_eq!(
+        at_5000.videos,
+        [
+            (VideoState::Abandoned, 1),
+            (VideoState::Active, 2),
+            (VideoState::Cancelled, 1),
+            (VideoState::Completed, 1),
+        ]
+    );
+    assert_eq!(lags(at_5000), (4.0, 2.5));
+    assert_eq!(lags(gauges(900).await), (0.0, 0.0), "nothing overdue yet");
+    assert_eq!(lags(gauges(2_000).await), (1.0, 0.0));
+
+    let claimed = writer
+        .claim_due(Millis(5_000), Millis(20_000), 1)
+        .await
+        .unwrap();
+    assert_eq!(names(&claimed), ["g-a"]);
+    let sending = writer
+        .claim_deliveries(Millis(5_000), Millis(20_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(sending.len(), 1);
+    assert_eq!(
+        lags(gauges(5_000).await),
+        (1.0, 0.0),
+        "g-b is the most overdue now"
+    );
+    assert_eq!(lags(gauges(21_000).await), (17.0, 1.0));
+}
+
+/// The idle waits' reads: the earliest due poll among active videos and
+/// the earliest due pending delivery, leases included; `None` when there
+/// is none.
+pub(super) async fn case_next_due_times_follow_the_queues(store: &Store, writer: &Writer) {
+    let due = || async {
+        (
+            store.next_poll_due().await.unwrap(),
+            store.next_delivery_due().await.unwrap(),
+        )
+    };
+    assert_eq!(due().await, (None, None));
+    writer
+        .enqueue(vec![video("nd-a", 3_000), video("nd-b", 2_000)])
+        .await
+        .unwrap();
+    assert_eq!(due().await, (Some(Millis(2_000)), None));
+    let claimed = writer
+        .claim_due(Millis(2_000), Millis(9_000), 1)
+        .await
+        .unwrap();
+    assert_eq!(names(&claimed), ["nd-b"]);
+    assert_eq!(due().await, (Some(Millis(3_000)), None));
+    writer.cancel(id("nd-a")).await.unwrap();
+    assert_eq!(due().await, (Some(Millis(9_000)), None), "the lease's end");
+
+    let done = ending(
+        &claimed[0],
+        2_500,
+        VideoState::Completed,
+        "evt-nd-b",
+        &[HOOK],
+    );
+    assert!(writer.record_poll(done).await.unwrap());
+    assert_eq!(due().await, (None, Some(Millis(2_500))));
+    let sending = writer
+        .claim_deliveries(Millis(2_500), Millis(7_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(due().await, (None, Some(Millis(7_000))));
+    let delivered = AttemptRecord {
+        delivery_id: sending[0].id,
+        lease: sending[0].lease,
+        at: Millis(2_600),
+        status: Some(200),
+        error: None,
+        duration_ms: 5,
+        next: DeliveryNext::Delivered,
+    };
+    assert!(writer.record_attempt(delivered).await.unwrap());
+    assert_eq!(due().await, (None, None));
+}
+
+/// Finished renders are the completed and failed videos (not abandoned,
+/// cancelled or active ones), ordered by (terminal time, rowid), with the
+/// times the schedule learns from, paged by that pair as cursor.
+pub(super) async fn case_finished_renders_in_finish_order_with_a_cursor(
+    store: &Store,
+    writer: &Writer,
+) {
+    // fr-x is tracked first and finishes after fr-y: the order is the
+    // finish order, not the order of tracking.
+    writer.enqueue(vec![video("fr-x", 0)]).await.unwrap();
+    let claimed = writer
+        .claim_due(Millis(0), Millis(10_000), 10)
+        .await
+        .unwrap();
+    let seen = PollUpdate {
+        fields: UpstreamFields {
+            created_at: Some(1_700_000_000),
+            ..UpstreamFields::default()
+        },
+        rendering_seen_at: Some(Millis(500)),
+        ..ongoing(&claimed[0], 500, "processing", 600)
+    };
+    assert!(writer.record_poll(seen).await.unwrap());
+    let y = finish(writer, video("fr-y", 0), 1_000, VideoState::Failed, &[]).await;
+    let claimed = writer
+        .claim_due(Millis(600), Millis(10_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(names(&claimed), ["fr-x"]);
+    let x = claimed[0].id;
+    let done = ending(&claimed[0], 3_000, VideoState::Completed, "evt-fr-x", &[]);
+    assert!(writer.record_poll(done).await.unwrap());
+    let w = finish(writer, video("fr-w", 0), 3_000, VideoState::Completed, &[]).await;
+    finish(writer, video("fr-z", 0), 2_000, VideoState::Abandoned, &[]).await;
+    writer
+        .enqueue(vec![video("fr-u", 50_000), video("fr-k", 50_000)])
+        .await
+        .unwrap();
+    writer.cancel(id("fr-k")).await.unwrap();
+    assert!(x < y && y < w, "rowids in order of tracking");
+
+    let render = |raw: &'static str,
+                  id,
+                  state: &'static str,
+                  created_at,
+                  seen_at: Option<i64>,
+                  terminal_at| async move {
+        FinishedRender {
+            id,
+            video_id: raw.to_owned(),
+            state: state.to_owned(),
+            enqueued_at: details(store, raw).await.video.enqueued_at,
+            created_at,
+            unfinished_seen_at: seen_at,
+            rendering_seen_at: seen_at,
+            terminal_at,
+        }
+    };
+    let (ry, rx, rw) = (
+        render("fr-y", y, "failed", None, None, 1_000).await,
+        render(
+            "fr-x",
+            x,
+            "completed",
+            Some(1_700_000_000),
+            Some(500),
+            3_000,
+        )
+        .await,
+        render("fr-w", w, "completed", None, None, 3_000).await,
+    );
+    let page = |after, limit| store.finished_renders(after, limit);
+    assert_eq!(
+        page(None, 10).await.unwrap(),
+        [ry.clone(), rx.clone(), rw.clone()]
+    );
+    assert_eq!(page(None, 2).await.unwrap(), [ry.clone(), rx.clone()]);
+    assert_eq!(
+        page(Some((1_000, y)), 1).await.unwrap(),
+        std::slice::from_ref(&rx)
+    );
+    assert_eq!(
+        page(Some((3_000, x)), 10).await.unwrap(),
+        std::slice::from_ref(&rw)
+    );
+    assert_eq!(page(Some((2_999, i64::MAX)), 10).await.unwrap(), [rx, rw]);
+    assert!(page(Some((3_000, w)), 10).await.unwrap().is_empty());
+}
+
+/// The newest videos by rowid, whatever their state (adopted ones too),
+/// returned oldest first.
+pub(super) async fn case_newest_renders_oldest_first(store: &Store, writer: &Writer) {
+    let first = finish(writer, video("nr-1", 0), 1_000, VideoState::Completed, &[]).await;
+    writer
+        .enqueue(vec![video("nr-2", 50_000), video("nr-3", 50_000)])
+        .await
+        .unwrap();
+    writer.cancel(id("nr-3")).await.unwrap();
+    writer.enqueue(vec![video("nr-4", 60_000)]).await.unwrap();
+    let adopt = PushHint {
+        video_id: id("nr-5"),
+        at: Millis(7_000),
+        min_interval: Duration::ZERO,
+        adopt: true,
+    };
+    writer.hint(adopt).await.unwrap();
+
+    let tracked = |raw: &'static str| async move {
+        let row = details(store, raw).await.video;
+        TrackedRender {
+            id: row.id,
+            state: row.state.as_str().to_owned(),
+            enqueued_at: row.enqueued_at,
+            created_at: None,
+            unfinished_seen_at: None,
+            rendering_seen_at: None,
+            terminal_at: None,
+        }
+    };
+    let newest = store.newest_renders(3).await.unwrap();
+    let [cancelled, active, adopted] = &newest[..] else {
+        panic!("three: {newest:?}");
+    };
+    // (Whether a cancelled video has a terminal time is not pinned.)
+    assert_eq!(
+        TrackedRender {
+            terminal_at: None,
+            ..cancelled.clone()
+        },
+        tracked("nr-3").await
+    );
+    assert_eq!(*active, tracked("nr-4").await);
+    assert_eq!(*adopted, tracked("nr-5").await);
+    assert_eq!(adopted.enqueued_at, 7_000);
+
+    assert!(store.newest_renders(0).await.unwrap().is_empty());
+    let all = store.newest_renders(100).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(
+        all[0],
+        TrackedRender {
+            id: first,
+            state: "completed".to_owned(),
+            terminal_at: Some(1_000),
+            ..tracked("nr-1").await
+        }
+    );
+    assert_eq!(all[1], tracked("nr-2").await);
+    assert_eq!(all[2..], newest[..]);
+}
+
+/// Readiness succeeds on a healthy store, before and after writes, for
+/// concurrent checks too.
+pub(super) async fn case_readiness_succeeds_on_a_healthy_store(_store: &Store, writer: &Writer) {
+    let limit = Duration::from_secs(5);
+    assert_eq!(writer.readiness(limit).await, Ok(()));
+    writer.enqueue(vec![video("ready-v", 100)]).await.unwrap();
+    assert_eq!(writer.readiness(limit).await, Ok(()));
+    let (a, b, c) = tokio::join!(
+        writer.readiness(limit),
+        writer.readiness(limit),
+        writer.readiness(limit)
+    );
+    assert_eq!((a, b, c), (Ok(()), Ok(()), Ok(())));
+}
