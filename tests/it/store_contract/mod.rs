@@ -14,14 +14,14 @@
 //! `contract_cases!` list below instantiates each one per backend:
 //! `store_contract::sqlite::case_…` on a database file of its own, and
 //! `store_contract::postgres::case_…` on a database of its own on the
-//! server [`postgres_url`] names, or skipped (loudly) without one.
+//! throwaway PostgreSQL cluster, or skipped (loudly) without PostgreSQL's
+//! server binaries.
 
 mod outbox;
 mod polls;
 mod queue;
 mod reads;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use jogg_relay::config::DatabaseConfig;
@@ -34,69 +34,41 @@ use jogg_relay::store::{
 };
 use tokio::task::JoinHandle;
 
-/// The PostgreSQL server the `postgres` variant runs on: a URL whose user
-/// may create databases (each case gets a fresh one on that server), or
-/// `None` to skip the variant.
-///
-/// A stub for now: the harness that starts a throwaway cluster plugs in
-/// here.
-fn postgres_url() -> Option<String> {
-    std::env::var("JOGG_RELAY_TEST_PG_URL").ok()
-}
-
 /// A backend the contract runs against.
 #[derive(Debug, Clone, Copy)]
 enum ContractBackend {
     /// A SQLite file in a temporary folder.
     Sqlite,
-    /// A fresh database on the server [`postgres_url`] names.
+    /// A fresh database on the test binary's throwaway PostgreSQL cluster.
     Postgres,
 }
 
-/// What keeps a case's database alive, and cleans it up afterwards.
-enum Guard {
-    /// The temporary folder holding the SQLite file.
-    Folder(#[allow(dead_code)] tempfile::TempDir),
-    /// The database created for the case, dropped by [`ContractBackend::close`].
-    Database {
-        /// The server's URL, as [`postgres_url`] gave it.
-        server: String,
-        /// The database's name.
-        name: String,
-    },
-}
-
-/// Databases created by this process so far: makes each case's name unique.
-static DATABASES: AtomicUsize = AtomicUsize::new(0);
+/// What keeps a case's database alive: the SQLite file's temporary folder
+/// (a PostgreSQL database goes with the throwaway cluster).
+struct Guard(#[allow(dead_code)] Option<tempfile::TempDir>);
 
 impl ContractBackend {
     /// An empty store of this backend with its writer running, or `None`
     /// when the backend is not available here (reported on stderr, so a
-    /// skipped run is not mistaken for a passing one).
+    /// skipped run is not mistaken for a passing one; CI forbids it).
     async fn open(self, case: &str) -> Option<(Store, Writer, JoinHandle<()>, Guard)> {
         let (url, guard) = match self {
             ContractBackend::Sqlite => {
                 let dir = tempfile::tempdir().expect("a temporary folder");
                 let url = format!("sqlite://{}/relay.db", dir.path().display());
-                (url, Guard::Folder(dir))
+                (url, Guard(Some(dir)))
             }
             ContractBackend::Postgres => {
-                let Some(server) = postgres_url() else {
-                    eprintln!(
-                        "SKIPPED store_contract::postgres::{case}: \
-                         JOGG_RELAY_TEST_PG_URL is not set"
-                    );
-                    return None;
-                };
-                let (url, name) = postgres_database(&server);
-                (url, Guard::Database { server, name })
+                let cluster = crate::helpers::scratch_postgres()?;
+                let url = cluster
+                    .create_database()
+                    .await
+                    .unwrap_or_else(|err| panic!("{case}: no database: {err}"));
+                (url, Guard(None))
             }
         };
         let config = DatabaseConfig::parse(&url)
             .unwrap_or_else(|err| panic!("{self:?} database URL refused: {err}"));
-        if let Guard::Database { server, name } = &guard {
-            create_postgres_database(server, name).await;
-        }
         let store = Store::open(&config)
             .await
             .unwrap_or_else(|err| panic!("{self:?} store does not open: {err}"));
@@ -104,57 +76,11 @@ impl ContractBackend {
         Some((store, writer, task, guard))
     }
 
-    /// Stops the writer once its last commit is done, closes the store and
-    /// removes what [`ContractBackend::open`] created.
-    async fn close(store: Store, writer: Writer, task: JoinHandle<()>, guard: Guard) {
+    /// Stops the writer once its last commit is done and closes the store.
+    async fn close(store: Store, writer: Writer, task: JoinHandle<()>, _guard: Guard) {
         drop(writer);
         task.await.expect("the writer task ends cleanly");
         store.close().await;
-        if let Guard::Database { server, name } = guard {
-            let mut admin = postgres_admin(&server).await;
-            let drop_it = format!("DROP DATABASE IF EXISTS \"{name}\"");
-            sqlx::query(sqlx::AssertSqlSafe(drop_it))
-                .execute(&mut admin)
-                .await
-                .expect("the case's database is dropped");
-        }
-    }
-}
-
-/// A connection to the PostgreSQL server, for creating and dropping the
-/// cases' databases (the store itself never sees it).
-async fn postgres_admin(server: &str) -> sqlx::PgConnection {
-    use sqlx::Connection as _;
-    sqlx::PgConnection::connect(server)
-        .await
-        .unwrap_or_else(|err| panic!("cannot connect to JOGG_RELAY_TEST_PG_URL: {err}"))
-}
-
-/// A database name for one case, unique in this process, and its URL on
-/// `server` (the server's URL with the name as its path).
-fn postgres_database(server: &str) -> (String, String) {
-    let name = format!(
-        "jogg_relay_contract_{}_{}",
-        std::process::id(),
-        DATABASES.fetch_add(1, Ordering::Relaxed)
-    );
-    let mut url = url::Url::parse(server).expect("JOGG_RELAY_TEST_PG_URL is a URL");
-    url.set_path(&format!("/{name}"));
-    (url.to_string(), name)
-}
-
-/// Creates the empty database `name` on `server`.
-async fn create_postgres_database(server: &str, name: &str) {
-    let mut admin = postgres_admin(server).await;
-    // A leftover of an earlier run whose process id was the same.
-    for statement in [
-        format!("DROP DATABASE IF EXISTS \"{name}\""),
-        format!("CREATE DATABASE \"{name}\""),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(&mut admin)
-            .await
-            .expect("the case's database is created");
     }
 }
 
