@@ -195,3 +195,187 @@ impl SharedGate {
         Ok(listener)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::postgres::test_db::TestDb;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// The wait of a granted reservation (panics otherwise).
+    fn granted(reservation: Reservation) -> Duration {
+        match reservation {
+            Reservation::Granted { wait } => wait,
+            other => panic!("not granted: {other:?}"),
+        }
+    }
+
+    /// Whether `wait` is `expected`, less the little time the reservations
+    /// themselves took (the database's clock runs on between them).
+    fn about(wait: Duration, expected: Duration) -> bool {
+        wait <= expected && expected - wait < Duration::from_millis(500)
+    }
+
+    /// Back-to-back reservations are spaced one interval apart once the
+    /// burst (the tolerance) is spent, as GCRA spaces them: with 10 s per
+    /// request and a burst of 3, three go at once, then one every 10 s.
+    #[tokio::test]
+    async fn reservations_follow_the_budget() {
+        let Some(db) = TestDb::create("reservations_follow_the_budget").await else {
+            return;
+        };
+        let gate = SharedGate::new(db.pool.clone());
+        let now = Millis::now();
+        let interval = 10 * SECOND;
+        let tolerance = 2 * interval;
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            waits.push(granted(
+                gate.reserve(now, interval, tolerance).await.unwrap(),
+            ));
+        }
+        let expected = [0, 0, 0, 10, 20].map(|s| s * SECOND);
+        for (wait, expected) in waits.iter().zip(expected) {
+            assert!(about(*wait, expected), "{waits:?}");
+        }
+        db.drop_db().await;
+    }
+
+    /// A 429 published by one relay closes the gate for every relay until
+    /// it ends (a longer pause is never shortened); the first reservation
+    /// after it starts from an empty bucket, so the catch-up is no burst.
+    #[tokio::test]
+    async fn a_throttle_closes_the_gate_until_it_ends_then_no_burst() {
+        let Some(db) = TestDb::create("a_throttle_closes_the_gate").await else {
+            return;
+        };
+        let (one, other) = (
+            SharedGate::new(db.pool.clone()),
+            SharedGate::new(db.pool.clone()),
+        );
+        let now = Millis(1_900_000_000_000);
+        let until = now.plus(30 * SECOND);
+        one.throttle(until).await.unwrap();
+        one.throttle(now.plus(SECOND)).await.unwrap();
+        let (interval, tolerance) = (10 * SECOND, 20 * SECOND);
+        assert_eq!(
+            other.reserve(now, interval, tolerance).await.unwrap(),
+            Reservation::Throttled { until }
+        );
+        assert_eq!(
+            other.pauses(now).await.unwrap().throttled_until,
+            Some(until)
+        );
+        // Over: granted at once, and the next waits a whole interval
+        // although the burst would have allowed three at once.
+        let first = granted(other.reserve(until, interval, tolerance).await.unwrap());
+        let second = granted(one.reserve(until, interval, tolerance).await.unwrap());
+        assert!(about(first, Duration::ZERO), "{first:?}");
+        assert!(about(second, interval), "{second:?}");
+        assert_eq!(one.pauses(until).await.unwrap(), SharedPauses::default());
+        db.drop_db().await;
+    }
+
+    /// A refusal closes the gate for every relay; of two relays asking for
+    /// the probe that is due, one gets it, and nobody before the next probe
+    /// time it set; a successful probe reopens the gate for all.
+    #[tokio::test]
+    async fn a_refusal_lets_one_relay_probe_at_a_time() {
+        let Some(db) = TestDb::create("a_refusal_lets_one_relay_probe").await else {
+            return;
+        };
+        let (one, other) = (
+            SharedGate::new(db.pool.clone()),
+            SharedGate::new(db.pool.clone()),
+        );
+        let now = Millis(1_900_000_000_000);
+        let first_probe = now.plus(SECOND);
+        one.refuse("insufficient_credit", first_probe)
+            .await
+            .unwrap();
+        assert_eq!(
+            other.reserve(now, SECOND, SECOND).await.unwrap(),
+            Reservation::Refused {
+                reason: "insufficient_credit".into(),
+                next_probe_at: first_probe,
+            }
+        );
+        assert!(
+            !other.take_probe(now, now.plus(5 * SECOND)).await.unwrap(),
+            "not due yet"
+        );
+        let later = now.plus(2 * SECOND);
+        let next_probe = later.plus(2 * SECOND);
+        let (a, b) = tokio::join!(
+            one.take_probe(later, next_probe),
+            other.take_probe(later, next_probe)
+        );
+        assert!(a.unwrap() ^ b.unwrap(), "exactly one relay probes");
+        assert_eq!(
+            one.pauses(later).await.unwrap().refused,
+            Some(("insufficient_credit".into(), next_probe))
+        );
+        one.resume().await.unwrap();
+        granted(other.reserve(later, SECOND, SECOND).await.unwrap());
+        assert!(
+            !one.take_probe(next_probe, next_probe).await.unwrap(),
+            "nothing to probe"
+        );
+        db.drop_db().await;
+    }
+
+    /// Every relay's enqueues and pushes are announced on the videos
+    /// channel with the earliest due time, and queued callbacks on the
+    /// deliveries channel; a claim, which changes nothing anybody waits
+    /// for, announces nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn new_work_is_announced_to_listeners() {
+        let Some(db) = TestDb::create("new_work_is_announced").await else {
+            return;
+        };
+        let gate = SharedGate::new(db.pool.clone());
+        let mut listener = gate.listen().await.unwrap();
+        // Bounded: a notification that never comes fails the test.
+        macro_rules! next {
+            () => {
+                tokio::time::timeout(Duration::from_secs(10), listener.recv())
+                    .await
+                    .expect("a notification within 10 s")
+                    .unwrap()
+            };
+        }
+        sqlx::query(
+            "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
+             VALUES ('a', 1, 1, 7000), ('b', 1, 1, 5000)",
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let note = next!();
+        assert_eq!((note.channel(), note.payload()), (VIDEOS_CHANNEL, "5000"));
+        // A claim-like update of the due time: nothing.
+        sqlx::query("UPDATE videos SET next_poll_at = 9000, lease_until = 9000")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE videos SET hinted_at = 3, next_poll_at = 3000 WHERE video_id = 'a'")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let note = next!();
+        assert_eq!((note.channel(), note.payload()), (VIDEOS_CHANNEL, "3000"));
+        sqlx::query(
+            "INSERT INTO deliveries (video_rowid, event_id, url, next_attempt_at, created_at, \
+                                     updated_at) \
+             SELECT id, 'e', 'http://127.0.0.1:9/', 1, 1, 1 FROM videos WHERE video_id = 'a'",
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let note = next!();
+        assert_eq!(note.channel(), DELIVERIES_CHANNEL);
+        drop(listener);
+        db.drop_db().await;
+    }
+}
