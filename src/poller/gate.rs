@@ -774,4 +774,65 @@ mod tests {
         assert_eq!(gate.paused(), None);
         assert!(gate.acquire(now).await.is_ok());
     }
+
+    /// Two relays' gates on one PostgreSQL database: a 429 one of them
+    /// sees closes the other's gate (published in the background, adopted
+    /// at the other's next request); a refusal pauses the other too; the
+    /// probe of one reopens both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relays_on_one_database_share_their_pauses() {
+        use crate::store::postgres::test_db::TestDb;
+        let Some(db) = TestDb::create("relays_share_their_pauses").await else {
+            return;
+        };
+        let shared = || Some(SharedGate::new(db.pool.clone()));
+        let (one, other) = (
+            gate(50.0, 5).with_shared(shared()),
+            gate(50.0, 5).with_shared(shared()),
+        );
+        let now = Millis::now();
+        assert_eq!(other.acquire(now).await, Ok(()));
+
+        let until = one.throttle(Some(Duration::from_secs(30)), now);
+        // Published in the background: the other relay sees it within a
+        // bounded time (each try is one reservation, granted until then).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match other.acquire(now).await {
+                Err(Closed::Throttled(seen)) => {
+                    assert_eq!(seen, until);
+                    break;
+                }
+                Ok(()) => assert!(std::time::Instant::now() < deadline, "never adopted"),
+                Err(closed) => panic!("{closed:?}"),
+            }
+        }
+        assert_eq!(other.throttled_until(now), Some(until));
+
+        let after = until.plus(Duration::from_secs(1));
+        one.pause(PauseReason::InsufficientCredit, after);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match other.acquire(after).await {
+                Err(Closed::Paused(reason)) => {
+                    assert_eq!(reason, PauseReason::InsufficientCredit);
+                    break;
+                }
+                Ok(()) => assert!(std::time::Instant::now() < deadline, "never adopted"),
+                Err(closed) => panic!("{closed:?}"),
+            }
+        }
+        assert_eq!(other.paused(), Some(PauseReason::InsufficientCredit));
+
+        // The first relay's probe succeeds: the other resumes on refresh.
+        one.resume();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while other.paused().is_some() {
+            assert!(std::time::Instant::now() < deadline, "never resumed");
+            other.refresh(after).await;
+        }
+        assert_eq!(other.acquire(after).await, Ok(()));
+        drop((one, other));
+        db.drop_db().await;
+    }
 }
