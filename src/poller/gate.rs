@@ -835,4 +835,84 @@ mod tests {
         drop((one, other));
         db.drop_db().await;
     }
+
+    /// Two gates on one database draw from one budget: with a budget of
+    /// two requests a second and no burst, the second request, from the
+    /// other relay, waits about half a second; and of the two relays
+    /// asking for the probe that is due during a refusal, exactly one gets
+    /// it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relays_on_one_database_share_one_budget_and_take_turns_probing() {
+        use crate::store::postgres::test_db::TestDb;
+        let Some(db) = TestDb::create("relays_share_one_budget").await else {
+            return;
+        };
+        let shared = || Some(SharedGate::new(db.pool.clone()));
+        let (one, other) = (
+            gate(2.0, 1).with_shared(shared()),
+            gate(2.0, 1).with_shared(shared()),
+        );
+        let now = Millis::now();
+        let started = std::time::Instant::now();
+        one.acquire(now).await.unwrap();
+        other.acquire(now).await.unwrap();
+        // A sleep is never shorter than asked: a lower bound is exact.
+        assert!(
+            started.elapsed() >= Duration::from_millis(450),
+            "{:?}",
+            started.elapsed()
+        );
+
+        one.pause(PauseReason::InvalidApiKey, now);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while other.paused().is_none() {
+            assert!(std::time::Instant::now() < deadline, "never adopted");
+            other.refresh(now).await;
+        }
+        let due = other.next_probe_at();
+        assert_eq!(due, one.next_probe_at());
+        let (a, b) = tokio::join!(one.take_probe(due), other.take_probe(due));
+        assert!(a ^ b, "exactly one relay probes: {a} {b}");
+        assert!(!one.take_probe(due).await && !other.take_probe(due).await);
+        drop((one, other));
+        db.drop_db().await;
+    }
+
+    /// A pause adopted from another relay never shortens a longer one this
+    /// relay knows of, and a longer one extends it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_adopted_throttle_only_ever_extends() {
+        use crate::store::postgres::test_db::TestDb;
+        let Some(db) = TestDb::create("an_adopted_throttle_extends").await else {
+            return;
+        };
+        let shared = SharedGate::new(db.pool.clone());
+        let other = gate(50.0, 5).with_shared(Some(shared.clone()));
+        let now = Millis::now();
+        let (short, long, longer) = (
+            now.plus(Duration::from_secs(5)),
+            now.plus(Duration::from_secs(60)),
+            now.plus(Duration::from_secs(90)),
+        );
+        shared.throttle(long).await.unwrap();
+        other.refresh(now).await;
+        assert_eq!(other.throttled_until(now), Some(long));
+        // The shared row keeps the longest pause; the relay's own shorter
+        // news would not shorten it either.
+        shared.throttle(short).await.unwrap();
+        other.refresh(now).await;
+        assert_eq!(other.throttled_until(now), Some(long));
+        // While throttled the poller refreshes before each round.
+        shared.throttle(longer).await.unwrap();
+        other.refresh(now).await;
+        assert_eq!(other.throttled_until(now), Some(longer));
+        assert_eq!(other.acquire(now).await, Err(Closed::Throttled(longer)));
+        assert_eq!(
+            shared.pauses(longer).await.unwrap().throttled_until,
+            None,
+            "over at its end"
+        );
+        drop(other);
+        db.drop_db().await;
+    }
 }
