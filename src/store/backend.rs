@@ -175,3 +175,104 @@ pub(crate) trait Reads: Send + Sync {
     /// Closes the pool.
     fn close(&self) -> impl Future<Output = ()> + Send;
 }
+
+/// Implements [`VideoQueue`] and [`Outbox`] for the dialect `$engine` by
+/// handing each call to the function of the same name in its module
+/// `$mutations`, whose signatures mirror the traits' (with the engine's
+/// connection type).
+macro_rules! delegate_writes {
+    ($engine:ty, $mutations:ident) => {
+        impl $crate::store::backend::VideoQueue for $engine {
+            async fn insert_videos(
+                conn: &mut $crate::store::backend::Conn<Self>,
+                videos: &[&$crate::store::records::NewVideo],
+                now: $crate::domain::Millis,
+            ) -> Result<Vec<$crate::store::records::EnqueueOutcome>, $crate::store::StoreError>
+            {
+                $mutations::insert_videos(conn, videos, now).await
+            }
+
+            async fn cancel_video(
+                conn: &mut $crate::store::backend::Conn<Self>,
+                video_id: &$crate::domain::VideoId,
+                now: $crate::domain::Millis,
+            ) -> Result<$crate::store::records::CancelOutcome, $crate::store::StoreError> {
+                $mutations::cancel_video(conn, video_id, now).await
+            }
+
+            async fn claim(
+                conn: &mut $crate::store::backend::Conn<Self>,
+                now: $crate::domain::Millis,
+                lease_until: $crate::domain::Millis,
+                limit: u32,
+                rank: Option<&$crate::domain::poll::Ranker>,
+            ) -> Result<Vec<$crate::domain::poll::ClaimedVideo>, $crate::store::StoreError> {
+                $mutations::claim(conn, now, lease_until, limit, rank).await
+            }
+
+            async fn record_polls(
+                conn: &mut $crate::store::backend::Conn<Self>,
+                updates: &[&$crate::domain::poll::PollUpdate],
+            ) -> Result<Vec<bool>, $crate::store::StoreError> {
+                $mutations::record_polls(conn, updates).await
+            }
+
+            async fn hint(
+                conn: &mut $crate::store::backend::Conn<Self>,
+                hint: &$crate::store::records::PushHint,
+            ) -> Result<$crate::store::records::HintOutcome, $crate::store::StoreError> {
+                $mutations::hint(conn, hint).await
+            }
+
+            async fn release(
+                conn: &mut $crate::store::backend::Conn<Self>,
+                release: &$crate::domain::poll::Release,
+            ) -> Result<(), $crate::store::StoreError> {
+                $mutations::release(conn, release).await
+            }
+        }
+
+        impl $crate::store::backend::Outbox for $engine {
+            async fn claim_deliveries(
+                conn: &mut $crate::store::backend::Conn<Self>,
+                now: $crate::domain::Millis,
+                lease_until: $crate::domain::Millis,
+                limit: u32,
+            ) -> Result<Vec<$crate::domain::delivery::ClaimedDelivery>, $crate::store::StoreError>
+            {
+                $mutations::claim_deliveries(conn, now, lease_until, limit).await
+            }
+
+            async fn record_attempt(
+                conn: &mut $crate::store::backend::Conn<Self>,
+                attempt: &$crate::domain::delivery::AttemptRecord,
+            ) -> Result<bool, $crate::store::StoreError> {
+                $mutations::record_attempt(conn, attempt).await
+            }
+
+            async fn release_delivery(
+                conn: &mut $crate::store::backend::Conn<Self>,
+                release: &$crate::domain::delivery::DeliveryRelease,
+            ) -> Result<(), $crate::store::StoreError> {
+                $mutations::release_delivery(conn, release).await
+            }
+
+            async fn redeliver(
+                conn: &mut $crate::store::backend::Conn<Self>,
+                video_id: &$crate::domain::VideoId,
+                configured: &[String],
+                now: $crate::domain::Millis,
+            ) -> Result<$crate::store::records::RedeliverOutcome, $crate::store::StoreError> {
+                $mutations::redeliver(conn, video_id, configured, now).await
+            }
+
+            async fn touch_probe(
+                conn: &mut $crate::store::backend::Conn<Self>,
+                now: $crate::domain::Millis,
+            ) -> Result<(), $crate::store::StoreError> {
+                $mutations::touch_probe(conn, now).await
+            }
+        }
+    };
+}
+pub(crate) use delegate_writes;

@@ -7,15 +7,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{ConnectOptions as _, PgConnection};
 
 use super::{mutations, reads};
-use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryRelease};
-use crate::domain::poll::{ClaimedVideo, PollUpdate, Ranker, Release};
 use crate::domain::{Millis, VideoId, VideoState};
-use crate::store::backend::{Conn, Dialect, Outbox, Reads, VideoQueue};
+use crate::store::backend::{Dialect, Reads};
 use crate::store::health::Health;
-use crate::store::records::{
-    CancelOutcome, EnqueueOutcome, FinishedRender, HintOutcome, NewVideo, PushHint,
-    RedeliverOutcome, TrackedRender, VideoDetails, VideoRecord,
-};
+use crate::store::records::{FinishedRender, TrackedRender, VideoDetails, VideoRecord};
 use crate::store::writer::WriterEngine;
 use crate::store::{Gauges, StoreError};
 
@@ -144,83 +139,4 @@ impl WriterEngine for Postgres {
     }
 }
 
-impl VideoQueue for Postgres {
-    async fn insert_videos(
-        conn: &mut Conn<Self>,
-        videos: &[&NewVideo],
-        now: Millis,
-    ) -> Result<Vec<EnqueueOutcome>, StoreError> {
-        mutations::insert_videos(conn, videos, now).await
-    }
-
-    async fn cancel_video(
-        conn: &mut Conn<Self>,
-        video_id: &VideoId,
-        now: Millis,
-    ) -> Result<CancelOutcome, StoreError> {
-        mutations::cancel_video(conn, video_id, now).await
-    }
-
-    async fn claim(
-        conn: &mut Conn<Self>,
-        now: Millis,
-        lease_until: Millis,
-        limit: u32,
-        rank: Option<&Ranker>,
-    ) -> Result<Vec<ClaimedVideo>, StoreError> {
-        mutations::claim(conn, now, lease_until, limit, rank).await
-    }
-
-    async fn record_polls(
-        conn: &mut Conn<Self>,
-        updates: &[&PollUpdate],
-    ) -> Result<Vec<bool>, StoreError> {
-        mutations::record_polls(conn, updates).await
-    }
-
-    async fn hint(conn: &mut Conn<Self>, hint: &PushHint) -> Result<HintOutcome, StoreError> {
-        mutations::hint(conn, hint).await
-    }
-
-    async fn release(conn: &mut Conn<Self>, release: &Release) -> Result<(), StoreError> {
-        mutations::release(conn, release).await
-    }
-}
-
-impl Outbox for Postgres {
-    async fn claim_deliveries(
-        conn: &mut Conn<Self>,
-        now: Millis,
-        lease_until: Millis,
-        limit: u32,
-    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        mutations::claim_deliveries(conn, now, lease_until, limit).await
-    }
-
-    async fn record_attempt(
-        conn: &mut Conn<Self>,
-        attempt: &AttemptRecord,
-    ) -> Result<bool, StoreError> {
-        mutations::record_attempt(conn, attempt).await
-    }
-
-    async fn release_delivery(
-        conn: &mut Conn<Self>,
-        release: &DeliveryRelease,
-    ) -> Result<(), StoreError> {
-        mutations::release_delivery(conn, release).await
-    }
-
-    async fn redeliver(
-        conn: &mut Conn<Self>,
-        video_id: &VideoId,
-        configured: &[String],
-        now: Millis,
-    ) -> Result<RedeliverOutcome, StoreError> {
-        mutations::redeliver(conn, video_id, configured, now).await
-    }
-
-    async fn touch_probe(conn: &mut Conn<Self>, now: Millis) -> Result<(), StoreError> {
-        mutations::touch_probe(conn, now).await
-    }
-}
+crate::store::backend::delegate_writes!(Postgres, mutations);

@@ -18,15 +18,13 @@ use sqlx::sqlite::{
 };
 use tracing::instrument;
 
-use super::backend::{Conn, Dialect, Outbox, Reads, VideoQueue};
+use super::backend::{Dialect, Reads};
 use super::health::Health;
 use super::records::{
-    self, CancelOutcome, DeliveryRecord, EnqueueOutcome, FinishedRender, HintOutcome, NewVideo,
-    PushHint, RedeliverOutcome, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
+    self, DeliveryRecord, FinishedRender, TrackedRender, TransitionRecord, VideoDetails,
+    VideoRecord,
 };
 use super::{Gauges, StoreError};
-use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryRelease};
-use crate::domain::poll::{ClaimedVideo, PollUpdate, Ranker, Release};
 use crate::domain::{Millis, VideoId, VideoState};
 
 /// How long a connection waits for another writer's lock before giving up
@@ -314,86 +312,7 @@ impl Dialect for Sqlite {
     }
 }
 
-impl VideoQueue for Sqlite {
-    async fn insert_videos(
-        conn: &mut Conn<Self>,
-        videos: &[&NewVideo],
-        now: Millis,
-    ) -> Result<Vec<EnqueueOutcome>, StoreError> {
-        mutations::insert_videos(conn, videos, now).await
-    }
-
-    async fn cancel_video(
-        conn: &mut Conn<Self>,
-        video_id: &VideoId,
-        now: Millis,
-    ) -> Result<CancelOutcome, StoreError> {
-        mutations::cancel_video(conn, video_id, now).await
-    }
-
-    async fn claim(
-        conn: &mut Conn<Self>,
-        now: Millis,
-        lease_until: Millis,
-        limit: u32,
-        rank: Option<&Ranker>,
-    ) -> Result<Vec<ClaimedVideo>, StoreError> {
-        mutations::claim(conn, now, lease_until, limit, rank).await
-    }
-
-    async fn record_polls(
-        conn: &mut Conn<Self>,
-        updates: &[&PollUpdate],
-    ) -> Result<Vec<bool>, StoreError> {
-        mutations::record_polls(conn, updates).await
-    }
-
-    async fn hint(conn: &mut Conn<Self>, hint: &PushHint) -> Result<HintOutcome, StoreError> {
-        mutations::hint(conn, hint).await
-    }
-
-    async fn release(conn: &mut Conn<Self>, release: &Release) -> Result<(), StoreError> {
-        mutations::release(conn, release).await
-    }
-}
-
-impl Outbox for Sqlite {
-    async fn claim_deliveries(
-        conn: &mut Conn<Self>,
-        now: Millis,
-        lease_until: Millis,
-        limit: u32,
-    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        mutations::claim_deliveries(conn, now, lease_until, limit).await
-    }
-
-    async fn record_attempt(
-        conn: &mut Conn<Self>,
-        attempt: &AttemptRecord,
-    ) -> Result<bool, StoreError> {
-        mutations::record_attempt(conn, attempt).await
-    }
-
-    async fn release_delivery(
-        conn: &mut Conn<Self>,
-        release: &DeliveryRelease,
-    ) -> Result<(), StoreError> {
-        mutations::release_delivery(conn, release).await
-    }
-
-    async fn redeliver(
-        conn: &mut Conn<Self>,
-        video_id: &VideoId,
-        configured: &[String],
-        now: Millis,
-    ) -> Result<RedeliverOutcome, StoreError> {
-        mutations::redeliver(conn, video_id, configured, now).await
-    }
-
-    async fn touch_probe(conn: &mut Conn<Self>, now: Millis) -> Result<(), StoreError> {
-        mutations::touch_probe(conn, now).await
-    }
-}
+crate::store::backend::delegate_writes!(Sqlite, mutations);
 
 impl super::writer::WriterEngine for Sqlite {
     type Database = SqliteDatabase;
