@@ -311,6 +311,42 @@ fn server_command(program: &Path, user: Option<ServerUser>, folder: &Path) -> Co
     command
 }
 
+/// Starts the PostgreSQL server on `folder`'s `data/`, listening only on
+/// a socket in `socket_folder`, logging to `folder/server.log` (appended
+/// to, across restarts).
+fn spawn_server(
+    postgres: &Path,
+    user: Option<ServerUser>,
+    folder: &Path,
+    socket_folder: &Path,
+    durability: Durability,
+) -> Result<Child, ScratchError> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(folder.join("server.log"))
+        .map_err(io_error("create the server's log file"))?;
+    let log_too = log
+        .try_clone()
+        .map_err(io_error("open the server's log file"))?;
+    let mut server = server_command(postgres, user, folder);
+    server
+        .arg("-D")
+        .arg(folder.join("data"))
+        .arg("-k")
+        .arg(socket_folder)
+        .args(["-c", "listen_addresses=", "-c", &format!("port={PORT}")])
+        .args(["-c", "max_connections=200"]);
+    for setting in durability.server_settings() {
+        server.args(["-c", setting]);
+    }
+    server
+        .stdout(log)
+        .stderr(log_too)
+        .spawn()
+        .map_err(io_error("start the PostgreSQL server"))
+}
+
 /// The watcher shell (see the module's documentation), holding the write
 /// end of its standard input.
 struct Watcher {
@@ -374,6 +410,9 @@ impl Drop for Watcher {
 pub struct ScratchCluster {
     /// The postmaster, this process's child.
     server: Child,
+    /// The server binary and the user it runs as, for a restart.
+    postgres: PathBuf,
+    user: Option<ServerUser>,
     /// Cleans up if this process ends without dropping the cluster.
     watcher: Watcher,
     /// The folder holding `data/`, `socket/` and `server.log`. Dropped
@@ -460,30 +499,18 @@ impl ScratchCluster {
             });
         }
 
-        let log = File::create(folder.path().join("server.log"))
-            .map_err(io_error("create the server's log file"))?;
-        let log_too = log
-            .try_clone()
-            .map_err(io_error("open the server's log file"))?;
-        let mut server = server_command(&binaries.postgres, user, folder.path());
-        server
-            .arg("-D")
-            .arg(&data_folder)
-            .arg("-k")
-            .arg(&socket_folder)
-            .args(["-c", "listen_addresses=", "-c", &format!("port={PORT}")])
-            .args(["-c", "max_connections=200"]);
-        for setting in durability.server_settings() {
-            server.args(["-c", setting]);
-        }
-        let server = server
-            .stdout(log)
-            .stderr(log_too)
-            .spawn()
-            .map_err(io_error("start the PostgreSQL server"))?;
+        let server = spawn_server(
+            &binaries.postgres,
+            user,
+            folder.path(),
+            &socket_folder,
+            durability,
+        )?;
         // From here on the cluster's Drop stops the server on any error.
         let mut cluster = Self {
             server,
+            postgres: binaries.postgres.clone(),
+            user,
             watcher,
             folder,
             socket_folder,
@@ -635,6 +662,31 @@ impl ScratchCluster {
 
     /// Asks the server for an immediate shutdown and waits for it (killing
     /// it after [`STOP_DEADLINE`]).
+    /// Stops the server the way a crash would (immediate shutdown), for
+    /// tests of a database that goes away; [`ScratchCluster::restart`]
+    /// brings it back. While it is stopped nothing removes the folder if
+    /// this process dies (the folder is only data; restart or drop soon).
+    pub fn stop(&mut self) {
+        self.watcher.disarm();
+        self.stop_server();
+    }
+
+    /// Starts the server again on the same data after
+    /// [`ScratchCluster::stop`] (it recovers from its log as after a
+    /// crash), and waits until it accepts connections.
+    pub fn restart(&mut self) -> Result<(), ScratchError> {
+        self.watcher = Watcher::spawn(self.folder.path())?;
+        self.server = spawn_server(
+            &self.postgres,
+            self.user,
+            self.folder.path(),
+            &self.socket_folder,
+            self.durability,
+        )?;
+        self.watcher.arm(self.server.id())?;
+        self.wait_until_accepting()
+    }
+
     fn stop_server(&mut self) {
         if let Ok(Some(_)) = self.server.try_wait() {
             return;

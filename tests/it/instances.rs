@@ -201,3 +201,101 @@ async fn three_relays_share_work_and_budget_through_kills() {
         }
     }
 }
+
+/// Polls `path` on `relay` until it answers `status`, within `limit`.
+async fn wait_for_status(relay: &RelayProcess, path: &str, status: u16, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let reply = relay.get(path).await;
+        if reply.status == status {
+            return reply.json;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} still answers {} {:?} after {limit:?}",
+            reply.status,
+            reply.json
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The database goes away (an immediate shutdown, as in a crash) and comes
+/// back: meanwhile the relay stays up, `/readyz` and enqueues answer 503
+/// with a JSON error; afterwards it is ready again by itself, what it had
+/// acknowledged before is still there, and new work is polled and
+/// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_rides_out_a_database_restart() {
+    // A cluster of its own: the test stops its server.
+    let mut cluster = match jogg_relay::scratch_postgres::ScratchCluster::start() {
+        Ok(cluster) => cluster,
+        Err(jogg_relay::scratch_postgres::ScratchError::NotInstalled) => {
+            crate::helpers::skip_without_postgres();
+            return;
+        }
+        Err(err) => panic!("{err}"),
+    };
+    let url = cluster.create_database().await.expect("a database");
+    let secret = WebhookSecret::parse(SecretString::from(SECRET), "callbacks.secret").unwrap();
+    let sim = SimUpstream::start().await.unwrap();
+    let receiver = SimReceiver::start(Some(secret)).await.unwrap();
+    for id in ["before", "during", "after"] {
+        sim.state.script(id, Timeline::completes(0, 1));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &sim, &receiver);
+    let relay = start(&config, &sim, &url);
+
+    let created = relay
+        .post("/v1/videos", json!({"video_id": "before"}))
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.json);
+    wait_accepted(&receiver, 1, Duration::from_secs(30)).await;
+
+    cluster.stop();
+    let unready = wait_for_status(&relay, "/readyz", 503, Duration::from_secs(30)).await;
+    assert!(unready["error"]["code"].is_string(), "{unready}");
+    let refused = relay
+        .post("/v1/videos", json!({"video_id": "during"}))
+        .await;
+    assert_eq!(refused.status, 503, "{:?}", refused.json);
+    assert!(
+        refused.json["error"]["code"].is_string(),
+        "{:?}",
+        refused.json
+    );
+    assert_eq!(
+        relay.get("/healthz").await.status,
+        200,
+        "the process stays up"
+    );
+
+    cluster.restart().expect("the server starts again");
+    wait_for_status(&relay, "/readyz", 200, Duration::from_secs(30)).await;
+    let before = relay.get("/v1/videos/before").await;
+    assert_eq!(before.json["state"], "completed", "{:?}", before.json);
+    let created = relay.post("/v1/videos", json!({"video_id": "after"})).await;
+    assert_eq!(created.status, 201, "{:?}", created.json);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !receiver
+        .state
+        .received()
+        .iter()
+        .any(|callback| callback.accepted() && callback.body["data"]["video_id"] == "after")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no callback for the video enqueued after"
+        );
+        receiver
+            .state
+            .wait_for_accepted(
+                receiver.state.accepted_count() + 1,
+                Duration::from_millis(200),
+            )
+            .await;
+    }
+    let after = relay.get("/v1/videos/after").await;
+    assert_eq!(after.json["state"], "completed", "{:?}", after.json);
+}
