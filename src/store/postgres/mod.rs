@@ -110,12 +110,10 @@ pub(crate) mod test_db {
             // issue can arise. (One statement per call: CREATE DATABASE
             // cannot run in the implicit transaction of a multi-statement
             // string.)
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE \"{name}\""
-            )))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
             admin.close().await.unwrap();
             let mut url = url::Url::parse(&admin_url).unwrap();
             url.set_path(&format!("/{name}"));

@@ -17,7 +17,11 @@
 //!   cannot change the result, or keeps SQLite's NULL explicitly.
 //! - Results come back in a defined order (most overdue first, or the
 //!   ranking's order), where SQLite's `RETURNING` order is unspecified.
+//! - Text that came from outside (upstream's status and error strings, a
+//!   delivery's error) is stored with any U+0000 replaced (see
+//!   [`storable`]): PostgreSQL's TEXT cannot hold it.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::collections::hash_map::{Entry, HashMap};
 
@@ -473,39 +477,63 @@ macro_rules! poll_result_columns {
     };
 }
 
-/// The columns a still-active result sets for the schedule. A push that
-/// arrived after the claim (`hinted_at > claimed_at`) was not answered by
-/// this poll, whose request may have left before the video finished: it
-/// stays pending and brings the next poll forward to the poll's time plus
-/// `min_interval`. An earlier push is answered and cleared by a poll that
-/// got the video's status; a failed poll (an error, not found yet: its
-/// `error_streak` grew) answered nothing, so the push stays pending for the
-/// retry, which the error backoff schedules as usual.
+/// The columns a result sets for the schedule and the record; `u.event_id`
+/// is set exactly for a terminal result.
 ///
-/// SQLite's `MIN(next, repoll)` is NULL when `next` is; `LEAST` would
-/// return `repoll`, hence the explicit case (an active result always has
-/// a next poll, so this only keeps the two backends identical).
-macro_rules! ongoing_schedule_columns {
+/// While the video stays active: a push that arrived after the claim
+/// (`hinted_at > claimed_at`) was not answered by this poll, whose request
+/// may have left before the video finished: it stays pending and brings
+/// the next poll forward to the poll's time plus `min_interval`. An
+/// earlier push is answered and cleared by a poll that got the video's
+/// status; a failed poll (an error, not found yet: its `error_streak`
+/// grew) answered nothing, so the push stays pending for the retry, which
+/// the error backoff schedules as usual. SQLite's `MIN(next, repoll)` is
+/// NULL when `next` is, where `LEAST` would return `repoll`: hence the
+/// inner case (an active result always has a next poll, so it only keeps
+/// the backends identical).
+///
+/// Once terminal: the push this poll answered stays as the mark that the
+/// completion was learned by push; without one (or with only a later one)
+/// the column is cleared. `state` is `active` in a result that is not
+/// terminal, which is what the `WHERE` requires the row to be; `reason`,
+/// `event_id` and `terminal_at` are kept.
+///
+/// SQLite runs this as two statements so that an active result leaves the
+/// indexed `state` and `event_id` unassigned (it rewrites an index entry on
+/// every assignment); PostgreSQL compares the values and leaves an index
+/// alone when they are equal, so one statement serves both.
+macro_rules! schedule_columns {
     () => {
-        "next_poll_at = CASE WHEN videos.hinted_at > u.claimed_at \
-             THEN CASE WHEN u.next_poll_at IS NOT NULL \
-                  THEN LEAST(u.next_poll_at, u.repoll_after_push_at) END \
+        "next_poll_at = CASE \
+             WHEN u.event_id IS NOT NULL THEN NULL \
+             WHEN videos.hinted_at > u.claimed_at \
+               THEN CASE WHEN u.next_poll_at IS NOT NULL \
+                    THEN LEAST(u.next_poll_at, u.repoll_after_push_at) END \
              ELSE u.next_poll_at END, \
-         hinted_at = CASE WHEN videos.hinted_at > u.claimed_at OR u.error_streak > 0 \
-             THEN videos.hinted_at END"
+         hinted_at = CASE \
+             WHEN u.event_id IS NOT NULL \
+               THEN CASE WHEN videos.hinted_at <= u.claimed_at THEN videos.hinted_at END \
+             WHEN videos.hinted_at > u.claimed_at OR u.error_streak > 0 \
+               THEN videos.hinted_at END, \
+         state = u.state, \
+         reason = CASE WHEN u.event_id IS NOT NULL THEN u.reason ELSE videos.reason END, \
+         event_id = COALESCE(u.event_id, videos.event_id), \
+         terminal_at = CASE WHEN u.event_id IS NOT NULL THEN u.terminal_at \
+             ELSE videos.terminal_at END"
     };
 }
 
-/// The columns a terminal result sets for the record: the push this poll
-/// answered stays as the mark that the completion was learned by push;
-/// without one (or with only a later one) the column is cleared.
-macro_rules! ending_columns {
-    () => {
-        "next_poll_at = NULL, \
-         hinted_at = CASE WHEN videos.hinted_at <= u.claimed_at THEN videos.hinted_at END, \
-         state = u.state, reason = u.reason, event_id = u.event_id, \
-         terminal_at = u.terminal_at"
-    };
+/// Text as PostgreSQL can store it. TEXT cannot hold U+0000 (SQLite's
+/// can), and a statement carrying one fails as a whole, so one status
+/// string from upstream with a NUL in it would fail every group commit
+/// its result joins, on every retry. It is stored with U+FFFD (the
+/// replacement character) instead; any other text is stored as it is.
+fn storable(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 /// Applies poll results, each only if its claim still holds its lease;
@@ -547,13 +575,13 @@ pub(crate) async fn record_polls(
 struct PollColumns<'a> {
     rowid: Vec<i64>,
     lease_until: Vec<i64>,
-    upstream_status: Vec<Option<&'a str>>,
+    upstream_status: Vec<Option<Cow<'a, str>>>,
     video_url: Vec<Option<&'a str>>,
     cover_url: Vec<Option<&'a str>>,
     created_at: Vec<Option<i64>>,
     duration: Vec<Option<f64>>,
-    error_code: Vec<Option<&'a str>>,
-    error_message: Vec<Option<&'a str>>,
+    error_code: Vec<Option<Cow<'a, str>>>,
+    error_message: Vec<Option<Cow<'a, str>>>,
     counted: Vec<bool>,
     unchanged_polls: Vec<i64>,
     error_streak: Vec<i64>,
@@ -575,14 +603,16 @@ impl<'a> PollColumns<'a> {
         let terminal = update.terminal.as_ref();
         self.rowid.push(update.video_rowid);
         self.lease_until.push(update.lease.until.0);
-        self.upstream_status.push(update.upstream_status.as_deref());
+        self.upstream_status
+            .push(update.upstream_status.as_deref().map(storable));
         self.video_url.push(update.fields.video_url.as_deref());
         self.cover_url.push(update.fields.cover_url.as_deref());
         self.created_at.push(update.fields.created_at);
         self.duration.push(update.fields.duration);
-        self.error_code.push(update.fields.error_code.as_deref());
+        self.error_code
+            .push(update.fields.error_code.as_deref().map(storable));
         self.error_message
-            .push(update.fields.error_message.as_deref());
+            .push(update.fields.error_message.as_deref().map(storable));
         self.counted.push(update.counted);
         self.unchanged_polls.push(update.unchanged_polls);
         self.error_streak.push(update.error_streak);
@@ -600,11 +630,6 @@ impl<'a> PollColumns<'a> {
         self.event_id.push(terminal.map(|t| t.event_id.as_str()));
         self.terminal_at.push(terminal.map(|_| update.at.0));
         self.at.push(update.at.0);
-    }
-
-    /// Whether no result was appended.
-    fn is_empty(&self) -> bool {
-        self.rowid.is_empty()
     }
 
     /// Runs `statement` (an UPDATE over [`unnest_polls`] returning the ids
@@ -647,54 +672,29 @@ async fn record_distinct_polls(
     conn: &mut PgConnection,
     updates: &[&PollUpdate],
 ) -> Result<Vec<bool>, StoreError> {
-    // Most results leave the video active: their statement does not assign
-    // `state` or `event_id`, as on SQLite.
-    let mut ongoing = PollColumns::default();
-    let mut ending = PollColumns::default();
-    for update in updates {
-        if update.terminal.is_some() {
-            ending.push(update);
-        } else {
-            ongoing.push(update);
-        }
+    // In id order: two instances' batches that share videos (one holding a
+    // stale result) then lock the shared rows in the same order, as the
+    // join walks the arrays, instead of each waiting for the other.
+    let mut by_id = updates.to_vec();
+    by_id.sort_by_key(|update| update.video_rowid);
+    let mut columns = PollColumns::default();
+    for update in by_id {
+        columns.push(update);
     }
-    let mut applied: Vec<i64> = Vec::with_capacity(updates.len());
-    if !ongoing.is_empty() {
-        applied.extend(
-            ongoing
-                .apply(
-                    conn,
-                    concat!(
-                        "UPDATE videos SET ",
-                        poll_result_columns!(),
-                        ", ",
-                        ongoing_schedule_columns!(),
-                        " ",
-                        recorded_polls_from!(),
-                        " RETURNING videos.id"
-                    ),
-                )
-                .await?,
-        );
-    }
-    if !ending.is_empty() {
-        applied.extend(
-            ending
-                .apply(
-                    conn,
-                    concat!(
-                        "UPDATE videos SET ",
-                        poll_result_columns!(),
-                        ", ",
-                        ending_columns!(),
-                        " ",
-                        recorded_polls_from!(),
-                        " RETURNING videos.id"
-                    ),
-                )
-                .await?,
-        );
-    }
+    let applied = columns
+        .apply(
+            conn,
+            concat!(
+                "UPDATE videos SET ",
+                poll_result_columns!(),
+                ", ",
+                schedule_columns!(),
+                " ",
+                recorded_polls_from!(),
+                " RETURNING videos.id"
+            ),
+        )
+        .await?;
     let applied: HashSet<i64> = applied.into_iter().collect();
     let applied: Vec<bool> = updates
         .iter()
@@ -703,8 +703,14 @@ async fn record_distinct_polls(
 
     // The transition and outbox rows of the applied results, one array per
     // column.
-    let mut transitions: (Vec<i64>, Vec<&str>, Vec<Option<&str>>, Vec<&str>, Vec<i64>) =
-        Default::default();
+    #[allow(clippy::type_complexity)]
+    let mut transitions: (
+        Vec<i64>,
+        Vec<&str>,
+        Vec<Option<Cow<'_, str>>>,
+        Vec<Cow<'_, str>>,
+        Vec<i64>,
+    ) = Default::default();
     let mut deliveries: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
     for update in updates
         .iter()
@@ -714,8 +720,8 @@ async fn record_distinct_polls(
         for t in &update.transitions {
             transitions.0.push(update.video_rowid);
             transitions.1.push(t.kind.as_str());
-            transitions.2.push(t.from.as_deref());
-            transitions.3.push(&t.to);
+            transitions.2.push(t.from.as_deref().map(storable));
+            transitions.3.push(storable(&t.to));
             transitions.4.push(update.at.0);
         }
         if let Some(terminal) = &update.terminal {
@@ -772,7 +778,7 @@ async fn record_distinct_polls(
 ///
 /// A video whose poll is in flight (leased) keeps its lease and due time:
 /// that poll's result sees the pending push and schedules the next poll by
-/// it (see `ongoing_schedule_columns`). So however many pushes arrive, a
+/// it (see `schedule_columns`). So however many pushes arrive, a
 /// video is polled at most once per `min_interval` on their account.
 ///
 /// An untracked video is adopted when `hint.adopt`: inserted as if
@@ -925,7 +931,7 @@ pub(crate) async fn record_attempt(
     .bind(state)
     .bind(next_attempt_at)
     .bind(attempt.status.map(i64::from))
-    .bind(attempt.error.as_deref())
+    .bind(attempt.error.as_deref().map(storable))
     .bind(reason)
     .bind(attempt.at.0)
     .bind(attempt.delivery_id)
@@ -942,7 +948,7 @@ pub(crate) async fn record_attempt(
         .bind(attempt.delivery_id)
         .bind(attempt.at.0)
         .bind(attempt.status.map(i64::from))
-        .bind(attempt.error.as_deref())
+        .bind(attempt.error.as_deref().map(storable))
         .bind(attempt.duration_ms)
         .execute(&mut *conn)
         .await?;
@@ -1055,6 +1061,8 @@ pub(crate) async fn touch_probe(conn: &mut PgConnection, now: Millis) -> Result<
 }
 
 #[cfg(test)]
+// Rows read back as tuples of their columns.
+#[allow(clippy::type_complexity)]
 mod tests {
     //! Each test runs on a fresh database of the server named by
     //! `JOGG_RELAY_TEST_PG_URL` (skipped, loudly, without one). The expected
@@ -1144,7 +1152,7 @@ mod tests {
     }
 
     /// A delivery's columns the tests check.
-    #[derive(Debug, PartialEq)]
+    #[derive(Debug, PartialEq, sqlx::FromRow)]
     struct Delivery {
         video_id: String,
         event_id: String,
@@ -1160,39 +1168,14 @@ mod tests {
 
     /// Every delivery, in id order.
     async fn deliveries(conn: &mut PgConnection) -> Vec<Delivery> {
-        let rows: Vec<(
-            String,
-            String,
-            String,
-            String,
-            i64,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<String>,
-            i64,
-        )> = sqlx::query_as(
+        sqlx::query_as(
             "SELECT v.video_id, d.event_id, d.url, d.state, d.attempts, d.next_attempt_at, \
                     d.lease_until, d.last_status, d.reason, d.updated_at \
              FROM deliveries d JOIN videos v ON v.id = d.video_rowid ORDER BY d.id",
         )
         .fetch_all(conn)
         .await
-        .unwrap();
-        rows.into_iter()
-            .map(|r| Delivery {
-                video_id: r.0,
-                event_id: r.1,
-                url: r.2,
-                state: r.3,
-                attempts: r.4,
-                next_attempt_at: r.5,
-                lease_until: r.6,
-                last_status: r.7,
-                reason: r.8,
-                updated_at: r.9,
-            })
-            .collect()
+        .unwrap()
     }
 
     /// A still-active result for `claimed`, seen at `at`, due again at
@@ -1266,14 +1249,21 @@ mod tests {
                 Some(r#"{"a":"z","b":[1,{"x":1,"y":2}]}"#),
                 100,
             ),
-            new_video("v2", Some("https://b.example/h"), Some(r#"{ "k": 1 }"#), 200),
+            new_video(
+                "v2",
+                Some("https://b.example/h"),
+                Some(r#"{ "k": 1 }"#),
+                200,
+            ),
             new_video("v2", Some("https://b.example/h"), Some(r#"{"k":1.0}"#), 200),
             new_video("v1", None, Some(r#"{"a":"z","b":[1,{"x":1,"y":2}]}"#), 100),
             new_video("v3", None, None, 300),
             new_video("v3", Some("https://c.example/h"), Some("{}"), 300),
         ];
         let refs: Vec<&NewVideo> = batch.iter().collect();
-        let outcomes = insert_videos(&mut conn, &refs, Millis(1_000)).await.unwrap();
+        let outcomes = insert_videos(&mut conn, &refs, Millis(1_000))
+            .await
+            .unwrap();
         let differ = |callback_url, metadata| {
             EnqueueOutcome::Conflict(ConflictingFields {
                 callback_url,
@@ -1295,14 +1285,20 @@ mod tests {
         );
         // Stored: v1 untouched, v2 and v3 as their first occurrences, in
         // the batch's order.
-        let rows: Vec<(String, Option<String>, Option<String>, i64, i64, Option<i64>)> =
-            sqlx::query_as(
-                "SELECT video_id, callback_url, metadata, enqueued_at, updated_at, next_poll_at \
+        let rows: Vec<(
+            String,
+            Option<String>,
+            Option<String>,
+            i64,
+            i64,
+            Option<i64>,
+        )> = sqlx::query_as(
+            "SELECT video_id, callback_url, metadata, enqueued_at, updated_at, next_poll_at \
                  FROM videos ORDER BY id",
-            )
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap();
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
         assert_eq!(
             rows,
             [
@@ -1444,12 +1440,11 @@ mod tests {
         tx_b.commit().await.unwrap();
         tx_a.commit().await.unwrap();
         // Each row carries the lease of the claim that took it.
-        let leases: Vec<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
-            "SELECT video_id, lease_until, next_poll_at FROM videos ORDER BY id",
-        )
-        .fetch_all(&mut *a)
-        .await
-        .unwrap();
+        let leases: Vec<(String, Option<i64>, Option<i64>)> =
+            sqlx::query_as("SELECT video_id, lease_until, next_poll_at FROM videos ORDER BY id")
+                .fetch_all(&mut *a)
+                .await
+                .unwrap();
         for (id, lease, next) in leases {
             let expected = match id.as_str() {
                 "v7" | "v8" | "v0" | "v1" => (Some(500), Some(500)),
@@ -1575,7 +1570,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             ids(&claimed),
-            ["v0", "v1", "v2", "v4", "v6", "v7", "v8", "v9", "v10", "v14", "v15", "v16", "v17", "v18", "v19"]
+            [
+                "v0", "v1", "v2", "v4", "v6", "v7", "v8", "v9", "v10", "v14", "v15", "v16", "v17",
+                "v18", "v19"
+            ]
         );
         drop(conn);
         db.drop_db().await;
@@ -1595,7 +1593,9 @@ mod tests {
              VALUES ('a b', 5, 5, 10)",
         )
         .await;
-        let claimed = claim_due(&mut conn, Millis(20), Millis(90), 1).await.unwrap();
+        let claimed = claim_due(&mut conn, Millis(20), Millis(90), 1)
+            .await
+            .unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].video_id, StoredId::Invalid("a b".into()));
         assert_eq!(claimed[0].hinted_at, None);
@@ -1619,7 +1619,9 @@ mod tests {
              VALUES ('v1', 0, 0, 0)",
         )
         .await;
-        let stale = claim_due(&mut conn, Millis(1), Millis(100), 1).await.unwrap();
+        let stale = claim_due(&mut conn, Millis(1), Millis(100), 1)
+            .await
+            .unwrap();
         let fresh = claim_due(&mut conn, Millis(150), Millis(300), 1)
             .await
             .unwrap();
@@ -1692,7 +1694,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ids(&claimed), ["t", "o"]);
-        let mut end = completed(&claimed[0], 400, "evt_t", &["https://u1.example/h", "https://u2.example/h"]);
+        let mut end = completed(
+            &claimed[0],
+            400,
+            "evt_t",
+            &["https://u1.example/h", "https://u2.example/h"],
+        );
         end.fields = UpstreamFields {
             video_url: Some("https://cdn.example/t.mp4".into()),
             cover_url: Some("https://cdn.example/t.jpg".into()),
@@ -1717,7 +1724,10 @@ mod tests {
 
         // Rolled back: nothing of it stays.
         let mut tx = conn.begin().await.unwrap();
-        assert_eq!(record_polls(&mut tx, &[&end, &on]).await.unwrap(), [true, true]);
+        assert_eq!(
+            record_polls(&mut tx, &[&end, &on]).await.unwrap(),
+            [true, true]
+        );
         tx.rollback().await.unwrap();
         assert_eq!(video(&mut conn, "t").await.state, "active");
         assert_eq!(video(&mut conn, "t").await.lease_until, Some(900));
@@ -1742,10 +1752,12 @@ mod tests {
 
         // Committed.
         let mut tx = conn.begin().await.unwrap();
-        assert_eq!(record_polls(&mut tx, &[&end, &on]).await.unwrap(), [true, true]);
+        assert_eq!(
+            record_polls(&mut tx, &[&end, &on]).await.unwrap(),
+            [true, true]
+        );
         tx.commit().await.unwrap();
 
-        #[allow(clippy::type_complexity)]
         let upstream: (
             Option<String>,
             Option<String>,
@@ -1769,7 +1781,6 @@ mod tests {
                 Some(12.5),
             )
         );
-        #[allow(clippy::type_complexity)]
         let record: (
             String,
             Option<String>,
@@ -1895,7 +1906,12 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(pushed, HintOutcome::Hinted { due_at: Millis(9_000) });
+        assert_eq!(
+            pushed,
+            HintOutcome::Hinted {
+                due_at: Millis(9_000)
+            }
+        );
         let answered = ongoing(&claimed[0], 2_000, 60_000);
         let late = PollUpdate {
             repoll_after_push_at: Millis(3_000),
@@ -1922,8 +1938,14 @@ mod tests {
             updated_at: 2_000,
         };
         assert_eq!(video(&mut conn, "answered").await, expect(60_000, None, 1));
-        assert_eq!(video(&mut conn, "late").await, expect(3_000, Some(1_500), 1));
-        assert_eq!(video(&mut conn, "failed").await, expect(60_000, Some(50), 0));
+        assert_eq!(
+            video(&mut conn, "late").await,
+            expect(3_000, Some(1_500), 1)
+        );
+        assert_eq!(
+            video(&mut conn, "failed").await,
+            expect(60_000, Some(50), 0)
+        );
         drop(conn);
         db.drop_db().await;
     }
@@ -1962,37 +1984,73 @@ mod tests {
         let five = Duration::from_secs(5);
         let due = |at| HintOutcome::Hinted { due_at: Millis(at) };
         // max(2000, 1000 + 5000) = 6000, sooner than 50000.
-        assert_eq!(hint(&mut conn, &push("p", 2_000, five, false)).await.unwrap(), due(6_000));
+        assert_eq!(
+            hint(&mut conn, &push("p", 2_000, five, false))
+                .await
+                .unwrap(),
+            due(6_000)
+        );
         assert_eq!(video(&mut conn, "p").await.hinted_at, Some(2_000));
         // An older push: hinted_at stays 2000; min(6000, max(1500, 6000)).
-        assert_eq!(hint(&mut conn, &push("p", 1_500, five, false)).await.unwrap(), due(6_000));
+        assert_eq!(
+            hint(&mut conn, &push("p", 1_500, five, false))
+                .await
+                .unwrap(),
+            due(6_000)
+        );
         assert_eq!(video(&mut conn, "p").await.hinted_at, Some(2_000));
         // A later push: hinted_at 9000; min(6000, max(9000, 6000)) = 6000.
-        assert_eq!(hint(&mut conn, &push("p", 9_000, five, false)).await.unwrap(), due(6_000));
+        assert_eq!(
+            hint(&mut conn, &push("p", 9_000, five, false))
+                .await
+                .unwrap(),
+            due(6_000)
+        );
         assert_eq!(video(&mut conn, "p").await.hinted_at, Some(9_000));
         // Never polled: due at the push.
-        assert_eq!(hint(&mut conn, &push("never", 3_000, five, false)).await.unwrap(), due(3_000));
+        assert_eq!(
+            hint(&mut conn, &push("never", 3_000, five, false))
+                .await
+                .unwrap(),
+            due(3_000)
+        );
         // Due sooner than the push would make it: unchanged.
-        assert_eq!(hint(&mut conn, &push("soon", 2_000, five, false)).await.unwrap(), due(4_000));
+        assert_eq!(
+            hint(&mut conn, &push("soon", 2_000, five, false))
+                .await
+                .unwrap(),
+            due(4_000)
+        );
         // Leased: the lease stays the due time, the push is recorded.
         assert_eq!(
-            hint(&mut conn, &push("leased", 2_000, five, false)).await.unwrap(),
+            hint(&mut conn, &push("leased", 2_000, five, false))
+                .await
+                .unwrap(),
             due(70_000)
         );
         let leased = video(&mut conn, "leased").await;
-        assert_eq!((leased.lease_until, leased.hinted_at), (Some(70_000), Some(2_000)));
+        assert_eq!(
+            (leased.lease_until, leased.hinted_at),
+            (Some(70_000), Some(2_000))
+        );
         // An interval past i64 milliseconds: no overflow, due time kept.
         assert_eq!(
-            hint(&mut conn, &push("huge", 2_000, Duration::MAX, false)).await.unwrap(),
+            hint(&mut conn, &push("huge", 2_000, Duration::MAX, false))
+                .await
+                .unwrap(),
             due(50_000)
         );
         assert_eq!(
-            hint(&mut conn, &push("done", 2_000, five, true)).await.unwrap(),
+            hint(&mut conn, &push("done", 2_000, five, true))
+                .await
+                .unwrap(),
             HintOutcome::NotActive(VideoState::Completed)
         );
         assert_eq!(video(&mut conn, "done").await.hinted_at, None);
         assert_eq!(
-            hint(&mut conn, &push("stranger", 2_000, five, false)).await.unwrap(),
+            hint(&mut conn, &push("stranger", 2_000, five, false))
+                .await
+                .unwrap(),
             HintOutcome::Untracked
         );
         let strangers: i64 =
@@ -2002,20 +2060,37 @@ mod tests {
                 .unwrap();
         assert_eq!(strangers, 0);
         assert_eq!(
-            hint(&mut conn, &push("stranger", 2_500, five, true)).await.unwrap(),
+            hint(&mut conn, &push("stranger", 2_500, five, true))
+                .await
+                .unwrap(),
             HintOutcome::Adopted
         );
-        let adopted: (String, i64, i64, Option<i64>, Option<i64>, Option<String>, Option<String>) =
-            sqlx::query_as(
-                "SELECT state, enqueued_at, updated_at, next_poll_at, hinted_at, callback_url, \
+        let adopted: (
+            String,
+            i64,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+        ) = sqlx::query_as(
+            "SELECT state, enqueued_at, updated_at, next_poll_at, hinted_at, callback_url, \
                         metadata FROM videos WHERE video_id = 'stranger'",
-            )
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
         assert_eq!(
             adopted,
-            ("active".into(), 2_500, 2_500, Some(2_500), Some(2_500), None, None)
+            (
+                "active".into(),
+                2_500,
+                2_500,
+                Some(2_500),
+                Some(2_500),
+                None,
+                None
+            )
         );
         drop(conn);
         db.drop_db().await;
@@ -2071,8 +2146,22 @@ mod tests {
         assert_eq!(urls(&second), ["https://c.example"]);
         let da = &first[0];
         assert_eq!(
-            (da.attempts, da.lease, da.event_id.as_str(), da.video_id.as_str(), da.state),
-            (0, Lease { until: Millis(5_000) }, "e1", "d1", VideoState::Completed)
+            (
+                da.attempts,
+                da.lease,
+                da.event_id.as_str(),
+                da.video_id.as_str(),
+                da.state
+            ),
+            (
+                0,
+                Lease {
+                    until: Millis(5_000)
+                },
+                "e1",
+                "d1",
+                VideoState::Completed
+            )
         );
         assert_eq!(
             (
@@ -2098,7 +2187,9 @@ mod tests {
 
         let attempt = |d: &ClaimedDelivery, lease: i64, at: i64, status: u16, next| AttemptRecord {
             delivery_id: d.id,
-            lease: Lease { until: Millis(lease) },
+            lease: Lease {
+                until: Millis(lease),
+            },
             at: Millis(at),
             status: Some(status),
             error: None,
@@ -2106,31 +2197,79 @@ mod tests {
             next,
         };
         // Not the claim's lease: nothing recorded.
-        assert!(!record_attempt(&mut a, &attempt(da, 4_999, 1_100, 503, DeliveryNext::Retry(Millis(2_000)))).await.unwrap());
-        assert!(record_attempt(&mut a, &attempt(da, 5_000, 1_100, 503, DeliveryNext::Retry(Millis(2_000)))).await.unwrap());
+        assert!(
+            !record_attempt(
+                &mut a,
+                &attempt(da, 4_999, 1_100, 503, DeliveryNext::Retry(Millis(2_000)))
+            )
+            .await
+            .unwrap()
+        );
+        assert!(
+            record_attempt(
+                &mut a,
+                &attempt(da, 5_000, 1_100, 503, DeliveryNext::Retry(Millis(2_000)))
+            )
+            .await
+            .unwrap()
+        );
         // The lease is spent.
-        assert!(!record_attempt(&mut a, &attempt(da, 5_000, 1_200, 503, DeliveryNext::Retry(Millis(2_000)))).await.unwrap());
+        assert!(
+            !record_attempt(
+                &mut a,
+                &attempt(da, 5_000, 1_200, 503, DeliveryNext::Retry(Millis(2_000)))
+            )
+            .await
+            .unwrap()
+        );
         let db_ = &first[1];
-        assert!(record_attempt(&mut a, &attempt(db_, 5_000, 1_150, 410, DeliveryNext::Dead("gone".into()))).await.unwrap());
+        assert!(
+            record_attempt(
+                &mut a,
+                &attempt(db_, 5_000, 1_150, 410, DeliveryNext::Dead("gone".into()))
+            )
+            .await
+            .unwrap()
+        );
         // The retry is due at 2000; b is dead; c is leased until 6000.
         let again = claim_deliveries(&mut a, Millis(2_500), Millis(8_000), 10)
             .await
             .unwrap();
         assert_eq!(urls(&again), ["https://a.example"]);
-        assert_eq!((again[0].attempts, again[0].pushed_at), (1, Some(Millis(700))));
-        assert!(record_attempt(&mut a, &attempt(&again[0], 8_000, 2_600, 204, DeliveryNext::Delivered)).await.unwrap());
+        assert_eq!(
+            (again[0].attempts, again[0].pushed_at),
+            (1, Some(Millis(700)))
+        );
+        assert!(
+            record_attempt(
+                &mut a,
+                &attempt(&again[0], 8_000, 2_600, 204, DeliveryNext::Delivered)
+            )
+            .await
+            .unwrap()
+        );
         // Handing c back: not with a stale lease, yes with its own.
         let dc = &second[0];
         let hand_back = |lease: i64| DeliveryRelease {
             delivery_id: dc.id,
-            lease: Lease { until: Millis(lease) },
+            lease: Lease {
+                until: Millis(lease),
+            },
             next_attempt_at: Millis(7_000),
         };
         release_delivery(&mut a, &hand_back(5_000)).await.unwrap();
         assert_eq!(deliveries(&mut a).await[2].lease_until, Some(6_000));
         release_delivery(&mut a, &hand_back(6_000)).await.unwrap();
 
-        let row = |video: &str, url: &str, state: &str, attempts, next, lease, status, reason: Option<&str>, updated| Delivery {
+        let row = |video: &str,
+                   url: &str,
+                   state: &str,
+                   attempts,
+                   next,
+                   lease,
+                   status,
+                   reason: Option<&str>,
+                   updated| Delivery {
             video_id: video.into(),
             event_id: if video == "d1" { "e1" } else { "e2" }.into(),
             url: url.into(),
@@ -2145,11 +2284,61 @@ mod tests {
         assert_eq!(
             deliveries(&mut a).await,
             [
-                row("d1", "https://a.example", "delivered", 2, None, None, Some(204), None, 2_600),
-                row("d1", "https://b.example", "dead", 1, None, None, Some(410), Some("gone"), 1_150),
-                row("d2", "https://c.example", "pending", 0, Some(7_000), None, None, None, 0),
-                row("d2", "https://later.example", "pending", 0, Some(10_000), None, None, None, 0),
-                row("d2", "https://dead.example", "dead", 0, None, None, None, None, 0),
+                row(
+                    "d1",
+                    "https://a.example",
+                    "delivered",
+                    2,
+                    None,
+                    None,
+                    Some(204),
+                    None,
+                    2_600
+                ),
+                row(
+                    "d1",
+                    "https://b.example",
+                    "dead",
+                    1,
+                    None,
+                    None,
+                    Some(410),
+                    Some("gone"),
+                    1_150
+                ),
+                row(
+                    "d2",
+                    "https://c.example",
+                    "pending",
+                    0,
+                    Some(7_000),
+                    None,
+                    None,
+                    None,
+                    0
+                ),
+                row(
+                    "d2",
+                    "https://later.example",
+                    "pending",
+                    0,
+                    Some(10_000),
+                    None,
+                    None,
+                    None,
+                    0
+                ),
+                row(
+                    "d2",
+                    "https://dead.example",
+                    "dead",
+                    0,
+                    None,
+                    None,
+                    None,
+                    None,
+                    0
+                ),
             ]
         );
         let log: Vec<(String, i64, Option<i64>, Option<String>, i64)> = sqlx::query_as(
@@ -2238,9 +2427,14 @@ mod tests {
         // Three configured entries (one repeated) and the video's own URL:
         // four targets, as SQLite counts them.
         assert_eq!(
-            redeliver(&mut conn, &VideoId::parse("r1").unwrap(), &configured, Millis(5_000))
-                .await
-                .unwrap(),
+            redeliver(
+                &mut conn,
+                &VideoId::parse("r1").unwrap(),
+                &configured,
+                Millis(5_000)
+            )
+            .await
+            .unwrap(),
             RedeliverOutcome::Queued {
                 event_id: "e9".into(),
                 targets: 4
@@ -2269,21 +2463,36 @@ mod tests {
             ]
         );
         assert_eq!(
-            redeliver(&mut conn, &VideoId::parse("r2").unwrap(), &configured, Millis(5_000))
-                .await
-                .unwrap(),
+            redeliver(
+                &mut conn,
+                &VideoId::parse("r2").unwrap(),
+                &configured,
+                Millis(5_000)
+            )
+            .await
+            .unwrap(),
             RedeliverOutcome::NoEvent(VideoState::Active)
         );
         assert_eq!(
-            redeliver(&mut conn, &VideoId::parse("r3").unwrap(), &configured, Millis(5_000))
-                .await
-                .unwrap(),
+            redeliver(
+                &mut conn,
+                &VideoId::parse("r3").unwrap(),
+                &configured,
+                Millis(5_000)
+            )
+            .await
+            .unwrap(),
             RedeliverOutcome::NoEvent(VideoState::Cancelled)
         );
         assert_eq!(
-            redeliver(&mut conn, &VideoId::parse("nope").unwrap(), &configured, Millis(5_000))
-                .await
-                .unwrap(),
+            redeliver(
+                &mut conn,
+                &VideoId::parse("nope").unwrap(),
+                &configured,
+                Millis(5_000)
+            )
+            .await
+            .unwrap(),
             RedeliverOutcome::NotFound
         );
         drop(conn);
@@ -2305,7 +2514,9 @@ mod tests {
              VALUES ('c', 'active', 0, 0, 0), ('f', 'failed', 0, 0, NULL)",
         )
         .await;
-        let claimed = claim_due(&mut conn, Millis(10), Millis(500), 1).await.unwrap();
+        let claimed = claim_due(&mut conn, Millis(10), Millis(500), 1)
+            .await
+            .unwrap();
         let id = |s: &str| VideoId::parse(s).unwrap();
         assert_eq!(
             cancel_video(&mut conn, &id("c"), Millis(20)).await.unwrap(),
@@ -2369,10 +2580,14 @@ mod tests {
              VALUES ('v', 0, 0, 0)",
         )
         .await;
-        let claimed = claim_due(&mut conn, Millis(10), Millis(500), 1).await.unwrap();
+        let claimed = claim_due(&mut conn, Millis(10), Millis(500), 1)
+            .await
+            .unwrap();
         let back = |lease| Release {
             video_rowid: claimed[0].id,
-            lease: Lease { until: Millis(lease) },
+            lease: Lease {
+                until: Millis(lease),
+            },
             next_poll_at: Millis(77),
         };
         release(&mut conn, &back(499)).await.unwrap();
@@ -2422,8 +2637,12 @@ mod tests {
              VALUES ('a', 0, 0, 0), ('b', 0, 0, 0)",
         )
         .await;
-        let first = claim_due(&mut conn, Millis(1), Millis(100), 2).await.unwrap();
-        let second = claim_due(&mut conn, Millis(200), Millis(300), 2).await.unwrap();
+        let first = claim_due(&mut conn, Millis(1), Millis(100), 2)
+            .await
+            .unwrap();
+        let second = claim_due(&mut conn, Millis(200), Millis(300), 2)
+            .await
+            .unwrap();
         assert_eq!(ids(&first), ["a", "b"]);
         assert_eq!(ids(&second), ["a", "b"]);
         // b's fresh result, a's stale one, a's fresh one, b's stale one.
@@ -2440,6 +2659,87 @@ mod tests {
         );
         assert_eq!(video(&mut conn, "a").await.next_poll_at, Some(3_000));
         assert_eq!(video(&mut conn, "b").await.next_poll_at, Some(1_000));
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    /// Upstream strings with a NUL in them (which PostgreSQL's TEXT cannot
+    /// hold) are stored with U+FFFD in its place instead of failing the
+    /// batch, and so is a delivery error.
+    #[tokio::test]
+    async fn text_with_a_nul_is_stored_with_a_replacement_character() {
+        let Some(db) = TestDb::create("nul").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, state, event_id, enqueued_at, updated_at, next_poll_at) \
+             VALUES ('n', 'active', NULL, 0, 0, 0), ('m', 'completed', 'e', 0, 0, NULL); \
+             INSERT INTO deliveries (video_rowid, event_id, url, next_attempt_at, created_at, \
+                                     updated_at) \
+             SELECT id, 'e', 'https://h.example', 0, 0, 0 FROM videos WHERE video_id = 'm'",
+        )
+        .await;
+        let claimed = claim_due(&mut conn, Millis(1), Millis(100), 1)
+            .await
+            .unwrap();
+        let mut result = ongoing(&claimed[0], 10, 1_000);
+        result.upstream_status = Some("ren\0dering".into());
+        result.fields.error_code = Some("E\0".into());
+        result.fields.error_message = Some("\0bad".into());
+        result.transitions.push(NewTransition {
+            kind: TransitionKind::Status,
+            from: Some("\0".into()),
+            to: "ren\0dering".into(),
+        });
+        assert_eq!(record_polls(&mut conn, &[&result]).await.unwrap(), [true]);
+        let stored: (Option<String>, Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT upstream_status, error_code, error_message FROM videos WHERE video_id = 'n'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            stored,
+            (
+                Some("ren\u{FFFD}dering".into()),
+                Some("E\u{FFFD}".into()),
+                Some("\u{FFFD}bad".into())
+            )
+        );
+        assert_eq!(
+            transitions(&mut conn).await,
+            [(
+                "n".into(),
+                "status".into(),
+                Some("\u{FFFD}".into()),
+                "ren\u{FFFD}dering".into(),
+                10
+            )]
+        );
+        let sending = claim_deliveries(&mut conn, Millis(1), Millis(100), 1)
+            .await
+            .unwrap();
+        let failed = AttemptRecord {
+            delivery_id: sending[0].id,
+            lease: sending[0].lease,
+            at: Millis(5),
+            status: None,
+            error: Some("reset\0".into()),
+            duration_ms: 1,
+            next: DeliveryNext::Retry(Millis(50)),
+        };
+        assert!(record_attempt(&mut conn, &failed).await.unwrap());
+        let errors: (Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT d.last_error, a.error FROM deliveries d \
+             JOIN delivery_attempts a ON a.delivery_id = d.id",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        let replaced = Some("reset\u{FFFD}".to_owned());
+        assert_eq!(errors, (replaced.clone(), replaced));
         drop(conn);
         db.drop_db().await;
     }
