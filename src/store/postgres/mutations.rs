@@ -17,7 +17,11 @@
 //!   cannot change the result, or keeps SQLite's NULL explicitly.
 //! - Results come back in a defined order (most overdue first, or the
 //!   ranking's order), where SQLite's `RETURNING` order is unspecified.
+//! - Text that came from outside (upstream's status and error strings, a
+//!   delivery's error) is stored with any U+0000 replaced (see
+//!   [`storable`]): PostgreSQL's TEXT cannot hold it.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::collections::hash_map::{Entry, HashMap};
 
@@ -473,39 +477,63 @@ macro_rules! poll_result_columns {
     };
 }
 
-/// The columns a still-active result sets for the schedule. A push that
-/// arrived after the claim (`hinted_at > claimed_at`) was not answered by
-/// this poll, whose request may have left before the video finished: it
-/// stays pending and brings the next poll forward to the poll's time plus
-/// `min_interval`. An earlier push is answered and cleared by a poll that
-/// got the video's status; a failed poll (an error, not found yet: its
-/// `error_streak` grew) answered nothing, so the push stays pending for the
-/// retry, which the error backoff schedules as usual.
+/// The columns a result sets for the schedule and the record; `u.event_id`
+/// is set exactly for a terminal result.
 ///
-/// SQLite's `MIN(next, repoll)` is NULL when `next` is; `LEAST` would
-/// return `repoll`, hence the explicit case (an active result always has
-/// a next poll, so this only keeps the two backends identical).
-macro_rules! ongoing_schedule_columns {
+/// While the video stays active: a push that arrived after the claim
+/// (`hinted_at > claimed_at`) was not answered by this poll, whose request
+/// may have left before the video finished: it stays pending and brings
+/// the next poll forward to the poll's time plus `min_interval`. An
+/// earlier push is answered and cleared by a poll that got the video's
+/// status; a failed poll (an error, not found yet: its `error_streak`
+/// grew) answered nothing, so the push stays pending for the retry, which
+/// the error backoff schedules as usual. SQLite's `MIN(next, repoll)` is
+/// NULL when `next` is, where `LEAST` would return `repoll`: hence the
+/// inner case (an active result always has a next poll, so it only keeps
+/// the backends identical).
+///
+/// Once terminal: the push this poll answered stays as the mark that the
+/// completion was learned by push; without one (or with only a later one)
+/// the column is cleared. `state` is `active` in a result that is not
+/// terminal, which is what the `WHERE` requires the row to be; `reason`,
+/// `event_id` and `terminal_at` are kept.
+///
+/// SQLite runs this as two statements so that an active result leaves the
+/// indexed `state` and `event_id` unassigned (it rewrites an index entry on
+/// every assignment); PostgreSQL compares the values and leaves an index
+/// alone when they are equal, so one statement serves both.
+macro_rules! schedule_columns {
     () => {
-        "next_poll_at = CASE WHEN videos.hinted_at > u.claimed_at \
-             THEN CASE WHEN u.next_poll_at IS NOT NULL \
-                  THEN LEAST(u.next_poll_at, u.repoll_after_push_at) END \
+        "next_poll_at = CASE \
+             WHEN u.event_id IS NOT NULL THEN NULL \
+             WHEN videos.hinted_at > u.claimed_at \
+               THEN CASE WHEN u.next_poll_at IS NOT NULL \
+                    THEN LEAST(u.next_poll_at, u.repoll_after_push_at) END \
              ELSE u.next_poll_at END, \
-         hinted_at = CASE WHEN videos.hinted_at > u.claimed_at OR u.error_streak > 0 \
-             THEN videos.hinted_at END"
+         hinted_at = CASE \
+             WHEN u.event_id IS NOT NULL \
+               THEN CASE WHEN videos.hinted_at <= u.claimed_at THEN videos.hinted_at END \
+             WHEN videos.hinted_at > u.claimed_at OR u.error_streak > 0 \
+               THEN videos.hinted_at END, \
+         state = u.state, \
+         reason = CASE WHEN u.event_id IS NOT NULL THEN u.reason ELSE videos.reason END, \
+         event_id = COALESCE(u.event_id, videos.event_id), \
+         terminal_at = CASE WHEN u.event_id IS NOT NULL THEN u.terminal_at \
+             ELSE videos.terminal_at END"
     };
 }
 
-/// The columns a terminal result sets for the record: the push this poll
-/// answered stays as the mark that the completion was learned by push;
-/// without one (or with only a later one) the column is cleared.
-macro_rules! ending_columns {
-    () => {
-        "next_poll_at = NULL, \
-         hinted_at = CASE WHEN videos.hinted_at <= u.claimed_at THEN videos.hinted_at END, \
-         state = u.state, reason = u.reason, event_id = u.event_id, \
-         terminal_at = u.terminal_at"
-    };
+/// Text as PostgreSQL can store it. TEXT cannot hold U+0000 (SQLite's
+/// can), and a statement carrying one fails as a whole, so one status
+/// string from upstream with a NUL in it would fail every group commit
+/// its result joins, on every retry. It is stored with U+FFFD (the
+/// replacement character) instead; any other text is stored as it is.
+fn storable(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 /// The bound arrays of new transition rows: video row id, kind, from, to,
@@ -513,8 +541,8 @@ macro_rules! ending_columns {
 type TransitionColumns<'a> = (
     Vec<i64>,
     Vec<&'a str>,
-    Vec<Option<&'a str>>,
-    Vec<&'a str>,
+    Vec<Option<Cow<'a, str>>>,
+    Vec<Cow<'a, str>>,
     Vec<i64>,
 );
 
@@ -557,13 +585,13 @@ pub(crate) async fn record_polls(
 struct PollColumns<'a> {
     rowid: Vec<i64>,
     lease_until: Vec<i64>,
-    upstream_status: Vec<Option<&'a str>>,
+    upstream_status: Vec<Option<Cow<'a, str>>>,
     video_url: Vec<Option<&'a str>>,
     cover_url: Vec<Option<&'a str>>,
     created_at: Vec<Option<i64>>,
     duration: Vec<Option<f64>>,
-    error_code: Vec<Option<&'a str>>,
-    error_message: Vec<Option<&'a str>>,
+    error_code: Vec<Option<Cow<'a, str>>>,
+    error_message: Vec<Option<Cow<'a, str>>>,
     counted: Vec<bool>,
     unchanged_polls: Vec<i64>,
     error_streak: Vec<i64>,
@@ -585,14 +613,16 @@ impl<'a> PollColumns<'a> {
         let terminal = update.terminal.as_ref();
         self.rowid.push(update.video_rowid);
         self.lease_until.push(update.lease.until.0);
-        self.upstream_status.push(update.upstream_status.as_deref());
+        self.upstream_status
+            .push(update.upstream_status.as_deref().map(storable));
         self.video_url.push(update.fields.video_url.as_deref());
         self.cover_url.push(update.fields.cover_url.as_deref());
         self.created_at.push(update.fields.created_at);
         self.duration.push(update.fields.duration);
-        self.error_code.push(update.fields.error_code.as_deref());
+        self.error_code
+            .push(update.fields.error_code.as_deref().map(storable));
         self.error_message
-            .push(update.fields.error_message.as_deref());
+            .push(update.fields.error_message.as_deref().map(storable));
         self.counted.push(update.counted);
         self.unchanged_polls.push(update.unchanged_polls);
         self.error_streak.push(update.error_streak);
@@ -610,11 +640,6 @@ impl<'a> PollColumns<'a> {
         self.event_id.push(terminal.map(|t| t.event_id.as_str()));
         self.terminal_at.push(terminal.map(|_| update.at.0));
         self.at.push(update.at.0);
-    }
-
-    /// Whether no result was appended.
-    fn is_empty(&self) -> bool {
-        self.rowid.is_empty()
     }
 
     /// Runs `statement` (an UPDATE over [`unnest_polls`] returning the ids
@@ -657,54 +682,29 @@ async fn record_distinct_polls(
     conn: &mut PgConnection,
     updates: &[&PollUpdate],
 ) -> Result<Vec<bool>, StoreError> {
-    // Most results leave the video active: their statement does not assign
-    // `state` or `event_id`, as on SQLite.
-    let mut ongoing = PollColumns::default();
-    let mut ending = PollColumns::default();
-    for update in updates {
-        if update.terminal.is_some() {
-            ending.push(update);
-        } else {
-            ongoing.push(update);
-        }
+    // In id order: two instances' batches that share videos (one holding a
+    // stale result) then lock the shared rows in the same order, as the
+    // join walks the arrays, instead of each waiting for the other.
+    let mut by_id = updates.to_vec();
+    by_id.sort_by_key(|update| update.video_rowid);
+    let mut columns = PollColumns::default();
+    for update in by_id {
+        columns.push(update);
     }
-    let mut applied: Vec<i64> = Vec::with_capacity(updates.len());
-    if !ongoing.is_empty() {
-        applied.extend(
-            ongoing
-                .apply(
-                    conn,
-                    concat!(
-                        "UPDATE videos SET ",
-                        poll_result_columns!(),
-                        ", ",
-                        ongoing_schedule_columns!(),
-                        " ",
-                        recorded_polls_from!(),
-                        " RETURNING videos.id"
-                    ),
-                )
-                .await?,
-        );
-    }
-    if !ending.is_empty() {
-        applied.extend(
-            ending
-                .apply(
-                    conn,
-                    concat!(
-                        "UPDATE videos SET ",
-                        poll_result_columns!(),
-                        ", ",
-                        ending_columns!(),
-                        " ",
-                        recorded_polls_from!(),
-                        " RETURNING videos.id"
-                    ),
-                )
-                .await?,
-        );
-    }
+    let applied = columns
+        .apply(
+            conn,
+            concat!(
+                "UPDATE videos SET ",
+                poll_result_columns!(),
+                ", ",
+                schedule_columns!(),
+                " ",
+                recorded_polls_from!(),
+                " RETURNING videos.id"
+            ),
+        )
+        .await?;
     let applied: HashSet<i64> = applied.into_iter().collect();
     let applied: Vec<bool> = updates
         .iter()
@@ -723,8 +723,8 @@ async fn record_distinct_polls(
         for t in &update.transitions {
             transitions.0.push(update.video_rowid);
             transitions.1.push(t.kind.as_str());
-            transitions.2.push(t.from.as_deref());
-            transitions.3.push(&t.to);
+            transitions.2.push(t.from.as_deref().map(storable));
+            transitions.3.push(storable(&t.to));
             transitions.4.push(update.at.0);
         }
         if let Some(terminal) = &update.terminal {
@@ -781,7 +781,7 @@ async fn record_distinct_polls(
 ///
 /// A video whose poll is in flight (leased) keeps its lease and due time:
 /// that poll's result sees the pending push and schedules the next poll by
-/// it (see `ongoing_schedule_columns`). So however many pushes arrive, a
+/// it (see `schedule_columns`). So however many pushes arrive, a
 /// video is polled at most once per `min_interval` on their account.
 ///
 /// An untracked video is adopted when `hint.adopt`: inserted as if
@@ -934,7 +934,7 @@ pub(crate) async fn record_attempt(
     .bind(state)
     .bind(next_attempt_at)
     .bind(attempt.status.map(i64::from))
-    .bind(attempt.error.as_deref())
+    .bind(attempt.error.as_deref().map(storable))
     .bind(reason)
     .bind(attempt.at.0)
     .bind(attempt.delivery_id)
@@ -951,7 +951,7 @@ pub(crate) async fn record_attempt(
         .bind(attempt.delivery_id)
         .bind(attempt.at.0)
         .bind(attempt.status.map(i64::from))
-        .bind(attempt.error.as_deref())
+        .bind(attempt.error.as_deref().map(storable))
         .bind(attempt.duration_ms)
         .execute(&mut *conn)
         .await?;
@@ -1067,8 +1067,8 @@ pub(crate) async fn touch_probe(conn: &mut PgConnection, now: Millis) -> Result<
 // The tests read rows back as tuples of their columns, named where bound.
 #[allow(clippy::type_complexity)]
 mod tests {
-    //! Each test runs on a fresh database of the server named by
-    //! `JOGG_RELAY_TEST_PG_URL` (skipped, loudly, without one). The expected
+    //! Each test runs on a fresh database of the test binary's throwaway
+    //! cluster (skipped, loudly, without PostgreSQL's server binaries). The expected
     //! rows are worked out by hand from the documented semantics; rows are
     //! set up and read back with plain SQL, not with the code under test.
 
@@ -1155,7 +1155,7 @@ mod tests {
     }
 
     /// A delivery's columns the tests check.
-    #[derive(Debug, PartialEq)]
+    #[derive(Debug, PartialEq, sqlx::FromRow)]
     struct Delivery {
         video_id: String,
         event_id: String,
@@ -1171,39 +1171,14 @@ mod tests {
 
     /// Every delivery, in id order.
     async fn deliveries(conn: &mut PgConnection) -> Vec<Delivery> {
-        let rows: Vec<(
-            String,
-            String,
-            String,
-            String,
-            i64,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<String>,
-            i64,
-        )> = sqlx::query_as(
+        sqlx::query_as(
             "SELECT v.video_id, d.event_id, d.url, d.state, d.attempts, d.next_attempt_at, \
                     d.lease_until, d.last_status, d.reason, d.updated_at \
              FROM deliveries d JOIN videos v ON v.id = d.video_rowid ORDER BY d.id",
         )
         .fetch_all(conn)
         .await
-        .unwrap();
-        rows.into_iter()
-            .map(|r| Delivery {
-                video_id: r.0,
-                event_id: r.1,
-                url: r.2,
-                state: r.3,
-                attempts: r.4,
-                next_attempt_at: r.5,
-                lease_until: r.6,
-                last_status: r.7,
-                reason: r.8,
-                updated_at: r.9,
-            })
-            .collect()
+        .unwrap()
     }
 
     /// A still-active result for `claimed`, seen at `at`, due again at
@@ -1786,7 +1761,6 @@ mod tests {
         );
         tx.commit().await.unwrap();
 
-        #[allow(clippy::type_complexity)]
         let upstream: (
             Option<String>,
             Option<String>,
@@ -1810,7 +1784,6 @@ mod tests {
                 Some(12.5),
             )
         );
-        #[allow(clippy::type_complexity)]
         let record: (
             String,
             Option<String>,
@@ -2689,6 +2662,87 @@ mod tests {
         );
         assert_eq!(video(&mut conn, "a").await.next_poll_at, Some(3_000));
         assert_eq!(video(&mut conn, "b").await.next_poll_at, Some(1_000));
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    /// Upstream strings with a NUL in them (which PostgreSQL's TEXT cannot
+    /// hold) are stored with U+FFFD in its place instead of failing the
+    /// batch, and so is a delivery error.
+    #[tokio::test]
+    async fn text_with_a_nul_is_stored_with_a_replacement_character() {
+        let Some(db) = TestDb::create("nul").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, state, event_id, enqueued_at, updated_at, next_poll_at) \
+             VALUES ('n', 'active', NULL, 0, 0, 0), ('m', 'completed', 'e', 0, 0, NULL); \
+             INSERT INTO deliveries (video_rowid, event_id, url, next_attempt_at, created_at, \
+                                     updated_at) \
+             SELECT id, 'e', 'https://h.example', 0, 0, 0 FROM videos WHERE video_id = 'm'",
+        )
+        .await;
+        let claimed = claim_due(&mut conn, Millis(1), Millis(100), 1)
+            .await
+            .unwrap();
+        let mut result = ongoing(&claimed[0], 10, 1_000);
+        result.upstream_status = Some("ren\0dering".into());
+        result.fields.error_code = Some("E\0".into());
+        result.fields.error_message = Some("\0bad".into());
+        result.transitions.push(NewTransition {
+            kind: TransitionKind::Status,
+            from: Some("\0".into()),
+            to: "ren\0dering".into(),
+        });
+        assert_eq!(record_polls(&mut conn, &[&result]).await.unwrap(), [true]);
+        let stored: (Option<String>, Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT upstream_status, error_code, error_message FROM videos WHERE video_id = 'n'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            stored,
+            (
+                Some("ren\u{FFFD}dering".into()),
+                Some("E\u{FFFD}".into()),
+                Some("\u{FFFD}bad".into())
+            )
+        );
+        assert_eq!(
+            transitions(&mut conn).await,
+            [(
+                "n".into(),
+                "status".into(),
+                Some("\u{FFFD}".into()),
+                "ren\u{FFFD}dering".into(),
+                10
+            )]
+        );
+        let sending = claim_deliveries(&mut conn, Millis(1), Millis(100), 1)
+            .await
+            .unwrap();
+        let failed = AttemptRecord {
+            delivery_id: sending[0].id,
+            lease: sending[0].lease,
+            at: Millis(5),
+            status: None,
+            error: Some("reset\0".into()),
+            duration_ms: 1,
+            next: DeliveryNext::Retry(Millis(50)),
+        };
+        assert!(record_attempt(&mut conn, &failed).await.unwrap());
+        let errors: (Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT d.last_error, a.error FROM deliveries d \
+             JOIN delivery_attempts a ON a.delivery_id = d.id",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        let replaced = Some("reset\u{FFFD}".to_owned());
+        assert_eq!(errors, (replaced.clone(), replaced));
         drop(conn);
         db.drop_db().await;
     }

@@ -36,14 +36,15 @@ const FIRST_POLL_DUE: &str = "SELECT next_poll_at FROM videos \
 const FIRST_DELIVERY_DUE: &str = "SELECT next_attempt_at FROM deliveries \
      WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1";
 
-/// Videos per state, and how late the most overdue poll and delivery are
+/// Videos per state (in the order of the states' names, as SQLite's
+/// grouping returns them), and how late the most overdue poll and delivery are
 /// at `now` (seconds, 0 when nothing is overdue).
 ///
 /// The count may be an index-only scan of `videos_state_order` once the
 /// table is vacuumed; the lags read the first entry of the due indexes.
 pub(crate) async fn gauges(pool: &PgPool, now: Millis) -> Result<Gauges, StoreError> {
     let counts: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, COUNT(*) FROM videos GROUP BY state")
+        sqlx::query_as("SELECT state, COUNT(*) FROM videos GROUP BY state ORDER BY state")
             .fetch_all(pool)
             .await?;
     let oldest_poll: Option<Option<i64>> = sqlx::query_scalar(FIRST_POLL_DUE)
@@ -195,4 +196,218 @@ pub(crate) async fn newest_renders(
     .await?;
     rows.reverse();
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::postgres::test_db::TestDb;
+
+    /// Each read answers from hand-written rows as worked out here.
+    #[tokio::test]
+    async fn reads_answer_from_the_rows() {
+        let Some(db) = TestDb::create("reads").await else {
+            return;
+        };
+        let pool = &db.pool;
+        assert_eq!(next_poll_due(pool).await.unwrap(), None);
+        assert_eq!(next_delivery_due(pool).await.unwrap(), None);
+        sqlx::raw_sql(
+            "INSERT INTO videos (video_id, state, upstream_status, video_url, duration, \
+                                 created_at, metadata, enqueued_at, updated_at, next_poll_at, \
+                                 polls, event_id, terminal_at, unfinished_seen_at, \
+                                 rendering_seen_at) \
+             VALUES ('a', 'active', NULL, NULL, NULL, NULL, NULL, 1, 1, 3000, 0, NULL, NULL, \
+                     NULL, NULL), \
+                    ('b', 'active', NULL, NULL, NULL, NULL, NULL, 2, 2, 1000, 0, NULL, NULL, \
+                     NULL, NULL), \
+                    ('c', 'completed', 'done', 'https://cdn.example/c.mp4', 12.5, 1700000000, \
+                     '{\"k\": 1}', 10, 500, NULL, 3, 'evt_c', 500, 400, 300), \
+                    ('d', 'failed', 'error', NULL, NULL, NULL, NULL, 20, 500, NULL, 2, 'evt_d', \
+                     500, 450, NULL), \
+                    ('e', 'cancelled', NULL, NULL, NULL, NULL, NULL, 30, 30, NULL, 0, NULL, \
+                     NULL, NULL, NULL), \
+                    ('f', 'abandoned', NULL, NULL, NULL, NULL, NULL, 40, 100, NULL, 0, 'evt_f', \
+                     100, NULL, NULL); \
+             INSERT INTO transitions (video_rowid, kind, from_value, to_value, at) \
+             SELECT id, 'status', NULL, 'rendering', 200 FROM videos WHERE video_id = 'c'; \
+             INSERT INTO transitions (video_rowid, kind, from_value, to_value, at) \
+             SELECT id, 'state', 'active', 'completed', 500 FROM videos WHERE video_id = 'c'; \
+             INSERT INTO deliveries (video_rowid, event_id, url, state, attempts, \
+                                     next_attempt_at, last_status, created_at, updated_at) \
+             SELECT id, 'evt_c', 'https://h.example/1', 'pending', 1, 2000, 503, 500, 600 \
+             FROM videos WHERE video_id = 'c'; \
+             INSERT INTO deliveries (video_rowid, event_id, url, state, attempts, \
+                                     next_attempt_at, last_status, created_at, updated_at) \
+             SELECT id, 'evt_c', 'https://h.example/2', 'delivered', 1, NULL, 200, 500, 600 \
+             FROM videos WHERE video_id = 'c'",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+
+        let gauges = gauges(pool, Millis(4_000)).await.unwrap();
+        assert_eq!(
+            gauges,
+            Gauges {
+                videos: vec![
+                    (VideoState::Abandoned, 1),
+                    (VideoState::Active, 2),
+                    (VideoState::Cancelled, 1),
+                    (VideoState::Completed, 1),
+                    (VideoState::Failed, 1),
+                ],
+                // b is due at 1000, the pending delivery at 2000.
+                poll_lag_seconds: 3.0,
+                delivery_lag_seconds: 2.0,
+            }
+        );
+        // Nothing overdue yet: no lag.
+        let early = super::gauges(pool, Millis(500)).await.unwrap();
+        assert_eq!(
+            (early.poll_lag_seconds, early.delivery_lag_seconds),
+            (0.0, 0.0)
+        );
+        assert_eq!(next_poll_due(pool).await.unwrap(), Some(Millis(1_000)));
+        assert_eq!(next_delivery_due(pool).await.unwrap(), Some(Millis(2_000)));
+
+        let names = |rows: Vec<VideoRecord>| -> Vec<String> {
+            rows.into_iter().map(|v| v.video_id).collect()
+        };
+        assert_eq!(
+            names(list_videos(pool, None, 0, 2).await.unwrap()),
+            ["a", "b"]
+        );
+        let b_id = list_videos(pool, None, 0, 2).await.unwrap()[1].id;
+        assert_eq!(
+            names(list_videos(pool, None, b_id, 10).await.unwrap()),
+            ["c", "d", "e", "f"]
+        );
+        assert_eq!(
+            names(
+                list_videos(pool, Some(VideoState::Active), 0, 10)
+                    .await
+                    .unwrap()
+            ),
+            ["a", "b"]
+        );
+        assert_eq!(
+            names(
+                list_videos(pool, Some(VideoState::Completed), 0, 10)
+                    .await
+                    .unwrap()
+            ),
+            ["c"]
+        );
+
+        let details = video_details(pool, &VideoId::parse("c").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let c = &details.video;
+        assert_eq!(
+            (
+                c.state,
+                c.upstream_status.as_deref(),
+                c.video_url.as_deref(),
+                c.duration,
+                c.created_at,
+                c.metadata.as_deref(),
+                c.enqueued_at,
+                c.updated_at,
+                c.next_poll_at,
+                c.polls,
+                c.event_id.as_deref()
+            ),
+            (
+                VideoState::Completed,
+                Some("done"),
+                Some("https://cdn.example/c.mp4"),
+                Some(12.5),
+                Some(1_700_000_000),
+                Some(r#"{"k": 1}"#),
+                10,
+                500,
+                None,
+                3,
+                Some("evt_c")
+            )
+        );
+        assert_eq!(
+            details.transitions,
+            [
+                TransitionRecord {
+                    kind: "status".into(),
+                    from_value: None,
+                    to_value: "rendering".into(),
+                    at: 200
+                },
+                TransitionRecord {
+                    kind: "state".into(),
+                    from_value: Some("active".into()),
+                    to_value: "completed".into(),
+                    at: 500
+                },
+            ]
+        );
+        assert_eq!(
+            details.deliveries,
+            [
+                DeliveryRecord {
+                    url: "https://h.example/1".into(),
+                    event_id: "evt_c".into(),
+                    state: "pending".into(),
+                    attempts: 1,
+                    last_status: Some(503),
+                    last_error: None,
+                    reason: None,
+                    next_attempt_at: Some(2_000),
+                },
+                DeliveryRecord {
+                    url: "https://h.example/2".into(),
+                    event_id: "evt_c".into(),
+                    state: "delivered".into(),
+                    attempts: 1,
+                    last_status: Some(200),
+                    last_error: None,
+                    reason: None,
+                    next_attempt_at: None,
+                },
+            ]
+        );
+        assert_eq!(
+            video_details(pool, &VideoId::parse("zz").unwrap())
+                .await
+                .unwrap(),
+            None
+        );
+
+        // Completed and failed only (not f, abandoned), by (terminal_at, id).
+        let finished = finished_renders(pool, None, 10).await.unwrap();
+        let finished_names: Vec<&str> = finished.iter().map(|r| r.video_id.as_str()).collect();
+        assert_eq!(finished_names, ["c", "d"]);
+        assert_eq!(
+            finished[0],
+            FinishedRender {
+                id: c.id,
+                video_id: "c".into(),
+                state: "completed".into(),
+                enqueued_at: 10,
+                created_at: Some(1_700_000_000),
+                unfinished_seen_at: Some(400),
+                rendering_seen_at: Some(300),
+                terminal_at: 500,
+            }
+        );
+        let after_c = finished_renders(pool, Some((500, c.id)), 10).await.unwrap();
+        assert_eq!(after_c.len(), 1);
+        assert_eq!(after_c[0].video_id, "d");
+        assert_eq!(finished_renders(pool, None, 1).await.unwrap().len(), 1);
+
+        let newest = newest_renders(pool, 2).await.unwrap();
+        let states: Vec<&str> = newest.iter().map(|r| r.state.as_str()).collect();
+        assert_eq!(states, ["cancelled", "abandoned"]);
+        assert_eq!(newest[1].terminal_at, Some(100));
+        db.drop_db().await;
+    }
 }
