@@ -69,17 +69,19 @@ CREATE TABLE videos (
 -- "What is due next": a range scan over active videos only, so terminal rows
 -- (the vast majority over time) cost nothing. Claims walk it with FOR
 -- UPDATE SKIP LOCKED, so concurrent claimers pass over each other's rows.
-CREATE INDEX videos_due ON videos (next_poll_at) WHERE state = 'active';
+-- SQLite's indexes carry the rowid as a hidden last column, which orders
+-- videos due at the same millisecond by age; here `id` is named for the
+-- same order (each claim sorts by both) without a sort step.
+CREATE INDEX videos_due ON videos (next_poll_at, id) WHERE state = 'active';
 -- List by state in pagination order.
 CREATE INDEX videos_state_order ON videos (state, id);
 -- The finished renders, newest last: replayed into the learned
 -- distribution at start and read by `export-renders`, which pages by
--- (terminal_at, id). SQLite's index on (terminal_at) carries the rowid as
--- a hidden last column; here `id` is named so that the row comparison of
--- the cursor is a bound of the index scan.
+-- (terminal_at, id): with `id` named (SQLite's hidden rowid column), the
+-- row comparison of the cursor is a bound of the index scan.
 CREATE INDEX videos_finished ON videos (terminal_at, id) WHERE state IN ('completed', 'failed');
 -- The pending hints, due first: claims take these ahead of other due videos.
-CREATE INDEX videos_hinted ON videos (next_poll_at)
+CREATE INDEX videos_hinted ON videos (next_poll_at, id)
     WHERE state = 'active' AND hinted_at IS NOT NULL;
 
 -- Every change of upstream status or of state, in order.
@@ -115,7 +117,8 @@ CREATE TABLE deliveries (
     UNIQUE (video_rowid, url)
 );
 
-CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending';
+-- Due deliveries, most overdue first (ties by age, as for videos_due).
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at, id) WHERE state = 'pending';
 
 -- Every delivery attempt, for the record: when, what came back, how long.
 CREATE TABLE delivery_attempts (

@@ -255,7 +255,7 @@ macro_rules! lease_picked {
         concat!(
             "WITH picked AS (",
             $picked,
-            " ORDER BY next_poll_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+            " ORDER BY next_poll_at, id LIMIT $3 FOR UPDATE SKIP LOCKED), \
              leased AS (\
                UPDATE videos SET next_poll_at = $1, lease_until = $1 FROM picked \
                WHERE videos.id = picked.id \
@@ -371,7 +371,7 @@ pub(crate) async fn claim_due_ranked(
     let candidates = sqlx::query_as::<_, DueVideoRow>(
         "SELECT id, enqueued_at, created_at, unfinished_seen_at, rendering_seen_at, next_poll_at \
          FROM videos WHERE state = 'active' AND next_poll_at <= $1 \
-         ORDER BY next_poll_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+         ORDER BY next_poll_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
     )
     .bind(now.0)
     .bind(i64::from(limit.saturating_mul(RANKED_WINDOW)))
@@ -500,8 +500,11 @@ macro_rules! poll_result_columns {
 ///
 /// SQLite runs this as two statements so that an active result leaves the
 /// indexed `state` and `event_id` unassigned (it rewrites an index entry on
-/// every assignment); PostgreSQL compares the values and leaves an index
-/// alone when they are equal, so one statement serves both.
+/// every assignment). PostgreSQL's cost does not depend on what a
+/// statement assigns: an update that changes no indexed value stays in
+/// place (HOT) whatever it assigns, and one that changes any (here
+/// `next_poll_at`, nearly always) adds an entry to every index of the
+/// table anyway. So one statement serves both.
 macro_rules! schedule_columns {
     () => {
         "next_poll_at = CASE \
@@ -888,8 +891,8 @@ pub(crate) async fn claim_deliveries(
     let claimed = sqlx::query_as::<_, ClaimedDeliveryRow>(
         "WITH picked AS (\
            SELECT id, next_attempt_at AS due_at FROM deliveries \
-           WHERE state = 'pending' AND next_attempt_at <= $2 ORDER BY next_attempt_at \
-           LIMIT $3 FOR UPDATE SKIP LOCKED), \
+           WHERE state = 'pending' AND next_attempt_at <= $2 ORDER BY next_attempt_at, \
+           id LIMIT $3 FOR UPDATE SKIP LOCKED), \
          leased AS (\
            UPDATE deliveries SET next_attempt_at = $1, lease_until = $1 FROM picked \
            WHERE deliveries.id = picked.id \
@@ -2743,6 +2746,44 @@ mod tests {
         .unwrap();
         let replaced = Some("reset\u{FFFD}".to_owned());
         assert_eq!(errors, (replaced.clone(), replaced));
+        drop(conn);
+        db.drop_db().await;
+    }
+
+    /// Videos due at the same millisecond are claimed oldest (lowest id)
+    /// first, as SQLite's index (which carries the rowid) orders them,
+    /// whatever order their rows were last written in.
+    #[tokio::test]
+    async fn videos_due_at_once_are_claimed_oldest_first() {
+        let Some(db) = TestDb::create("ties").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
+             VALUES ('x', 0, 0, 100), ('y', 0, 0, 100), ('z', 0, 0, 100); \
+             UPDATE videos SET next_poll_at = 5 WHERE video_id = 'z'; \
+             UPDATE videos SET next_poll_at = 5 WHERE video_id = 'y'; \
+             UPDATE videos SET next_poll_at = 5 WHERE video_id = 'x'; \
+             INSERT INTO deliveries (video_rowid, event_id, url, next_attempt_at, created_at, \
+                                     updated_at) \
+             SELECT id, 'e' || video_id, 'https://h.example', 100, 0, 0 FROM videos \
+             ORDER BY id; \
+             UPDATE deliveries SET next_attempt_at = 5 WHERE event_id = 'ez'; \
+             UPDATE deliveries SET next_attempt_at = 5 WHERE event_id = 'ey'; \
+             UPDATE deliveries SET next_attempt_at = 5 WHERE event_id = 'ex'",
+        )
+        .await;
+        let claimed = claim_due(&mut conn, Millis(10), Millis(50), 2)
+            .await
+            .unwrap();
+        assert_eq!(ids(&claimed), ["x", "y"]);
+        let sending = claim_deliveries(&mut conn, Millis(10), Millis(50), 2)
+            .await
+            .unwrap();
+        let events: Vec<&str> = sending.iter().map(|d| d.event_id.as_str()).collect();
+        assert_eq!(events, ["ex", "ey"]);
         drop(conn);
         db.drop_db().await;
     }
