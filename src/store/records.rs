@@ -303,3 +303,29 @@ pub struct FinishedRender {
     /// The poll that saw it finished.
     pub terminal_at: i64,
 }
+
+/// Whether two stored `metadata` texts are the same JSON value: key order
+/// and spacing do not count (both sides are serialized by `serde_json`,
+/// but rows written by another version or by hand need not be).
+///
+/// Absent and present differ; so would unparsable text from any other
+/// text, which the API never stores. Compared here rather than in SQL, so
+/// that both engines agree on every edge (PostgreSQL's `jsonb` would call
+/// `1` and `1.0` equal) and an unparsable stored text is a difference, not
+/// an error failing the whole batch.
+pub(crate) fn same_metadata(stored: Option<&str>, requested: Option<&str>) -> bool {
+    match (stored, requested) {
+        (None, None) => true,
+        (Some(a), Some(b)) if a == b => true,
+        (Some(a), Some(b)) => {
+            match (
+                serde_json::from_str::<serde_json::Value>(a),
+                serde_json::from_str::<serde_json::Value>(b),
+            ) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}

@@ -130,7 +130,7 @@ pub(crate) async fn insert_videos(
                     let (url, metadata) = *tracked.get();
                     let differs = ConflictingFields {
                         callback_url: url != request.0,
-                        metadata: !same_metadata(metadata, request.1),
+                        metadata: !crate::store::records::same_metadata(metadata, request.1),
                     };
                     Ok(if differs.callback_url || differs.metadata {
                         EnqueueOutcome::Conflict(differs)
@@ -141,32 +141,6 @@ pub(crate) async fn insert_videos(
             }
         })
         .collect()
-}
-
-/// Whether two stored `metadata` texts are the same JSON value: key order
-/// and spacing do not count. The SQLite backend's comparison, made in the
-/// relay rather than with `::jsonb` so that both backends agree on every
-/// edge (`1` and `1.0` differ here, as they do there; `jsonb` would call
-/// them equal) and an unparsable stored text is a difference, not an
-/// error that fails the whole batch.
-///
-/// Absent and present differ; so would unparsable text from any other
-/// text, which the API never stores.
-fn same_metadata(stored: Option<&str>, requested: Option<&str>) -> bool {
-    match (stored, requested) {
-        (None, None) => true,
-        (Some(a), Some(b)) if a == b => true,
-        (Some(a), Some(b)) => {
-            match (
-                serde_json::from_str::<serde_json::Value>(a),
-                serde_json::from_str::<serde_json::Value>(b),
-            ) {
-                (Ok(a), Ok(b)) => a == b,
-                _ => false,
-            }
-        }
-        _ => false,
-    }
 }
 
 /// Moves an active video to `cancelled` with its transition row.

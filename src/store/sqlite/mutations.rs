@@ -113,7 +113,7 @@ pub(crate) async fn insert_videos(
                     let (url, metadata) = *tracked.get();
                     let differs = ConflictingFields {
                         callback_url: url != request.0,
-                        metadata: !same_metadata(metadata, request.1),
+                        metadata: !crate::store::records::same_metadata(metadata, request.1),
                     };
                     if differs.callback_url || differs.metadata {
                         EnqueueOutcome::Conflict(differs)
@@ -124,29 +124,6 @@ pub(crate) async fn insert_videos(
             }
         })
         .collect())
-}
-
-/// Whether two stored `metadata` texts are the same JSON value: key order
-/// and spacing do not count (both sides are serialized by `serde_json`,
-/// but rows written by another version or by hand need not be).
-///
-/// Absent and present differ; so would unparsable text from any other
-/// text, which the API never stores.
-fn same_metadata(stored: Option<&str>, requested: Option<&str>) -> bool {
-    match (stored, requested) {
-        (None, None) => true,
-        (Some(a), Some(b)) if a == b => true,
-        (Some(a), Some(b)) => {
-            match (
-                serde_json::from_str::<serde_json::Value>(a),
-                serde_json::from_str::<serde_json::Value>(b),
-            ) {
-                (Ok(a), Ok(b)) => a == b,
-                _ => false,
-            }
-        }
-        _ => false,
-    }
 }
 
 /// Serializes rows bound as one JSON parameter.
