@@ -14,6 +14,13 @@
 //! 4. budget: a backlog polled under a 200/s budget that the simulator
 //!    enforces strictly.
 //!
+//! With `--backend postgres` the relay runs on a PostgreSQL database of a
+//! throwaway cluster the bench starts itself (PostgreSQL's default
+//! durability, so commits are as durable as SQLite's), and with
+//! `--instances N` as N processes on that one database, the load spread
+//! across them: throughput is the whole's, CPU the sum of the processes',
+//! peak RSS the largest process's.
+//!
 //! `bench --schedule` measures something else: how soon the relay notices
 //! renders finish, and how many polls that costs, per polling strategy, on
 //! the reference workload ([`crate::workload::ReferenceWorkload`]) run
@@ -56,6 +63,55 @@ pub struct BenchOptions {
     pub delivery_videos: usize,
     /// Length of the budget phase.
     pub budget_window: Duration,
+    /// The database engine the relay runs on.
+    pub backend: BenchBackend,
+    /// Relay processes sharing the database (PostgreSQL only).
+    pub instances: usize,
+}
+
+/// The database engine `bench` runs the relay on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchBackend {
+    /// A SQLite file in a temporary folder.
+    Sqlite,
+    /// A database on a throwaway PostgreSQL cluster the bench starts (the
+    /// server binaries must be installed).
+    Postgres,
+}
+
+impl BenchOptions {
+    /// Refuses combinations that make no sense, with a message saying why
+    /// (the command exits 64 with it).
+    pub fn check(&self) -> Result<(), String> {
+        if self.instances == 0 {
+            return Err("--instances must be at least 1".into());
+        }
+        if self.instances > 1 && self.backend == BenchBackend::Sqlite {
+            return Err(
+                "--instances above 1 needs --backend postgres: one SQLite file serves one relay"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where each scale's fresh database comes from.
+enum Databases {
+    /// A file in the scale's temporary folder.
+    Sqlite,
+    /// A fresh database on this cluster.
+    Postgres(crate::scratch_postgres::ScratchCluster),
+}
+
+impl Databases {
+    /// A new, empty database's URL (a SQLite file in `dir`).
+    async fn create(&self, dir: &Path) -> anyhow::Result<String> {
+        match self {
+            Databases::Sqlite => Ok(format!("sqlite://{}/bench.db", dir.display())),
+            Databases::Postgres(cluster) => Ok(cluster.create_database().await?),
+        }
+    }
 }
 
 /// One row of the table; a figure is `None` when its phase did not run
@@ -187,19 +243,64 @@ impl Relay {
     }
 }
 
-fn write_config(dir: &Path, sim: &SimUpstream, extra: &str) -> anyhow::Result<std::path::PathBuf> {
+fn write_config(
+    dir: &Path,
+    database: &str,
+    sim: &SimUpstream,
+    extra: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let path = dir.join("relay.toml");
     std::fs::write(
         &path,
         format!(
             "[server]\nbind = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n\
-             [database]\nurl = \"sqlite://{}/bench.db\"\n\
+             [database]\nurl = \"{database}\"\n\
              [jogg]\nbase_url = \"{}\"\napi_key = \"{SIM_API_KEY}\"\nmax_in_flight = 64\n{extra}",
-            dir.display(),
             sim.base_url,
         ),
     )?;
     Ok(path)
+}
+
+/// The relay processes of one phase, all on one database.
+struct Fleet {
+    relays: Vec<Relay>,
+}
+
+impl Fleet {
+    /// Starts `count` relays with `config`.
+    fn start(config: &Path, count: usize) -> anyhow::Result<Self> {
+        let relays = (0..count)
+            .map(|_| Relay::start(config))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { relays })
+    }
+
+    /// The base URL of the relay that takes request number `n`: round
+    /// robin.
+    fn base(&self, n: usize) -> &str {
+        &self.relays[n % self.relays.len()].base
+    }
+
+    /// CPU seconds of all the relays together.
+    fn cpu_seconds(&self) -> f64 {
+        self.relays.iter().map(Relay::cpu_seconds).sum()
+    }
+
+    /// The largest relay's peak resident set size, MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        self.relays
+            .iter()
+            .map(Relay::peak_rss_mib)
+            .fold(0.0, f64::max)
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        for relay in self.relays {
+            relay.stop()?;
+        }
+        Ok(())
+    }
 }
 
 /// Scripts `count` videos named `{prefix}-{i}` with `timeline`; their ids.
@@ -222,6 +323,21 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Runs every scale and prints the table.
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
+    let databases = match options.backend {
+        BenchBackend::Sqlite => Databases::Sqlite,
+        BenchBackend::Postgres => Databases::Postgres(
+            tokio::task::spawn_blocking(|| {
+                crate::scratch_postgres::ScratchCluster::start_with(
+                    crate::scratch_postgres::Durability::Durable,
+                )
+            })
+            .await?
+            .context(
+                "cannot start a throwaway PostgreSQL cluster for --backend postgres \
+                 (install the distribution's postgresql package for initdb and postgres)",
+            )?,
+        ),
+    };
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -231,10 +347,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    println!("jogg-relay bench: {cores} cores, {machine}");
+    println!(
+        "jogg-relay bench: {cores} cores, {machine}; {:?} with {} relay process(es)",
+        options.backend, options.instances
+    );
     let mut rows = Vec::new();
     for &scale in &options.scales {
-        let row = run_scale(scale, &options)
+        let row = run_scale(scale, &options, &databases)
             .await
             .with_context(|| format!("scale {scale}"))?;
         eprintln!("scale {scale} done: {row:?}");
@@ -251,8 +370,14 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> {
+async fn run_scale(
+    scale: usize,
+    options: &BenchOptions,
+    databases: &Databases,
+) -> anyhow::Result<Row> {
     let dir = tempfile::tempdir()?;
+    let database = databases.create(dir.path()).await?;
+    let instances = options.instances;
     let sim = SimUpstream::start().await?;
     let secret =
         WebhookSecret::parse(SecretString::from(SECRET), "callbacks.secret").expect("valid");
@@ -267,14 +392,19 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
     let mut peak = 0.0f64;
 
     // 1. Enqueue the backlog: never due during the run.
-    let config = write_config(dir.path(), &sim, "[polling]\nfirst_after = \"10000h\"\n")?;
-    let relay = Relay::start(&config)?;
+    let config = write_config(
+        dir.path(),
+        &database,
+        &sim,
+        "[polling]\nfirst_after = \"10000h\"\n",
+    )?;
+    let relay = Fleet::start(&config, instances)?;
     let singles = options.single_requests.min(scale);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..CLIENTS {
-        let (client, next, base) = (client.clone(), next.clone(), relay.base.clone());
+    for worker in 0..CLIENTS {
+        let (client, next, base) = (client.clone(), next.clone(), relay.base(worker).to_owned());
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -312,8 +442,12 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
     let batch_ids = scale - singles;
     let batches = Arc::new(std::sync::Mutex::new(batches));
     let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (client, batches, base) = (client.clone(), batches.clone(), relay.base.clone());
+    for worker in 0..4 {
+        let (client, batches, base) = (
+            client.clone(),
+            batches.clone(),
+            relay.base(worker).to_owned(),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let Some(batch) = batches.lock().expect("not poisoned").pop() else {
@@ -345,15 +479,16 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
     let hot = script_videos(&sim, "hot", options.hot_videos, Timeline::completes(4, 0));
     let config = write_config(
         dir.path(),
+        &database,
         &sim,
         "requests_per_second = 1000000.0\nburst = 100000\n\
          [polling]\nfirst_after = \"0s\"\nmin_interval = \"1ms\"\nmax_interval = \"1ms\"\njitter = 0.0\n",
     )?;
-    let relay = Relay::start(&config)?;
+    let relay = Fleet::start(&config, instances)?;
     let requests_before = sim.state.request_count();
     let cpu_before = relay.cpu_seconds();
     let started = Instant::now();
-    enqueue_batches(&client, &relay.base, &hot).await?;
+    enqueue_batches(&client, &relay, &hot).await?;
     wait_until(
         || sim.state.terminal_answers().len() >= hot.len(),
         Duration::from_secs(600),
@@ -376,6 +511,7 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
     );
     let config = write_config(
         dir.path(),
+        &database,
         &sim,
         &format!(
             "requests_per_second = 1000000.0\nburst = 100000\n\
@@ -384,14 +520,14 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
             receiver.url("bench")
         ),
     )?;
-    let relay = Relay::start(&config)?;
+    let relay = Fleet::start(&config, instances)?;
     let cpu_before = relay.cpu_seconds();
     // Videos finish at a steady 1,000 per second (20 every 20 ms), so the
     // latency is that of a relay keeping up, not of a queue draining.
     let mut pace = tokio::time::interval(Duration::from_millis(20));
     for chunk in deliver.chunks(20) {
         pace.tick().await;
-        enqueue_batches(&client, &relay.base, chunk).await?;
+        enqueue_batches(&client, &relay, chunk).await?;
     }
     receiver
         .state
@@ -445,15 +581,16 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
     );
     let config = write_config(
         dir.path(),
+        &database,
         &sim,
         &format!(
             "requests_per_second = {BUDGET_RATE:.1}\nburst = {BUDGET_BURST}\n\
              [polling]\nfirst_after = \"0s\"\nmin_interval = \"1ms\"\nmax_interval = \"1ms\"\n"
         ),
     )?;
-    let relay = Relay::start(&config)?;
+    let relay = Fleet::start(&config, instances)?;
     sim.state.set_budget(BUDGET_RATE, BUDGET_BURST);
-    enqueue_batches(&client, &relay.base, &backlog).await?;
+    enqueue_batches(&client, &relay, &backlog).await?;
     // Measure the steady state: past the first second, the initial burst
     // no longer flatters the figure.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -472,13 +609,13 @@ async fn run_scale(scale: usize, options: &BenchOptions) -> anyhow::Result<Row> 
 
 async fn enqueue_batches(
     client: &reqwest::Client,
-    base: &str,
+    relays: &Fleet,
     ids: &[String],
 ) -> anyhow::Result<()> {
-    for chunk in ids.chunks(1000) {
+    for (n, chunk) in ids.chunks(1000).enumerate() {
         let videos: Vec<Value> = chunk.iter().map(|id| json!({"video_id": id})).collect();
         let response = client
-            .post(format!("{base}/v1/videos/batch"))
+            .post(format!("{}/v1/videos/batch", relays.base(n)))
             .json(&json!({"videos": videos}))
             .send()
             .await?;
@@ -794,8 +931,10 @@ async fn run_strategy(
         webhook_secret: random_push_secret(),
         callback_url: receiver.url("schedule"),
     });
+    let database = format!("sqlite://{}/bench.db", dir.path().display());
     let config = write_config(
         dir.path(),
+        &database,
         &sim,
         &schedule_config(options, strategy, targets.as_ref()),
     )?;

@@ -126,6 +126,15 @@ pub enum Command {
         /// Seconds of the budget phase.
         #[arg(long, default_value_t = 10)]
         budget_seconds: u64,
+        /// The database engine the relay runs on: a SQLite file, or a
+        /// database on a throwaway PostgreSQL cluster the bench starts
+        /// (needs PostgreSQL's server binaries, initdb and postgres).
+        #[arg(long, value_enum, default_value_t = crate::bench::BenchBackend::Sqlite)]
+        backend: crate::bench::BenchBackend,
+        /// Relay processes sharing the database, the load spread across
+        /// them (above 1 only with `--backend postgres`).
+        #[arg(long, default_value_t = 1)]
+        instances: usize,
         /// Run the scheduling benchmark instead of the scales: the reference
         /// render workload, time-compressed, once per polling strategy.
         #[arg(long)]
@@ -317,16 +326,22 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 hot_videos,
                 delivery_videos,
                 budget_seconds,
+                backend,
+                instances,
                 ..
-            } => crate::bench::run(crate::bench::BenchOptions {
-                scales,
-                single_requests,
-                hot_videos,
-                delivery_videos,
-                budget_window: std::time::Duration::from_secs(budget_seconds),
-            })
-            .await
-            .map_err(CliError::Fatal),
+            } => {
+                let options = crate::bench::BenchOptions {
+                    scales,
+                    single_requests,
+                    hot_videos,
+                    delivery_videos,
+                    budget_window: std::time::Duration::from_secs(budget_seconds),
+                    backend,
+                    instances,
+                };
+                options.check().map_err(CliError::Usage)?;
+                crate::bench::run(options).await.map_err(CliError::Fatal)
+            }
             Command::Simulate {
                 videos,
                 renders,

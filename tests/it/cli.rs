@@ -549,6 +549,55 @@ fn a_tiny_schedule_benchmark_with_pushes_runs() {
     assert_eq!((cells[8], cells[9]), ("0", "0"), "{row}");
 }
 
+/// The scale benchmark on PostgreSQL, two relays on one database of a
+/// throwaway cluster: it runs, and the shared budget holds.
+#[test]
+fn a_tiny_benchmark_runs_on_postgres_with_two_instances() {
+    if crate::helpers::scratch_postgres().is_none() {
+        return;
+    }
+    let (code, stdout, stderr) = run_binary(
+        &[
+            "bench",
+            "--backend",
+            "postgres",
+            "--instances",
+            "2",
+            "--scales",
+            "300",
+            "--single-requests",
+            "100",
+            "--hot-videos",
+            "100",
+            "--delivery-videos",
+            "50",
+            "--budget-seconds",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| 300 |"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(row.split('|').nth(8).map(str::trim), Some("0"), "{row}");
+}
+
+#[test]
+fn scale_benchmark_options_are_checked() {
+    let (code, _, stderr) = run_binary(&["bench", "--instances", "3"], &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("needs --backend postgres"), "{stderr}");
+    let (code, _, stderr) =
+        run_binary(&["bench", "--backend", "postgres", "--instances", "0"], &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("--instances must be at least 1"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn schedule_benchmark_options_are_checked() {
     let (code, _, stderr) = run_binary(&["bench", "--schedule", "--compress", "0"], &[]);
