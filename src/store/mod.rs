@@ -184,7 +184,7 @@ impl Store {
     pub fn shared_gate(&self) -> Option<SharedGate> {
         match &self.engine {
             Engine::Sqlite(_) => None,
-            Engine::Postgres(db) => Some(SharedGate::new(db.pool().clone())),
+            Engine::Postgres(db) => Some(SharedGate::new(db.gate_pool().clone())),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, PgConnection};
 
 use super::{mutations, reads};
@@ -14,6 +14,10 @@ use crate::store::records::{FinishedRender, TrackedRender, VideoDetails, VideoRe
 use crate::store::writer::WriterEngine;
 use crate::store::{Gauges, StoreError};
 
+/// Connections for the shared gate: reservations from a relay's polls in
+/// flight, pause updates, and the wake-up listener's own.
+const GATE_CONNECTIONS: u32 = 4;
+
 /// The PostgreSQL dialect of the write traits.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Postgres;
@@ -23,6 +27,8 @@ pub(crate) struct Postgres;
 #[derive(Clone, Debug)]
 pub(crate) struct PostgresDatabase {
     pool: PgPool,
+    /// Connections for the shared gate's row (see [`GATE_CONNECTIONS`]).
+    gate_pool: PgPool,
     /// How the writer's own connection is opened (and reopened).
     options: Arc<PgConnectOptions>,
     /// Corruption reports and the last write's outcome, for readiness.
@@ -33,8 +39,18 @@ impl PostgresDatabase {
     /// Connects to `url` and applies the embedded migrations.
     pub(crate) async fn open(url: &str) -> Result<Self, StoreError> {
         let (pool, options) = super::connect(url).await?;
+        // Every upstream request commits a reservation on the one gate
+        // row, which stays locked until the commit returns: waiting for
+        // the log flush there would cap every relay together at one
+        // request per flush. Reservations need no durability (a server
+        // crash forgets the last few, which only makes the next slots
+        // come a little sooner; the queue's own commits keep waiting).
+        let gate_pool = PgPoolOptions::new()
+            .max_connections(GATE_CONNECTIONS)
+            .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         Ok(Self {
             pool,
+            gate_pool,
             options: Arc::new(options),
             health: Arc::new(Health::new(None)),
         })
@@ -45,9 +61,9 @@ impl PostgresDatabase {
         &self.health
     }
 
-    /// The readers' pool.
-    pub(crate) fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The pool of the shared gate's statements and the wake-up listener.
+    pub(crate) fn gate_pool(&self) -> &PgPool {
+        &self.gate_pool
     }
 
     /// A read's error, remembered when it reports damaged data.
@@ -108,6 +124,7 @@ impl Reads for PostgresDatabase {
     }
 
     async fn close(&self) {
+        self.gate_pool.close().await;
         self.pool.close().await;
     }
 }
