@@ -329,3 +329,19 @@ pub(crate) fn same_metadata(stored: Option<&str>, requested: Option<&str>) -> bo
         _ => false,
     }
 }
+
+/// Where a redelivery sends a video's event: the configured URLs, then the
+/// video's own `callback_url` unless it is one of them. (A URL configured
+/// twice stays twice: it counts as configured.)
+pub(crate) fn redelivery_targets<'a>(
+    configured: &'a [String],
+    own: Option<&'a str>,
+) -> Vec<&'a str> {
+    let mut targets: Vec<&str> = configured.iter().map(String::as_str).collect();
+    if let Some(own) = own
+        && !targets.contains(&own)
+    {
+        targets.push(own);
+    }
+    targets
+}

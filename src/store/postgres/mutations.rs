@@ -964,12 +964,7 @@ pub(crate) async fn redeliver(
     let Some(event_id) = event_id else {
         return Ok(RedeliverOutcome::NoEvent(state));
     };
-    let mut targets: Vec<&str> = configured.iter().map(String::as_str).collect();
-    if let Some(own) = callback_url.as_deref()
-        && !targets.contains(&own)
-    {
-        targets.push(own);
-    }
+    let targets = crate::store::records::redelivery_targets(configured, callback_url.as_deref());
     let mut once = HashSet::with_capacity(targets.len());
     let urls: Vec<&str> = targets
         .iter()

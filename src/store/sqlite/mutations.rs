@@ -827,12 +827,7 @@ pub(crate) async fn redeliver(
     let Some(event_id) = event_id else {
         return Ok(RedeliverOutcome::NoEvent(state));
     };
-    let mut targets: Vec<&str> = configured.iter().map(String::as_str).collect();
-    if let Some(own) = callback_url.as_deref()
-        && !targets.contains(&own)
-    {
-        targets.push(own);
-    }
+    let targets = crate::store::records::redelivery_targets(configured, callback_url.as_deref());
     for url in &targets {
         sqlx::query(
             "INSERT INTO deliveries (video_rowid, event_id, url, next_attempt_at, created_at, \
