@@ -660,8 +660,6 @@ impl ScratchCluster {
         self.durability
     }
 
-    /// Asks the server for an immediate shutdown and waits for it (killing
-    /// it after [`STOP_DEADLINE`]).
     /// Stops the server the way a crash would (immediate shutdown), for
     /// tests of a database that goes away; [`ScratchCluster::restart`]
     /// brings it back. While it is stopped nothing removes the folder if
@@ -687,6 +685,8 @@ impl ScratchCluster {
         self.wait_until_accepting()
     }
 
+    /// Asks the server for an immediate shutdown and waits for it (killing
+    /// it after [`STOP_DEADLINE`]).
     fn stop_server(&mut self) {
         if let Ok(Some(_)) = self.server.try_wait() {
             return;

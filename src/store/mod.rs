@@ -1,4 +1,4 @@
-//! All persistence, behind one seam ([`backend`]'s traits) with two
+//! All persistence, behind one seam (`backend`'s traits) with two
 //! engines: SQLite ([`sqlite`], one file for one daemon) and PostgreSQL
 //! (several daemons on one database). [`Store`] serves the reads and
 //! [`Writer`] (the group-commit writer, the same code for both engines)

@@ -1,6 +1,6 @@
 //! The PostgreSQL backend: the connection pool, the embedded migrations of
 //! `migrations/postgres/`, and the dialect of every statement the store
-//! runs ([`mutations`] for the writes, [`reads`] for the read queries).
+//! runs (`mutations` for the writes, `reads` for the read queries).
 //!
 //! Several relay instances may share one PostgreSQL database, so unlike
 //! SQLite (one writer, serialised by the file lock) the statements here

@@ -86,7 +86,7 @@ impl DatabaseLock {
     /// (mode `0600`) when missing, and writes this process's pid into it.
     ///
     /// The database file (and its folders) is created first when missing,
-    /// as [`Store::open`](super::Store::open) would: only an existing file
+    /// as [`Store::open`](crate::store::Store::open) would: only an existing file
     /// has a canonical path to name the lock file after.
     #[tracing::instrument(skip_all, fields(database = %database.display()))]
     pub fn acquire(database: &Path) -> Result<Self, LockError> {
