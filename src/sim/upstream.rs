@@ -154,8 +154,12 @@ pub struct LoggedRequest {
     pub raw_id: String,
     /// Whether the `x-api-key` header matched.
     pub key_ok: bool,
-    /// Time since the simulator started.
+    /// Time since the simulator started. The log entry and the choice of
+    /// the answer are made at once, so this is also (within the time the
+    /// server takes to write it) when an injected fault was answered.
     pub at: Duration,
+    /// The injected fault this request was answered with, if any.
+    pub fault: Option<Fault>,
 }
 
 /// A strict token bucket: every request that finds it empty is a violation.
@@ -530,10 +534,19 @@ async fn answer(
         .is_some_and(|key| key == state.api_key);
     let (fault, auth_failure) = {
         let mut inner = state.lock();
+        let fault = match inner
+            .video_faults
+            .get_mut(&raw_id)
+            .and_then(VecDeque::pop_front)
+        {
+            Some(fault) => Some(fault),
+            None => inner.faults.pop_front(),
+        };
         inner.log.push(LoggedRequest {
             raw_id: raw_id.clone(),
             key_ok,
             at: now - state.started,
+            fault: fault.clone(),
         });
         if let Some(bucket) = inner.bucket.as_mut() {
             bucket.take(now);
@@ -544,14 +557,6 @@ async fn answer(
         *count += 1;
         let count = *count;
         inner.max_in_flight_per_video = inner.max_in_flight_per_video.max(count);
-        let fault = match inner
-            .video_faults
-            .get_mut(&raw_id)
-            .and_then(VecDeque::pop_front)
-        {
-            Some(fault) => Some(fault),
-            None => inner.faults.pop_front(),
-        };
         (fault, inner.auth_failure)
     };
     state.arrivals.send_modify(|n| *n += 1);
