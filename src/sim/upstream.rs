@@ -377,8 +377,10 @@ impl SimState {
             .extend(faults);
     }
 
-    /// From now on, each request fails with probability `rate`, with a fault
-    /// drawn from `faults` by a generator seeded with `seed`; `rate` 0 stops.
+    /// From now on, each request without a queued fault ([`inject`](Self::inject),
+    /// [`inject_for`](Self::inject_for)) fails with probability `rate`, with
+    /// a fault drawn from `faults` by a generator seeded with `seed`; `rate`
+    /// 0 stops.
     pub fn set_random_faults(&self, rate: f64, faults: Vec<Fault>, seed: u64) {
         self.lock().random_faults = (rate > 0.0 && !faults.is_empty())
             .then(|| (rate, faults, fastrand::Rng::with_seed(seed)));
@@ -534,7 +536,7 @@ async fn answer(
         .is_some_and(|key| key == state.api_key);
     let (fault, auth_failure) = {
         let mut inner = state.lock();
-        let fault = match inner
+        let queued = match inner
             .video_faults
             .get_mut(&raw_id)
             .and_then(VecDeque::pop_front)
@@ -542,6 +544,10 @@ async fn answer(
             Some(fault) => Some(fault),
             None => inner.faults.pop_front(),
         };
+        let fault = queued.or_else(|| {
+            let (rate, faults, rng) = inner.random_faults.as_mut()?;
+            (rng.f64() < *rate).then(|| faults[rng.usize(..faults.len())].clone())
+        });
         inner.log.push(LoggedRequest {
             raw_id: raw_id.clone(),
             key_ok,
