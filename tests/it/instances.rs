@@ -518,7 +518,7 @@ fn wait_for_log_lines(relay: &RelayProcess, text: &str, count: usize, limit: Dur
 
 /// Stops `cluster`'s server under `relay` and checks the relay through the
 /// outage: it stays up, says it is not ready and refuses enqueues (ids
-/// `refused-{round}-…`) with a JSON 503, promptly. The server stays away
+/// `refused-{round}-…`) and reads with a JSON 503, promptly. The server stays away
 /// until the relay has tried twice more to listen for the other relays'
 /// work (a second apart): every part of it has met the outage by then.
 /// Returns once the server accepts connections again.
@@ -570,6 +570,13 @@ async fn outage(cluster: &mut ScratchCluster, relay: &RelayProcess, round: &str)
             ready.assert_json_error(503),
             "database_unavailable",
             "{ready:?}"
+        );
+        // Reads too.
+        let read = relay.get("/v1/videos/before-00").await;
+        assert_eq!(
+            read.assert_json_error(503),
+            "storage_unavailable",
+            "{read:?}"
         );
     }
     relay.log.try_iter().for_each(drop);
