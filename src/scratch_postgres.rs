@@ -20,6 +20,11 @@
 //! holds. When the process ends, however it ends, the kernel closes the
 //! pipe, the watcher's `read` returns, and it stops the server (immediate
 //! shutdown) and removes the folder.
+//!
+//! A test of what a relay does while its database server is away stops the
+//! server and starts it again on the same data folder
+//! ([`ScratchCluster::stop_server`], [`ScratchCluster::start_server`]); the
+//! watcher is told each new server's pid, and that none runs meanwhile.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -65,16 +70,17 @@ const MAX_SOCKET_PATH: usize = 107;
 /// The socket file's name inside the socket folder (for the length check).
 const SOCKET_FILE: &str = ".s.PGSQL.5432";
 
-/// The watcher: the first line on its standard input is the server's pid
-/// (empty when this process ended before the server started); the end of
-/// input means this process is gone. It then asks the server for an
-/// immediate shutdown, waits until the server has removed its pid file or
-/// exited (at most ten seconds: a zombie nobody reaps still answers
-/// `kill -0`), and removes the folder (`$1`). It ignores the terminal's
-/// interrupt and hang-up, which are meant for the test run, not for it.
+/// The watcher: each line on its standard input is the running server's
+/// pid, or empty while none runs (the last line counts: the server may be
+/// stopped and started again); the end of input means this process is
+/// gone. It then asks the server, if one runs, for an immediate shutdown,
+/// waits until the server has removed its pid file or exited (at most ten
+/// seconds: a zombie nobody reaps still answers `kill -0`), and removes the
+/// folder (`$1`). It ignores the terminal's interrupt and hang-up, which
+/// are meant for the test run, not for it.
 const WATCHER_SCRIPT: &str = r#"trap '' INT HUP
-read -r pid
-while read -r _; do :; done
+pid=
+while read -r line; do pid=$line; done
 if [ -n "$pid" ]; then
   kill -QUIT "$pid" 2>/dev/null
   n=0
@@ -311,42 +317,6 @@ fn server_command(program: &Path, user: Option<ServerUser>, folder: &Path) -> Co
     command
 }
 
-/// Starts the PostgreSQL server on `folder`'s `data/`, listening only on
-/// a socket in `socket_folder`, logging to `folder/server.log` (appended
-/// to, across restarts).
-fn spawn_server(
-    postgres: &Path,
-    user: Option<ServerUser>,
-    folder: &Path,
-    socket_folder: &Path,
-    durability: Durability,
-) -> Result<Child, ScratchError> {
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(folder.join("server.log"))
-        .map_err(io_error("create the server's log file"))?;
-    let log_too = log
-        .try_clone()
-        .map_err(io_error("open the server's log file"))?;
-    let mut server = server_command(postgres, user, folder);
-    server
-        .arg("-D")
-        .arg(folder.join("data"))
-        .arg("-k")
-        .arg(socket_folder)
-        .args(["-c", "listen_addresses=", "-c", &format!("port={PORT}")])
-        .args(["-c", "max_connections=200"]);
-    for setting in durability.server_settings() {
-        server.args(["-c", setting]);
-    }
-    server
-        .stdout(log)
-        .stderr(log_too)
-        .spawn()
-        .map_err(io_error("start the PostgreSQL server"))
-}
-
 /// The watcher shell (see the module's documentation), holding the write
 /// end of its standard input.
 struct Watcher {
@@ -373,15 +343,17 @@ impl Watcher {
         Ok(Self { child: Some(child) })
     }
 
-    /// Tells the watcher which process is the server.
-    fn arm(&mut self, server_pid: u32) -> Result<(), ScratchError> {
+    /// Tells the watcher which process is the server, or (`None`) that
+    /// none runs.
+    fn arm(&mut self, server_pid: Option<u32>) -> Result<(), ScratchError> {
         let stdin = self.child.as_mut().and_then(|child| child.stdin.as_mut());
         let stdin = stdin.ok_or_else(|| ScratchError::Io {
             step: "arm the cluster's watcher",
             source: io::Error::other("the watcher has no input"),
         })?;
+        let line = server_pid.map(|pid| pid.to_string()).unwrap_or_default();
         stdin
-            .write_all(format!("{server_pid}\n").as_bytes())
+            .write_all(format!("{line}\n").as_bytes())
             .and_then(|()| stdin.flush())
             .map_err(io_error("arm the cluster's watcher"))
     }
@@ -410,9 +382,6 @@ impl Drop for Watcher {
 pub struct ScratchCluster {
     /// The postmaster, this process's child.
     server: Child,
-    /// The server binary and the user it runs as, for a restart.
-    postgres: PathBuf,
-    user: Option<ServerUser>,
     /// Cleans up if this process ends without dropping the cluster.
     watcher: Watcher,
     /// The folder holding `data/`, `socket/` and `server.log`. Dropped
@@ -420,6 +389,10 @@ pub struct ScratchCluster {
     folder: TempDir,
     /// Where the server's socket is.
     socket_folder: PathBuf,
+    /// The server binary, to start the server again.
+    postgres: PathBuf,
+    /// Who the server runs as (`None`: as this process's user).
+    user: Option<ServerUser>,
     /// What the server was started with.
     durability: Durability,
     /// Numbers the databases [`ScratchCluster::create_database`] creates.
@@ -509,15 +482,15 @@ impl ScratchCluster {
         // From here on the cluster's Drop stops the server on any error.
         let mut cluster = Self {
             server,
-            postgres: binaries.postgres.clone(),
-            user,
             watcher,
             folder,
             socket_folder,
+            postgres: binaries.postgres.clone(),
+            user,
             durability,
             next_database: AtomicU64::new(1),
         };
-        cluster.watcher.arm(cluster.server.id())?;
+        cluster.watcher.arm(Some(cluster.server.id()))?;
         cluster.wait_until_accepting()?;
         Ok(cluster)
     }
@@ -650,7 +623,8 @@ impl ScratchCluster {
         &self.socket_folder
     }
 
-    /// The server's (the postmaster's) process id.
+    /// The server's (the postmaster's) process id: the running server's,
+    /// or the last one's while it is stopped.
     pub fn server_pid(&self) -> u32 {
         self.server.id()
     }
@@ -660,20 +634,32 @@ impl ScratchCluster {
         self.durability
     }
 
-    /// Stops the server the way a crash would (immediate shutdown), for
-    /// tests of a database that goes away; [`ScratchCluster::restart`]
-    /// brings it back. While it is stopped nothing removes the folder if
-    /// this process dies (the folder is only data; restart or drop soon).
-    pub fn stop(&mut self) {
-        self.watcher.disarm();
-        self.stop_server();
+    /// Stops the server as an administrator restarting it would, keeping
+    /// its data folder: a fast shutdown (PostgreSQL's `SIGINT`: open
+    /// transactions are rolled back, every client is disconnected, the data
+    /// is checkpointed and the socket removed). Connections fail from then
+    /// on, until [`ScratchCluster::start_server`]. Blocks until the server
+    /// has exited (it is killed after ten seconds); stopping a stopped
+    /// server does nothing.
+    #[instrument(skip(self))]
+    pub fn stop_server(&mut self) -> Result<(), ScratchError> {
+        self.shut_down(libc::SIGINT);
+        // The watcher learns only now, with the server gone, that none
+        // runs: had this process ended before, the watcher would still have
+        // stopped it. (Its pid was free for an instant in between; the
+        // kernel hands out pids in turn, so none can be reused that soon.)
+        self.watcher.arm(None)
     }
 
-    /// Starts the server again on the same data after
-    /// [`ScratchCluster::stop`] (it recovers from its log as after a
-    /// crash), and waits until it accepts connections.
-    pub fn restart(&mut self) -> Result<(), ScratchError> {
-        self.watcher = Watcher::spawn(self.folder.path())?;
+    /// Starts the server again on the same data folder, socket and
+    /// settings, after [`ScratchCluster::stop_server`] (or a crash), and
+    /// blocks until it accepts connections: every database and URL handed
+    /// out before works again. Does nothing while the server runs.
+    #[instrument(skip(self))]
+    pub fn start_server(&mut self) -> Result<(), ScratchError> {
+        if let Ok(None) = self.server.try_wait() {
+            return Ok(());
+        }
         self.server = spawn_server(
             &self.postgres,
             self.user,
@@ -681,20 +667,21 @@ impl ScratchCluster {
             &self.socket_folder,
             self.durability,
         )?;
-        self.watcher.arm(self.server.id())?;
+        self.watcher.arm(Some(self.server.id()))?;
         self.wait_until_accepting()
     }
 
-    /// Asks the server for an immediate shutdown and waits for it (killing
-    /// it after [`STOP_DEADLINE`]).
-    fn stop_server(&mut self) {
+    /// Sends the server `signal` (`SIGQUIT`: immediate shutdown, `SIGINT`:
+    /// fast shutdown) and waits for it to exit, killing it after
+    /// [`STOP_DEADLINE`]. Does nothing if it has exited already.
+    fn shut_down(&mut self, signal: libc::c_int) {
         if let Ok(Some(_)) = self.server.try_wait() {
             return;
         }
         if let Ok(pid) = libc::pid_t::try_from(self.server.id()) {
             // SAFETY: kill has no memory effects; the pid is our unreaped
             // child, so it cannot name another process.
-            unsafe { libc::kill(pid, libc::SIGQUIT) };
+            unsafe { libc::kill(pid, signal) };
         }
         let deadline = Instant::now() + STOP_DEADLINE;
         while Instant::now() < deadline {
@@ -708,11 +695,47 @@ impl ScratchCluster {
     }
 }
 
+/// Starts the server on the data folder in `folder` (created by `initdb`),
+/// listening on the socket in `socket_folder` only, its output appended to
+/// `folder/server.log`.
+fn spawn_server(
+    postgres: &Path,
+    user: Option<ServerUser>,
+    folder: &Path,
+    socket_folder: &Path,
+    durability: Durability,
+) -> Result<Child, ScratchError> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(folder.join("server.log"))
+        .map_err(io_error("open the server's log file"))?;
+    let log_too = log
+        .try_clone()
+        .map_err(io_error("open the server's log file"))?;
+    let mut server = server_command(postgres, user, folder);
+    server
+        .arg("-D")
+        .arg(folder.join("data"))
+        .arg("-k")
+        .arg(socket_folder)
+        .args(["-c", "listen_addresses=", "-c", &format!("port={PORT}")])
+        .args(["-c", "max_connections=200"]);
+    for setting in durability.server_settings() {
+        server.args(["-c", setting]);
+    }
+    server
+        .stdout(log)
+        .stderr(log_too)
+        .spawn()
+        .map_err(io_error("start the PostgreSQL server"))
+}
+
 impl Drop for ScratchCluster {
     fn drop(&mut self) {
         // The watcher first: once the server is reaped its pid is free.
         self.watcher.disarm();
-        self.stop_server();
+        self.shut_down(libc::SIGQUIT);
         // `folder` (a TempDir) removes the folder when the fields drop.
     }
 }

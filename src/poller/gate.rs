@@ -18,8 +18,11 @@
 //! On PostgreSQL several relays share one budget: the gate then reserves
 //! each request's slot in the database ([`SharedGate::reserve`], the same
 //! GCRA on one row), publishes the pauses it starts or ends there, and
-//! adopts those another relay started. Of several paused relays, one
-//! probes at a time ([`SharedGate::take_probe`]).
+//! adopts those another relay started: when it reserves a slot, and again
+//! just before sending a request that waited for its slot (a busy relay's
+//! slots lie up to `jogg.max_in_flight` requests ahead, and a 429 answered
+//! to another relay meanwhile must stop them too). Of several paused
+//! relays, one probes at a time ([`SharedGate::take_probe`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +33,7 @@ use tracing::{error, info, warn};
 
 use crate::domain::Millis;
 use crate::jogg::{PauseReason, default_rate_limit_pause};
-use crate::store::{Reservation, SharedGate};
+use crate::store::{Reservation, SharedGate, SharedPauses};
 
 /// How long a relay waits before trying again when the shared gate cannot
 /// be reached (the database is away): its requests are not sent meanwhile,
@@ -217,6 +220,7 @@ impl UpstreamGate {
     /// caller then hands its video back instead of holding it through the
     /// pause.
     pub async fn acquire(&self, now: Millis) -> Result<(), Closed> {
+        let called = Instant::now();
         let (local_slot, epoch) = {
             let mut state = self.lock();
             if let Some(reason) = state.paused {
@@ -248,7 +252,17 @@ impl UpstreamGate {
             Some(shared) => self.reserve_shared(shared, now).await?,
             None => local_slot.unwrap_or_else(Instant::now),
         };
+        let waits = send_at > Instant::now();
         tokio::time::sleep_until(send_at).await;
+        if let Some(shared) = &self.shared
+            && waits
+        {
+            // A busy relay's slots lie up to `max_in_flight` requests
+            // ahead; a pause another relay started meanwhile is in the
+            // database, not yet here.
+            self.recheck_shared(shared, now.plus(called.elapsed()))
+                .await?;
+        }
         let state = self.lock();
         if let Some(reason) = state.paused {
             return Err(Closed::Paused(reason));
@@ -292,6 +306,32 @@ impl UpstreamGate {
                 self.adopt_pause(reason, next_probe_at);
                 Err(Closed::Paused(reason))
             }
+            Err(_) => Err(Closed::Unavailable(now.plus(SHARED_GATE_RETRY))),
+        }
+    }
+
+    /// Just before a request that waited for its reserved slot is sent:
+    /// whether a pause began meanwhile on the database (another relay was
+    /// answered 429, or refused). It is adopted, and the request is not
+    /// sent; neither is it while the database cannot be asked.
+    async fn recheck_shared(&self, shared: &SharedGate, now: Millis) -> Result<(), Closed> {
+        match shared.pauses(now).await {
+            Ok(SharedPauses {
+                refused: Some((reason, next_probe_at)),
+                ..
+            }) => {
+                let reason = adopted_reason(&reason);
+                self.adopt_pause(reason, next_probe_at);
+                Err(Closed::Paused(reason))
+            }
+            Ok(SharedPauses {
+                throttled_until: Some(until),
+                ..
+            }) => {
+                self.adopt_throttle(until);
+                Err(Closed::Throttled(until))
+            }
+            Ok(SharedPauses { .. }) => Ok(()),
             Err(_) => Err(Closed::Unavailable(now.plus(SHARED_GATE_RETRY))),
         }
     }

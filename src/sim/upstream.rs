@@ -154,8 +154,12 @@ pub struct LoggedRequest {
     pub raw_id: String,
     /// Whether the `x-api-key` header matched.
     pub key_ok: bool,
-    /// Time since the simulator started.
+    /// Time since the simulator started. The log entry and the choice of
+    /// the answer are made at once, so this is also (within the time the
+    /// server takes to write it) when an injected fault was answered.
     pub at: Duration,
+    /// The injected fault this request was answered with, if any.
+    pub fault: Option<Fault>,
 }
 
 /// A strict token bucket: every request that finds it empty is a violation.
@@ -373,8 +377,10 @@ impl SimState {
             .extend(faults);
     }
 
-    /// From now on, each request fails with probability `rate`, with a fault
-    /// drawn from `faults` by a generator seeded with `seed`; `rate` 0 stops.
+    /// From now on, each request without a queued fault ([`inject`](Self::inject),
+    /// [`inject_for`](Self::inject_for)) fails with probability `rate`, with
+    /// a fault drawn from `faults` by a generator seeded with `seed`; `rate`
+    /// 0 stops.
     pub fn set_random_faults(&self, rate: f64, faults: Vec<Fault>, seed: u64) {
         self.lock().random_faults = (rate > 0.0 && !faults.is_empty())
             .then(|| (rate, faults, fastrand::Rng::with_seed(seed)));
@@ -530,10 +536,23 @@ async fn answer(
         .is_some_and(|key| key == state.api_key);
     let (fault, auth_failure) = {
         let mut inner = state.lock();
+        let queued = match inner
+            .video_faults
+            .get_mut(&raw_id)
+            .and_then(VecDeque::pop_front)
+        {
+            Some(fault) => Some(fault),
+            None => inner.faults.pop_front(),
+        };
+        let fault = queued.or_else(|| {
+            let (rate, faults, rng) = inner.random_faults.as_mut()?;
+            (rng.f64() < *rate).then(|| faults[rng.usize(..faults.len())].clone())
+        });
         inner.log.push(LoggedRequest {
             raw_id: raw_id.clone(),
             key_ok,
             at: now - state.started,
+            fault: fault.clone(),
         });
         if let Some(bucket) = inner.bucket.as_mut() {
             bucket.take(now);
@@ -544,14 +563,6 @@ async fn answer(
         *count += 1;
         let count = *count;
         inner.max_in_flight_per_video = inner.max_in_flight_per_video.max(count);
-        let fault = match inner
-            .video_faults
-            .get_mut(&raw_id)
-            .and_then(VecDeque::pop_front)
-        {
-            Some(fault) => Some(fault),
-            None => inner.faults.pop_front(),
-        };
         (fault, inner.auth_failure)
     };
     state.arrivals.send_modify(|n| *n += 1);

@@ -153,13 +153,17 @@ impl Health {
     }
 
     /// Records that a write failed for a reason that concerns the whole
-    /// database (locked, read-only, full, damaged).
+    /// database (locked, read-only, full, damaged, or a PostgreSQL server
+    /// out of reach). Only storage failures are held for
+    /// [`STORAGE_FAILURE_HOLD`]: a lock held by another connection or a
+    /// server out of reach is tested faithfully by the probe, which needs
+    /// the same lock and the same connection.
     pub fn write_failed(&self, err: &sqlx::Error, message: &str) {
         self.note_error(err);
         let mut state = self.state();
         state.last_failure = Some(message.to_owned());
         state.probe_succeeded_at = None;
-        if !self.is_contention(err) {
+        if !self.is_contention(err) && !self.is_disconnection(err) {
             state.storage_failure =
                 Some((Instant::now() + STORAGE_FAILURE_HOLD, message.to_owned()));
         }
@@ -226,6 +230,28 @@ impl Health {
         }
     }
 
+    /// Whether `err` says the PostgreSQL server could not be reached or
+    /// went away: an error of the connection itself (I/O, TLS, protocol),
+    /// or the server's classes `08` (connection exception) and `57`
+    /// (operator intervention: shutting down, starting up). Never for
+    /// SQLite, whose I/O errors are its file's.
+    fn is_disconnection(&self, err: &sqlx::Error) -> bool {
+        if self.file.is_some() {
+            return false;
+        }
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed => true,
+            sqlx::Error::Database(_) => {
+                sqlstate(err).is_some_and(|code| code.starts_with("08") || code.starts_with("57"))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `err` says the stored data is damaged: SQLite's
     /// `SQLITE_CORRUPT`/`SQLITE_NOTADB`, PostgreSQL's class `XX` codes for
     /// corrupted data or index (`XX001`, `XX002`).
@@ -272,5 +298,26 @@ mod tests {
         assert!(!health.probe_is_fresh(start + PROBE_REUSE));
         health.write_failed(&sqlx::Error::PoolTimedOut, "database is locked");
         assert!(!health.probe_is_fresh(start));
+    }
+
+    /// A PostgreSQL server out of reach lasts as long as the probe fails,
+    /// not [`STORAGE_FAILURE_HOLD`] longer; SQLite's failures keep it.
+    #[test]
+    fn a_lost_postgres_connection_is_not_held_like_a_storage_failure() {
+        let lost = || sqlx::Error::Io(std::io::ErrorKind::BrokenPipe.into());
+        let postgres = Health::new(None);
+        postgres.write_failed(&lost(), "broken pipe");
+        assert_eq!(postgres.known_problem(), Ok(()));
+        assert_eq!(postgres.last_failure().as_deref(), Some("broken pipe"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = super::super::sqlite::file::prepare(&dir.path().join("relay.db")).unwrap();
+        let sqlite = Health::new(Some(file));
+        sqlite.write_failed(&lost(), "disk I/O error");
+        assert!(
+            matches!(sqlite.known_problem(), Err(Unready::WriteFailed(_))),
+            "{:?}",
+            sqlite.known_problem()
+        );
     }
 }

@@ -502,6 +502,12 @@ pub(crate) trait WriterEngine: VideoQueue + Outbox {
 }
 
 /// The writer loop: drain the queue in batches until every sender is gone.
+///
+/// After a database-wide failure the connection is replaced before the
+/// next batch, and again before each later one for as long as no new
+/// connection opens: a PostgreSQL server that went away and came back
+/// leaves the old connection dead, and the first write after its return
+/// must not be refused for it.
 async fn run<D: WriterEngine>(
     health: Arc<Health>,
     db: D::Database,
@@ -509,9 +515,13 @@ async fn run<D: WriterEngine>(
     mut queue: mpsc::Receiver<WriteOp>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut suspect = false;
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if suspect {
+            (conn, suspect) = reconnect::<D>(&db, conn).await;
+        }
         if commit_batch::<D>(&mut conn, &mut batch, &health).await == Connection::Suspect {
-            conn = reconnect::<D>(&db, conn).await;
+            suspect = true;
         }
     }
     if let Err(err) = conn.close().await {
@@ -531,18 +541,20 @@ enum Connection {
 /// After a database-wide failure, a fresh connection: when SQLite rolls a
 /// transaction back on its own (a full disk, an I/O error), sqlx may still
 /// count it as open and refuse every later `BEGIN`, which would fail every
-/// write until a restart. Keeps the old connection if no new one opens.
-async fn reconnect<D: WriterEngine>(db: &D::Database, old: Conn<D>) -> Conn<D> {
+/// write until a restart; a PostgreSQL connection dies with its server.
+/// Keeps the old connection if no new one opens, and then says it is still
+/// suspect (`true`).
+async fn reconnect<D: WriterEngine>(db: &D::Database, old: Conn<D>) -> (Conn<D>, bool) {
     match D::writer_connection(db).await {
         Ok(fresh) => {
             if let Err(err) = old.close().await {
                 warn!(error = %err, "closing the writer's failed connection failed");
             }
-            fresh
+            (fresh, false)
         }
         Err(err) => {
             warn!(error = %err, "cannot reopen the database; keeping the current connection");
-            old
+            (old, true)
         }
     }
 }

@@ -8,6 +8,7 @@ mod cli;
 mod delivery;
 mod helpers;
 mod hostile;
+#[cfg(unix)]
 mod instances;
 mod jogg_client;
 mod learning;

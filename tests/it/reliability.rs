@@ -374,6 +374,15 @@ async fn upstream_faults_never_decide_an_outcome() {
         }
         seen = sim.state.request_count();
     }
+    // The faults really were answered (the simulator's own record).
+    let log = sim.state.requests();
+    let faulted = log.iter().filter(|request| request.fault.is_some()).count();
+    println!("{faulted} of {} requests answered with a fault", log.len());
+    assert!(
+        faulted * 5 >= log.len(),
+        "only {faulted} of {} requests were answered with a fault",
+        log.len()
+    );
     let store = open_store(dir.path()).await;
     let decided: Vec<(String, String)> = store
         .video_rows()
