@@ -129,11 +129,11 @@ pub enum Command {
         /// The database engine the relay runs on: a SQLite file, or a
         /// database on a throwaway PostgreSQL cluster the bench starts
         /// (needs PostgreSQL's server binaries, initdb and postgres).
-        #[arg(long, value_enum, default_value_t = crate::bench::BenchBackend::Sqlite)]
+        #[arg(long, value_enum, default_value_t = crate::bench::BenchBackend::Sqlite, conflicts_with = "schedule")]
         backend: crate::bench::BenchBackend,
         /// Relay processes sharing the database, the load spread across
         /// them (above 1 only with `--backend postgres`).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, conflicts_with = "schedule")]
         instances: usize,
         /// Run the scheduling benchmark instead of the scales: the reference
         /// render workload, time-compressed, once per polling strategy.

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::helpers::{RelayConfig, RelayProcess, TOKEN, run_binary};
+use jogg_relay::scratch_postgres::{Binaries, ScratchError};
+
+use crate::helpers::{RelayConfig, RelayProcess, TOKEN, run_binary, skip_without_postgres};
 
 /// A configuration in `dir` with `extra` sections, its database in a
 /// folder that does not exist yet.
@@ -550,10 +552,13 @@ fn a_tiny_schedule_benchmark_with_pushes_runs() {
 }
 
 /// The scale benchmark on PostgreSQL, two relays on one database of a
-/// throwaway cluster: it runs, and the shared budget holds.
+/// throwaway cluster: it runs, the shared budget holds, and both relays
+/// did work in every phase.
 #[test]
 fn a_tiny_benchmark_runs_on_postgres_with_two_instances() {
-    if crate::helpers::scratch_postgres().is_none() {
+    // The bench starts a cluster of its own: only the binaries are needed.
+    if let Err(ScratchError::NotInstalled) = Binaries::find() {
+        skip_without_postgres();
         return;
     }
     let (code, stdout, stderr) = run_binary(
@@ -577,11 +582,29 @@ fn a_tiny_benchmark_runs_on_postgres_with_two_instances() {
         &[],
     );
     assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("database: PostgreSQL"), "{stdout}");
     let row = stdout
         .lines()
         .find(|l| l.starts_with("| 300 |"))
         .unwrap_or_else(|| panic!("{stdout}"));
-    assert_eq!(row.split('|').nth(8).map(str::trim), Some("0"), "{row}");
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    // The two relays kept to the one budget they share through the
+    // database, by the simulator's strict count; every phase ran, and the
+    // server's CPU was measured.
+    assert_eq!(cells[8], "0", "{row}");
+    for (column, cell) in cells.iter().enumerate().take(12).skip(2) {
+        assert_ne!(*cell, "–", "column {column}: {row}");
+    }
+    // One line per relay, each with CPU time in the poll phase.
+    let relays: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| 300 | 1 |") || l.starts_with("| 300 | 2 |"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(relays.len(), 2, "{stdout}");
+    for relay in &relays {
+        assert!(relay[4].parse::<f64>().unwrap() > 0.0, "{relay:?}");
+    }
 }
 
 #[test]
@@ -594,6 +617,34 @@ fn scale_benchmark_options_are_checked() {
     assert_eq!(code, 64, "{stderr}");
     assert!(
         stderr.contains("--instances must be at least 1"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_binary(
+        &["bench", "--backend", "postgres", "--instances", "13"],
+        &[],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("--instances must be at most 12"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_binary(&["bench", "--backend", "mysql"], &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("sqlite") && stderr.contains("postgres"),
+        "{stderr}"
+    );
+    // The schedule benchmark runs on SQLite only: refused, not ignored.
+    let (code, _, stderr) = run_binary(&["bench", "--schedule", "--backend", "postgres"], &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("--backend") && stderr.contains("--schedule"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_binary(&["bench", "--schedule", "--instances", "2"], &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("--instances") && stderr.contains("--schedule"),
         "{stderr}"
     );
 }
