@@ -592,9 +592,12 @@ fn a_tiny_benchmark_runs_on_postgres_with_two_instances() {
     // database, by the simulator's strict count; every phase ran, and the
     // server's CPU was measured.
     assert_eq!(cells[8], "0", "{row}");
+    assert_eq!(cells.len(), 13, "eleven columns: {row}");
     for (column, cell) in cells.iter().enumerate().take(12).skip(2) {
         assert_ne!(*cell, "–", "column {column}: {row}");
     }
+    let server_cpu: f64 = cells[11].parse().unwrap_or_else(|_| panic!("{row}"));
+    assert!(server_cpu > 0.0, "{row}");
     // One line per relay, each with CPU time in the poll phase.
     let relays: Vec<Vec<&str>> = stdout
         .lines()
