@@ -316,24 +316,23 @@ impl UpstreamGate {
     /// sent; neither is it while the database cannot be asked.
     async fn recheck_shared(&self, shared: &SharedGate, now: Millis) -> Result<(), Closed> {
         match shared.pauses(now).await {
-            Ok(SharedPauses {
-                refused: Some((reason, next_probe_at)),
-                ..
-            }) => {
-                let reason = adopted_reason(&reason);
-                self.adopt_pause(reason, next_probe_at);
-                Err(Closed::Paused(reason))
-            }
-            Ok(SharedPauses {
-                throttled_until: Some(until),
-                ..
-            }) => {
-                self.adopt_throttle(until);
-                Err(Closed::Throttled(until))
-            }
-            Ok(SharedPauses { .. }) => Ok(()),
+            Ok(pauses) => self.adopt(&pauses).map_or(Ok(()), Err),
             Err(_) => Err(Closed::Unavailable(now.plus(SHARED_GATE_RETRY))),
         }
+    }
+
+    /// Takes on the pauses other relays published, and says why the gate
+    /// is closed because of them, if it is (a refusal before a throttle).
+    fn adopt(&self, pauses: &SharedPauses) -> Option<Closed> {
+        if let Some(until) = pauses.throttled_until {
+            self.adopt_throttle(until);
+        }
+        if let Some((reason, next_probe_at)) = &pauses.refused {
+            let reason = adopted_reason(reason);
+            self.adopt_pause(reason, *next_probe_at);
+            return Some(Closed::Paused(reason));
+        }
+        pauses.throttled_until.map(Closed::Throttled)
     }
 
     /// Another relay was throttled until `until`: so is this one (without
@@ -373,22 +372,15 @@ impl UpstreamGate {
         let Ok(pauses) = shared.pauses(now).await else {
             return;
         };
-        if let Some(until) = pauses.throttled_until {
-            self.adopt_throttle(until);
-        }
-        match pauses.refused {
-            Some((reason, next_probe_at)) => {
-                self.adopt_pause(adopted_reason(&reason), next_probe_at)
-            }
-            None => {
-                let mut state = self.lock();
-                if let Some(reason) = state.paused.take() {
-                    info!(
-                        reason = reason.as_str(),
-                        "another relay's probe succeeded; polling resumed"
-                    );
-                    state.failed_probes = 0;
-                }
+        self.adopt(&pauses);
+        if pauses.refused.is_none() {
+            let mut state = self.lock();
+            if let Some(reason) = state.paused.take() {
+                info!(
+                    reason = reason.as_str(),
+                    "another relay's probe succeeded; polling resumed"
+                );
+                state.failed_probes = 0;
             }
         }
     }

@@ -65,14 +65,32 @@ pub(crate) trait VideoQueue: Dialect {
         now: Millis,
     ) -> impl Future<Output = Result<CancelOutcome, StoreError>> + Send;
 
-    /// Leases up to `limit` videos until `lease_until`: those with a
-    /// pending push first, then the due ones (ranked by `rank` when given).
-    fn claim(
+    /// Leases until `lease_until` up to `limit` due videos with a pending
+    /// push, the most overdue first.
+    fn claim_hinted(
         conn: &mut Conn<Self>,
         now: Millis,
         lease_until: Millis,
         limit: u32,
-        rank: Option<&Ranker>,
+    ) -> impl Future<Output = Result<Vec<ClaimedVideo>, StoreError>> + Send;
+
+    /// Leases until `lease_until` up to `limit` due videos, the most
+    /// overdue first.
+    fn claim_due(
+        conn: &mut Conn<Self>,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<ClaimedVideo>, StoreError>> + Send;
+
+    /// Leases until `lease_until` the `limit` best-ranked of the most
+    /// overdue due videos.
+    fn claim_due_ranked(
+        conn: &mut Conn<Self>,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+        rank: &Ranker,
     ) -> impl Future<Output = Result<Vec<ClaimedVideo>, StoreError>> + Send;
 
     /// Applies poll results, each only if its lease still holds; per
@@ -176,6 +194,29 @@ pub(crate) trait Reads: Send + Sync {
     fn close(&self) -> impl Future<Output = ()> + Send;
 }
 
+/// Leases up to `limit` videos until `lease_until`, on either engine: those
+/// with a pending push first, then the rest by `rank` when one is given,
+/// else most overdue first. Claimed rows are due only at `lease_until` now
+/// (the transaction sees its own writes), so the second query cannot take
+/// them twice.
+pub(crate) async fn claim<D: VideoQueue>(
+    conn: &mut Conn<D>,
+    now: Millis,
+    lease_until: Millis,
+    limit: u32,
+    rank: Option<&Ranker>,
+) -> Result<Vec<ClaimedVideo>, StoreError> {
+    let mut claimed = D::claim_hinted(conn, now, lease_until, limit).await?;
+    let rest = limit.saturating_sub(claimed.len() as u32);
+    if rest > 0 {
+        claimed.extend(match rank {
+            Some(rank) => D::claim_due_ranked(conn, now, lease_until, rest, rank).await?,
+            None => D::claim_due(conn, now, lease_until, rest).await?,
+        });
+    }
+    Ok(claimed)
+}
+
 /// Implements [`VideoQueue`] and [`Outbox`] for the dialect `$engine` by
 /// handing each call to the function of the same name in its module
 /// `$mutations`, whose signatures mirror the traits' (with the engine's
@@ -200,14 +241,32 @@ macro_rules! delegate_writes {
                 $mutations::cancel_video(conn, video_id, now).await
             }
 
-            async fn claim(
+            async fn claim_hinted(
                 conn: &mut $crate::store::backend::Conn<Self>,
                 now: $crate::domain::Millis,
                 lease_until: $crate::domain::Millis,
                 limit: u32,
-                rank: Option<&$crate::domain::poll::Ranker>,
             ) -> Result<Vec<$crate::domain::poll::ClaimedVideo>, $crate::store::StoreError> {
-                $mutations::claim(conn, now, lease_until, limit, rank).await
+                $mutations::claim_hinted(conn, now, lease_until, limit).await
+            }
+
+            async fn claim_due(
+                conn: &mut $crate::store::backend::Conn<Self>,
+                now: $crate::domain::Millis,
+                lease_until: $crate::domain::Millis,
+                limit: u32,
+            ) -> Result<Vec<$crate::domain::poll::ClaimedVideo>, $crate::store::StoreError> {
+                $mutations::claim_due(conn, now, lease_until, limit).await
+            }
+
+            async fn claim_due_ranked(
+                conn: &mut $crate::store::backend::Conn<Self>,
+                now: $crate::domain::Millis,
+                lease_until: $crate::domain::Millis,
+                limit: u32,
+                rank: &$crate::domain::poll::Ranker,
+            ) -> Result<Vec<$crate::domain::poll::ClaimedVideo>, $crate::store::StoreError> {
+                $mutations::claim_due_ranked(conn, now, lease_until, limit, rank).await
             }
 
             async fn record_polls(

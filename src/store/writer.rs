@@ -811,7 +811,9 @@ async fn apply<D: VideoQueue + Outbox>(
             limit,
             rank,
             reply,
-        } => Ok(reply.stage(D::claim(conn, *now, *lease_until, *limit, rank.as_ref()).await?)),
+        } => Ok(reply.stage(
+            super::backend::claim::<D>(conn, *now, *lease_until, *limit, rank.as_ref()).await?,
+        )),
         WriteOp::Hint { hint, reply } => Ok(reply.stage(D::hint(conn, hint).await?)),
         WriteOp::Release { releases, reply } => {
             for release in releases.iter() {

@@ -245,7 +245,7 @@ macro_rules! lease_picked {
 /// overdue first: they go ahead of every other due video. The `WHERE` is
 /// the predicate of the partial index `videos_hinted`, which holds only
 /// pending pushes.
-async fn claim_hinted(
+pub(crate) async fn claim_hinted(
     conn: &mut PgConnection,
     now: Millis,
     lease_until: Millis,
@@ -280,29 +280,6 @@ async fn lease_selected(
         .fetch_all(conn)
         .await?;
     Ok(claimed.into_iter().map(ClaimedVideo::from).collect())
-}
-
-/// Leases up to `limit` due videos: those with a pending push first
-/// ([`claim_hinted`]), then the rest by `rank` when one is given
-/// ([`claim_due_ranked`]), else most overdue first ([`claim_due`]).
-pub(crate) async fn claim(
-    conn: &mut PgConnection,
-    now: Millis,
-    lease_until: Millis,
-    limit: u32,
-    rank: Option<&Ranker>,
-) -> Result<Vec<ClaimedVideo>, StoreError> {
-    let mut claimed = claim_hinted(conn, now, lease_until, limit).await?;
-    // Claimed rows are due only at `lease_until` now (this transaction sees
-    // its own writes), so the queries below cannot take them twice.
-    let rest = limit.saturating_sub(claimed.len() as u32);
-    if rest > 0 {
-        claimed.extend(match rank {
-            Some(rank) => claim_due_ranked(conn, now, lease_until, rest, rank).await?,
-            None => claim_due(conn, now, lease_until, rest).await?,
-        });
-    }
-    Ok(claimed)
 }
 
 /// Leases up to `limit` due videos, most overdue first. The `WHERE` is the
@@ -1053,6 +1030,24 @@ mod tests {
     use crate::domain::poll::{NewTransition, TerminalChange, TransitionKind, UpstreamFields};
     use crate::domain::{Lease, StoredId};
     use crate::store::postgres::test_db::TestDb;
+
+    /// The claim the writer makes, on this engine.
+    async fn claim(
+        conn: &mut PgConnection,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+        rank: Option<&Ranker>,
+    ) -> Result<Vec<ClaimedVideo>, StoreError> {
+        crate::store::backend::claim::<crate::store::postgres::Postgres>(
+            conn,
+            now,
+            lease_until,
+            limit,
+            rank,
+        )
+        .await
+    }
 
     /// How long a statement that must not wait for another transaction's
     /// locks may take before the test calls it blocked.

@@ -285,7 +285,7 @@ macro_rules! claimed_columns {
 /// Leases up to `limit` videos with a pending push that are due, the most
 /// overdue first: they go ahead of every other due video. A range scan of
 /// the partial index `videos_hinted`, which holds only pending pushes.
-async fn claim_hinted(
+pub(crate) async fn claim_hinted(
     conn: &mut SqliteConnection,
     now: Millis,
     lease_until: Millis,
@@ -323,29 +323,6 @@ async fn lease_selected(
         .fetch_all(conn)
         .await?;
     Ok(claimed.into_iter().map(ClaimedVideo::from).collect())
-}
-
-/// Leases up to `limit` due videos: those with a pending push first
-/// ([`claim_hinted`]), then the rest by `rank` when one is given
-/// ([`claim_due_ranked`]), else most overdue first ([`claim_due`]).
-pub(crate) async fn claim(
-    conn: &mut SqliteConnection,
-    now: Millis,
-    lease_until: Millis,
-    limit: u32,
-    rank: Option<&Ranker>,
-) -> Result<Vec<ClaimedVideo>, StoreError> {
-    let mut claimed = claim_hinted(conn, now, lease_until, limit).await?;
-    // Claimed rows are due only at `lease_until` now, so the queries below
-    // cannot take them twice.
-    let rest = limit.saturating_sub(claimed.len() as u32);
-    if rest > 0 {
-        claimed.extend(match rank {
-            Some(rank) => claim_due_ranked(conn, now, lease_until, rest, rank).await?,
-            None => claim_due(conn, now, lease_until, rest).await?,
-        });
-    }
-    Ok(claimed)
 }
 
 /// Leases up to `limit` due videos, most overdue first.
