@@ -15,11 +15,17 @@ use crate::config::PollingConfig;
 use crate::domain::Millis;
 use crate::poller::Wakeups;
 use crate::poller::learning::rebuild_learner;
-use crate::store::postgres::shared::{DELIVERIES_CHANNEL, VIDEOS_CHANNEL};
+use crate::store::postgres::shared::{DELIVERIES_CHANNEL, VIDEOS_CHANNEL, still_there};
 use crate::store::{SharedGate, Store};
 
 /// How long to wait before listening again after the database went away.
 const RELISTEN_AFTER: Duration = Duration::from_secs(1);
+
+/// After this long without a notification the listening connection is
+/// asked whether it is still there: a server that fell silent (its machine
+/// died, the network is cut) closes nothing, and the listener would wait
+/// for notifications that never come, for good.
+const CHECK_LISTENER_AFTER: Duration = Duration::from_secs(5);
 
 /// How often the learned model is rebuilt from the database, so that what
 /// every relay observed reaches every relay's schedule.
@@ -45,9 +51,20 @@ pub async fn relay_wakeups(shared: SharedGate, wakeups: Wakeups, shutdown: Cance
         debug!("listening for other relays' work");
         wake_all(&wakeups);
         loop {
+            // Receiving is cancel-safe: a notification half read when the
+            // wait ends stays buffered for the next call.
             let received = tokio::select! {
-                received = listener.try_recv() => received,
+                received = tokio::time::timeout(CHECK_LISTENER_AFTER, listener.try_recv()) => received,
                 () = shutdown.cancelled() => return,
+            };
+            let Ok(received) = received else {
+                match still_there(&mut listener).await {
+                    Ok(_) => continue,
+                    Err(err) => {
+                        warn!(error = %err, "the wake-up channel does not answer; listening again");
+                        break;
+                    }
+                }
             };
             match received {
                 Ok(Some(notification)) => match notification.channel() {

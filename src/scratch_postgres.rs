@@ -623,6 +623,12 @@ impl ScratchCluster {
         &self.socket_folder
     }
 
+    /// The server's Unix socket itself (for a test that puts something
+    /// between a relay and the server).
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket_folder.join(format!(".s.PGSQL.{PORT}"))
+    }
+
     /// The server's (the postmaster's) process id: the running server's,
     /// or the last one's while it is stopped.
     pub fn server_pid(&self) -> u32 {

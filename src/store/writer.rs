@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection as _;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{instrument, warn};
+use tracing::{info, instrument, warn};
 
 use super::backend::{Conn, Outbox, VideoQueue};
 use super::health::{Health, Unready};
@@ -493,7 +493,12 @@ impl Writer {
 /// writer's own connection.
 pub(crate) trait WriterEngine: VideoQueue + Outbox {
     /// The open database the connection comes from.
-    type Database: Send + Sync + 'static;
+    type Database: Clone + Send + Sync + 'static;
+
+    /// How long a transaction may go unanswered before it is abandoned
+    /// and the connection replaced (`None`: no limit). A network server
+    /// can fall silent without closing the connection.
+    const TRANSACTION_LIMIT: Option<Duration>;
 
     /// A connection of the writer's own (outside any pool).
     fn writer_connection(
@@ -508,34 +513,126 @@ pub(crate) trait WriterEngine: VideoQueue + Outbox {
 /// connection opens: a PostgreSQL server that went away and came back
 /// leaves the old connection dead, and the first write after its return
 /// must not be refused for it.
+///
+/// A connection that stopped answering (see
+/// [`WriterEngine::TRANSACTION_LIMIT`]) is dropped at once, and new ones
+/// are tried in the background, at most one a second, while every batch is
+/// refused at once with that failure: a silent server must not make each
+/// request wait out a connection attempt of its own.
 async fn run<D: WriterEngine>(
     health: Arc<Health>,
     db: D::Database,
-    mut conn: Conn<D>,
+    conn: Conn<D>,
     mut queue: mpsc::Receiver<WriteOp>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut suspect = false;
+    let mut link = Link::<D>::Open {
+        conn,
+        suspect: false,
+    };
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if suspect {
-            (conn, suspect) = reconnect::<D>(&db, conn).await;
-        }
-        if commit_batch::<D>(&mut conn, &mut batch, &health).await == Connection::Suspect {
-            suspect = true;
+        link = match link {
+            Link::Open {
+                conn,
+                suspect: true,
+            } => {
+                let (conn, suspect) = reconnect::<D>(&db, conn).await;
+                Link::Open { conn, suspect }
+            }
+            Link::Lost(attempt) => attempt.next(&db).await,
+            open => open,
+        };
+        match &mut link {
+            Link::Open { conn, suspect } => {
+                match commit_batch::<D>(conn, &mut batch, &health).await {
+                    Connection::Sound => {}
+                    Connection::Suspect => *suspect = true,
+                    Connection::Silent(failure) => {
+                        warn!(error = %failure, "the database stopped answering; opening a new connection");
+                        link = Link::Lost(Reconnect::start(&db, failure, Instant::now()));
+                    }
+                }
+            }
+            Link::Lost(attempt) => {
+                let message = attempt.failure.clone();
+                refuse_all(&mut batch, || StoreError::Unavailable(message.clone()));
+            }
         }
     }
-    if let Err(err) = conn.close().await {
-        warn!(error = %err, "closing the writer's connection failed");
+    if let Link::Open { conn, .. } = link {
+        close::<D>(conn, "closing the writer's connection failed").await;
     }
 }
 
+/// The writer's connection, or its absence after it fell silent.
+enum Link<D: WriterEngine> {
+    /// A connection to write on; `suspect` after a database-wide failure
+    /// (replaced before the next batch if a new one opens).
+    Open { conn: Conn<D>, suspect: bool },
+    /// The connection stopped answering and was dropped; a new one is
+    /// being opened.
+    Lost(Reconnect<D>),
+}
+
+/// Opening a connection in the background after the last one fell silent.
+struct Reconnect<D: WriterEngine> {
+    /// Why writes are refused meanwhile (the newest failure's message).
+    failure: String,
+    /// The attempt under way.
+    attempt: tokio::task::JoinHandle<Result<Conn<D>, StoreError>>,
+    /// When the attempt started (the next one starts a second later).
+    started: Instant,
+}
+
+impl<D: WriterEngine> Reconnect<D> {
+    /// Starts opening a connection to `db` at `start` (or now, if that is
+    /// past); `failure` is why.
+    fn start(db: &D::Database, failure: String, start: Instant) -> Self {
+        let db = db.clone();
+        Self {
+            failure,
+            attempt: tokio::spawn(async move {
+                tokio::time::sleep_until(start.into()).await;
+                D::writer_connection(&db).await
+            }),
+            started: start.max(Instant::now()),
+        }
+    }
+
+    /// The link after this attempt: still this attempt while it is under
+    /// way, the new connection if it opened, or else the next attempt.
+    async fn next(self, db: &D::Database) -> Link<D> {
+        if !self.attempt.is_finished() {
+            return Link::Lost(self);
+        }
+        let failure = match self.attempt.await {
+            Ok(Ok(conn)) => {
+                info!("the database answers again on a new connection");
+                return Link::Open {
+                    conn,
+                    suspect: false,
+                };
+            }
+            Ok(Err(err)) => err.to_string(),
+            Err(join) => join.to_string(),
+        };
+        Link::Lost(Self::start(db, failure, self.started + RECONNECT_SPACING))
+    }
+}
+
+/// The least time between two attempts to open a connection after the
+/// last one fell silent.
+const RECONNECT_SPACING: Duration = Duration::from_secs(1);
+
 /// What a batch's outcome says about the writer's connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Connection {
     /// Fine to keep using.
     Sound,
     /// A database-wide failure happened on it.
     Suspect,
+    /// It stopped answering (the message says how): drop it.
+    Silent(String),
 }
 
 /// After a database-wide failure, a fresh connection: when SQLite rolls a
@@ -547,9 +644,7 @@ enum Connection {
 async fn reconnect<D: WriterEngine>(db: &D::Database, old: Conn<D>) -> (Conn<D>, bool) {
     match D::writer_connection(db).await {
         Ok(fresh) => {
-            if let Err(err) = old.close().await {
-                warn!(error = %err, "closing the writer's failed connection failed");
-            }
+            close::<D>(old, "closing the writer's failed connection failed").await;
             (fresh, false)
         }
         Err(err) => {
@@ -557,6 +652,37 @@ async fn reconnect<D: WriterEngine>(db: &D::Database, old: Conn<D>) -> (Conn<D>,
             (old, true)
         }
     }
+}
+
+/// Closes `conn`, logging `failed` if that fails. A connection to a server
+/// that fell silent never answers the goodbye: within the engine's
+/// transaction limit it is dropped instead.
+async fn close<D: WriterEngine>(conn: Conn<D>, failed: &str) {
+    if let Err(err) = within_limit::<D, _>(async { Ok(conn.close().await?) }).await {
+        warn!(error = %err, "{failed}");
+    }
+}
+
+/// `work`, abandoned with a timed-out error after the engine's
+/// [`WriterEngine::TRANSACTION_LIMIT`]. Abandoning a transaction drops it
+/// unfinished: the server rolls it back, or has committed it if the
+/// commit reached it, so a refused caller's write may still be stored.
+/// Every write here may be repeated safely (enqueues are idempotent,
+/// results and releases are conditioned on the lease), and the connection
+/// is replaced before the next batch.
+async fn within_limit<D: WriterEngine, T>(
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match D::TRANSACTION_LIMIT {
+        Some(limit) => super::postgres::answered_within(limit, work).await,
+        None => work.await,
+    }
+}
+
+/// Whether `err` says the connection stopped answering (the engine's
+/// limit ran out, or the kernel gave up on the connection).
+fn fell_silent(err: &StoreError) -> bool {
+    matches!(err, StoreError::Database(sqlx::Error::Io(io)) if io.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// Answers every request of `batch` with `err`.
@@ -582,7 +708,7 @@ async fn commit_batch<D: WriterEngine>(
         refuse_all(batch, || StoreError::FileLost(problem.clone()));
         return Connection::Sound;
     }
-    let shared = async {
+    let shared = within_limit::<D, _>(async {
         let mut tx = conn.begin_with(D::BEGIN).await?;
         let mut changed = false;
         let mut rest = &mut batch[..];
@@ -594,7 +720,7 @@ async fn commit_batch<D: WriterEngine>(
         }
         tx.commit().await?;
         Ok::<_, StoreError>(changed)
-    }
+    })
     .await;
 
     match shared {
@@ -625,6 +751,8 @@ async fn commit_batch<D: WriterEngine>(
             refuse_all(batch, || StoreError::Unavailable(message.clone()));
             if specific {
                 Connection::Sound
+            } else if fell_silent(&err) {
+                Connection::Silent(message)
             } else {
                 Connection::Suspect
             }
@@ -633,17 +761,32 @@ async fn commit_batch<D: WriterEngine>(
             warn!(error = %err, "batched write failed; retrying each request alone");
             // Each request again in its own transaction: a success stages
             // its result anew (what the shared attempt staged was rolled
-            // back), a failure is that request's answer.
+            // back), a failure is that request's answer. After a failure
+            // that concerns the whole database (the disk filled meanwhile,
+            // the server fell silent) the rest are refused with it rather
+            // than each waiting for the same failure.
             let mut answers = Vec::with_capacity(batch.len());
+            let mut database_wide: Option<String> = None;
+            let mut silent = false;
             for mut request in batch.drain(..) {
-                let result = async {
+                if let Some(message) = &database_wide {
+                    answers.push((request, Err(StoreError::Unavailable(message.clone()))));
+                    continue;
+                }
+                let result = within_limit::<D, _>(async {
                     let mut tx = conn.begin_with(D::BEGIN).await?;
                     let changed =
                         apply_run::<D>(&mut tx, std::slice::from_mut(&mut request)).await?;
                     tx.commit().await?;
                     Ok(changed)
-                }
+                })
                 .await;
+                if let Err(err) = &result
+                    && !D::is_request_specific(err)
+                {
+                    database_wide = Some(err.to_string());
+                    silent = fell_silent(err);
+                }
                 answers.push((request, result));
             }
             // As above: no acknowledgement for commits to a lost file.
@@ -671,7 +814,11 @@ async fn commit_batch<D: WriterEngine>(
                     (None, Err(err)) => request.refuse(err),
                 }
             }
-            Connection::Sound
+            match database_wide {
+                Some(message) if silent => Connection::Silent(message),
+                Some(_) => Connection::Suspect,
+                None => Connection::Sound,
+            }
         }
     }
 }

@@ -25,8 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 #[cfg(unix)]
 mod postgres;
+mod stalling_proxy;
 #[cfg(unix)]
 pub use postgres::{scratch_postgres, skip_without_postgres};
+pub use stalling_proxy::StallingProxy;
 
 /// The bearer token every [`spawn_app`] relay requires.
 pub const TOKEN: &str = "test-token-0123456789";

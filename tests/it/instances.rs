@@ -26,7 +26,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    RelayConfig, RelayProcess, scratch_postgres, skip_without_postgres, test_seed,
+    RelayConfig, RelayProcess, StallingProxy, scratch_postgres, skip_without_postgres, test_seed,
 };
 
 /// The callback signing secret (`whsec_` + base64 of 27 bytes).
@@ -516,15 +516,11 @@ fn wait_for_log_lines(relay: &RelayProcess, text: &str, count: usize, limit: Dur
     }
 }
 
-/// Stops `cluster`'s server under `relay` and checks the relay through the
-/// outage: it stays up, says it is not ready and refuses enqueues (ids
-/// `refused-{round}-…`) and reads with a JSON 503, promptly. The server stays away
-/// until the relay has tried twice more to listen for the other relays'
-/// work (a second apart): every part of it has met the outage by then.
-/// Returns once the server accepts connections again.
-async fn outage(cluster: &mut ScratchCluster, relay: &RelayProcess, round: &str) {
-    tokio::task::block_in_place(|| cluster.stop_server()).unwrap();
-    let stopped = Instant::now();
+/// Checks `relay` while its database is away: it stays up, says it is
+/// not ready and refuses enqueues (ids `refused-{round}-…`) and reads with a
+/// JSON 503, each within `limit`, `attempts` times over.
+async fn refuses_while_away(relay: &RelayProcess, round: &str, attempts: usize, limit: Duration) {
+    let away = Instant::now();
     // Not ready, in JSON, once the relay notices (a successful readiness
     // probe answers for one second).
     let unready = loop {
@@ -533,8 +529,8 @@ async fn outage(cluster: &mut ScratchCluster, relay: &RelayProcess, round: &str)
             break ready;
         }
         assert!(
-            stopped.elapsed() < Duration::from_secs(10),
-            "still ready 10 s after the database stopped: {ready:?}"
+            away.elapsed() < limit,
+            "still ready {limit:?} after the database went away: {ready:?}"
         );
     };
     assert_eq!(
@@ -544,7 +540,7 @@ async fn outage(cluster: &mut ScratchCluster, relay: &RelayProcess, round: &str)
     );
     // Enqueues are refused as unavailable, not as a server error, and
     // without hanging.
-    for attempt in 0..3 {
+    for attempt in 0..attempts {
         let asked = Instant::now();
         let single = json!({"video_id": format!("refused-{round}-{attempt}")});
         let refused = relay.post("/v1/videos", single).await;
@@ -561,10 +557,11 @@ async fn outage(cluster: &mut ScratchCluster, relay: &RelayProcess, round: &str)
             "{refused:?}"
         );
         assert!(
-            asked.elapsed() < Duration::from_secs(5),
+            asked.elapsed() < limit,
             "two enqueues took {:?} to be refused",
             asked.elapsed()
         );
+        let asked = Instant::now();
         let ready = relay.get("/readyz").await;
         assert_eq!(
             ready.assert_json_error(503),
@@ -578,7 +575,25 @@ async fn outage(cluster: &mut ScratchCluster, relay: &RelayProcess, round: &str)
             "storage_unavailable",
             "{read:?}"
         );
+        assert!(
+            asked.elapsed() < limit,
+            "a readiness check and a read took {:?} to be refused",
+            asked.elapsed()
+        );
     }
+    assert_eq!(relay.get("/healthz").await.status, 200, "alive");
+}
+
+/// Stops `cluster`'s server under `relay` and checks the relay through the
+/// outage ([`refuses_while_away`], promptly: a stopped server refuses
+/// connections at once). The server stays away until the relay has tried
+/// twice more to listen for the other relays' work (a second apart): every
+/// part of it has met the outage by then. Returns once the server accepts
+/// connections again.
+async fn outage(cluster: &mut ScratchCluster, relay: &RelayProcess, round: &str) {
+    tokio::task::block_in_place(|| cluster.stop_server()).unwrap();
+    let stopped = Instant::now();
+    refuses_while_away(relay, round, 3, Duration::from_secs(5)).await;
     relay.log.try_iter().for_each(drop);
     tokio::task::block_in_place(|| {
         wait_for_log_lines(
@@ -588,7 +603,6 @@ async fn outage(cluster: &mut ScratchCluster, relay: &RelayProcess, round: &str)
             Duration::from_secs(10),
         )
     });
-    assert_eq!(relay.get("/healthz").await.status, 200, "alive");
     println!("{round} outage: database away for {:?}", stopped.elapsed());
     tokio::task::block_in_place(|| cluster.start_server()).unwrap();
 }
@@ -706,4 +720,83 @@ async fn a_database_restart_is_waited_out_and_loses_nothing() {
     relay.signal("TERM");
     assert_eq!(relay.wait().code(), Some(0), "a clean shutdown");
     println!("whole test: {:?}", started.elapsed());
+}
+
+/// A relay whose PostgreSQL server falls silent mid-work (its machine died
+/// or the network is cut: no error, no closed connection, just no answer)
+/// and is then replaced at the same address, the old connections staying
+/// silent for good. While it is silent the relay stays up and refuses
+/// enqueues, reads and readiness with a JSON 503 within a bounded time
+/// instead of hanging on the dead connections; once the replacement
+/// answers it is ready again by itself, takes new work, and finishes what
+/// it had acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_falls_silent_is_given_up_on_and_its_replacement_used() {
+    let Some(cluster) = scratch_postgres() else {
+        return;
+    };
+    let database = cluster.create_database().await.unwrap();
+    let proxy = StallingProxy::start(cluster.socket_path()).await;
+    let (sim, receiver) = simulators().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &sim, &receiver);
+    let mut relay = start(&config, &proxy.url_for(&database), &sim);
+
+    // Acknowledged before the cut: half finish at once, half stay
+    // `pending` until after the fail-over.
+    let before: Vec<String> = (0..10).map(|i| format!("before-{i:02}")).collect();
+    let (quick, waiting): (Vec<String>, Vec<String>) = before
+        .iter()
+        .cloned()
+        .partition(|id| id.ends_with(['0', '2', '4', '6', '8']));
+    let mut endings = HashMap::new();
+    for id in &before {
+        let pending = if quick.contains(id) { 0 } else { u32::MAX };
+        sim.state.script(id, Timeline::completes(pending, 0));
+        endings.insert(id.clone(), "completed");
+    }
+    let mut rng = fastrand::Rng::with_seed(5);
+    enqueue_round_robin(std::slice::from_ref(&relay), &before, &mut 0, &mut rng).await;
+    wait_for_callbacks(&receiver, &quick, Duration::from_secs(20)).await;
+
+    proxy.cut();
+    let cut = Instant::now();
+    refuses_while_away(&relay, "silent", 2, Duration::from_secs(20)).await;
+    println!("silent database: refused throughout, {:?}", cut.elapsed());
+
+    proxy.fail_over();
+    let replaced = Instant::now();
+    loop {
+        let ready = relay.get("/readyz").await;
+        if ready.status == 200 {
+            break;
+        }
+        assert!(
+            replaced.elapsed() < Duration::from_secs(20),
+            "not ready 20 s after the replacement answered: {ready:?}"
+        );
+    }
+    println!(
+        "ready {:?} after the replacement answered",
+        replaced.elapsed()
+    );
+    let after: Vec<String> = (0..5).map(|i| format!("after-{i:02}")).collect();
+    enqueue_new(&relay, &sim, &after, &mut endings).await;
+    for id in &waiting {
+        sim.state.script(id, Timeline::completes(0, 0));
+    }
+    let everything: Vec<String> = before.iter().chain(&after).cloned().collect();
+    wait_for_callbacks(&receiver, &everything, Duration::from_secs(30)).await;
+
+    assert!(
+        relay.child.try_wait().unwrap().is_none(),
+        "the relay is the same process"
+    );
+    check_callbacks(&receiver, &endings);
+    assert_eq!(sim.state.violations(), 0);
+    relay.signal("TERM");
+    while let Ok(line) = relay.log.recv_timeout(Duration::from_secs(20)) {
+        eprintln!("DEBUG {line}");
+    }
+    assert_eq!(relay.wait().code(), Some(0), "a clean shutdown");
 }

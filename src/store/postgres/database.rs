@@ -6,7 +6,7 @@ use std::sync::Arc;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, PgConnection};
 
-use super::{mutations, reads};
+use super::{ANSWER_LIMIT, CONNECT_LIMIT, answered_within, mutations, on_pooled, reads};
 use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::backend::{Dialect, Reads};
 use crate::store::health::Health;
@@ -47,6 +47,7 @@ impl PostgresDatabase {
         // come a little sooner; the queue's own commits keep waiting).
         let gate_pool = PgPoolOptions::new()
             .max_connections(GATE_CONNECTIONS)
+            .acquire_timeout(super::CONNECT_LIMIT)
             .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
         Ok(Self {
             pool,
@@ -77,23 +78,27 @@ impl PostgresDatabase {
 
 impl Reads for PostgresDatabase {
     async fn gauges(&self, now: Millis) -> Result<Gauges, StoreError> {
-        reads::gauges(&self.pool, now)
+        on_pooled(&self.pool, |conn| Box::pin(reads::gauges(conn, now)))
             .await
             .map_err(|err| self.read_error(err))
     }
 
     async fn next_poll_due(&self) -> Result<Option<Millis>, StoreError> {
-        reads::next_poll_due(&self.pool).await
+        on_pooled(&self.pool, |conn| Box::pin(reads::next_poll_due(conn))).await
     }
 
     async fn next_delivery_due(&self) -> Result<Option<Millis>, StoreError> {
-        reads::next_delivery_due(&self.pool).await
+        on_pooled(&self.pool, |conn| Box::pin(reads::next_delivery_due(conn))).await
     }
 
     async fn video_details(&self, video_id: &VideoId) -> Result<Option<VideoDetails>, StoreError> {
-        reads::video_details(&self.pool, video_id)
-            .await
-            .map_err(|err| self.read_error(err))
+        // The closure's future may not borrow the caller's id.
+        let video_id = video_id.clone();
+        on_pooled(&self.pool, move |conn| {
+            Box::pin(async move { reads::video_details(conn, &video_id).await })
+        })
+        .await
+        .map_err(|err| self.read_error(err))
     }
 
     async fn list_videos(
@@ -102,9 +107,11 @@ impl Reads for PostgresDatabase {
         after: i64,
         limit: u32,
     ) -> Result<Vec<VideoRecord>, StoreError> {
-        reads::list_videos(&self.pool, state, after, limit)
-            .await
-            .map_err(|err| self.read_error(err))
+        on_pooled(&self.pool, |conn| {
+            Box::pin(reads::list_videos(conn, state, after, limit))
+        })
+        .await
+        .map_err(|err| self.read_error(err))
     }
 
     async fn finished_renders(
@@ -112,15 +119,19 @@ impl Reads for PostgresDatabase {
         after: Option<(i64, i64)>,
         limit: u32,
     ) -> Result<Vec<FinishedRender>, StoreError> {
-        reads::finished_renders(&self.pool, after, limit)
-            .await
-            .map_err(|err| self.read_error(err))
+        on_pooled(&self.pool, |conn| {
+            Box::pin(reads::finished_renders(conn, after, limit))
+        })
+        .await
+        .map_err(|err| self.read_error(err))
     }
 
     async fn newest_renders(&self, count: u32) -> Result<Vec<TrackedRender>, StoreError> {
-        reads::newest_renders(&self.pool, count)
-            .await
-            .map_err(|err| self.read_error(err))
+        on_pooled(&self.pool, |conn| {
+            Box::pin(reads::newest_renders(conn, count))
+        })
+        .await
+        .map_err(|err| self.read_error(err))
     }
 
     async fn close(&self) {
@@ -150,9 +161,10 @@ impl Dialect for Postgres {
 
 impl WriterEngine for Postgres {
     type Database = PostgresDatabase;
+    const TRANSACTION_LIMIT: Option<std::time::Duration> = Some(ANSWER_LIMIT);
 
     async fn writer_connection(db: &PostgresDatabase) -> Result<PgConnection, StoreError> {
-        Ok(db.options.connect().await?)
+        answered_within(CONNECT_LIMIT, async { Ok(db.options.connect().await?) }).await
     }
 }
 

@@ -19,8 +19,11 @@ pub mod shared;
 
 pub(crate) use database::{Postgres, PostgresDatabase};
 
+use std::future::Future;
 use std::str::FromStr as _;
+use std::time::Duration;
 
+use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tracing::instrument;
 
@@ -29,6 +32,61 @@ use super::StoreError;
 /// Connections in the pool: reads run in parallel, and each writer
 /// transaction holds one for its duration.
 const MAX_CONNECTIONS: u32 = 8;
+
+/// How long a new connection, or a pooled one (whose check before use is
+/// a round trip), may take. A server that refuses connections fails at
+/// once; one whose machine died or whose network is cut sends nothing at
+/// all, and without a limit a request would wait for the kernel to give
+/// up on the TCP connection (a quarter of an hour).
+pub(crate) const CONNECT_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long a statement (a read) or a writer's whole transaction may go
+/// unanswered before the connection is given up as dead, for the same
+/// reason. Every statement the relay runs finds its rows by key or by an
+/// index with a limit and takes milliseconds; ten seconds is a server
+/// that is gone (or stalled on its disk for as long, which the relay then
+/// reports as unavailable too).
+pub(crate) const ANSWER_LIMIT: Duration = Duration::from_secs(10);
+
+/// `work`, unless the database leaves it unanswered for `limit`: then a
+/// timed-out I/O error, which the store's health counts as a server out of
+/// reach (readiness fails while it lasts, and the connection is replaced).
+pub(crate) async fn answered_within<T>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Database(no_answer(limit))))
+}
+
+/// `work` on a connection of `pool`, unless the database leaves it
+/// unanswered for [`ANSWER_LIMIT`] (see [`answered_within`]). A connection
+/// given up on is closed, not returned: the pool would first ask it
+/// whether it is still usable, and a silent server never answers that, so
+/// the pool's place would be lost until the kernel gave up on the socket.
+pub(crate) async fn on_pooled<T>(
+    pool: &PgPool,
+    work: impl for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let answered = tokio::time::timeout(ANSWER_LIMIT, work(&mut conn)).await;
+    answered.unwrap_or_else(|_| {
+        conn.close_on_drop();
+        Err(StoreError::Database(no_answer(ANSWER_LIMIT)))
+    })
+}
+
+/// A boxed future borrowing a connection for `'c`.
+pub(crate) type BoxFuture<'c, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'c>>;
+
+/// The error of a database that did not answer within `limit`.
+pub(crate) fn no_answer(limit: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("the database did not answer within {} s", limit.as_secs()),
+    ))
+}
 
 /// Connects to the PostgreSQL database at `url` (`postgres://…` or
 /// `postgresql://…`, including `?host=/socket/folder` for a Unix socket)
@@ -48,6 +106,7 @@ pub(crate) async fn connect(url: &str) -> Result<(PgPool, PgConnectOptions), Sto
         .application_name("jogg-relay");
     let pool = PgPoolOptions::new()
         .max_connections(MAX_CONNECTIONS)
+        .acquire_timeout(CONNECT_LIMIT)
         .connect_with(options.clone())
         .await
         .map_err(|err| open_error(cause(&err)))?;

@@ -6,7 +6,7 @@
 //! name with `INDEXED BY` are chosen here by the planner, because each
 //! `WHERE` repeats the index's predicate and each `ORDER BY` its columns.
 
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use tracing::instrument;
 
 use crate::domain::{Millis, VideoId, VideoState};
@@ -42,16 +42,16 @@ const FIRST_DELIVERY_DUE: &str = "SELECT next_attempt_at FROM deliveries \
 ///
 /// The count may be an index-only scan of `videos_state_order` once the
 /// table is vacuumed; the lags read the first entry of the due indexes.
-pub(crate) async fn gauges(pool: &PgPool, now: Millis) -> Result<Gauges, StoreError> {
+pub(crate) async fn gauges(conn: &mut PgConnection, now: Millis) -> Result<Gauges, StoreError> {
     let counts: Vec<(String, i64)> =
         sqlx::query_as("SELECT state, COUNT(*) FROM videos GROUP BY state ORDER BY state")
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
     let oldest_poll: Option<Option<i64>> = sqlx::query_scalar(FIRST_POLL_DUE)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await?;
     let oldest_delivery: Option<Option<i64>> = sqlx::query_scalar(FIRST_DELIVERY_DUE)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await?;
     let lag = |due: Option<i64>| due.map_or(0.0, |at| ((now.0 - at).max(0) as f64) / 1000.0);
     Ok(Gauges {
@@ -65,25 +65,27 @@ pub(crate) async fn gauges(pool: &PgPool, now: Millis) -> Result<Gauges, StoreEr
 }
 
 /// When the next active video is due for a poll (`None`: none is active).
-pub(crate) async fn next_poll_due(pool: &PgPool) -> Result<Option<Millis>, StoreError> {
+pub(crate) async fn next_poll_due(conn: &mut PgConnection) -> Result<Option<Millis>, StoreError> {
     let next: Option<Option<i64>> = sqlx::query_scalar(FIRST_POLL_DUE)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await?;
     Ok(next.flatten().map(Millis))
 }
 
 /// When the next pending delivery is due (`None`: none is pending).
-pub(crate) async fn next_delivery_due(pool: &PgPool) -> Result<Option<Millis>, StoreError> {
+pub(crate) async fn next_delivery_due(
+    conn: &mut PgConnection,
+) -> Result<Option<Millis>, StoreError> {
     let next: Option<Option<i64>> = sqlx::query_scalar(FIRST_DELIVERY_DUE)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await?;
     Ok(next.flatten().map(Millis))
 }
 
 /// One video with its transitions and deliveries, or `None`.
-#[instrument(skip(pool), level = "debug")]
+#[instrument(skip(conn), level = "debug")]
 pub(crate) async fn video_details(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     video_id: &VideoId,
 ) -> Result<Option<VideoDetails>, StoreError> {
     let Some(video) = sqlx::query_as::<_, VideoRecord>(concat!(
@@ -92,7 +94,7 @@ pub(crate) async fn video_details(
         " FROM videos WHERE video_id = $1"
     ))
     .bind(video_id.as_str())
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?
     else {
         return Ok(None);
@@ -102,7 +104,7 @@ pub(crate) async fn video_details(
          WHERE video_rowid = $1 ORDER BY id",
     )
     .bind(video.id)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let deliveries = sqlx::query_as::<_, DeliveryRecord>(
         "SELECT url, event_id, state, attempts, last_status, last_error, reason, \
@@ -110,7 +112,7 @@ pub(crate) async fn video_details(
          FROM deliveries WHERE video_rowid = $1 ORDER BY id",
     )
     .bind(video.id)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     Ok(Some(VideoDetails {
         video,
@@ -121,9 +123,9 @@ pub(crate) async fn video_details(
 
 /// A page of videos in id order, starting after row `after`, of one state
 /// when `state` is given (served by `videos_state_order`).
-#[instrument(skip(pool), level = "debug")]
+#[instrument(skip(conn), level = "debug")]
 pub(crate) async fn list_videos(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     state: Option<VideoState>,
     after: i64,
     limit: u32,
@@ -138,7 +140,7 @@ pub(crate) async fn list_videos(
             .bind(state.as_str())
             .bind(after)
             .bind(i64::from(limit))
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?
         }
         None => {
@@ -149,7 +151,7 @@ pub(crate) async fn list_videos(
             ))
             .bind(after)
             .bind(i64::from(limit))
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?
         }
     };
@@ -161,9 +163,9 @@ pub(crate) async fn list_videos(
 /// most `limit`. The `WHERE` repeats the predicate of the partial index
 /// `videos_finished` (`terminal_at`, `id`), whose scan starts at the
 /// cursor.
-#[instrument(skip(pool), level = "debug")]
+#[instrument(skip(conn), level = "debug")]
 pub(crate) async fn finished_renders(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     after: Option<(i64, i64)>,
     limit: u32,
 ) -> Result<Vec<FinishedRender>, StoreError> {
@@ -177,14 +179,14 @@ pub(crate) async fn finished_renders(
     .bind(at)
     .bind(id)
     .bind(i64::from(limit))
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?)
 }
 
 /// The newest `count` videos (by id, whatever their state), oldest first.
-#[instrument(skip(pool), level = "debug")]
+#[instrument(skip(conn), level = "debug")]
 pub(crate) async fn newest_renders(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     count: u32,
 ) -> Result<Vec<TrackedRender>, StoreError> {
     let mut rows = sqlx::query_as::<_, TrackedRender>(
@@ -192,7 +194,7 @@ pub(crate) async fn newest_renders(
                 terminal_at FROM videos ORDER BY id DESC LIMIT $1",
     )
     .bind(i64::from(count))
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     rows.reverse();
     Ok(rows)
@@ -209,9 +211,10 @@ mod tests {
         let Some(db) = TestDb::create("reads").await else {
             return;
         };
-        let pool = &db.pool;
-        assert_eq!(next_poll_due(pool).await.unwrap(), None);
-        assert_eq!(next_delivery_due(pool).await.unwrap(), None);
+        let mut conn = db.conn().await;
+        let pool = &mut *conn;
+        assert_eq!(next_poll_due(&mut *pool).await.unwrap(), None);
+        assert_eq!(next_delivery_due(&mut *pool).await.unwrap(), None);
         sqlx::raw_sql(
             "INSERT INTO videos (video_id, state, upstream_status, video_url, duration, \
                                  created_at, metadata, enqueued_at, updated_at, next_poll_at, \
@@ -242,11 +245,11 @@ mod tests {
              SELECT id, 'evt_c', 'https://h.example/2', 'delivered', 1, NULL, 200, 500, 600 \
              FROM videos WHERE video_id = 'c'",
         )
-        .execute(pool)
+        .execute(&mut *pool)
         .await
         .unwrap();
 
-        let gauges = gauges(pool, Millis(4_000)).await.unwrap();
+        let gauges = gauges(&mut *pool, Millis(4_000)).await.unwrap();
         assert_eq!(
             gauges,
             Gauges {
@@ -263,29 +266,35 @@ mod tests {
             }
         );
         // Nothing overdue yet: no lag.
-        let early = super::gauges(pool, Millis(500)).await.unwrap();
+        let early = super::gauges(&mut *pool, Millis(500)).await.unwrap();
         assert_eq!(
             (early.poll_lag_seconds, early.delivery_lag_seconds),
             (0.0, 0.0)
         );
-        assert_eq!(next_poll_due(pool).await.unwrap(), Some(Millis(1_000)));
-        assert_eq!(next_delivery_due(pool).await.unwrap(), Some(Millis(2_000)));
+        assert_eq!(
+            next_poll_due(&mut *pool).await.unwrap(),
+            Some(Millis(1_000))
+        );
+        assert_eq!(
+            next_delivery_due(&mut *pool).await.unwrap(),
+            Some(Millis(2_000))
+        );
 
         let names = |rows: Vec<VideoRecord>| -> Vec<String> {
             rows.into_iter().map(|v| v.video_id).collect()
         };
         assert_eq!(
-            names(list_videos(pool, None, 0, 2).await.unwrap()),
+            names(list_videos(&mut *pool, None, 0, 2).await.unwrap()),
             ["a", "b"]
         );
-        let b_id = list_videos(pool, None, 0, 2).await.unwrap()[1].id;
+        let b_id = list_videos(&mut *pool, None, 0, 2).await.unwrap()[1].id;
         assert_eq!(
-            names(list_videos(pool, None, b_id, 10).await.unwrap()),
+            names(list_videos(&mut *pool, None, b_id, 10).await.unwrap()),
             ["c", "d", "e", "f"]
         );
         assert_eq!(
             names(
-                list_videos(pool, Some(VideoState::Active), 0, 10)
+                list_videos(&mut *pool, Some(VideoState::Active), 0, 10)
                     .await
                     .unwrap()
             ),
@@ -293,14 +302,14 @@ mod tests {
         );
         assert_eq!(
             names(
-                list_videos(pool, Some(VideoState::Completed), 0, 10)
+                list_videos(&mut *pool, Some(VideoState::Completed), 0, 10)
                     .await
                     .unwrap()
             ),
             ["c"]
         );
 
-        let details = video_details(pool, &VideoId::parse("c").unwrap())
+        let details = video_details(&mut *pool, &VideoId::parse("c").unwrap())
             .await
             .unwrap()
             .unwrap();
@@ -376,14 +385,14 @@ mod tests {
             ]
         );
         assert_eq!(
-            video_details(pool, &VideoId::parse("zz").unwrap())
+            video_details(&mut *pool, &VideoId::parse("zz").unwrap())
                 .await
                 .unwrap(),
             None
         );
 
         // Completed and failed only (not f, abandoned), by (terminal_at, id).
-        let finished = finished_renders(pool, None, 10).await.unwrap();
+        let finished = finished_renders(&mut *pool, None, 10).await.unwrap();
         let finished_names: Vec<&str> = finished.iter().map(|r| r.video_id.as_str()).collect();
         assert_eq!(finished_names, ["c", "d"]);
         assert_eq!(
@@ -399,15 +408,21 @@ mod tests {
                 terminal_at: 500,
             }
         );
-        let after_c = finished_renders(pool, Some((500, c.id)), 10).await.unwrap();
+        let after_c = finished_renders(&mut *pool, Some((500, c.id)), 10)
+            .await
+            .unwrap();
         assert_eq!(after_c.len(), 1);
         assert_eq!(after_c[0].video_id, "d");
-        assert_eq!(finished_renders(pool, None, 1).await.unwrap().len(), 1);
+        assert_eq!(
+            finished_renders(&mut *pool, None, 1).await.unwrap().len(),
+            1
+        );
 
-        let newest = newest_renders(pool, 2).await.unwrap();
+        let newest = newest_renders(&mut *pool, 2).await.unwrap();
         let states: Vec<&str> = newest.iter().map(|r| r.state.as_str()).collect();
         assert_eq!(states, ["cancelled", "abandoned"]);
         assert_eq!(newest[1].terminal_at, Some(100));
+        drop(conn);
         db.drop_db().await;
     }
 }

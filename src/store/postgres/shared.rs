@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tracing::instrument;
 
+use super::{ANSWER_LIMIT, CONNECT_LIMIT, answered_within, on_pooled};
 use crate::domain::Millis;
 use crate::store::StoreError;
 
@@ -80,7 +81,7 @@ impl SharedGate {
         interval: Duration,
         tolerance: Duration,
     ) -> Result<Reservation, StoreError> {
-        let granted: Option<i64> = sqlx::query_scalar(
+        let granted = sqlx::query_scalar::<_, i64>(
             "WITH clock AS ( \
                SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now_us) \
              UPDATE upstream_gate SET \
@@ -94,8 +95,10 @@ impl SharedGate {
         )
         .bind(micros(interval))
         .bind(micros(tolerance))
-        .bind(now.0)
-        .fetch_optional(&self.pool)
+        .bind(now.0);
+        let granted: Option<i64> = on_pooled(&self.pool, move |conn| {
+            Box::pin(async move { Ok(granted.fetch_optional(conn).await?) })
+        })
         .await?;
         if let Some(wait_us) = granted {
             return Ok(Reservation::Granted {
@@ -117,13 +120,13 @@ impl SharedGate {
     /// The pauses in force at `now`.
     #[instrument(skip(self), level = "debug")]
     pub async fn pauses(&self, now: Millis) -> Result<SharedPauses, StoreError> {
-        let (throttled_until, reason, next_probe_at): (Option<i64>, Option<String>, Option<i64>) =
-            sqlx::query_as(
-                "SELECT throttled_until, refused_reason, next_probe_at \
+        let read = sqlx::query_as::<_, (Option<i64>, Option<String>, Option<i64>)>(
+            "SELECT throttled_until, refused_reason, next_probe_at \
                  FROM upstream_gate WHERE id = 1",
-            )
-            .fetch_one(&self.pool)
-            .await?;
+        )
+        .fetch_one(&self.pool);
+        let (throttled_until, reason, next_probe_at) =
+            answered_within(ANSWER_LIMIT, async { Ok(read.await?) }).await?;
         Ok(SharedPauses {
             throttled_until: throttled_until.filter(|until| *until > now.0).map(Millis),
             refused: reason.map(|reason| (reason, Millis(next_probe_at.unwrap_or(now.0)))),
@@ -134,12 +137,15 @@ impl SharedGate {
     /// force stays).
     #[instrument(skip(self), level = "debug")]
     pub async fn throttle(&self, until: Millis) -> Result<(), StoreError> {
-        sqlx::query(
+        let update = sqlx::query(
             "UPDATE upstream_gate SET throttled_until = GREATEST(COALESCE(throttled_until, $1), $1) \
              WHERE id = 1",
         )
         .bind(until.0)
-        .execute(&self.pool)
+        ;
+        on_pooled(&self.pool, move |conn| {
+            Box::pin(async move { Ok(update.execute(conn).await?) })
+        })
         .await?;
         Ok(())
     }
@@ -148,12 +154,14 @@ impl SharedGate {
     /// may go out at `next_probe_at`.
     #[instrument(skip(self), level = "debug")]
     pub async fn refuse(&self, reason: &str, next_probe_at: Millis) -> Result<(), StoreError> {
-        sqlx::query(
+        let update = sqlx::query(
             "UPDATE upstream_gate SET refused_reason = $1, next_probe_at = $2 WHERE id = 1",
         )
-        .bind(reason)
-        .bind(next_probe_at.0)
-        .execute(&self.pool)
+        .bind(reason.to_owned())
+        .bind(next_probe_at.0);
+        on_pooled(&self.pool, move |conn| {
+            Box::pin(async move { Ok(update.execute(conn).await?) })
+        })
         .await?;
         Ok(())
     }
@@ -169,8 +177,10 @@ impl SharedGate {
                AND COALESCE(next_probe_at, 0) <= $1",
         )
         .bind(now.0)
-        .bind(next_probe_at.0)
-        .execute(&self.pool)
+        .bind(next_probe_at.0);
+        let taken = on_pooled(&self.pool, move |conn| {
+            Box::pin(async move { Ok(taken.execute(conn).await?) })
+        })
         .await?;
         Ok(taken.rows_affected() == 1)
     }
@@ -178,22 +188,45 @@ impl SharedGate {
     /// A probe succeeded: every relay sends again.
     #[instrument(skip(self), level = "debug")]
     pub async fn resume(&self) -> Result<(), StoreError> {
-        sqlx::query(
+        let update = sqlx::query(
             "UPDATE upstream_gate SET refused_reason = NULL, next_probe_at = NULL WHERE id = 1",
-        )
-        .execute(&self.pool)
+        );
+        on_pooled(&self.pool, move |conn| {
+            Box::pin(async move { Ok(update.execute(conn).await?) })
+        })
         .await?;
         Ok(())
     }
 
-    /// A listener on both wake-up channels.
+    /// A listener on both wake-up channels, on a connection of its own:
+    /// a pool of one made for it, so that a listener given up on (its
+    /// server fell silent) takes no place in a pool other work needs
+    /// while its connection waits for the kernel to give up on it.
     pub async fn listen(&self) -> Result<PgListener, StoreError> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener
-            .listen_all([VIDEOS_CHANNEL, DELIVERIES_CHANNEL])
-            .await?;
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(CONNECT_LIMIT)
+            .connect_lazy_with((*self.pool.connect_options()).clone());
+        let mut listener = PgListener::connect_with(&own).await?;
+        answered_within(ANSWER_LIMIT, async {
+            Ok(listener
+                .listen_all([VIDEOS_CHANNEL, DELIVERIES_CHANNEL])
+                .await?)
+        })
+        .await?;
         Ok(listener)
     }
+}
+
+/// Whether `listener`'s connection still answers (a round trip, within
+/// the store's answer limit). Notifications that arrive meanwhile are kept
+/// for the listener's next receive.
+pub async fn still_there(listener: &mut PgListener) -> Result<(), StoreError> {
+    answered_within(ANSWER_LIMIT, async {
+        sqlx::query("SELECT 1").execute(&mut *listener).await?;
+        Ok(())
+    })
+    .await
 }
 
 #[cfg(test)]

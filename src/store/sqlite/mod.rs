@@ -315,6 +315,9 @@ impl Dialect for Sqlite {
 crate::store::backend::delegate_writes!(Sqlite, mutations);
 
 impl super::writer::WriterEngine for Sqlite {
+    /// A local file answers or fails; a stalled disk is waited out (the
+    /// busy timeout bounds lock waits).
+    const TRANSACTION_LIMIT: Option<std::time::Duration> = None;
     type Database = SqliteDatabase;
 
     async fn writer_connection(db: &SqliteDatabase) -> Result<SqliteConnection, StoreError> {
