@@ -3,6 +3,8 @@
 //! pauses) and the wake-up notifications the triggers of
 //! `migrations/postgres/0002_shared_gate.sql` send.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool};
@@ -18,14 +20,15 @@ pub const VIDEOS_CHANNEL: &str = "jogg_relay_videos";
 /// The notification channel announcing queued callbacks.
 pub const DELIVERIES_CHANNEL: &str = "jogg_relay_deliveries";
 
-/// The answer to a reservation of one upstream request.
+/// The answer to a reservation of one or more upstream requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
-    /// A slot is reserved: send after this wait (measured on the
-    /// database's clock, so relays with different clocks agree).
+    /// The slots are reserved: send each request after its wait (measured
+    /// on the database's clock, so relays with different clocks agree).
     Granted {
-        /// How long to wait before sending.
-        wait: Duration,
+        /// How long to wait before sending, one wait per slot asked for,
+        /// in slot order.
+        waits: Vec<Duration>,
     },
     /// JoggAI throttled some relay: nothing is sent before `until`.
     Throttled {
@@ -54,6 +57,8 @@ pub struct SharedPauses {
 #[derive(Debug, Clone)]
 pub struct SharedGate {
     pool: PgPool,
+    /// Reservation statements sent through this handle and its clones.
+    reservations: Arc<AtomicU64>,
 }
 
 fn micros(duration: Duration) -> i64 {
@@ -63,13 +68,29 @@ fn micros(duration: Duration) -> i64 {
 impl SharedGate {
     /// The gate of the database behind `pool`.
     pub(crate) fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            reservations: Arc::new(AtomicU64::new(0)),
+        }
     }
 
-    /// Reserves the next request slot of the global budget (GCRA with one
-    /// request per `interval` and bursts within `tolerance`), unless the
-    /// gate is closed at `now`. The first request after a 429 pause starts
-    /// from an empty bucket, as the single-relay gate does.
+    /// How many reservation statements ([`SharedGate::reserve`]) this
+    /// handle and its clones have sent: with requests grouped, fewer than
+    /// the requests they reserved for.
+    pub fn reservations_made(&self) -> u64 {
+        self.reservations.load(Ordering::Relaxed)
+    }
+
+    /// Reserves the next `slots` request slots of the global budget (GCRA
+    /// with one request per `interval` and bursts within `tolerance`),
+    /// unless the gate is closed at `now`. The first request after a 429
+    /// pause starts from an empty bucket, as the single-relay gate does.
+    ///
+    /// The slots are consecutive: the row's theoretical arrival time moves
+    /// on by `slots` intervals, and slot `i` waits exactly what the `i`-th
+    /// of `slots` single reservations made back to back would wait. So
+    /// one statement serves a group of requests without changing their
+    /// schedule.
     ///
     /// One statement: the row lock orders every relay's reservations, and
     /// the database's clock times them.
@@ -79,28 +100,39 @@ impl SharedGate {
         now: Millis,
         interval: Duration,
         tolerance: Duration,
+        slots: u32,
     ) -> Result<Reservation, StoreError> {
-        let granted: Option<i64> = sqlx::query_scalar(
+        self.reservations.fetch_add(1, Ordering::Relaxed);
+        // What the first slot's wait would be without the floor at zero
+        // (the new arrival time, less the slots taken, less the tolerance,
+        // less the clock); negative while the bucket has room.
+        let first: Option<i64> = sqlx::query_scalar(
             "WITH clock AS ( \
                SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now_us) \
              UPDATE upstream_gate SET \
                tat_us = CASE WHEN throttled_until IS NOT NULL THEN clock.now_us + $2 \
-                             ELSE GREATEST(tat_us, clock.now_us) END + $1, \
+                             ELSE GREATEST(tat_us, clock.now_us) END + $1 * $4, \
                throttled_until = NULL \
              FROM clock \
              WHERE id = 1 AND refused_reason IS NULL \
                AND (throttled_until IS NULL OR throttled_until <= $3) \
-             RETURNING GREATEST(0, tat_us - $1 - $2 - clock.now_us)",
+             RETURNING tat_us - $1 * $4 - $2 - clock.now_us",
         )
         .bind(micros(interval))
         .bind(micros(tolerance))
         .bind(now.0)
+        .bind(i64::from(slots))
         .fetch_optional(&self.pool)
         .await?;
-        if let Some(wait_us) = granted {
-            return Ok(Reservation::Granted {
-                wait: Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)),
-            });
+        if let Some(first) = first {
+            let interval = micros(interval);
+            let waits = (0..i64::from(slots))
+                .map(|slot| {
+                    let wait = first.saturating_add(interval.saturating_mul(slot));
+                    Duration::from_micros(u64::try_from(wait).unwrap_or(0))
+                })
+                .collect();
+            return Ok(Reservation::Granted { waits });
         }
         let pauses = self.pauses(now).await?;
         Ok(match (pauses.refused, pauses.throttled_until) {
@@ -203,11 +235,19 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
-    /// The wait of a granted reservation (panics otherwise).
-    fn granted(reservation: Reservation) -> Duration {
+    /// The waits of a granted reservation (panics otherwise).
+    fn granted_slots(reservation: Reservation) -> Vec<Duration> {
         match reservation {
-            Reservation::Granted { wait } => wait,
+            Reservation::Granted { waits } => waits,
             other => panic!("not granted: {other:?}"),
+        }
+    }
+
+    /// The wait of a granted reservation of one slot (panics otherwise).
+    fn granted(reservation: Reservation) -> Duration {
+        match granted_slots(reservation).as_slice() {
+            [wait] => *wait,
+            waits => panic!("one slot asked for, {} granted", waits.len()),
         }
     }
 
@@ -232,12 +272,48 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..5 {
             waits.push(granted(
-                gate.reserve(now, interval, tolerance).await.unwrap(),
+                gate.reserve(now, interval, tolerance, 1).await.unwrap(),
             ));
         }
         let expected = [0, 0, 0, 10, 20].map(|s| s * SECOND);
         for (wait, expected) in waits.iter().zip(expected) {
             assert!(about(*wait, expected), "{waits:?}");
+        }
+        db.drop_db().await;
+    }
+
+    /// One statement reserving several slots gives each the wait the same
+    /// number of single reservations back to back would give it (the
+    /// schedule `reservations_follow_the_budget` checks), and the row
+    /// moves on by as many intervals: the next single reservation comes
+    /// after them. Slots after a 429 pause start from an empty bucket.
+    #[tokio::test]
+    async fn a_group_of_slots_is_the_same_schedule_as_single_reservations() {
+        let Some(db) = TestDb::create("a_group_of_slots_is_the_same_schedule").await else {
+            return;
+        };
+        let gate = SharedGate::new(db.pool.clone());
+        let now = Millis::now();
+        let interval = 10 * SECOND;
+        let tolerance = 2 * interval;
+        let group = granted_slots(gate.reserve(now, interval, tolerance, 4).await.unwrap());
+        let next = granted(gate.reserve(now, interval, tolerance, 1).await.unwrap());
+        let waits: Vec<Duration> = group.into_iter().chain([next]).collect();
+        let expected = [0, 0, 0, 10, 20].map(|s| s * SECOND);
+        assert_eq!(waits.len(), expected.len(), "{waits:?}");
+        for (wait, expected) in waits.iter().zip(expected) {
+            assert!(about(*wait, expected), "{waits:?}");
+        }
+        assert_eq!(gate.reservations_made(), 2, "one statement per call");
+
+        // After a pause: the first slot at once, then one per interval.
+        let later = Millis(now.0 + 60_000);
+        gate.throttle(later).await.unwrap();
+        let after = granted_slots(gate.reserve(later, interval, tolerance, 3).await.unwrap());
+        let expected = [0, 10, 20].map(|s| s * SECOND);
+        assert_eq!(after.len(), expected.len(), "{after:?}");
+        for (wait, expected) in after.iter().zip(expected) {
+            assert!(about(*wait, expected), "{after:?}");
         }
         db.drop_db().await;
     }
@@ -260,7 +336,7 @@ mod tests {
         one.throttle(now.plus(SECOND)).await.unwrap();
         let (interval, tolerance) = (10 * SECOND, 20 * SECOND);
         assert_eq!(
-            other.reserve(now, interval, tolerance).await.unwrap(),
+            other.reserve(now, interval, tolerance, 1).await.unwrap(),
             Reservation::Throttled { until }
         );
         assert_eq!(
@@ -269,8 +345,8 @@ mod tests {
         );
         // Over: granted at once, and the next waits a whole interval
         // although the burst would have allowed three at once.
-        let first = granted(other.reserve(until, interval, tolerance).await.unwrap());
-        let second = granted(one.reserve(until, interval, tolerance).await.unwrap());
+        let first = granted(other.reserve(until, interval, tolerance, 1).await.unwrap());
+        let second = granted(one.reserve(until, interval, tolerance, 1).await.unwrap());
         assert!(about(first, Duration::ZERO), "{first:?}");
         assert!(about(second, interval), "{second:?}");
         assert_eq!(one.pauses(until).await.unwrap(), SharedPauses::default());
@@ -295,7 +371,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            other.reserve(now, SECOND, SECOND).await.unwrap(),
+            other.reserve(now, SECOND, SECOND, 1).await.unwrap(),
             Reservation::Refused {
                 reason: "insufficient_credit".into(),
                 next_probe_at: first_probe,
@@ -317,7 +393,7 @@ mod tests {
             Some(("insufficient_credit".into(), next_probe))
         );
         one.resume().await.unwrap();
-        granted(other.reserve(later, SECOND, SECOND).await.unwrap());
+        granted(other.reserve(later, SECOND, SECOND, 1).await.unwrap());
         assert!(
             !one.take_probe(next_probe, next_probe).await.unwrap(),
             "nothing to probe"
