@@ -17,7 +17,8 @@
 //!
 //! On PostgreSQL several relays share one budget: the gate then reserves
 //! each request's slot in the database ([`SharedGate::reserve`], the same
-//! GCRA on one row), publishes the pauses it starts or ends there, and
+//! GCRA on one row; requests asking at the same time share one statement,
+//! see [`groups`]), publishes the pauses it starts or ends there, and
 //! adopts those another relay started: when it reserves a slot, and again
 //! just before sending a request that waited for its slot (a busy relay's
 //! slots lie up to `jogg.max_in_flight` requests ahead, and a 429 answered
@@ -49,11 +50,14 @@ const JITTER_ALLOWANCE: Duration = Duration::from_millis(20);
 /// this fraction instead.
 const SINGLE_TOKEN_RATE_MARGIN: f64 = 0.05;
 
-/// How late after its slot a request may still be sent. A request whose
-/// task ran later than this (a loaded machine) would reach JoggAI bunched
-/// with the requests of the next slots, eating the reserve the jitter
-/// needs; its slot is dropped and another reserved instead. An unused slot
-/// only spends less than the budget.
+/// How late a request may still be sent after its slot is due (the
+/// GCRA's theoretical arrival time of that slot, which a request sent in a
+/// burst reaches later than its send time). Sent by then, a request leaves
+/// the slots after it where they are; sent later (its task ran late on a
+/// loaded machine), it reaches JoggAI bunched with the requests of the next
+/// slots, eating the reserve the network's jitter needs. So half of that
+/// reserve is allowed; beyond it the slot is dropped and another reserved
+/// instead. An unused slot only spends less than the budget.
 const STALE_SLOT: Duration = Duration::from_millis(JITTER_ALLOWANCE.as_millis() as u64 / 2);
 
 /// How many stale slots a request drops before it gives up its turn
@@ -248,7 +252,7 @@ impl UpstreamGate {
     /// caller then hands its video back instead of holding it through the
     /// pause.
     ///
-    /// A slot the task reaches late (more than [`STALE_SLOT`] after it came
+    /// A slot the task reaches late (more than [`STALE_SLOT`] after it is
     /// due) is not used: another is reserved, a few times at most
     /// ([`Closed::Late`] after that).
     pub async fn acquire(&self, now: Millis) -> Result<(), Closed> {
@@ -260,8 +264,8 @@ impl UpstreamGate {
             } else {
                 now.plus(called.elapsed())
             };
-            let send_at = self.send_on_slot(asked, called).await?;
-            let late = Instant::now().saturating_duration_since(send_at);
+            let due = self.send_on_slot(asked, called).await?;
+            let late = Instant::now().saturating_duration_since(due);
             if late <= STALE_SLOT {
                 return Ok(());
             }
@@ -274,7 +278,8 @@ impl UpstreamGate {
     }
 
     /// One slot: reserves it, waits for it, and checks the pauses again;
-    /// returns when it came due.
+    /// returns when the slot is due (its GCRA arrival time: sent later, the
+    /// request would move the slots after it).
     async fn send_on_slot(&self, now: Millis, called: Instant) -> Result<Instant, Closed> {
         let (local_slot, epoch) = {
             let mut state = self.lock();
@@ -293,20 +298,24 @@ impl UpstreamGate {
                 }
                 None => {}
             }
-            // A shared budget is reserved in the database instead.
+            // A shared budget is reserved in the database instead. The
+            // slot is due at its arrival time, and sent up to the
+            // tolerance before it.
             let local_slot = self.groups.is_none().then(|| {
                 let tat = state.tat.max(instant);
                 state.tat = tat + self.interval;
-                tat.checked_sub(self.tolerance)
+                let send_at = tat
+                    .checked_sub(self.tolerance)
                     .unwrap_or(instant)
-                    .max(instant)
+                    .max(instant);
+                (send_at, tat)
             });
             (local_slot, state.throttle_epoch)
         };
-        let send_at = match (&self.groups, local_slot) {
+        let (send_at, due) = match (&self.groups, local_slot) {
             (Some(groups), _) => self.reserve_shared(groups, now).await?,
             (None, Some(slot)) => slot,
-            (None, None) => Instant::now(),
+            (None, None) => (Instant::now(), Instant::now()),
         };
         let waits = send_at > Instant::now();
         tokio::time::sleep_until(send_at).await;
@@ -328,11 +337,12 @@ impl UpstreamGate {
         {
             return Err(Closed::Throttled(until));
         }
-        Ok(send_at)
+        Ok(due)
     }
 
     /// Reserves a slot of the shared budget, grouped with the other
-    /// requests asking meanwhile: when to send, or why not (a pause
+    /// requests asking meanwhile: when to send and when the slot is due,
+    /// or why not (a pause
     /// another relay started is adopted here). While the database cannot
     /// be reached nothing is sent; that is logged once, and once more when
     /// it answers again.
@@ -340,7 +350,7 @@ impl UpstreamGate {
         &self,
         groups: &Arc<SlotGroups>,
         now: Millis,
-    ) -> Result<Instant, Closed> {
+    ) -> Result<(Instant, Instant), Closed> {
         let slot = groups.slot(now).await;
         let unreachable = matches!(slot, Slot::Unreachable(_));
         if self.shared_unreachable.swap(unreachable, Ordering::AcqRel) != unreachable {
@@ -354,7 +364,7 @@ impl UpstreamGate {
             }
         }
         match slot {
-            Slot::SendAt(send_at) => Ok(send_at),
+            Slot::SendAt { at, due } => Ok((at, due)),
             Slot::Throttled(until) => {
                 self.adopt_throttle(until);
                 Err(Closed::Throttled(until))
@@ -710,6 +720,51 @@ mod tests {
             late > next,
             "the late request goes after the next one: {sent:?}"
         );
+    }
+
+    /// A slot is due at its GCRA arrival time, up to the tolerance after
+    /// its send time: a request that waited for its slot and wakes late but
+    /// by then is still sent (it moves no later slot, and a dropped slot
+    /// would be budget lost); one that wakes after it is not.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_slot_is_used_until_it_is_due() {
+        // 10 requests a second, burst 10: nine at once (one token in
+        // reserve), then one slot every 100 ms, each due 800 ms after it
+        // may be sent.
+        let (rate, burst) = (10.0, 10);
+        let gate = gate(rate, burst);
+        let start = Instant::now();
+        let mut sent = grant_times(&gate, 9, T0).await;
+        let timed = |acquire| async move {
+            let granted: Result<(), Closed> = acquire;
+            granted.unwrap();
+            Instant::now() - start
+        };
+        // Eleven more: request i may be sent from 100 (i + 1) ms and is
+        // due at 900 + 100 i ms.
+        let mut waiting: Vec<_> = (0..11)
+            .map(|_| Box::pin(async { timed(gate.acquire(T0).await).await }))
+            .collect();
+        for request in &mut waiting {
+            assert!(poll_once(request).await, "waits for its slot");
+        }
+        // The first one's task runs again at 700 ms: 600 ms after its send
+        // time, before its slot is due. Sent.
+        tokio::time::advance(Duration::from_millis(700)).await;
+        let first = waiting.remove(0).await;
+        assert_eq!(first, Duration::from_millis(700), "used, not dropped");
+        sent.push(first);
+        // The others' at 1,100 ms: the second's slot was due at 1,000 ms,
+        // so it takes the next free one (sent from 1,200 ms); the third's
+        // is due at 1,100 ms, the others' later. They are sent at once.
+        tokio::time::advance(Duration::from_millis(400)).await;
+        let second = waiting.remove(0);
+        let (second, others) = tokio::join!(second, futures_util::future::join_all(waiting));
+        assert_eq!(second, Duration::from_millis(1200), "dropped its slot");
+        assert_eq!(others, vec![Duration::from_millis(1100); 9]);
+        sent.push(second);
+        sent.extend(others);
+        assert_eq!(over_budget(sent.clone(), rate, burst), None, "{sent:?}");
     }
 
     #[tokio::test(start_paused = true)]

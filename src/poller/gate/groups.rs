@@ -6,7 +6,7 @@
 //! to the gate). So the requests asking for a slot while a reservation is
 //! in flight wait for it to finish and then share the next one: a single
 //! statement reserves as many consecutive slots as there are waiters
-//! ([`SharedGate::reserve`]), each waiter getting the wait it would have
+//! ([`SharedGate::reserve`]), each waiter getting the slot it would have
 //! got alone, back to back. One waiter is one slot, asked for at once: a
 //! quiet relay waits no longer than before; a busy one sends one
 //! statement for many requests.
@@ -32,8 +32,14 @@ use crate::store::{Reservation, SharedGate, StoreError};
 /// One waiter's share of a group's reservation.
 #[derive(Debug, Clone)]
 pub(super) enum Slot {
-    /// Send at this instant.
-    SendAt(Instant),
+    /// Send at `at`; sent after `due` (the slot's GCRA arrival time), the
+    /// request would move the slots after it.
+    SendAt {
+        /// When to send.
+        at: Instant,
+        /// The latest time that keeps the schedule.
+        due: Instant,
+    },
     /// JoggAI throttled some relay: nothing is sent before this time.
     Throttled(Millis),
     /// JoggAI refuses the key or the account (the reason as stored), the
@@ -144,9 +150,12 @@ impl SlotGroups {
             .await;
         let answered = Instant::now();
         match reserved {
-            Ok(Reservation::Granted { waits }) => {
-                for (waiter, wait) in group.into_iter().zip(waits) {
-                    let _ = waiter.reply.send(Slot::SendAt(answered + wait));
+            Ok(Reservation::Granted { slots }) => {
+                for (waiter, slot) in group.into_iter().zip(slots) {
+                    let _ = waiter.reply.send(Slot::SendAt {
+                        at: answered + slot.wait,
+                        due: answered + slot.due,
+                    });
                 }
             }
             Ok(Reservation::Throttled { until }) => answer_all(group, Slot::Throttled(until)),

@@ -23,12 +23,10 @@ pub const DELIVERIES_CHANNEL: &str = "jogg_relay_deliveries";
 /// The answer to a reservation of one or more upstream requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
-    /// The slots are reserved: send each request after its wait (measured
-    /// on the database's clock, so relays with different clocks agree).
+    /// The slots are reserved, one per slot asked for, in slot order.
     Granted {
-        /// How long to wait before sending, one wait per slot asked for,
-        /// in slot order.
-        waits: Vec<Duration>,
+        /// The slots' times.
+        slots: Vec<GrantedSlot>,
     },
     /// JoggAI throttled some relay: nothing is sent before `until`.
     Throttled {
@@ -42,6 +40,19 @@ pub enum Reservation {
         /// When the next probe may go out.
         next_probe_at: Millis,
     },
+}
+
+/// One reserved request slot, timed from the reservation on the
+/// database's clock (so relays with different clocks agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantedSlot {
+    /// How long to wait before sending.
+    pub wait: Duration,
+    /// How long until the slot's theoretical arrival time (the GCRA's, no
+    /// earlier than the reservation): a request sent by then leaves the
+    /// slots after it where they are; sent later, it reaches JoggAI closer
+    /// to them than the budget allows.
+    pub due: Duration,
 }
 
 /// The shared pause state, as read.
@@ -125,14 +136,18 @@ impl SharedGate {
         .fetch_optional(&self.pool)
         .await?;
         if let Some(first) = first {
-            let interval = micros(interval);
-            let waits = (0..i64::from(slots))
+            let (interval, tolerance) = (micros(interval), micros(tolerance));
+            let from_now = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
+            let slots = (0..i64::from(slots))
                 .map(|slot| {
                     let wait = first.saturating_add(interval.saturating_mul(slot));
-                    Duration::from_micros(u64::try_from(wait).unwrap_or(0))
+                    GrantedSlot {
+                        wait: from_now(wait),
+                        due: from_now(wait.saturating_add(tolerance)),
+                    }
                 })
                 .collect();
-            return Ok(Reservation::Granted { waits });
+            return Ok(Reservation::Granted { slots });
         }
         let pauses = self.pauses(now).await?;
         Ok(match (pauses.refused, pauses.throttled_until) {
@@ -235,10 +250,10 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
-    /// The waits of a granted reservation (panics otherwise).
-    fn granted_slots(reservation: Reservation) -> Vec<Duration> {
+    /// The slots of a granted reservation (panics otherwise).
+    fn granted_slots(reservation: Reservation) -> Vec<GrantedSlot> {
         match reservation {
-            Reservation::Granted { waits } => waits,
+            Reservation::Granted { slots } => slots,
             other => panic!("not granted: {other:?}"),
         }
     }
@@ -246,8 +261,8 @@ mod tests {
     /// The wait of a granted reservation of one slot (panics otherwise).
     fn granted(reservation: Reservation) -> Duration {
         match granted_slots(reservation).as_slice() {
-            [wait] => *wait,
-            waits => panic!("one slot asked for, {} granted", waits.len()),
+            [slot] => slot.wait,
+            slots => panic!("one slot asked for, {} granted", slots.len()),
         }
     }
 
@@ -286,7 +301,10 @@ mod tests {
     /// number of single reservations back to back would give it (the
     /// schedule `reservations_follow_the_budget` checks), and the row
     /// moves on by as many intervals: the next single reservation comes
-    /// after them. Slots after a 429 pause start from an empty bucket.
+    /// after them. Each slot is due at its GCRA arrival time, one interval
+    /// after the one before (a burst's slots are sent at once but due one
+    /// after the other). Slots after a 429 pause start from an empty
+    /// bucket.
     #[tokio::test]
     async fn a_group_of_slots_is_the_same_schedule_as_single_reservations() {
         let Some(db) = TestDb::create("a_group_of_slots_is_the_same_schedule").await else {
@@ -297,12 +315,13 @@ mod tests {
         let interval = 10 * SECOND;
         let tolerance = 2 * interval;
         let group = granted_slots(gate.reserve(now, interval, tolerance, 4).await.unwrap());
-        let next = granted(gate.reserve(now, interval, tolerance, 1).await.unwrap());
-        let waits: Vec<Duration> = group.into_iter().chain([next]).collect();
-        let expected = [0, 0, 0, 10, 20].map(|s| s * SECOND);
-        assert_eq!(waits.len(), expected.len(), "{waits:?}");
-        for (wait, expected) in waits.iter().zip(expected) {
-            assert!(about(*wait, expected), "{waits:?}");
+        let next = granted_slots(gate.reserve(now, interval, tolerance, 1).await.unwrap());
+        let slots: Vec<GrantedSlot> = group.into_iter().chain(next).collect();
+        let expected = [(0, 0), (0, 10), (0, 20), (10, 30), (20, 40)]
+            .map(|(wait, due)| (wait * SECOND, due * SECOND));
+        assert_eq!(slots.len(), expected.len(), "{slots:?}");
+        for (slot, (wait, due)) in slots.iter().zip(expected) {
+            assert!(about(slot.wait, wait) && about(slot.due, due), "{slots:?}");
         }
         assert_eq!(gate.reservations_made(), 2, "one statement per call");
 
@@ -310,10 +329,11 @@ mod tests {
         let later = Millis(now.0 + 60_000);
         gate.throttle(later).await.unwrap();
         let after = granted_slots(gate.reserve(later, interval, tolerance, 3).await.unwrap());
-        let expected = [0, 10, 20].map(|s| s * SECOND);
+        let expected =
+            [(0, 20), (10, 30), (20, 40)].map(|(wait, due)| (wait * SECOND, due * SECOND));
         assert_eq!(after.len(), expected.len(), "{after:?}");
-        for (wait, expected) in after.iter().zip(expected) {
-            assert!(about(*wait, expected), "{after:?}");
+        for (slot, (wait, due)) in after.iter().zip(expected) {
+            assert!(about(slot.wait, wait) && about(slot.due, due), "{after:?}");
         }
         db.drop_db().await;
     }
