@@ -60,9 +60,9 @@ const SINGLE_TOKEN_RATE_MARGIN: f64 = 0.05;
 /// instead. An unused slot only spends less than the budget.
 const STALE_SLOT: Duration = Duration::from_millis(JITTER_ALLOWANCE.as_millis() as u64 / 2);
 
-/// How many stale slots a request drops before it gives up its turn
-/// ([`Closed::Late`]): a machine too loaded to keep any slot must not keep
-/// reserving them.
+/// How many slots a request may reach too late before it gives up its
+/// turn ([`Closed::Late`]): a machine too loaded to keep any slot must not
+/// keep reserving them.
 const MAX_STALE_SLOTS: u32 = 3;
 
 /// Longest 429 pause unless configured otherwise (`jogg.max_pause`).
@@ -253,11 +253,11 @@ impl UpstreamGate {
     /// pause.
     ///
     /// A slot the task reaches late (more than [`STALE_SLOT`] after it is
-    /// due) is not used: another is reserved, a few times at most
-    /// ([`Closed::Late`] after that).
+    /// due) is not used: another is reserved, [`MAX_STALE_SLOTS`] slots in
+    /// all ([`Closed::Late`] after that).
     pub async fn acquire(&self, now: Millis) -> Result<(), Closed> {
         let called = Instant::now();
-        for stale in 0..=MAX_STALE_SLOTS {
+        for stale in 0..MAX_STALE_SLOTS {
             // Later rounds judge the pauses at the time they ask again.
             let asked = if stale == 0 {
                 now
@@ -342,10 +342,9 @@ impl UpstreamGate {
 
     /// Reserves a slot of the shared budget, grouped with the other
     /// requests asking meanwhile: when to send and when the slot is due,
-    /// or why not (a pause
-    /// another relay started is adopted here). While the database cannot
-    /// be reached nothing is sent; that is logged once, and once more when
-    /// it answers again.
+    /// or why not (a pause another relay started is adopted here). While
+    /// the database cannot be reached nothing is sent; that is logged
+    /// once, and once more when it answers again.
     async fn reserve_shared(
         &self,
         groups: &Arc<SlotGroups>,
@@ -720,6 +719,34 @@ mod tests {
             late > next,
             "the late request goes after the next one: {sent:?}"
         );
+    }
+
+    /// A request whose task is late for every slot it gets gives its turn
+    /// up after three (its video is handed back) rather than keep taking
+    /// slots nobody uses.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_late_for_every_slot_gives_its_turn_up() {
+        let ms = Duration::from_millis;
+        // No burst: one slot every 105 ms.
+        let gate = gate(10.0, 1);
+        let start = Instant::now();
+        gate.acquire(T0).await.unwrap();
+        let mut late = Box::pin(gate.acquire(T0));
+        assert!(poll_once(&mut late).await, "slot at 105 ms");
+        // Ten more requests wait behind it: the slots up to 1,155 ms.
+        let mut behind: Vec<_> = (0..10).map(|_| Box::pin(gate.acquire(T0))).collect();
+        for request in &mut behind {
+            assert!(poll_once(request).await);
+        }
+        // Its task wakes 55 ms after each slot it gets: at 160 ms (the
+        // next slot: 1,260 ms), at 1,315 ms (next: 1,365 ms), at 1,420 ms.
+        for wake in [160, 1315] {
+            tokio::time::advance(start + ms(wake) - Instant::now()).await;
+            assert!(poll_once(&mut late).await, "another slot at {wake} ms");
+        }
+        tokio::time::advance(start + ms(1420) - Instant::now()).await;
+        assert_eq!(late.await, Err(Closed::Late(T0.plus(ms(1420)))));
+        drop(behind);
     }
 
     /// A slot is due at its GCRA arrival time, up to the tolerance after
