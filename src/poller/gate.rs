@@ -18,7 +18,7 @@
 //! On PostgreSQL several relays share one budget: the gate then reserves
 //! each request's slot in the database ([`SharedGate::reserve`], the same
 //! GCRA on one row; requests asking at the same time share one statement,
-//! see [`groups`]), publishes the pauses it starts or ends there, and
+//! see `gate/groups.rs`), publishes the pauses it starts or ends there, and
 //! adopts those another relay started: when it reserves a slot, and again
 //! just before sending a request that waited for its slot (a busy relay's
 //! slots lie up to `jogg.max_in_flight` requests ahead, and a 429 answered
@@ -252,9 +252,9 @@ impl UpstreamGate {
     /// caller then hands its video back instead of holding it through the
     /// pause.
     ///
-    /// A slot the task reaches late (more than [`STALE_SLOT`] after it is
-    /// due) is not used: another is reserved, [`MAX_STALE_SLOTS`] slots in
-    /// all ([`Closed::Late`] after that).
+    /// A slot the task reaches late (more than `STALE_SLOT`, 10 ms, after
+    /// it is due) is not used: another is reserved, `MAX_STALE_SLOTS` (3)
+    /// slots in all ([`Closed::Late`] after that).
     pub async fn acquire(&self, now: Millis) -> Result<(), Closed> {
         let called = Instant::now();
         for stale in 0..MAX_STALE_SLOTS {
