@@ -17,23 +17,27 @@
 //!
 //! On PostgreSQL several relays share one budget: the gate then reserves
 //! each request's slot in the database ([`SharedGate::reserve`], the same
-//! GCRA on one row), publishes the pauses it starts or ends there, and
+//! GCRA on one row; requests asking at the same time share one statement,
+//! see `gate/groups.rs`), publishes the pauses it starts or ends there, and
 //! adopts those another relay started: when it reserves a slot, and again
 //! just before sending a request that waited for its slot (a busy relay's
 //! slots lie up to `jogg.max_in_flight` requests ahead, and a 429 answered
 //! to another relay meanwhile must stop them too). Of several paused
 //! relays, one probes at a time ([`SharedGate::take_probe`]).
 
-use std::sync::Mutex;
+mod groups;
+
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::domain::Millis;
 use crate::jogg::{PauseReason, default_rate_limit_pause};
-use crate::store::{Reservation, SharedGate, SharedPauses};
+use crate::store::{SharedGate, SharedPauses};
+use groups::{Slot, SlotGroups};
 
 /// How long a relay waits before trying again when the shared gate cannot
 /// be reached (the database is away): its requests are not sent meanwhile,
@@ -45,6 +49,21 @@ const JITTER_ALLOWANCE: Duration = Duration::from_millis(20);
 /// With a bucket of one there is no reserve to keep; the rate is lowered by
 /// this fraction instead.
 const SINGLE_TOKEN_RATE_MARGIN: f64 = 0.05;
+
+/// How late a request may still be sent after its slot is due (the
+/// GCRA's theoretical arrival time of that slot, which a request sent in a
+/// burst reaches later than its send time). Sent by then, a request leaves
+/// the slots after it where they are; sent later (its task ran late on a
+/// loaded machine), it reaches JoggAI bunched with the requests of the next
+/// slots, eating the reserve the network's jitter needs. So half of that
+/// reserve is allowed; beyond it the slot is dropped and another reserved
+/// instead. An unused slot only spends less than the budget.
+const STALE_SLOT: Duration = Duration::from_millis(JITTER_ALLOWANCE.as_millis() as u64 / 2);
+
+/// How many slots a request may reach too late before it gives up its
+/// turn ([`Closed::Late`]): a machine too loaded to keep any slot must not
+/// keep reserving them.
+const MAX_STALE_SLOTS: u32 = 3;
 
 /// Longest 429 pause unless configured otherwise (`jogg.max_pause`).
 pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(600);
@@ -61,6 +80,9 @@ pub enum Closed {
     /// The shared budget cannot be reached (the database is away); try
     /// again at this time.
     Unavailable(Millis),
+    /// The request's task ran too late to use the slots it reserved (the
+    /// machine is overloaded); try again at this time.
+    Late(Millis),
 }
 
 /// A pause change told to the other relays.
@@ -154,6 +176,8 @@ pub struct UpstreamGate {
     max_pause: Duration,
     /// The budget and pauses shared with other relays on one database.
     shared: Option<SharedGate>,
+    /// The shared budget's reservations, grouped (set with `shared`).
+    groups: Option<Arc<SlotGroups>>,
     /// Whether the last reservation in the shared gate failed (so that a
     /// database away is logged once, not per request).
     shared_unreachable: AtomicBool,
@@ -181,6 +205,7 @@ impl UpstreamGate {
             probe_cap: probe_cap.max(probe_base),
             max_pause: DEFAULT_MAX_PAUSE,
             shared: None,
+            groups: None,
             shared_unreachable: AtomicBool::new(false),
             state: Mutex::new(GateState {
                 tat: Instant::now(),
@@ -205,6 +230,13 @@ impl UpstreamGate {
     /// Shares the budget and the pauses with every relay on the database
     /// behind `shared`.
     pub fn with_shared(mut self, shared: Option<SharedGate>) -> Self {
+        self.groups = shared.as_ref().map(|shared| {
+            Arc::new(SlotGroups::new(
+                shared.clone(),
+                self.interval,
+                self.tolerance,
+            ))
+        });
         self.shared = shared;
         self
     }
@@ -219,8 +251,36 @@ impl UpstreamGate {
     /// throttled at `now`, and also if a throttle begins while waiting: the
     /// caller then hands its video back instead of holding it through the
     /// pause.
+    ///
+    /// A slot the task reaches late (more than `STALE_SLOT`, 10 ms, after
+    /// it is due) is not used: another is reserved, `MAX_STALE_SLOTS` (3)
+    /// slots in all ([`Closed::Late`] after that).
     pub async fn acquire(&self, now: Millis) -> Result<(), Closed> {
         let called = Instant::now();
+        for stale in 0..MAX_STALE_SLOTS {
+            // Later rounds judge the pauses at the time they ask again.
+            let asked = if stale == 0 {
+                now
+            } else {
+                now.plus(called.elapsed())
+            };
+            let due = self.send_on_slot(asked, called).await?;
+            let late = Instant::now().saturating_duration_since(due);
+            if late <= STALE_SLOT {
+                return Ok(());
+            }
+            debug!(
+                late_ms = late.as_millis() as u64,
+                "a request reached its slot too late to be sent on it; reserving another"
+            );
+        }
+        Err(Closed::Late(now.plus(called.elapsed())))
+    }
+
+    /// One slot: reserves it, waits for it, and checks the pauses again;
+    /// returns when the slot is due (its GCRA arrival time: sent later, the
+    /// request would move the slots after it).
+    async fn send_on_slot(&self, now: Millis, called: Instant) -> Result<Instant, Closed> {
         let (local_slot, epoch) = {
             let mut state = self.lock();
             if let Some(reason) = state.paused {
@@ -238,19 +298,24 @@ impl UpstreamGate {
                 }
                 None => {}
             }
-            // A shared budget is reserved in the database instead.
-            let local_slot = self.shared.is_none().then(|| {
+            // A shared budget is reserved in the database instead. The
+            // slot is due at its arrival time, and sent up to the
+            // tolerance before it.
+            let local_slot = self.groups.is_none().then(|| {
                 let tat = state.tat.max(instant);
                 state.tat = tat + self.interval;
-                tat.checked_sub(self.tolerance)
+                let send_at = tat
+                    .checked_sub(self.tolerance)
                     .unwrap_or(instant)
-                    .max(instant)
+                    .max(instant);
+                (send_at, tat)
             });
             (local_slot, state.throttle_epoch)
         };
-        let send_at = match &self.shared {
-            Some(shared) => self.reserve_shared(shared, now).await?,
-            None => local_slot.unwrap_or_else(Instant::now),
+        let (send_at, due) = match (&self.groups, local_slot) {
+            (Some(groups), _) => self.reserve_shared(groups, now).await?,
+            (None, Some(slot)) => slot,
+            (None, None) => (Instant::now(), Instant::now()),
         };
         let waits = send_at > Instant::now();
         tokio::time::sleep_until(send_at).await;
@@ -272,41 +337,43 @@ impl UpstreamGate {
         {
             return Err(Closed::Throttled(until));
         }
-        Ok(())
+        Ok(due)
     }
 
-    /// Reserves a slot of the shared budget: when to send, or why not (a
-    /// pause another relay started is adopted here). While the database
-    /// cannot be reached nothing is sent; that is logged once, and once
-    /// more when it answers again.
-    async fn reserve_shared(&self, shared: &SharedGate, now: Millis) -> Result<Instant, Closed> {
-        let reserved = shared.reserve(now, self.interval, self.tolerance).await;
-        let unreachable = reserved.is_err();
+    /// Reserves a slot of the shared budget, grouped with the other
+    /// requests asking meanwhile: when to send and when the slot is due,
+    /// or why not (a pause another relay started is adopted here). While
+    /// the database cannot be reached nothing is sent; that is logged
+    /// once, and once more when it answers again.
+    async fn reserve_shared(
+        &self,
+        groups: &Arc<SlotGroups>,
+        now: Millis,
+    ) -> Result<(Instant, Instant), Closed> {
+        let slot = groups.slot(now).await;
+        let unreachable = matches!(slot, Slot::Unreachable(_));
         if self.shared_unreachable.swap(unreachable, Ordering::AcqRel) != unreachable {
-            match &reserved {
-                Err(err) => warn!(
+            match &slot {
+                Slot::Unreachable(err) => warn!(
                     error = %err,
                     "cannot reserve requests in the budget shared through the database; \
                      nothing is sent to JoggAI until it answers"
                 ),
-                Ok(_) => info!("the shared budget answers again; polling resumed"),
+                _ => info!("the shared budget answers again; polling resumed"),
             }
         }
-        match reserved {
-            Ok(Reservation::Granted { wait }) => Ok(Instant::now() + wait),
-            Ok(Reservation::Throttled { until }) => {
+        match slot {
+            Slot::SendAt { at, due } => Ok((at, due)),
+            Slot::Throttled(until) => {
                 self.adopt_throttle(until);
                 Err(Closed::Throttled(until))
             }
-            Ok(Reservation::Refused {
-                reason,
-                next_probe_at,
-            }) => {
+            Slot::Refused(reason, next_probe_at) => {
                 let reason = adopted_reason(&reason);
                 self.adopt_pause(reason, next_probe_at);
                 Err(Closed::Paused(reason))
             }
-            Err(_) => Err(Closed::Unavailable(now.plus(SHARED_GATE_RETRY))),
+            Slot::Unreachable(_) => Err(Closed::Unavailable(now.plus(SHARED_GATE_RETRY))),
         }
     }
 
@@ -595,6 +662,136 @@ mod tests {
             tokens -= 1.0;
             assert!(tokens >= -1e-9, "over budget at {at:?}");
         }
+    }
+
+    /// The first send time in `times` (sorted here) that a strict token
+    /// bucket of capacity `burst` refilled at `rate` per second refuses:
+    /// the upstream's view of the budget, written apart from the gate.
+    fn over_budget(mut times: Vec<Duration>, rate: f64, burst: u32) -> Option<Duration> {
+        times.sort();
+        let mut tokens = f64::from(burst);
+        let mut last = Duration::ZERO;
+        for at in times {
+            tokens = (tokens + (at - last).as_secs_f64() * rate).min(f64::from(burst));
+            last = at;
+            tokens -= 1.0;
+            if tokens < -1e-9 {
+                return Some(at);
+            }
+        }
+        None
+    }
+
+    /// Polls `future` once, without waiting.
+    async fn poll_once<F: std::future::Future + Unpin>(future: &mut F) -> bool {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::pin::Pin::new(&mut *future).poll(cx).is_pending())
+        })
+        .await
+    }
+
+    /// A request whose task reaches its slot late (the machine was busy)
+    /// is not sent on it: sent then, it would reach JoggAI bunched with
+    /// the next slot's request. It reserves another slot, after those
+    /// already reserved, and the sends stay within a strict bucket.
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_reached_late_is_not_used() {
+        // 10 requests a second, no burst: one slot every 105 ms.
+        let (rate, burst) = (10.0, 1);
+        let gate = gate(rate, burst);
+        let start = Instant::now();
+        gate.acquire(T0).await.unwrap();
+        let timed = |acquire| async move {
+            let granted: Result<(), Closed> = acquire;
+            granted.unwrap();
+            Instant::now() - start
+        };
+        let mut late = Box::pin(async { timed(gate.acquire(T0).await).await });
+        let mut next = Box::pin(async { timed(gate.acquire(T0).await).await });
+        // Both reserve their slots (105 ms and 210 ms) and wait.
+        assert!(poll_once(&mut late).await && poll_once(&mut next).await);
+        // The first one's task runs again only at 155 ms, 50 ms late.
+        tokio::time::advance(Duration::from_millis(155)).await;
+        let (late, next) = tokio::join!(late, next);
+        let sent = vec![Duration::ZERO, late, next];
+        assert_eq!(over_budget(sent.clone(), rate, burst), None, "{sent:?}");
+        assert!(
+            late > next,
+            "the late request goes after the next one: {sent:?}"
+        );
+    }
+
+    /// A request whose task is late for every slot it gets gives its turn
+    /// up after three (its video is handed back) rather than keep taking
+    /// slots nobody uses.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_late_for_every_slot_gives_its_turn_up() {
+        let ms = Duration::from_millis;
+        // No burst: one slot every 105 ms.
+        let gate = gate(10.0, 1);
+        let start = Instant::now();
+        gate.acquire(T0).await.unwrap();
+        let mut late = Box::pin(gate.acquire(T0));
+        assert!(poll_once(&mut late).await, "slot at 105 ms");
+        // Ten more requests wait behind it: the slots up to 1,155 ms.
+        let mut behind: Vec<_> = (0..10).map(|_| Box::pin(gate.acquire(T0))).collect();
+        for request in &mut behind {
+            assert!(poll_once(request).await);
+        }
+        // Its task wakes 55 ms after each slot it gets: at 160 ms (the
+        // next slot: 1,260 ms), at 1,315 ms (next: 1,365 ms), at 1,420 ms.
+        for wake in [160, 1315] {
+            tokio::time::advance(start + ms(wake) - Instant::now()).await;
+            assert!(poll_once(&mut late).await, "another slot at {wake} ms");
+        }
+        tokio::time::advance(start + ms(1420) - Instant::now()).await;
+        assert_eq!(late.await, Err(Closed::Late(T0.plus(ms(1420)))));
+        drop(behind);
+    }
+
+    /// A slot is due at its GCRA arrival time, up to the tolerance after
+    /// its send time: a request that waited for its slot and wakes late but
+    /// by then is still sent (it moves no later slot, and a dropped slot
+    /// would be budget lost); one that wakes after it is not.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_slot_is_used_until_it_is_due() {
+        // 10 requests a second, burst 10: nine at once (one token in
+        // reserve), then one slot every 100 ms, each due 800 ms after it
+        // may be sent.
+        let (rate, burst) = (10.0, 10);
+        let gate = gate(rate, burst);
+        let start = Instant::now();
+        let mut sent = grant_times(&gate, 9, T0).await;
+        let timed = |acquire| async move {
+            let granted: Result<(), Closed> = acquire;
+            granted.unwrap();
+            Instant::now() - start
+        };
+        // Eleven more: request i may be sent from 100 (i + 1) ms and is
+        // due at 900 + 100 i ms.
+        let mut waiting: Vec<_> = (0..11)
+            .map(|_| Box::pin(async { timed(gate.acquire(T0).await).await }))
+            .collect();
+        for request in &mut waiting {
+            assert!(poll_once(request).await, "waits for its slot");
+        }
+        // The first one's task runs again at 700 ms: 600 ms after its send
+        // time, before its slot is due. Sent.
+        tokio::time::advance(Duration::from_millis(700)).await;
+        let first = waiting.remove(0).await;
+        assert_eq!(first, Duration::from_millis(700), "used, not dropped");
+        sent.push(first);
+        // The others' at 1,100 ms: the second's slot was due at 1,000 ms,
+        // so it takes the next free one (sent from 1,200 ms); the third's
+        // is due at 1,100 ms, the others' later. They are sent at once.
+        tokio::time::advance(Duration::from_millis(400)).await;
+        let second = waiting.remove(0);
+        let (second, others) = tokio::join!(second, futures_util::future::join_all(waiting));
+        assert_eq!(second, Duration::from_millis(1200), "dropped its slot");
+        assert_eq!(others, vec![Duration::from_millis(1100); 9]);
+        sent.push(second);
+        sent.extend(others);
+        assert_eq!(over_budget(sent.clone(), rate, burst), None, "{sent:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -907,6 +1104,80 @@ mod tests {
         assert!(a ^ b, "exactly one relay probes: {a} {b}");
         assert!(!one.take_probe(due).await && !other.take_probe(due).await);
         drop((one, other));
+        db.drop_db().await;
+    }
+
+    /// Many requests at once on two relays sharing one database: the
+    /// reservations are grouped (fewer statements than requests), and the
+    /// sends of both relays together still fit a strict bucket of the
+    /// configured rate and burst, as JoggAI counts them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_reservations_of_two_relays_keep_one_budget() {
+        use crate::store::postgres::test_db::TestDb;
+        let Some(db) = TestDb::create("grouped_reservations_keep_one_budget").await else {
+            return;
+        };
+        let (rate, burst, each) = (50.0, 5, 40);
+        let shared = [
+            SharedGate::new(db.pool.clone()),
+            SharedGate::new(db.pool.clone()),
+        ];
+        let gates = shared
+            .clone()
+            .map(|shared| std::sync::Arc::new(gate(rate, burst).with_shared(Some(shared))));
+        let start = Instant::now();
+        let now = Millis::now();
+        let mut requests = tokio::task::JoinSet::new();
+        for gate in &gates {
+            for _ in 0..each {
+                let gate = gate.clone();
+                requests.spawn(async move {
+                    gate.acquire(now).await.unwrap();
+                    Instant::now() - start
+                });
+            }
+        }
+        let sent = requests.join_all().await;
+        assert_eq!(sent.len(), 2 * each);
+        assert_eq!(
+            over_budget(sent.clone(), rate, burst),
+            None,
+            "sent at {sent:?}"
+        );
+        let statements: u64 = shared.iter().map(SharedGate::reservations_made).sum();
+        assert!(
+            statements < (2 * each) as u64,
+            "{statements} reservations for {} requests",
+            2 * each
+        );
+        drop(gates);
+        db.drop_db().await;
+    }
+
+    /// A throttle another relay published reaches every request of a
+    /// group: one reservation finds the gate closed, and each waiter is
+    /// told until when.
+    #[tokio::test]
+    async fn a_published_throttle_reaches_every_waiter_of_a_group() {
+        use crate::store::postgres::test_db::TestDb;
+        let Some(db) = TestDb::create("a_throttle_reaches_every_waiter").await else {
+            return;
+        };
+        let (publisher, shared) = (
+            SharedGate::new(db.pool.clone()),
+            SharedGate::new(db.pool.clone()),
+        );
+        let relay = gate(50.0, 5).with_shared(Some(shared.clone()));
+        let now = Millis::now();
+        let until = now.plus(Duration::from_secs(30));
+        publisher.throttle(until).await.unwrap();
+        // Eight requests asking at once, on this one-thread runtime: all
+        // of them are queued before the reservation runs.
+        let answers = futures_util::future::join_all((0..8).map(|_| relay.acquire(now))).await;
+        assert_eq!(answers, vec![Err(Closed::Throttled(until)); 8]);
+        assert_eq!(shared.reservations_made(), 1, "one group");
+        assert_eq!(relay.throttled_until(now), Some(until), "adopted");
+        drop(relay);
         db.drop_db().await;
     }
 

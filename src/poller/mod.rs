@@ -426,7 +426,9 @@ async fn poll_one(
             // back, due when the gate reopens.
             let next_poll_at = match closed {
                 Closed::Paused(_) | Closed::Stopping => clock.now(),
-                Closed::Throttled(until) | Closed::Unavailable(until) => until,
+                Closed::Throttled(until) | Closed::Unavailable(until) | Closed::Late(until) => {
+                    until
+                }
             };
             shared
                 .writer

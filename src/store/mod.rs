@@ -29,7 +29,7 @@ use self::sqlite::SqliteDatabase;
 use crate::config::{DatabaseBackend, DatabaseConfig};
 use crate::domain::{Millis, VideoId, VideoState};
 
-pub use postgres::shared::{Reservation, SharedGate, SharedPauses};
+pub use postgres::shared::{GrantedSlot, Reservation, SharedGate, SharedPauses};
 use secrecy::ExposeSecret as _;
 pub use sqlite::{file, lock};
 

@@ -3,6 +3,8 @@
 //! pauses) and the wake-up notifications the triggers of
 //! `migrations/postgres/0002_shared_gate.sql` send.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
@@ -19,14 +21,13 @@ pub const VIDEOS_CHANNEL: &str = "jogg_relay_videos";
 /// The notification channel announcing queued callbacks.
 pub const DELIVERIES_CHANNEL: &str = "jogg_relay_deliveries";
 
-/// The answer to a reservation of one upstream request.
+/// The answer to a reservation of one or more upstream requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
-    /// A slot is reserved: send after this wait (measured on the
-    /// database's clock, so relays with different clocks agree).
+    /// The slots are reserved, one per slot asked for, in slot order.
     Granted {
-        /// How long to wait before sending.
-        wait: Duration,
+        /// The slots' times.
+        slots: Vec<GrantedSlot>,
     },
     /// JoggAI throttled some relay: nothing is sent before `until`.
     Throttled {
@@ -42,6 +43,19 @@ pub enum Reservation {
     },
 }
 
+/// One reserved request slot, timed from the reservation on the
+/// database's clock (so relays with different clocks agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantedSlot {
+    /// How long to wait before sending.
+    pub wait: Duration,
+    /// How long until the slot's theoretical arrival time (the GCRA's, no
+    /// earlier than the reservation): a request sent by then leaves the
+    /// slots after it where they are; sent later, it reaches JoggAI closer
+    /// to them than the budget allows.
+    pub due: Duration,
+}
+
 /// The shared pause state, as read.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SharedPauses {
@@ -55,6 +69,8 @@ pub struct SharedPauses {
 #[derive(Debug, Clone)]
 pub struct SharedGate {
     pool: PgPool,
+    /// Reservation statements sent through this handle and its clones.
+    reservations: Arc<AtomicU64>,
 }
 
 fn micros(duration: Duration) -> i64 {
@@ -64,13 +80,29 @@ fn micros(duration: Duration) -> i64 {
 impl SharedGate {
     /// The gate of the database behind `pool`.
     pub(crate) fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            reservations: Arc::new(AtomicU64::new(0)),
+        }
     }
 
-    /// Reserves the next request slot of the global budget (GCRA with one
-    /// request per `interval` and bursts within `tolerance`), unless the
-    /// gate is closed at `now`. The first request after a 429 pause starts
-    /// from an empty bucket, as the single-relay gate does.
+    /// How many reservation statements ([`SharedGate::reserve`]) this
+    /// handle and its clones have sent: with requests grouped, fewer than
+    /// the requests they reserved for.
+    pub fn reservations_made(&self) -> u64 {
+        self.reservations.load(Ordering::Relaxed)
+    }
+
+    /// Reserves the next `slots` request slots of the global budget (GCRA
+    /// with one request per `interval` and bursts within `tolerance`),
+    /// unless the gate is closed at `now`. The first request after a 429
+    /// pause starts from an empty bucket, as the single-relay gate does.
+    ///
+    /// The slots are consecutive: the row's theoretical arrival time moves
+    /// on by `slots` intervals, and slot `i` waits exactly what the `i`-th
+    /// of `slots` single reservations made back to back would wait. So
+    /// one statement serves a group of requests without changing their
+    /// schedule.
     ///
     /// One statement: the row lock orders every relay's reservations, and
     /// the database's clock times them.
@@ -80,30 +112,45 @@ impl SharedGate {
         now: Millis,
         interval: Duration,
         tolerance: Duration,
+        slots: u32,
     ) -> Result<Reservation, StoreError> {
-        let granted = sqlx::query_scalar::<_, i64>(
+        self.reservations.fetch_add(1, Ordering::Relaxed);
+        // What the first slot's wait would be without the floor at zero
+        // (the new arrival time, less the slots taken, less the tolerance,
+        // less the clock); negative while the bucket has room.
+        let reserve = sqlx::query_scalar::<_, i64>(
             "WITH clock AS ( \
                SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now_us) \
              UPDATE upstream_gate SET \
                tat_us = CASE WHEN throttled_until IS NOT NULL THEN clock.now_us + $2 \
-                             ELSE GREATEST(tat_us, clock.now_us) END + $1, \
+                             ELSE GREATEST(tat_us, clock.now_us) END + $1 * $4, \
                throttled_until = NULL \
              FROM clock \
              WHERE id = 1 AND refused_reason IS NULL \
                AND (throttled_until IS NULL OR throttled_until <= $3) \
-             RETURNING GREATEST(0, tat_us - $1 - $2 - clock.now_us)",
+             RETURNING tat_us - $1 * $4 - $2 - clock.now_us",
         )
         .bind(micros(interval))
         .bind(micros(tolerance))
-        .bind(now.0);
-        let granted: Option<i64> = on_pooled(&self.pool, move |conn| {
-            Box::pin(async move { Ok(granted.fetch_optional(conn).await?) })
+        .bind(now.0)
+        .bind(i64::from(slots));
+        let first: Option<i64> = on_pooled(&self.pool, move |conn| {
+            Box::pin(async move { Ok(reserve.fetch_optional(conn).await?) })
         })
         .await?;
-        if let Some(wait_us) = granted {
-            return Ok(Reservation::Granted {
-                wait: Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)),
-            });
+        if let Some(first) = first {
+            let (interval, tolerance) = (micros(interval), micros(tolerance));
+            let from_now = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
+            let slots = (0..i64::from(slots))
+                .map(|slot| {
+                    let wait = first.saturating_add(interval.saturating_mul(slot));
+                    GrantedSlot {
+                        wait: from_now(wait),
+                        due: from_now(wait.saturating_add(tolerance)),
+                    }
+                })
+                .collect();
+            return Ok(Reservation::Granted { slots });
         }
         let pauses = self.pauses(now).await?;
         Ok(match (pauses.refused, pauses.throttled_until) {
@@ -123,10 +170,11 @@ impl SharedGate {
         let read = sqlx::query_as::<_, (Option<i64>, Option<String>, Option<i64>)>(
             "SELECT throttled_until, refused_reason, next_probe_at \
                  FROM upstream_gate WHERE id = 1",
-        )
-        .fetch_one(&self.pool);
-        let (throttled_until, reason, next_probe_at) =
-            answered_within(ANSWER_LIMIT, async { Ok(read.await?) }).await?;
+        );
+        let (throttled_until, reason, next_probe_at) = on_pooled(&self.pool, move |conn| {
+            Box::pin(async move { Ok(read.fetch_one(conn).await?) })
+        })
+        .await?;
         Ok(SharedPauses {
             throttled_until: throttled_until.filter(|until| *until > now.0).map(Millis),
             refused: reason.map(|reason| (reason, Millis(next_probe_at.unwrap_or(now.0)))),
@@ -236,11 +284,19 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
-    /// The wait of a granted reservation (panics otherwise).
-    fn granted(reservation: Reservation) -> Duration {
+    /// The slots of a granted reservation (panics otherwise).
+    fn granted_slots(reservation: Reservation) -> Vec<GrantedSlot> {
         match reservation {
-            Reservation::Granted { wait } => wait,
+            Reservation::Granted { slots } => slots,
             other => panic!("not granted: {other:?}"),
+        }
+    }
+
+    /// The wait of a granted reservation of one slot (panics otherwise).
+    fn granted(reservation: Reservation) -> Duration {
+        match granted_slots(reservation).as_slice() {
+            [slot] => slot.wait,
+            slots => panic!("one slot asked for, {} granted", slots.len()),
         }
     }
 
@@ -265,12 +321,53 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..5 {
             waits.push(granted(
-                gate.reserve(now, interval, tolerance).await.unwrap(),
+                gate.reserve(now, interval, tolerance, 1).await.unwrap(),
             ));
         }
         let expected = [0, 0, 0, 10, 20].map(|s| s * SECOND);
         for (wait, expected) in waits.iter().zip(expected) {
             assert!(about(*wait, expected), "{waits:?}");
+        }
+        db.drop_db().await;
+    }
+
+    /// One statement reserving several slots gives each the wait the same
+    /// number of single reservations back to back would give it (the
+    /// schedule `reservations_follow_the_budget` checks), and the row
+    /// moves on by as many intervals: the next single reservation comes
+    /// after them. Each slot is due at its GCRA arrival time, one interval
+    /// after the one before (a burst's slots are sent at once but due one
+    /// after the other). Slots after a 429 pause start from an empty
+    /// bucket.
+    #[tokio::test]
+    async fn a_group_of_slots_is_the_same_schedule_as_single_reservations() {
+        let Some(db) = TestDb::create("a_group_of_slots_is_the_same_schedule").await else {
+            return;
+        };
+        let gate = SharedGate::new(db.pool.clone());
+        let now = Millis::now();
+        let interval = 10 * SECOND;
+        let tolerance = 2 * interval;
+        let group = granted_slots(gate.reserve(now, interval, tolerance, 4).await.unwrap());
+        let next = granted_slots(gate.reserve(now, interval, tolerance, 1).await.unwrap());
+        let slots: Vec<GrantedSlot> = group.into_iter().chain(next).collect();
+        let expected = [(0, 0), (0, 10), (0, 20), (10, 30), (20, 40)]
+            .map(|(wait, due)| (wait * SECOND, due * SECOND));
+        assert_eq!(slots.len(), expected.len(), "{slots:?}");
+        for (slot, (wait, due)) in slots.iter().zip(expected) {
+            assert!(about(slot.wait, wait) && about(slot.due, due), "{slots:?}");
+        }
+        assert_eq!(gate.reservations_made(), 2, "one statement per call");
+
+        // After a pause: the first slot at once, then one per interval.
+        let later = Millis(now.0 + 60_000);
+        gate.throttle(later).await.unwrap();
+        let after = granted_slots(gate.reserve(later, interval, tolerance, 3).await.unwrap());
+        let expected =
+            [(0, 20), (10, 30), (20, 40)].map(|(wait, due)| (wait * SECOND, due * SECOND));
+        assert_eq!(after.len(), expected.len(), "{after:?}");
+        for (slot, (wait, due)) in after.iter().zip(expected) {
+            assert!(about(slot.wait, wait) && about(slot.due, due), "{after:?}");
         }
         db.drop_db().await;
     }
@@ -293,7 +390,7 @@ mod tests {
         one.throttle(now.plus(SECOND)).await.unwrap();
         let (interval, tolerance) = (10 * SECOND, 20 * SECOND);
         assert_eq!(
-            other.reserve(now, interval, tolerance).await.unwrap(),
+            other.reserve(now, interval, tolerance, 1).await.unwrap(),
             Reservation::Throttled { until }
         );
         assert_eq!(
@@ -302,8 +399,8 @@ mod tests {
         );
         // Over: granted at once, and the next waits a whole interval
         // although the burst would have allowed three at once.
-        let first = granted(other.reserve(until, interval, tolerance).await.unwrap());
-        let second = granted(one.reserve(until, interval, tolerance).await.unwrap());
+        let first = granted(other.reserve(until, interval, tolerance, 1).await.unwrap());
+        let second = granted(one.reserve(until, interval, tolerance, 1).await.unwrap());
         assert!(about(first, Duration::ZERO), "{first:?}");
         assert!(about(second, interval), "{second:?}");
         assert_eq!(one.pauses(until).await.unwrap(), SharedPauses::default());
@@ -328,7 +425,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            other.reserve(now, SECOND, SECOND).await.unwrap(),
+            other.reserve(now, SECOND, SECOND, 1).await.unwrap(),
             Reservation::Refused {
                 reason: "insufficient_credit".into(),
                 next_probe_at: first_probe,
@@ -350,7 +447,7 @@ mod tests {
             Some(("insufficient_credit".into(), next_probe))
         );
         one.resume().await.unwrap();
-        granted(other.reserve(later, SECOND, SECOND).await.unwrap());
+        granted(other.reserve(later, SECOND, SECOND, 1).await.unwrap());
         assert!(
             !one.take_probe(next_probe, next_probe).await.unwrap(),
             "nothing to probe"
