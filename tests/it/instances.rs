@@ -607,6 +607,49 @@ async fn outage(cluster: &mut ScratchCluster, relay: &RelayProcess, round: &str)
     tokio::task::block_in_place(|| cluster.start_server()).unwrap();
 }
 
+/// Enqueues `count` videos `before-NN` through `relay`: the even ones
+/// finish at once (their callbacks are awaited), the odd ones stay
+/// `pending` until scripted otherwise. Returns every id, the waiting ones,
+/// and the ending each callback must carry.
+async fn half_finished(
+    relay: &RelayProcess,
+    sim: &SimUpstream,
+    receiver: &SimReceiver,
+    count: usize,
+) -> (Vec<String>, Vec<String>, HashMap<String, &'static str>) {
+    let before: Vec<String> = (0..count).map(|i| format!("before-{i:02}")).collect();
+    let (quick, waiting): (Vec<String>, Vec<String>) = before
+        .iter()
+        .cloned()
+        .partition(|id| id.ends_with(['0', '2', '4', '6', '8']));
+    let mut endings = HashMap::new();
+    for id in &before {
+        let pending = if quick.contains(id) { 0 } else { u32::MAX };
+        sim.state.script(id, Timeline::completes(pending, 0));
+        endings.insert(id.clone(), "completed");
+    }
+    let mut rng = fastrand::Rng::with_seed(count as u64);
+    enqueue_round_robin(std::slice::from_ref(relay), &before, &mut 0, &mut rng).await;
+    wait_for_callbacks(receiver, &quick, Duration::from_secs(20)).await;
+    (before, waiting, endings)
+}
+
+/// Waits until `relay` is ready (at most `limit`); returns how long that
+/// took. Each answer is read as it comes: a failed probe is never reused.
+async fn ready_within(relay: &RelayProcess, limit: Duration) -> Duration {
+    let asked = Instant::now();
+    loop {
+        let ready = relay.get("/readyz").await;
+        if ready.status == 200 {
+            return asked.elapsed();
+        }
+        assert!(
+            asked.elapsed() < limit,
+            "not ready {limit:?} after the database came back: {ready:?}"
+        );
+    }
+}
+
 /// Scripts `ids` to complete at their second answer and enqueues them
 /// through `relay`; records their ending in `endings`.
 async fn enqueue_new(
@@ -649,20 +692,7 @@ async fn a_database_restart_is_waited_out_and_loses_nothing() {
 
     // Acknowledged before the stop: half finish at once, half stay
     // `pending` until after the restart.
-    let before: Vec<String> = (0..30).map(|i| format!("before-{i:02}")).collect();
-    let (quick, waiting): (Vec<String>, Vec<String>) = before
-        .iter()
-        .cloned()
-        .partition(|id| id.ends_with(['0', '2', '4', '6', '8']));
-    let mut endings = HashMap::new();
-    for id in &before {
-        let pending = if quick.contains(id) { 0 } else { u32::MAX };
-        sim.state.script(id, Timeline::completes(pending, 0));
-        endings.insert(id.clone(), "completed");
-    }
-    let mut rng = fastrand::Rng::with_seed(3);
-    enqueue_round_robin(std::slice::from_ref(&relay), &before, &mut 0, &mut rng).await;
-    wait_for_callbacks(&receiver, &quick, Duration::from_secs(20)).await;
+    let (before, waiting, mut endings) = half_finished(&relay, &sim, &receiver, 30).await;
     let polled = || -> u32 { waiting.iter().map(|id| sim.state.answers_for(id)).sum() };
     let polled_before = polled();
     assert!(polled_before > 0, "the waiting videos are being polled");
@@ -687,22 +717,8 @@ async fn a_database_restart_is_waited_out_and_loses_nothing() {
     // Again, the relay idle this time (nothing due, so no write of its own
     // clears the outage): ready as soon as the database is back, by itself.
     outage(&mut cluster, &relay, "second").await;
-    let back = Instant::now();
-    loop {
-        let ready = relay.get("/readyz").await;
-        if ready.status == 200 {
-            break;
-        }
-        // Each answer is read as it comes; a failed probe is never reused.
-        assert!(
-            back.elapsed() < Duration::from_secs(3),
-            "not ready 3 s after the database came back: {ready:?}"
-        );
-    }
-    println!(
-        "idle relay ready {:?} after the database came back",
-        back.elapsed()
-    );
+    let back = ready_within(&relay, Duration::from_secs(3)).await;
+    println!("idle relay ready {back:?} after the database came back");
     let last: Vec<String> = (0..5).map(|i| format!("last-{i:02}")).collect();
     enqueue_new(&relay, &sim, &last, &mut endings).await;
     wait_for_callbacks(&receiver, &last, Duration::from_secs(20)).await;
@@ -744,20 +760,7 @@ async fn a_database_that_falls_silent_is_given_up_on_and_its_replacement_used() 
 
     // Acknowledged before the cut: half finish at once, half stay
     // `pending` until after the fail-over.
-    let before: Vec<String> = (0..10).map(|i| format!("before-{i:02}")).collect();
-    let (quick, waiting): (Vec<String>, Vec<String>) = before
-        .iter()
-        .cloned()
-        .partition(|id| id.ends_with(['0', '2', '4', '6', '8']));
-    let mut endings = HashMap::new();
-    for id in &before {
-        let pending = if quick.contains(id) { 0 } else { u32::MAX };
-        sim.state.script(id, Timeline::completes(pending, 0));
-        endings.insert(id.clone(), "completed");
-    }
-    let mut rng = fastrand::Rng::with_seed(5);
-    enqueue_round_robin(std::slice::from_ref(&relay), &before, &mut 0, &mut rng).await;
-    wait_for_callbacks(&receiver, &quick, Duration::from_secs(20)).await;
+    let (before, waiting, mut endings) = half_finished(&relay, &sim, &receiver, 10).await;
 
     proxy.cut();
     let cut = Instant::now();
@@ -765,21 +768,8 @@ async fn a_database_that_falls_silent_is_given_up_on_and_its_replacement_used() 
     println!("silent database: refused throughout, {:?}", cut.elapsed());
 
     proxy.fail_over();
-    let replaced = Instant::now();
-    loop {
-        let ready = relay.get("/readyz").await;
-        if ready.status == 200 {
-            break;
-        }
-        assert!(
-            replaced.elapsed() < Duration::from_secs(20),
-            "not ready 20 s after the replacement answered: {ready:?}"
-        );
-    }
-    println!(
-        "ready {:?} after the replacement answered",
-        replaced.elapsed()
-    );
+    let replaced = ready_within(&relay, Duration::from_secs(20)).await;
+    println!("ready {replaced:?} after the replacement answered");
     let after: Vec<String> = (0..5).map(|i| format!("after-{i:02}")).collect();
     enqueue_new(&relay, &sim, &after, &mut endings).await;
     for id in &waiting {
