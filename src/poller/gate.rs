@@ -654,14 +654,7 @@ mod tests {
         let times = grant_times(&gate(rate, burst), 300, T0).await;
         // A strict bucket (capacity `burst`, refill `rate`) fed these times
         // never goes below zero.
-        let mut tokens = f64::from(burst);
-        let mut last = Duration::ZERO;
-        for at in times {
-            tokens = (tokens + (at - last).as_secs_f64() * rate).min(f64::from(burst));
-            last = at;
-            tokens -= 1.0;
-            assert!(tokens >= -1e-9, "over budget at {at:?}");
-        }
+        assert_eq!(over_budget(times, rate, burst), None);
     }
 
     /// The first send time in `times` (sorted here) that a strict token
