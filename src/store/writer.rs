@@ -495,6 +495,13 @@ pub(crate) trait WriterEngine: VideoQueue + Outbox {
     /// The open database the connection comes from.
     type Database: Clone + Send + Sync + 'static;
 
+    /// Whether a batch of enqueues alone may run without an explicit
+    /// transaction: true where the insert is one statement and the rest of
+    /// the run only reads (PostgreSQL). SQLite's enqueue looks the ids up
+    /// before it inserts, which is right only under the write lock its
+    /// transaction takes first.
+    const ENQUEUES_COMMIT_ALONE: bool;
+
     /// How long a transaction may go unanswered before it is abandoned
     /// and the connection replaced (`None`: no limit). A network server
     /// can fall silent without closing the connection.
@@ -708,7 +715,16 @@ async fn commit_batch<D: WriterEngine>(
         refuse_all(batch, || StoreError::FileLost(problem.clone()));
         return Connection::Sound;
     }
+    // A batch of enqueues alone is one INSERT (the look-up of ids tracked
+    // already only reads): where the engine allows, it commits by itself,
+    // which spares the round trips of BEGIN and COMMIT.
+    let alone = D::ENQUEUES_COMMIT_ALONE
+        && matches!(batch.first(), Some(WriteOp::Enqueue { .. }))
+        && set_run_len(batch) == batch.len();
     let shared = within_limit::<D, _>(async {
+        if alone {
+            return apply_run::<D>(conn, batch).await;
+        }
         let mut tx = conn.begin_with(D::BEGIN).await?;
         let mut changed = false;
         let mut rest = &mut batch[..];

@@ -70,11 +70,22 @@ pub(crate) async fn on_pooled<T>(
     work: impl for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     let mut conn = pool.acquire().await?;
-    let answered = tokio::time::timeout(ANSWER_LIMIT, work(&mut conn)).await;
-    answered.unwrap_or_else(|_| {
+    let Ok(answer) = tokio::time::timeout(ANSWER_LIMIT, work(&mut conn)).await else {
         conn.close_on_drop();
-        Err(StoreError::Database(no_answer(ANSWER_LIMIT)))
-    })
+        return Err(StoreError::Database(no_answer(ANSWER_LIMIT)));
+    };
+    // Returned here rather than on drop, so that the pool's check on
+    // return (a round trip, which sqlx does not bound) is bounded too: a
+    // server falling silent just after answering would otherwise keep the
+    // connection's place for good. Given up on, the check's future drops
+    // the connection, which frees its place.
+    if tokio::time::timeout(ANSWER_LIMIT, conn.return_to_pool())
+        .await
+        .is_err()
+    {
+        tracing::debug!("a pooled connection did not answer its check on return; closed");
+    }
+    answer
 }
 
 /// A boxed future borrowing a connection for `'c`.

@@ -318,6 +318,8 @@ impl super::writer::WriterEngine for Sqlite {
     /// A local file answers or fails; a stalled disk is waited out (the
     /// busy timeout bounds lock waits).
     const TRANSACTION_LIMIT: Option<std::time::Duration> = None;
+    /// Its enqueue looks up, then inserts, under one write lock.
+    const ENQUEUES_COMMIT_ALONE: bool = false;
     type Database = SqliteDatabase;
 
     async fn writer_connection(db: &SqliteDatabase) -> Result<SqliteConnection, StoreError> {
