@@ -6,9 +6,52 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::store::StoreError;
+
+/// Every error body the API answers: `{"error":{"code","message",…}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The `error` object of every error body, also the `error` of a refused
+/// batch item.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, snake_case (`invalid_video_id`,
+    /// `not_found`, …); each response lists the codes it can carry.
+    pub code: &'static str,
+    /// Human-readable explanation; never contains a secret.
+    pub message: String,
+    /// `/readyz` only: which database or upstream condition makes the relay
+    /// unready (README, "HTTP API", under "Health").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// `/readyz` with `upstream_paused` only: when the next probe of JoggAI
+    /// goes out (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub next_probe_at: Option<String>,
+    /// `/readyz` with `upstream_paused` only: whole seconds until
+    /// `next_probe_at`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining_seconds: Option<u64>,
+}
+
+impl ErrorDetail {
+    /// An error with only its code and message.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            ..Self::default()
+        }
+    }
+}
 
 /// An error answered to an API client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +141,9 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail::new(self.code, self.message),
+        };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response

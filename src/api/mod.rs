@@ -5,6 +5,7 @@
 
 pub mod error;
 mod extract;
+pub mod openapi;
 pub mod resource;
 pub mod server;
 pub mod stats;
@@ -21,8 +22,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::json;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
 use crate::adaptive::SharedLearner;
 use crate::config::PollStrategy;
@@ -33,6 +35,7 @@ use crate::poller::policy::PollPolicy;
 use crate::store::{Store, Writer};
 use crate::telemetry::metrics::{RelayMetrics, ScrapeState};
 pub use error::ApiError;
+use error::{ErrorBody, ErrorDetail};
 
 /// How long `/readyz` waits for its probe write to commit.
 const READINESS_DB_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -107,7 +110,8 @@ pub fn router(state: ApiState) -> Router {
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::serve));
     finish(api.merge(push_routes()), state)
 }
 
@@ -196,12 +200,66 @@ fn tokens_match(presented: &[u8], expected: &[u8]) -> bool {
         .into()
 }
 
+/// The body of `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String, examples("ok"))]
+    status: &'static str,
+}
+
+/// The body of a `200` from `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Ready {
+    /// Always `ready`.
+    #[schema(value_type = String, examples("ready"))]
+    status: &'static str,
+    /// Present while a 429 from JoggAI pauses polling (it ends by itself;
+    /// the relay stays ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_pause: Option<RateLimitPause>,
+}
+
+/// A pause of all polling after a 429, as `/readyz` names it.
+#[derive(Debug, Serialize, ToSchema)]
+struct RateLimitPause {
+    /// Always `rate_limited`.
+    #[schema(value_type = String, examples("rate_limited"))]
+    reason: &'static str,
+    /// When polling resumes (RFC 3339).
+    #[schema(format = DateTime)]
+    until: String,
+    /// Whole seconds until `until`.
+    remaining_seconds: u64,
+}
+
 /// `GET /healthz`: the process is alive and serving.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    summary = "Liveness",
+    description = "`200` while the process serves.",
+    tag = "operations",
+    responses((status = 200, description = "The process is alive and serving.", body = Health))
+)]
 async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({"status": "ok"}))
+    axum::Json(Health { status: "ok" })
 }
 
 /// `GET /readyz`: the relay can do its job.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    summary = "Readiness",
+    description = "`200` when the relay can do its job (a probe write committed), `503` with the reason otherwise.",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready; `upstream_pause` names a 429 pause and its end.", body = Ready),
+        (status = 503, description = "Codes: `upstream_paused` (JoggAI refuses the key or credit; `reason` is `invalid_api_key`, `no_permission` or `insufficient_credit`, with `next_probe_at` and `remaining_seconds`), `database_unavailable` (`reason` says why; README, \"HTTP API\", lists them), `shutting_down`.", body = ErrorBody),
+    )
+)]
 async fn readyz(State(state): State<ApiState>) -> Result<Response, ApiError> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::shutting_down());
@@ -217,34 +275,43 @@ async fn readyz(State(state): State<ApiState>) -> Result<Response, ApiError> {
         next_probe_at,
     }) = pause
     {
-        let body = json!({"error": {
-            "code": "upstream_paused",
-            "reason": reason.as_str(),
-            "message": format!(
-                "JoggAI refuses the relay's requests ({}); polling is paused until a probe succeeds",
-                reason.as_str()
-            ),
-            "next_probe_at": next_probe_at.to_rfc3339(),
-            "remaining_seconds": remaining_seconds(pause, now),
-        }});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                reason: Some(reason.as_str()),
+                next_probe_at: Some(next_probe_at.to_rfc3339()),
+                remaining_seconds: Some(remaining_seconds(pause, now)),
+                ..ErrorDetail::new(
+                    "upstream_paused",
+                    format!(
+                        "JoggAI refuses the relay's requests ({}); polling is paused until a probe succeeds",
+                        reason.as_str()
+                    ),
+                )
+            },
+        };
         return Ok((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
     }
     if let Err(unready) = state.writer.readiness(READINESS_DB_LIMIT).await {
-        let body = json!({"error": {
-            "code": "database_unavailable",
-            "reason": unready.reason(),
-            "message": unready.to_string(),
-        }});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                reason: Some(unready.reason()),
+                ..ErrorDetail::new("database_unavailable", unready.to_string())
+            },
+        };
         return Ok((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
     }
-    let mut body = json!({"status": "ready"});
-    if let Some(GlobalPause::RateLimited { until }) = pause {
-        body["upstream_pause"] = json!({
-            "reason": "rate_limited",
-            "until": until.to_rfc3339(),
-            "remaining_seconds": remaining_seconds(pause, now),
-        });
-    }
+    let upstream_pause = match pause {
+        Some(GlobalPause::RateLimited { until }) => Some(RateLimitPause {
+            reason: "rate_limited",
+            until: until.to_rfc3339(),
+            remaining_seconds: remaining_seconds(pause, now),
+        }),
+        _ => None,
+    };
+    let body = Ready {
+        status: "ready",
+        upstream_pause,
+    };
     Ok(axum::Json(body).into_response())
 }
 
@@ -256,6 +323,18 @@ fn remaining_seconds(pause: Option<GlobalPause>, now: Millis) -> u64 {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "The relay's counters, gauges and histograms, with the standard `process_*` families on Linux.",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format (deploy/README.md lists the series).", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 503, description = "Codes: `storage_unavailable` (the database gauges cannot be read).", body = ErrorBody),
+    )
+)]
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let now = Millis::now();
     let gauges = state.store.gauges(now).await?;

@@ -3,63 +3,122 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::domain::{Millis, VideoState};
 use crate::store::{DeliveryRecord, NewVideo, TransitionRecord, VideoDetails, VideoRecord};
 
 /// A tracked video; `transitions` and `deliveries` are present on the
 /// single-video resource and omitted in lists.
-#[derive(Debug, Serialize)]
+///
+/// Every field but those two is always present (`null` when unknown), so
+/// the description marks them required.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct VideoResource {
+    /// The JoggAI video id (1–128 characters of `[A-Za-z0-9_-]`).
     video_id: String,
     state: VideoState,
+    /// JoggAI's last reported status (`pending`, `processing`, …).
+    #[schema(required = true)]
     upstream_status: Option<String>,
+    /// The finished video, once JoggAI reported it.
+    #[schema(required = true)]
     video_url: Option<String>,
+    /// The finished video's cover image.
+    #[schema(required = true)]
     cover_url: Option<String>,
+    /// When JoggAI says the video was created (RFC 3339).
+    #[schema(required = true, format = DateTime)]
     created_at: Option<String>,
+    /// Length of the finished video in seconds.
+    #[schema(required = true)]
     duration: Option<f64>,
+    /// JoggAI's explanation of a failed render.
+    #[schema(required = true)]
     error: Option<UpstreamError>,
+    /// The video's own callback URL, besides `callbacks.urls`.
+    #[schema(required = true)]
     callback_url: Option<String>,
+    /// The object sent at enqueue, returned in the callback.
+    #[schema(required = true, value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// When the relay first stored the video (RFC 3339).
+    #[schema(format = DateTime)]
     enqueued_at: String,
+    /// The last change of the record (RFC 3339).
+    #[schema(format = DateTime)]
     updated_at: String,
+    /// When the next poll is due; `null` once terminal.
+    #[schema(required = true, format = DateTime)]
     next_poll_at: Option<String>,
+    /// Polls made so far.
     polls: i64,
+    /// Why the relay stopped tracking, when it gave up (`deadline`,
+    /// `not_found`, `invalid_id`).
+    #[schema(required = true)]
     reason: Option<String>,
+    /// The id of the callback event, once terminal.
+    #[schema(required = true)]
     event_id: Option<String>,
+    /// Single-video form only: every recorded change, oldest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     transitions: Option<Vec<TransitionResource>>,
+    /// Single-video form only: the callback deliveries of its event.
     #[serde(skip_serializing_if = "Option::is_none")]
     deliveries: Option<Vec<DeliveryResource>>,
 }
 
 /// Upstream's explanation of a failed render.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct UpstreamError {
+    /// JoggAI's error code.
+    #[schema(required = true)]
     code: Option<String>,
+    /// JoggAI's error message.
+    #[schema(required = true)]
     message: Option<String>,
 }
 
 /// One transition: `kind` says whether the upstream status or the relay
 /// state changed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct TransitionResource {
+    /// `status` (JoggAI's status changed) or `state` (the relay's).
+    #[schema(examples("status", "state"))]
     kind: String,
+    /// The value before; `null` for the first one.
+    #[schema(required = true)]
     from: Option<String>,
+    /// The value after.
     to: String,
+    /// When it was recorded (RFC 3339).
+    #[schema(format = DateTime)]
     at: String,
 }
 
 /// One callback delivery.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct DeliveryResource {
+    /// The target.
     url: String,
+    /// The event delivered (the same for every target and redelivery).
     event_id: String,
+    /// `pending`, `delivered` or `dead`.
+    #[schema(examples("pending", "delivered", "dead"))]
     state: String,
+    /// Attempts made so far.
     attempts: i64,
+    /// HTTP status of the last attempt, if it got one.
+    #[schema(required = true)]
     last_status: Option<i64>,
+    /// Why the last attempt failed, if it did.
+    #[schema(required = true)]
     last_error: Option<String>,
+    /// Why the delivery is dead, if it is.
+    #[schema(required = true)]
     reason: Option<String>,
+    /// When the next attempt is due, while pending (RFC 3339).
+    #[schema(required = true, format = DateTime)]
     next_attempt_at: Option<String>,
 }
 

@@ -6,12 +6,13 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use reqwest::Url;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tracing::instrument;
+use utoipa::ToSchema;
 
 use super::ApiState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody, ErrorDetail};
 use super::extract::{JsonBody, VideoIdPath};
 use super::resource::VideoResource;
 use crate::delivery::guard;
@@ -25,6 +26,94 @@ pub const MAX_METADATA_BYTES: usize = 4096;
 /// Default and largest page size of `GET /v1/videos`.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
+
+/// The body of `POST /v1/videos`, and each item of a batch.
+// Only a description (its doc comment is the document's text):
+// `parse_new_video` reads the body field by field, so that each mistake
+// gets its own error code, and accepts exactly this shape.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueRequest {
+    /// The JoggAI video id: 1–128 characters of `[A-Za-z0-9_-]`.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
+    pub video_id: String,
+    /// Where this video's callback goes, besides `callbacks.urls`: an
+    /// absolute http(s) URL without credentials, not a literal private
+    /// address unless `callbacks.allow_private_targets`.
+    pub callback_url: Option<String>,
+    /// Any JSON object up to 4096 bytes serialized, returned in the
+    /// callback.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+/// The body of `POST /v1/videos/batch`.
+// Only a description, like `EnqueueRequest`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// Up to 1000 videos; each is validated on its own.
+    #[schema(max_items = 1000)]
+    pub videos: Vec<EnqueueRequest>,
+}
+
+/// The answer to `POST /v1/videos/batch`: one result per item, in request
+/// order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResults {
+    /// One per item sent.
+    results: Vec<BatchItem>,
+}
+
+/// What became of one batch item.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItem {
+    /// The item's `video_id` as sent (`null` when it had none).
+    #[schema(required = true, value_type = Value)]
+    video_id: Value,
+    outcome: BatchOutcome,
+    /// Why the item was not stored (`conflict` and `invalid` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDetail>,
+}
+
+/// The outcome of one batch item.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchOutcome {
+    /// Newly tracked.
+    Created,
+    /// Already tracked with the same request; nothing changed.
+    Existing,
+    /// Already tracked with another `callback_url` or `metadata`; nothing
+    /// changed.
+    Conflict,
+    /// Refused: `error` says why.
+    Invalid,
+}
+
+/// A page of `GET /v1/videos`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VideoPage {
+    /// The videos in insertion order, without `transitions` and
+    /// `deliveries`.
+    videos: Vec<VideoResource>,
+    /// The `cursor` of the next page; `null` on the last one.
+    #[schema(required = true)]
+    next_cursor: Option<String>,
+}
+
+/// The answer to `POST /v1/videos/{video_id}/redeliver`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Redelivery {
+    /// The video.
+    #[schema(value_type = String)]
+    video_id: VideoId,
+    /// The event queued again, with its original id.
+    event_id: String,
+    /// How many callback targets it is queued for.
+    targets: usize,
+}
 
 /// Validates one enqueue item (`{"video_id", "callback_url"?, "metadata"?}`).
 ///
@@ -154,6 +243,27 @@ fn conflict(video_id: &VideoId, fields: ConflictingFields) -> ApiError {
 /// `POST /v1/videos`: track one video; `201` when new, `200` when the same
 /// request was made before, `409` when the id is tracked with a different
 /// `callback_url` or `metadata`.
+#[utoipa::path(
+    post,
+    path = "/v1/videos",
+    tag = "videos",
+    security(("bearer" = [])),
+    operation_id = "enqueue_video",
+    summary = "Track a video",
+    description = "`201` when new. The id is an idempotency key with a body: the same request again answers `200` with the tracked video and changes nothing; the same id with a different `callback_url` or `metadata` answers `409` and changes nothing either.",
+    request_body(content = EnqueueRequest, content_type = "application/json", description = "Body limit 64 KiB."),
+    responses(
+        (status = 201, description = "Newly tracked: the video as stored.", body = VideoResource),
+        (status = 200, description = "The same request was made before: the tracked video, unchanged.", body = VideoResource),
+        (status = 400, description = "Codes: `invalid_json`, `invalid_body`, `invalid_request`, `unknown_field`, `invalid_video_id`, `invalid_callback_url`, `invalid_metadata`.", body = ErrorBody),
+        (status = 401, description = "Codes: `unauthorized` (missing or wrong bearer token).", body = ErrorBody),
+        (status = 408, description = "Codes: `request_timeout` (the body did not arrive within `server.body_timeout`; the connection is closed).", body = ErrorBody),
+        (status = 409, description = "Codes: `conflict` (the id is tracked with a different `callback_url` or `metadata`; nothing changed).", body = ErrorBody),
+        (status = 413, description = "Codes: `payload_too_large` (over 64 KiB).", body = ErrorBody),
+        (status = 415, description = "Codes: `unsupported_media_type` (not sent as `application/json`).", body = ErrorBody),
+        (status = 503, description = "Codes: `shutting_down`, `storage_unavailable`.", body = ErrorBody),
+    )
+)]
 #[instrument(skip_all, level = "debug")]
 pub async fn enqueue(
     State(state): State<ApiState>,
@@ -184,11 +294,30 @@ pub async fn enqueue(
 /// `POST /v1/videos/batch`: track up to [`MAX_BATCH_ITEMS`] videos; each
 /// item gets its own outcome (`created`, `existing`, `conflict` or
 /// `invalid`) and refused items do not stop valid ones.
+#[utoipa::path(
+    post,
+    path = "/v1/videos/batch",
+    operation_id = "enqueue_videos",
+    summary = "Track many videos",
+    description = "Up to 1000 items. Always `200` with one result per item in request order; valid items are stored even when others are invalid or conflict. An id repeated within one batch counts as sent twice in order.",
+    tag = "videos",
+    security(("bearer" = [])),
+    request_body(content = BatchRequest, content_type = "application/json", description = "Body limit 1 MiB."),
+    responses(
+        (status = 200, description = "One result per item, in request order; valid items are stored even when others are refused.", body = BatchResults),
+        (status = 400, description = "Codes: `invalid_json`, `invalid_body`, `invalid_request` (not `{\"videos\": [...]}`), `unknown_field`, `too_many_items` (over 1000).", body = ErrorBody),
+        (status = 401, description = "Codes: `unauthorized` (missing or wrong bearer token).", body = ErrorBody),
+        (status = 408, description = "Codes: `request_timeout` (the body did not arrive within `server.body_timeout`; the connection is closed).", body = ErrorBody),
+        (status = 413, description = "Codes: `payload_too_large` (over 1 MiB).", body = ErrorBody),
+        (status = 415, description = "Codes: `unsupported_media_type` (not sent as `application/json`).", body = ErrorBody),
+        (status = 503, description = "Codes: `shutting_down`, `storage_unavailable`.", body = ErrorBody),
+    )
+)]
 #[instrument(skip_all, level = "debug")]
 pub async fn enqueue_batch(
     State(state): State<ApiState>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchResults>, ApiError> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::shutting_down());
     }
@@ -232,37 +361,54 @@ pub async fn enqueue_batch(
     }
     let mut outcomes = outcomes.into_iter();
 
-    let results: Vec<Value> = parsed
+    let stored = |video: &NewVideo, outcome, error: Option<ApiError>| BatchItem {
+        video_id: Value::String(video.video_id.as_str().to_owned()),
+        outcome,
+        error: error.map(|err| ErrorDetail::new(err.code, err.message)),
+    };
+    let results: Vec<BatchItem> = parsed
         .iter()
         .zip(items)
         .map(|(result, item)| match result {
             Ok(video) => match outcomes.next() {
-                Some(EnqueueOutcome::Created { .. }) => {
-                    json!({"video_id": video.video_id, "outcome": "created"})
-                }
-                Some(EnqueueOutcome::Conflict(fields)) => {
-                    let err = conflict(&video.video_id, fields);
-                    json!({
-                        "video_id": video.video_id,
-                        "outcome": "conflict",
-                        "error": {"code": err.code, "message": err.message},
-                    })
-                }
+                Some(EnqueueOutcome::Created { .. }) => stored(video, BatchOutcome::Created, None),
+                Some(EnqueueOutcome::Conflict(fields)) => stored(
+                    video,
+                    BatchOutcome::Conflict,
+                    Some(conflict(&video.video_id, fields)),
+                ),
                 Some(EnqueueOutcome::Existing) | None => {
-                    json!({"video_id": video.video_id, "outcome": "existing"})
+                    stored(video, BatchOutcome::Existing, None)
                 }
             },
-            Err(err) => json!({
-                "video_id": item.get("video_id").cloned().unwrap_or(Value::Null),
-                "outcome": "invalid",
-                "error": {"code": err.code, "message": err.message},
-            }),
+            Err(err) => BatchItem {
+                video_id: item.get("video_id").cloned().unwrap_or(Value::Null),
+                outcome: BatchOutcome::Invalid,
+                error: Some(ErrorDetail::new(err.code, err.message.clone())),
+            },
         })
         .collect();
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(BatchResults { results }))
 }
 
 /// `GET /v1/videos/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/videos/{video_id}",
+    operation_id = "get_video",
+    summary = "Read one video",
+    description = "The video with its transitions and callback deliveries.",
+    tag = "videos",
+    security(("bearer" = [])),
+    params(("video_id" = String, Path, description = "The JoggAI video id: 1–128 characters of `[A-Za-z0-9_-]`.", pattern = "^[A-Za-z0-9_-]{1,128}$")),
+    responses(
+        (status = 200, description = "The video with its transitions and deliveries.", body = VideoResource),
+        (status = 400, description = "Codes: `invalid_video_id`.", body = ErrorBody),
+        (status = 401, description = "Codes: `unauthorized` (missing or wrong bearer token).", body = ErrorBody),
+        (status = 404, description = "Codes: `not_found` (the video is not tracked).", body = ErrorBody),
+        (status = 503, description = "Codes: `storage_unavailable`.", body = ErrorBody),
+    )
+)]
 #[instrument(skip_all, level = "debug", fields(video_id = %video_id))]
 pub async fn show(
     State(state): State<ApiState>,
@@ -277,6 +423,24 @@ pub async fn show(
 }
 
 /// `DELETE /v1/videos/{id}`: stop tracking; `204`, idempotent.
+#[utoipa::path(
+    delete,
+    path = "/v1/videos/{video_id}",
+    operation_id = "cancel_video",
+    summary = "Stop tracking a video",
+    description = "Idempotent: `204` also when already cancelled.",
+    tag = "videos",
+    security(("bearer" = [])),
+    params(("video_id" = String, Path, description = "The JoggAI video id: 1–128 characters of `[A-Za-z0-9_-]`.", pattern = "^[A-Za-z0-9_-]{1,128}$")),
+    responses(
+        (status = 204, description = "No longer tracked (also when it was already cancelled)."),
+        (status = 400, description = "Codes: `invalid_video_id`.", body = ErrorBody),
+        (status = 401, description = "Codes: `unauthorized` (missing or wrong bearer token).", body = ErrorBody),
+        (status = 404, description = "Codes: `not_found` (the video is not tracked).", body = ErrorBody),
+        (status = 409, description = "Codes: `already_terminal` (completed, failed or abandoned; terminal states never change).", body = ErrorBody),
+        (status = 503, description = "Codes: `shutting_down`, `storage_unavailable`.", body = ErrorBody),
+    )
+)]
 #[instrument(skip_all, level = "debug", fields(video_id = %video_id))]
 pub async fn cancel(
     State(state): State<ApiState>,
@@ -300,6 +464,24 @@ pub async fn cancel(
 
 /// `POST /v1/videos/{id}/redeliver`: queue a terminal video's event again
 /// to its targets, with the same `event_id`; `202`.
+#[utoipa::path(
+    post,
+    path = "/v1/videos/{video_id}/redeliver",
+    operation_id = "redeliver_video",
+    summary = "Send the callback again",
+    description = "For a completed, failed or abandoned video: every delivery of its event (to each configured URL and its own `callback_url`) becomes pending again, missing ones are created, and the event keeps its `event_id`.",
+    tag = "videos",
+    security(("bearer" = [])),
+    params(("video_id" = String, Path, description = "The JoggAI video id: 1–128 characters of `[A-Za-z0-9_-]`.", pattern = "^[A-Za-z0-9_-]{1,128}$")),
+    responses(
+        (status = 202, description = "Every delivery of the video's event is pending again, with the same `event_id`.", body = Redelivery),
+        (status = 400, description = "Codes: `invalid_video_id`.", body = ErrorBody),
+        (status = 401, description = "Codes: `unauthorized` (missing or wrong bearer token).", body = ErrorBody),
+        (status = 404, description = "Codes: `not_found` (the video is not tracked).", body = ErrorBody),
+        (status = 409, description = "Codes: `no_event` (the video is active or cancelled: only completed, failed and abandoned videos have an event).", body = ErrorBody),
+        (status = 503, description = "Codes: `shutting_down`, `storage_unavailable`.", body = ErrorBody),
+    )
+)]
 #[instrument(skip_all, level = "debug", fields(video_id = %video_id))]
 pub async fn redeliver(
     State(state): State<ApiState>,
@@ -309,11 +491,12 @@ pub async fn redeliver(
     match state.writer.redeliver(video_id.clone(), configured).await? {
         RedeliverOutcome::Queued { event_id, targets } => {
             state.wakeups.new_deliveries.notify_one();
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({"video_id": video_id, "event_id": event_id, "targets": targets})),
-            )
-                .into_response())
+            let body = Redelivery {
+                video_id,
+                event_id,
+                targets,
+            };
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
         RedeliverOutcome::NotFound => Err(ApiError::video_not_found(video_id.as_str())),
         RedeliverOutcome::NoEvent(video_state) => Err(ApiError::new(
@@ -336,11 +519,31 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/videos?state=&limit=&cursor=`: a page in insertion order.
+#[utoipa::path(
+    get,
+    path = "/v1/videos",
+    tag = "videos",
+    security(("bearer" = [])),
+    operation_id = "list_videos",
+    summary = "List videos",
+    description = "Insertion order, optionally one state. Follow `next_cursor` until it is `null`: every row is visited exactly once, even while rows are being added.",
+    params(
+        ("state" = Option<VideoState>, Query, description = "Only videos in this state."),
+        ("limit" = Option<u32>, Query, description = "Page size, 1–1000 (default 100).", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page; leave out for the first."),
+    ),
+    responses(
+        (status = 200, description = "A page in insertion order; follow `next_cursor` until it is `null` to visit every row once.", body = VideoPage),
+        (status = 400, description = "Codes: `invalid_query` (unknown parameter), `invalid_state`, `invalid_limit`, `invalid_cursor`.", body = ErrorBody),
+        (status = 401, description = "Codes: `unauthorized` (missing or wrong bearer token).", body = ErrorBody),
+        (status = 503, description = "Codes: `storage_unavailable`.", body = ErrorBody),
+    )
+)]
 #[instrument(skip_all, level = "debug")]
 pub async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VideoPage>, ApiError> {
     let Query(query) =
         query.map_err(|err| ApiError::bad_request("invalid_query", err.body_text()))?;
     let filter = query
@@ -378,7 +581,10 @@ pub async fn list(
         .then(|| rows.last().map(|row| row.id.to_string()))
         .flatten();
     let videos: Vec<VideoResource> = rows.into_iter().map(VideoResource::summary).collect();
-    Ok(Json(json!({"videos": videos, "next_cursor": next_cursor})))
+    Ok(Json(VideoPage {
+        videos,
+        next_cursor,
+    }))
 }
 
 fn first_poll_at(state: &ApiState) -> Millis {

@@ -24,12 +24,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret as _;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, info, instrument};
+use utoipa::ToSchema;
 
 use super::ApiState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::delivery::signing;
 use crate::domain::{Millis, VideoId};
 use crate::store::{HintOutcome, PushHint};
@@ -79,6 +79,42 @@ fn decode_hex_32(text: &[u8]) -> Option<[u8; 32]> {
     Some(bytes)
 }
 
+/// The answer to a verified push.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PushReceipt {
+    outcome: PushOutcome,
+}
+
+/// What a verified push did (also the `outcome` label of
+/// `jogg_relay_pushes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PushOutcome {
+    /// A tracked, active video: its confirming poll is due.
+    Accepted,
+    /// An untracked video, now tracked (`jogg.adopt_untracked`).
+    Adopted,
+    /// An untracked video, ignored.
+    Untracked,
+    /// A video no longer active, ignored.
+    NotActive,
+    /// An event other than the end of a render, ignored.
+    UnknownEvent,
+}
+
+impl PushOutcome {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushOutcome::Accepted => "accepted",
+            PushOutcome::Adopted => "adopted",
+            PushOutcome::Untracked => "untracked",
+            PushOutcome::NotActive => "not_active",
+            PushOutcome::UnknownEvent => "unknown_event",
+        }
+    }
+}
+
 /// The parts of a push the relay reads; everything else is ignored.
 #[derive(Debug, Deserialize)]
 struct Push {
@@ -97,12 +133,33 @@ struct PushData {
 }
 
 /// `POST /webhooks/jogg` (see the module docs).
+#[utoipa::path(
+    post,
+    path = "/webhooks/jogg",
+    operation_id = "receive_push",
+    summary = "Take a JoggAI push",
+    description = "JoggAI's own webhook, verified by its signature and taken as a hint: a push about a tracked, active video makes it due for a confirming poll, whose answer decides. Needs `jogg.webhook_secret`; no bearer token.",
+    tag = "pushes",
+    params(
+        ("X-Webhook-Signature" = String, Header, description = "HMAC-SHA256 of the raw body keyed with `jogg.webhook_secret`, as 64 hex digits (either case). It replaces the bearer token on this route.", pattern = "^[0-9a-fA-F]{64}$"),
+    ),
+    request_body(content = Object, content_type = "application/json", description = "JoggAI's push as it sent it (`event`, `data.video_id`; other fields are ignored); its bytes are what is signed. Body limit 64 KiB; the content type is not checked."),
+    responses(
+        (status = 200, description = "Verified and understood, even when it changes nothing.", body = PushReceipt),
+        (status = 400, description = "Codes: `invalid_push` (a verified body that is not a push), `invalid_body`.", body = ErrorBody),
+        (status = 401, description = "Codes: `bad_signature` (missing or wrong `X-Webhook-Signature`).", body = ErrorBody),
+        (status = 404, description = "Codes: `pushes_disabled` (no `jogg.webhook_secret`).", body = ErrorBody),
+        (status = 408, description = "Codes: `request_timeout` (the body did not arrive within `server.body_timeout`; the connection is closed).", body = ErrorBody),
+        (status = 413, description = "Codes: `payload_too_large` (over 64 KiB).", body = ErrorBody),
+        (status = 503, description = "Codes: `shutting_down`, `storage_unavailable` (JoggAI retries).", body = ErrorBody),
+    )
+)]
 #[instrument(skip_all, name = "push")]
 pub async fn receive(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
     match handle(&state, &headers, &body).await {
         Ok(outcome) => {
-            state.metrics.push(outcome);
-            (StatusCode::OK, Json(json!({"outcome": outcome}))).into_response()
+            state.metrics.push(outcome.as_str());
+            (StatusCode::OK, Json(PushReceipt { outcome })).into_response()
         }
         Err((outcome, error)) => {
             if let Some(outcome) = outcome {
@@ -116,12 +173,13 @@ pub async fn receive(State(state): State<ApiState>, headers: HeaderMap, body: By
     }
 }
 
-/// Verifies, parses and applies one push; the metric label of what it did.
+/// Verifies, parses and applies one push; what it did, or the error to
+/// answer with the metric label of the refusal (if it counts as one).
 async fn handle(
     state: &ApiState,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<&'static str, (Option<&'static str>, ApiError)> {
+) -> Result<PushOutcome, (Option<&'static str>, ApiError)> {
     let Some(secret) = &state.push_secret else {
         return Err((
             None,
@@ -160,7 +218,7 @@ async fn handle(
         .map_err(|err| malformed(format!("the body is not a JoggAI push: {err}")))?;
     if !FINISHED_EVENTS.contains(&push.event.as_str()) {
         debug!(event = %push.event, "push ignored: not an event about a finished render");
-        return Ok("unknown_event");
+        return Ok(PushOutcome::UnknownEvent);
     }
     let data = push
         .data
@@ -186,20 +244,20 @@ async fn handle(
         HintOutcome::Hinted { due_at } => {
             state.wakeups.new_videos.announce(due_at);
             info!(%video_id, event = %push.event, event_id, "push: confirming poll due");
-            Ok("accepted")
+            Ok(PushOutcome::Accepted)
         }
         HintOutcome::Adopted => {
             state.wakeups.new_videos.announce(at);
             info!(%video_id, event = %push.event, event_id, "push: untracked video adopted");
-            Ok("adopted")
+            Ok(PushOutcome::Adopted)
         }
         HintOutcome::NotActive(video_state) => {
             debug!(%video_id, state = %video_state, "push ignored: the video is no longer active");
-            Ok("not_active")
+            Ok(PushOutcome::NotActive)
         }
         HintOutcome::Untracked => {
             debug!(%video_id, "push ignored: the video is not tracked");
-            Ok("untracked")
+            Ok(PushOutcome::Untracked)
         }
     }
 }

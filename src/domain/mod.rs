@@ -145,7 +145,7 @@ impl fmt::Debug for StoredId {
 /// Where a tracked video stands (README, "HTTP API": `state`).
 ///
 /// `Active` is the only non-terminal state; a terminal state never changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VideoState {
     /// Still being polled: upstream says pending, processing or something unknown.

@@ -12,6 +12,7 @@ mod hostile;
 mod instances;
 mod jogg_client;
 mod learning;
+mod openapi;
 mod operations;
 mod oracle;
 mod poller;
