@@ -5,11 +5,11 @@
 //! Two benchmarks share the machinery here (the relay child process, its
 //! configuration, the load helpers):
 //!
-//! - the scales ([`run`], [`scale`]): throughput, CPU and memory at several
+//! - the scales ([`run`], `scale`): throughput, CPU and memory at several
 //!   numbers of tracked videos, on SQLite or on a throwaway PostgreSQL
-//!   cluster ([`backend`]), with one relay or (PostgreSQL) several sharing
+//!   cluster (`backend`), with one relay or (PostgreSQL) several sharing
 //!   the database;
-//! - `bench --schedule` ([`run_schedule`], [`schedule`]): how soon the relay
+//! - `bench --schedule` ([`run_schedule`], `schedule`): how soon the relay
 //!   notices renders finish, and how many polls that costs, per polling
 //!   strategy, on the reference workload.
 
