@@ -113,10 +113,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics));
     let console = state.console.clone();
     let routes = finish(api.merge(push_routes()), state.clone());
-    // Nested after `finish`, so the console's HTML error pages are not
+    // Added after `finish`, so the console's HTML error pages are not
     // rewritten into the API's JSON errors.
     match console {
-        Some(console) => routes.nest("/ui", crate::console::router(state, console)),
+        Some(console) => routes.merge(crate::console::router(state, console)),
         None => routes,
     }
 }

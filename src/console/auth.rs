@@ -85,24 +85,24 @@ fn loopback_host(headers: &HeaderMap) -> bool {
 pub fn page_session(
     state: &ConsoleState,
     headers: &HeaderMap,
-) -> Result<(Session, Option<HeaderValue>), Response> {
+) -> Result<(Session, Option<HeaderValue>), Box<Response>> {
     let now = Instant::now();
     let console = &state.console;
     if console.token.is_none() && !loopback_host(headers) {
-        return Err(html_response(
+        return Err(Box::new(html_response(
             StatusCode::FORBIDDEN,
             pages::message(
                 "Forbidden",
                 "Without server.token the console answers only requests for a loopback \
                  host name (localhost, 127.0.0.1, [::1]).",
             ),
-        ));
+        )));
     }
     if let Some(session) = cookie(headers).and_then(|id| console.sessions.get(id, now)) {
         return Ok((session, None));
     }
     if console.token.is_some() {
-        return Err(Redirect::to("/ui/login").into_response());
+        return Err(Box::new(Redirect::to("/ui/login").into_response()));
     }
     let (id, session) = console.sessions.create(now);
     Ok((session, Some(set_cookie(Some(&id), headers))))
@@ -111,7 +111,11 @@ pub fn page_session(
 /// The CSRF token for the page's logout button: only with a token (without
 /// one there is nothing to log out of).
 pub fn logout_csrf<'a>(state: &ConsoleState, session: &'a Session) -> Option<&'a str> {
-    state.console.token.is_some().then_some(session.csrf.as_str())
+    state
+        .console
+        .token
+        .is_some()
+        .then_some(session.csrf.as_str())
 }
 
 /// `GET /ui/login`: the form (or the overview, when there is no login or
@@ -151,7 +155,10 @@ pub async fn login(State(state): State<ConsoleState>, headers: HeaderMap, body: 
     if !crate::api::tokens_match(presented.as_bytes(), expected.expose_secret().as_bytes()) {
         // Neither the presented token nor anything about it is logged.
         warn!("console login refused: wrong token");
-        return html_response(StatusCode::UNAUTHORIZED, pages::login(Some("Login failed.")));
+        return html_response(
+            StatusCode::UNAUTHORIZED,
+            pages::login(Some("Login failed.")),
+        );
     }
     state.console.limiter.refund();
     let (id, _) = state.console.sessions.create(Instant::now());
@@ -165,14 +172,21 @@ pub async fn login(State(state): State<ConsoleState>, headers: HeaderMap, body: 
 
 /// `POST /ui/logout`: ends the session (CSRF-protected) and deletes the
 /// cookie.
-pub async fn logout(State(state): State<ConsoleState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn logout(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let now = Instant::now();
     let Some((id, session)) =
         cookie(&headers).and_then(|id| Some((id, state.console.sessions.get(id, now)?)))
     else {
         return Redirect::to("/ui/login").into_response();
     };
-    if !csrf::verify(&session.csrf, csrf::form_field(&body, csrf::FIELD).as_deref()) {
+    if !csrf::verify(
+        &session.csrf,
+        csrf::form_field(&body, csrf::FIELD).as_deref(),
+    ) {
         return csrf_refused();
     }
     state.console.sessions.remove(id);
@@ -214,7 +228,10 @@ mod tests {
         assert_eq!(cookie(&h), Some("abc"));
         let h = headers(&[("cookie", "a=1"), ("cookie", "jogg_relay_session=def")]);
         assert_eq!(cookie(&h), Some("def"));
-        assert_eq!(cookie(&headers(&[("cookie", "xjogg_relay_session=1")])), None);
+        assert_eq!(
+            cookie(&headers(&[("cookie", "xjogg_relay_session=1")])),
+            None
+        );
     }
 
     /// The cookie's attributes, and `Secure` exactly when the proxy says
@@ -236,10 +253,21 @@ mod tests {
 
     #[test]
     fn only_loopback_host_names_pass_without_a_token() {
-        for host in ["localhost:8080", "127.0.0.1:8080", "127.1.2.3", "[::1]:8080", "LOCALHOST"] {
+        for host in [
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "127.1.2.3",
+            "[::1]:8080",
+            "LOCALHOST",
+        ] {
             assert!(loopback_host(&headers(&[("host", host)])), "{host}");
         }
-        for host in ["evil.example:8080", "10.0.0.1", "localhost.evil.example", "[::2]:80"] {
+        for host in [
+            "evil.example:8080",
+            "10.0.0.1",
+            "localhost.evil.example",
+            "[::2]:80",
+        ] {
             assert!(!loopback_host(&headers(&[("host", host)])), "{host}");
         }
         assert!(!loopback_host(&HeaderMap::new()));

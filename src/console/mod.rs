@@ -28,8 +28,8 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{any, get, post};
 use maud::Markup;
 use secrecy::SecretString;
 
@@ -86,15 +86,17 @@ pub struct ConsoleState {
     pub console: Arc<Console>,
 }
 
-/// The console's routes, to be nested at `/ui`. Its errors are HTML pages,
-/// so it is nested outside the API's JSON error layer.
+/// The console's routes, every one under `/ui` (`/ui` itself leads to
+/// `/ui/`; any other path under it is an HTML 404). Its errors are HTML
+/// pages, so it is merged outside the API's JSON error layer.
 pub fn router(api: ApiState, console: Arc<Console>) -> Router {
     Router::new()
-        .route("/", get(overview::show))
-        .route("/login", get(auth::form).post(auth::login))
-        .route("/logout", post(auth::logout))
-        .route("/assets/console.css", get(assets::css))
-        .fallback(not_found)
+        .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
+        .route("/ui/", get(overview::show))
+        .route("/ui/login", get(auth::form).post(auth::login))
+        .route("/ui/logout", post(auth::logout))
+        .route(assets::CSS_PATH, get(assets::css))
+        .route("/ui/{*rest}", any(not_found))
         .layer(DefaultBodyLimit::max(FORM_BODY_LIMIT))
         .layer(middleware::from_fn(security_headers))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
@@ -146,10 +148,7 @@ async fn not_found() -> Response {
 /// API logs it).
 fn store_failed(err: StoreError) -> Response {
     let error = crate::api::ApiError::from(err);
-    html_response(
-        error.status,
-        pages::message("Unavailable", &error.message),
-    )
+    html_response(error.status, pages::message("Unavailable", &error.message))
 }
 
 /// A handler panic is a bug; answer it with a page rather than dropping

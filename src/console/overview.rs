@@ -39,7 +39,7 @@ pub struct Overview {
 pub async fn show(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
     let (session, cookie) = match auth::page_session(&state, &headers) {
         Ok(found) => found,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let view = match read(&state).await {
         Ok(view) => view,

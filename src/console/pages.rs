@@ -142,8 +142,13 @@ pub fn overview(view: &Overview, logout_csrf: Option<&str>) -> Markup {
                                 td { time { (time(Millis(row.at))) } }
                                 td.mono { (row.video_id) }
                                 td { (row.kind) }
-                                td.mono { @if let Some(from) = &row.from_value { (from) } @else { span.muted { "—" } } }
-                                td.mono { (row.to_value) }
+                                // Long values wrap; the title repeats them whole.
+                                @if let Some(from) = &row.from_value {
+                                    td.mono.from title=(from) { (from) }
+                                } @else {
+                                    td.mono.from { span.muted { "—" } }
+                                }
+                                td.mono.to title=(row.to_value) { (row.to_value) }
                                 td.detail {
                                     // The video's error and reason belong to its end.
                                     @if row.kind == "state" {
@@ -173,6 +178,9 @@ mod tests {
         assert!(!page.contains("<script>"), "{page}");
         assert!(page.contains("&quot;&gt;&lt;script&gt;"), "{page}");
         let form = layout("x", Some("\"onmouseover=\"x"), html! {}).into_string();
-        assert!(form.contains("value=\"&quot;onmouseover=&quot;x\""), "{form}");
+        assert!(
+            form.contains("value=\"&quot;onmouseover=&quot;x\""),
+            "{form}"
+        );
     }
 }

@@ -133,7 +133,10 @@ mod tests {
     fn tokens_are_256_random_bits_in_hex() {
         let (a, b) = (random_token(), random_token());
         assert_eq!(a.len(), 64);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert_ne!(a, b);
     }
 

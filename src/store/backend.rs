@@ -21,8 +21,8 @@ use std::future::Future;
 use super::Gauges;
 use super::StoreError;
 use super::records::{
-    CancelOutcome, DeliveryCounts, EnqueueOutcome, FinishedRender, HintOutcome, NewVideo,
-    PushHint, RecentTransition, RedeliverOutcome, TrackedRender, VideoDetails, VideoRecord,
+    CancelOutcome, DeliveryCounts, EnqueueOutcome, FinishedRender, HintOutcome, NewVideo, PushHint,
+    RecentTransition, RedeliverOutcome, TrackedRender, VideoDetails, VideoRecord,
 };
 use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryRelease};
 use crate::domain::poll::{ClaimedVideo, PollUpdate, Ranker, Release};

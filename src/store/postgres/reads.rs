@@ -11,7 +11,8 @@ use tracing::instrument;
 
 use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::records::{
-    DeliveryCounts, DeliveryRecord, RecentTransition, FinishedRender, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
+    DeliveryCounts, DeliveryRecord, FinishedRender, RecentTransition, TrackedRender,
+    TransitionRecord, VideoDetails, VideoRecord,
 };
 use crate::store::{Gauges, StoreError};
 

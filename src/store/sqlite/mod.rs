@@ -21,8 +21,8 @@ use tracing::instrument;
 use super::backend::{Dialect, Reads};
 use super::health::Health;
 use super::records::{
-    self, DeliveryCounts, DeliveryRecord, RecentTransition, FinishedRender, TrackedRender, TransitionRecord, VideoDetails,
-    VideoRecord,
+    self, DeliveryCounts, DeliveryRecord, FinishedRender, RecentTransition, TrackedRender,
+    TransitionRecord, VideoDetails, VideoRecord,
 };
 use super::{Gauges, StoreError};
 use crate::domain::{Millis, VideoId, VideoState};

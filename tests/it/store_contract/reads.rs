@@ -7,7 +7,8 @@ use jogg_relay::domain::delivery::{AttemptRecord, DeliveryNext};
 use jogg_relay::domain::poll::{PollUpdate, UpstreamFields};
 use jogg_relay::domain::{Millis, VideoState};
 use jogg_relay::store::{
-    DeliveryCounts, FinishedRender, Gauges, PushHint, RecentTransition, Store, TrackedRender, Writer,
+    DeliveryCounts, FinishedRender, Gauges, PushHint, RecentTransition, Store, TrackedRender,
+    Writer,
 };
 
 use super::{HOOK, HOOK_2, OWN, details, ending, finish, id, names, ongoing, video};
@@ -377,11 +378,28 @@ pub(super) async fn case_readiness_succeeds_on_a_healthy_store(_store: &Store, w
 /// video, and the newest transitions of any video, newest first, each with
 /// its video's id and current error and reason.
 pub(super) async fn case_delivery_counts_and_recent_transitions(store: &Store, writer: &Writer) {
-    assert_eq!(store.delivery_counts().await.unwrap(), DeliveryCounts::default());
+    assert_eq!(
+        store.delivery_counts().await.unwrap(),
+        DeliveryCounts::default()
+    );
     assert!(store.recent_transitions(10).await.unwrap().is_empty());
 
-    finish(writer, video("rt-done", 0), 1_000, VideoState::Completed, &[HOOK, HOOK_2, OWN]).await;
-    finish(writer, video("rt-fail", 0), 2_000, VideoState::Failed, &[HOOK]).await;
+    finish(
+        writer,
+        video("rt-done", 0),
+        1_000,
+        VideoState::Completed,
+        &[HOOK, HOOK_2, OWN],
+    )
+    .await;
+    finish(
+        writer,
+        video("rt-fail", 0),
+        2_000,
+        VideoState::Failed,
+        &[HOOK],
+    )
+    .await;
     let claimed = writer
         .claim_deliveries(Millis(2_000), Millis(9_000), 10)
         .await
@@ -436,7 +454,14 @@ pub(super) async fn case_delivery_counts_and_recent_transitions(store: &Store, w
         [
             recent("rt-fail", "state", Some("active"), "failed", 2_000, true),
             recent("rt-fail", "status", None, "failed", 2_000, true),
-            recent("rt-done", "state", Some("active"), "completed", 1_000, false),
+            recent(
+                "rt-done",
+                "state",
+                Some("active"),
+                "completed",
+                1_000,
+                false
+            ),
         ]
     );
     assert_eq!(store.recent_transitions(10).await.unwrap().len(), 4);
