@@ -218,6 +218,7 @@ impl App {
             learner: self.learner.clone(),
             strategy: self.config.polling.strategy,
             shutdown,
+            console: crate::console::Console::new(&self.config),
         }
     }
 

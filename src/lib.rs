@@ -13,6 +13,7 @@
 //! - [`poller`]: claiming due videos, the schedule policy, the rate limiter.
 //! - [`delivery`]: the outbox worker (signing, retries, the target guard).
 //! - [`api`]: the HTTP API (axum routes, authentication, JSON errors).
+//! - [`console`]: the operator console under `/ui/` (HTML pages).
 //! - [`simulate`]: the `simulate` command (poll strategies replayed in virtual time).
 //! - [`sim`]: a JoggAI simulator for tests, `demo` and benchmarks.
 //! - [`scratch_postgres`]: a throwaway PostgreSQL cluster for tests and benchmarks.
@@ -31,6 +32,7 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod demo;
 pub mod domain;

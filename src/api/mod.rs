@@ -78,6 +78,9 @@ pub struct ApiState {
     /// Cancelled when the process starts shutting down: enqueues then get 503
     /// and `/readyz` reports not ready.
     pub shutdown: CancellationToken,
+    /// The operator console served under `/ui/`, unless `server.console`
+    /// is off.
+    pub console: Option<Arc<crate::console::Console>>,
 }
 
 /// Builds the router with every route, limit and middleware.
@@ -112,7 +115,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::serve));
-    finish(api.merge(push_routes()), state)
+    let console = state.console.clone();
+    let routes = finish(api.merge(push_routes()), state.clone());
+    // Added after `finish`, so the console's HTML error pages are not
+    // rewritten into the API's JSON errors.
+    match console {
+        Some(console) => routes.merge(crate::console::router(state, console)),
+        None => routes,
+    }
 }
 
 /// The router of `server.webhook_bind`: `POST /webhooks/jogg` and nothing
@@ -192,7 +202,7 @@ fn bearer_token(value: &str) -> Option<&str> {
 /// loop the optimizer might shortcut) always runs over 32 bytes and its
 /// timing reveals neither how much of a guess was right nor the token's
 /// length.
-fn tokens_match(presented: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn tokens_match(presented: &[u8], expected: &[u8]) -> bool {
     use sha2::{Digest as _, Sha256};
     use subtle::ConstantTimeEq as _;
     Sha256::digest(presented)

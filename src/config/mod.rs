@@ -370,6 +370,7 @@ impl Settings {
                 body_timeout,
                 write_timeout,
                 webhook_bind,
+                console: server.console,
             },
             database,
             jogg: JoggConfig {

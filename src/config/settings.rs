@@ -86,6 +86,9 @@ pub struct ServerSettings {
     /// Optional second listener serving only `POST /webhooks/jogg`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_bind: Option<String>,
+    /// Whether the operator console is served under `/ui/`.
+    #[serde(deserialize_with = "from_text::flag")]
+    pub console: bool,
 }
 
 /// `[database]` as written.
@@ -271,6 +274,7 @@ impl Default for ServerSettings {
             body_timeout: "30s".into(),
             write_timeout: "30s".into(),
             webhook_bind: None,
+            console: true,
         }
     }
 }

@@ -1095,3 +1095,24 @@ fn database_urls_are_redacted_for_display() {
         "[redacted]@host"
     );
 }
+
+/// `server.console` is on by default and can be turned off in the file or
+/// the environment (a boolean in both); anything else names the key.
+#[test]
+fn console_is_on_by_default_and_can_be_turned_off() {
+    assert!(Settings::default().validate().unwrap().server.console);
+    let off = load_str("[server]\nconsole = false\n", &[])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert!(!off.server.console);
+    let off = load_str("", &[("JOGG_RELAY__SERVER__CONSOLE", "false")])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert!(!off.server.console);
+    assert_eq!(
+        invalid_key("", &[("JOGG_RELAY__SERVER__CONSOLE", "perhaps")]),
+        "server.console"
+    );
+}

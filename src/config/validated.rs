@@ -94,6 +94,9 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// A second listener serving only `POST /webhooks/jogg`, when set.
     pub webhook_bind: Option<SocketAddr>,
+    /// Whether the operator console is served under `/ui/` (README,
+    /// "Console"); off, `/ui/*` is 404.
+    pub console: bool,
 }
 
 /// Where the SQLite database lives.

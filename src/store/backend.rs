@@ -21,8 +21,8 @@ use std::future::Future;
 use super::Gauges;
 use super::StoreError;
 use super::records::{
-    CancelOutcome, EnqueueOutcome, FinishedRender, HintOutcome, NewVideo, PushHint,
-    RedeliverOutcome, TrackedRender, VideoDetails, VideoRecord,
+    CancelOutcome, DeliveryCounts, EnqueueOutcome, FinishedRender, HintOutcome, NewVideo, PushHint,
+    RecentTransition, RedeliverOutcome, TrackedRender, VideoDetails, VideoRecord,
 };
 use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryRelease};
 use crate::domain::poll::{ClaimedVideo, PollUpdate, Ranker, Release};
@@ -189,6 +189,15 @@ pub(crate) trait Reads: Send + Sync {
         &self,
         count: u32,
     ) -> impl Future<Output = Result<Vec<TrackedRender>, StoreError>> + Send;
+
+    /// Callback deliveries per state.
+    fn delivery_counts(&self) -> impl Future<Output = Result<DeliveryCounts, StoreError>> + Send;
+
+    /// The newest `limit` transitions of any video, newest first.
+    fn recent_transitions(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<RecentTransition>, StoreError>> + Send;
 
     /// Closes the pool.
     fn close(&self) -> impl Future<Output = ()> + Send;

@@ -36,9 +36,9 @@ pub use sqlite::{file, lock};
 pub use health::Unready;
 pub use lock::{DatabaseLock, LockError};
 pub use records::{
-    CancelOutcome, ConflictingFields, DeliveryRecord, EnqueueOutcome, FinishedRender, HintOutcome,
-    NewVideo, PushHint, RedeliverOutcome, TrackedRender, TransitionRecord, VideoDetails,
-    VideoRecord,
+    CancelOutcome, ConflictingFields, DeliveryCounts, DeliveryRecord, EnqueueOutcome,
+    FinishedRender, HintOutcome, NewVideo, PushHint, RecentTransition, RedeliverOutcome,
+    TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
 };
 pub use writer::Writer;
 
@@ -263,6 +263,23 @@ impl Store {
     #[instrument(skip(self), level = "debug")]
     pub async fn newest_renders(&self, count: u32) -> Result<Vec<TrackedRender>, StoreError> {
         on_engine!(self, db => db.newest_renders(count).await)
+    }
+
+    /// Callback deliveries per state (the console's backlog and dead
+    /// count).
+    #[instrument(skip(self), level = "debug")]
+    pub async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError> {
+        on_engine!(self, db => db.delivery_counts().await)
+    }
+
+    /// The newest `limit` transitions of any video, newest first (the
+    /// console's overview).
+    #[instrument(skip(self), level = "debug")]
+    pub async fn recent_transitions(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<RecentTransition>, StoreError> {
+        on_engine!(self, db => db.recent_transitions(limit).await)
     }
 
     /// The SQLite pool, for the store's unit tests and

@@ -86,6 +86,68 @@ pub struct TransitionRecord {
     pub at: i64,
 }
 
+/// One of the newest transitions of any video, with what the console's
+/// overview shows beside it (README, "Console").
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RecentTransition {
+    /// The video's JoggAI id.
+    pub video_id: String,
+    /// `status` (upstream status) or `state` (relay state).
+    pub kind: String,
+    /// Previous value; `None` for the first upstream answer.
+    pub from_value: Option<String>,
+    /// New value (an upstream status as JoggAI wrote it).
+    pub to_value: String,
+    /// When it happened.
+    pub at: i64,
+    /// The video's error code from upstream, as it is now.
+    pub error_code: Option<String>,
+    /// The video's error message from upstream, as it is now.
+    pub error_message: Option<String>,
+    /// Why the relay stopped tracking the video, if it did.
+    pub reason: Option<String>,
+}
+
+/// The newest transitions of any video, newest first: a walk back along
+/// the transitions' primary key, each joined to its video by rowid.
+pub(crate) const SELECT_RECENT_TRANSITIONS: &str = "SELECT v.video_id, t.kind, t.from_value, \
+     t.to_value, t.at, v.error_code, v.error_message, v.reason \
+     FROM transitions t JOIN videos v ON v.id = t.video_rowid \
+     ORDER BY t.id DESC LIMIT ?";
+
+/// Callback deliveries per state, over every video.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    /// Waiting for their next attempt (the backlog).
+    pub pending: u64,
+    /// Accepted by their target.
+    pub delivered: u64,
+    /// Given up on (README, "Delivery and retries").
+    pub dead: u64,
+}
+
+impl DeliveryCounts {
+    /// The counts from `(state, count)` rows; unknown states are skipped.
+    pub(crate) fn from_rows(rows: Vec<(String, i64)>) -> Self {
+        let mut counts = Self::default();
+        for (state, n) in rows {
+            let n = u64::try_from(n).unwrap_or(0);
+            match state.as_str() {
+                "pending" => counts.pending = n,
+                "delivered" => counts.delivered = n,
+                "dead" => counts.dead = n,
+                _ => {}
+            }
+        }
+        counts
+    }
+}
+
+/// Deliveries per state: one pass over the outbox (there is no index by
+/// state beyond the pending ones'), read when the console's overview is.
+pub(crate) const SELECT_DELIVERY_COUNTS: &str =
+    "SELECT state, COUNT(*) FROM deliveries GROUP BY state";
+
 /// One callback delivery (outbox row) as shown on the video resource.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DeliveryRecord {

@@ -24,6 +24,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 #[cfg(unix)]
+pub mod browser;
+#[cfg(unix)]
 mod postgres;
 mod stalling_proxy;
 #[cfg(unix)]

@@ -5,6 +5,8 @@ mod api_enqueue;
 mod api_errors;
 mod api_list;
 mod cli;
+#[cfg(unix)]
+mod console;
 mod delivery;
 mod helpers;
 mod hostile;

@@ -10,7 +10,9 @@ use super::{ANSWER_LIMIT, CONNECT_LIMIT, answered_within, mutations, on_pooled, 
 use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::backend::{Dialect, Reads};
 use crate::store::health::Health;
-use crate::store::records::{FinishedRender, TrackedRender, VideoDetails, VideoRecord};
+use crate::store::records::{
+    DeliveryCounts, FinishedRender, RecentTransition, TrackedRender, VideoDetails, VideoRecord,
+};
 use crate::store::writer::WriterEngine;
 use crate::store::{Gauges, StoreError};
 
@@ -129,6 +131,20 @@ impl Reads for PostgresDatabase {
     async fn newest_renders(&self, count: u32) -> Result<Vec<TrackedRender>, StoreError> {
         on_pooled(&self.pool, |conn| {
             Box::pin(reads::newest_renders(conn, count))
+        })
+        .await
+        .map_err(|err| self.read_error(err))
+    }
+
+    async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError> {
+        on_pooled(&self.pool, |conn| Box::pin(reads::delivery_counts(conn)))
+            .await
+            .map_err(|err| self.read_error(err))
+    }
+
+    async fn recent_transitions(&self, limit: u32) -> Result<Vec<RecentTransition>, StoreError> {
+        on_pooled(&self.pool, |conn| {
+            Box::pin(reads::recent_transitions(conn, limit))
         })
         .await
         .map_err(|err| self.read_error(err))

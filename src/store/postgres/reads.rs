@@ -11,7 +11,8 @@ use tracing::instrument;
 
 use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::records::{
-    DeliveryRecord, FinishedRender, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
+    DeliveryCounts, DeliveryRecord, FinishedRender, RecentTransition, TrackedRender,
+    TransitionRecord, VideoDetails, VideoRecord,
 };
 use crate::store::{Gauges, StoreError};
 
@@ -198,6 +199,32 @@ pub(crate) async fn newest_renders(
     .await?;
     rows.reverse();
     Ok(rows)
+}
+
+/// Callback deliveries per state (one pass over the outbox).
+pub(crate) async fn delivery_counts(conn: &mut PgConnection) -> Result<DeliveryCounts, StoreError> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(DeliveryCounts::from_rows(rows))
+}
+
+/// The newest `limit` transitions of any video, newest first: a backward
+/// walk of the transitions' primary key.
+pub(crate) async fn recent_transitions(
+    conn: &mut PgConnection,
+    limit: u32,
+) -> Result<Vec<RecentTransition>, StoreError> {
+    Ok(sqlx::query_as::<_, RecentTransition>(
+        "SELECT v.video_id, t.kind, t.from_value, t.to_value, t.at, v.error_code, \
+                v.error_message, v.reason \
+         FROM transitions t JOIN videos v ON v.id = t.video_rowid \
+         ORDER BY t.id DESC LIMIT $1",
+    )
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?)
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use tracing::instrument;
 use super::backend::{Dialect, Reads};
 use super::health::Health;
 use super::records::{
-    self, DeliveryRecord, FinishedRender, TrackedRender, TransitionRecord, VideoDetails,
-    VideoRecord,
+    self, DeliveryCounts, DeliveryRecord, FinishedRender, RecentTransition, TrackedRender,
+    TransitionRecord, VideoDetails, VideoRecord,
 };
 use super::{Gauges, StoreError};
 use crate::domain::{Millis, VideoId, VideoState};
@@ -295,6 +295,22 @@ impl Reads for SqliteDatabase {
             .map_err(|err| self.read_error(err))?;
         rows.reverse();
         Ok(rows)
+    }
+
+    async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(records::SELECT_DELIVERY_COUNTS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|err| self.read_error(err))?;
+        Ok(DeliveryCounts::from_rows(rows))
+    }
+
+    async fn recent_transitions(&self, limit: u32) -> Result<Vec<RecentTransition>, StoreError> {
+        sqlx::query_as::<_, RecentTransition>(records::SELECT_RECENT_TRANSITIONS)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|err| self.read_error(err))
     }
 
     /// Closes every connection, checkpointing the WAL.

@@ -141,6 +141,7 @@ contract_cases!(
     reads::case_next_due_times_follow_the_queues,
     reads::case_finished_renders_in_finish_order_with_a_cursor,
     reads::case_newest_renders_oldest_first,
+    reads::case_delivery_counts_and_recent_transitions,
     reads::case_readiness_succeeds_on_a_healthy_store,
 );
 

@@ -6,9 +6,12 @@ use std::time::Duration;
 use jogg_relay::domain::delivery::{AttemptRecord, DeliveryNext};
 use jogg_relay::domain::poll::{PollUpdate, UpstreamFields};
 use jogg_relay::domain::{Millis, VideoState};
-use jogg_relay::store::{FinishedRender, Gauges, PushHint, Store, TrackedRender, Writer};
+use jogg_relay::store::{
+    DeliveryCounts, FinishedRender, Gauges, PushHint, RecentTransition, Store, TrackedRender,
+    Writer,
+};
 
-use super::{HOOK, details, ending, finish, id, names, ongoing, video};
+use super::{HOOK, HOOK_2, OWN, details, ending, finish, id, names, ongoing, video};
 
 /// Pages of videos in insertion order after a rowid cursor, each row as
 /// the video's details show it, optionally of one state; a video added
@@ -369,4 +372,98 @@ pub(super) async fn case_readiness_succeeds_on_a_healthy_store(_store: &Store, w
         writer.readiness(limit)
     );
     assert_eq!((a, b, c), (Ok(()), Ok(()), Ok(())));
+}
+
+/// The console overview's reads: deliveries counted per state over every
+/// video, and the newest transitions of any video, newest first, each with
+/// its video's id and current error and reason.
+pub(super) async fn case_delivery_counts_and_recent_transitions(store: &Store, writer: &Writer) {
+    assert_eq!(
+        store.delivery_counts().await.unwrap(),
+        DeliveryCounts::default()
+    );
+    assert!(store.recent_transitions(10).await.unwrap().is_empty());
+
+    finish(
+        writer,
+        video("rt-done", 0),
+        1_000,
+        VideoState::Completed,
+        &[HOOK, HOOK_2, OWN],
+    )
+    .await;
+    finish(
+        writer,
+        video("rt-fail", 0),
+        2_000,
+        VideoState::Failed,
+        &[HOOK],
+    )
+    .await;
+    let claimed = writer
+        .claim_deliveries(Millis(2_000), Millis(9_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 4, "three targets of rt-done, one of rt-fail");
+    let event_done = "evt-rt-done";
+    let outcomes = [
+        (HOOK, Some(200), DeliveryNext::Delivered),
+        (HOOK_2, Some(503), DeliveryNext::Retry(Millis(4_000))),
+        (OWN, Some(410), DeliveryNext::Dead("gone".to_owned())),
+    ];
+    for (url, status, next) in outcomes {
+        let delivery = claimed
+            .iter()
+            .find(|d| d.url == url && d.event_id == event_done)
+            .unwrap_or_else(|| panic!("a delivery of rt-done to {url}"));
+        let done = AttemptRecord {
+            delivery_id: delivery.id,
+            lease: delivery.lease,
+            at: Millis(2_100),
+            status,
+            error: None,
+            duration_ms: 5,
+            next,
+        };
+        assert!(writer.record_attempt(done).await.unwrap(), "{url}");
+    }
+    // rt-fail's delivery is leased, not attempted: still pending.
+    assert_eq!(
+        store.delivery_counts().await.unwrap(),
+        DeliveryCounts {
+            pending: 2,
+            delivered: 1,
+            dead: 1,
+        }
+    );
+
+    let recent = |video: &str, kind: &str, from: Option<&str>, to: &str, at: i64, failed: bool| {
+        RecentTransition {
+            video_id: video.to_owned(),
+            kind: kind.to_owned(),
+            from_value: from.map(str::to_owned),
+            to_value: to.to_owned(),
+            at,
+            error_code: failed.then(|| "render_failed".to_owned()),
+            error_message: failed.then(|| "the render failed".to_owned()),
+            reason: None,
+        }
+    };
+    assert_eq!(
+        store.recent_transitions(3).await.unwrap(),
+        [
+            recent("rt-fail", "state", Some("active"), "failed", 2_000, true),
+            recent("rt-fail", "status", None, "failed", 2_000, true),
+            recent(
+                "rt-done",
+                "state",
+                Some("active"),
+                "completed",
+                1_000,
+                false
+            ),
+        ]
+    );
+    assert_eq!(store.recent_transitions(10).await.unwrap().len(), 4);
+    assert!(store.recent_transitions(0).await.unwrap().is_empty());
 }

@@ -1,0 +1,446 @@
+//! The operator console under `/ui/` (README, "Console"), in headless
+//! Chromium where a browser matters (see `helpers::browser`: skipped,
+//! loudly, without one) and over plain HTTP where it does not.
+
+use std::time::Duration;
+
+use jogg_relay::console::CONTENT_SECURITY_POLICY;
+use jogg_relay::domain::Millis;
+use jogg_relay::sim::{Ending, Fault, SimReceiver, Timeline};
+use serde_json::{Value, json};
+
+use crate::helpers::browser::{Browser, browser};
+use crate::helpers::{TOKEN, TestApp, spawn_app, spawn_app_with, spawn_manual_app};
+
+/// Logs in through the browser's form.
+async fn log_in(browser: &Browser, app: &TestApp, token: &str) {
+    browser.goto(&format!("{}/ui/login", app.base)).await;
+    browser.fill("#token", token).await;
+    browser.click("#login").await;
+}
+
+/// A response's status and headers, and its body as text.
+async fn fetch(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut request = app
+        .client
+        .request(method.parse().unwrap(), format!("{}{path}", app.base));
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    if let Some(form) = form {
+        request = request
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_owned());
+    }
+    let response = request.send().await.expect("request sent");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap_or_default())
+}
+
+/// Logs in over HTTP; the `name=value` of the session cookie.
+async fn session_cookie(app: &TestApp) -> String {
+    let (status, headers, _) = fetch(
+        app,
+        "POST",
+        "/ui/login",
+        None,
+        Some(&format!("token={TOKEN}")),
+    )
+    .await;
+    assert_eq!(status, 303);
+    let set_cookie = headers["set-cookie"].to_str().unwrap();
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+/// The CSRF token in a page's logout form.
+fn csrf_of(page: &str) -> String {
+    let start = page.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    page[start..].split('"').next().unwrap().to_owned()
+}
+
+/// A wrong token gets the form again (401, nothing said but that it
+/// failed); the right one opens the overview; pages without a session lead
+/// to the form. The cookie is HttpOnly, SameSite=Strict, Path=/ui, and
+/// Secure only when the proxy says the browser used TLS.
+#[tokio::test]
+async fn login_refuses_a_wrong_token_and_accepts_the_right_one() {
+    let app = spawn_app().await;
+    let (status, _, page) = fetch(&app, "POST", "/ui/login", None, Some("token=wrong")).await;
+    assert_eq!(status, 401);
+    assert!(page.contains("Login failed."), "{page}");
+    assert!(!page.contains(TOKEN));
+    let (status, headers, _) = fetch(&app, "GET", "/ui/", None, None).await;
+    assert_eq!(
+        (status, &headers["location"]),
+        (303, &"/ui/login".parse().unwrap())
+    );
+
+    let (_, headers, _) = fetch(
+        &app,
+        "POST",
+        "/ui/login",
+        None,
+        Some(&format!("token={TOKEN}")),
+    )
+    .await;
+    let cookie = headers["set-cookie"].to_str().unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age=43200"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let behind_tls = app
+        .client
+        .post(format!("{}/ui/login", app.base))
+        .header("x-forwarded-proto", "https")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        behind_tls.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .ends_with("; Secure")
+    );
+
+    let Some(browser) = browser().await else {
+        app.stop().await;
+        return;
+    };
+    browser.goto(&format!("{}/ui/", app.base)).await;
+    assert_eq!(browser.path().await, "/ui/login");
+    browser.screenshot("console-login").await;
+    log_in(&browser, &app, "not-the-token").await;
+    browser.wait_for("#login-error").await;
+    assert_eq!(browser.path().await, "/ui/login");
+    assert_eq!(browser.text("#login-error").await, "Login failed.");
+    browser.screenshot("console-login-refused").await;
+    log_in(&browser, &app, TOKEN).await;
+    browser.wait_for("#videos-active").await;
+    assert_eq!(browser.path().await, "/ui/");
+    assert_eq!(browser.count("#videos-active").await, 1);
+    browser.finish().await;
+    app.stop().await;
+}
+
+/// The overview's figures are the API's: videos per state as
+/// `GET /v1/videos?state=` lists them, deliveries per state as the videos'
+/// resources show them, both equal to what the simulators were made to do;
+/// the budget is the configured one.
+#[tokio::test]
+async fn overview_counts_equal_the_api() {
+    let receiver = SimReceiver::start(None).await.unwrap();
+    let hook = receiver.url("hook");
+    let app = spawn_manual_app(|s| {
+        s.callbacks.urls = vec![hook.clone()];
+        s.jogg.requests_per_second = 7.0;
+        s.jogg.burst = 3;
+    })
+    .await;
+    let sim = &app.sim.state;
+    for id in ["ok-1", "ok-2", "ok-3"] {
+        sim.script(id, Timeline::completes(0, 0));
+    }
+    sim.script("bad-1", Timeline::fails(0, 0));
+    sim.script(
+        "slow-1",
+        Timeline {
+            ending: Ending::Stuck("processing".into()),
+            ..Timeline::completes(0, 0)
+        },
+    );
+    for id in ["ok-1", "ok-2", "ok-3", "bad-1", "slow-1", "gone-1"] {
+        assert_eq!(app.enqueue(json!({"video_id": id})).await.status, 201);
+    }
+    assert_eq!(
+        app.send("DELETE", "/v1/videos/gone-1", None).await.status,
+        204
+    );
+    app.step_until_idle().await;
+    // One target per finished video: the first callback the receiver
+    // answers 410 (dead), the second 503 (retried later), the rest 200.
+    receiver.state.script(
+        "hook",
+        [
+            jogg_relay::sim::Reply::Status(410),
+            jogg_relay::sim::Reply::Status(503),
+        ],
+    );
+    app.deliver(Millis::now()).await;
+    assert_eq!(
+        receiver.state.received().len(),
+        4,
+        "one callback per finished video"
+    );
+
+    // The oracle: the JSON API.
+    let mut api_states = Vec::new();
+    for state in ["active", "completed", "failed", "abandoned", "cancelled"] {
+        let listed = app
+            .send("GET", &format!("/v1/videos?state={state}&limit=100"), None)
+            .await;
+        api_states.push((state, listed.json["videos"].as_array().unwrap().len()));
+    }
+    assert_eq!(
+        api_states,
+        [
+            ("active", 1),
+            ("completed", 3),
+            ("failed", 1),
+            ("abandoned", 0),
+            ("cancelled", 1)
+        ]
+    );
+    let mut api_deliveries = std::collections::BTreeMap::new();
+    for id in ["ok-1", "ok-2", "ok-3", "bad-1"] {
+        for delivery in app.video(id).await.json["deliveries"].as_array().unwrap() {
+            *api_deliveries
+                .entry(delivery["state"].as_str().unwrap().to_owned())
+                .or_insert(0usize) += 1;
+        }
+    }
+    let expected: std::collections::BTreeMap<String, usize> =
+        [("dead", 1), ("delivered", 2), ("pending", 1)]
+            .map(|(s, n)| (s.to_owned(), n))
+            .into();
+    assert_eq!(api_deliveries, expected);
+
+    let Some(browser) = browser().await else {
+        app.stop().await;
+        return;
+    };
+    log_in(&browser, &app, TOKEN).await;
+    browser.wait_for("#videos-active").await;
+    assert_eq!(browser.path().await, "/ui/");
+    for (state, count) in &api_states {
+        assert_eq!(
+            browser.text(&format!("#videos-{state} .n")).await,
+            count.to_string(),
+            "{state}"
+        );
+    }
+    for (state, count) in &api_deliveries {
+        assert_eq!(
+            browser.text(&format!("#deliveries-{state} .n")).await,
+            count.to_string(),
+            "{state}"
+        );
+    }
+    assert_eq!(browser.text("#budget-rate .n").await, "7");
+    assert_eq!(browser.text("#budget-burst .n").await, "3");
+    assert_eq!(browser.count("#no-pause").await, 1);
+    // Transitions: ok-1..3 and bad-1 each a status and a state change,
+    // slow-1 a status change, gone-1 its cancellation: ten, all listed.
+    assert_eq!(browser.count("#recent tbody tr").await, 10);
+    browser.screenshot("console-overview").await;
+    browser.finish().await;
+    app.stop().await;
+}
+
+/// Logging out ends the session: the overview then leads to the login
+/// form, even with the old cookie.
+#[tokio::test]
+async fn logout_ends_the_session() {
+    let app = spawn_app().await;
+    let Some(browser) = browser().await else {
+        // Without a browser, the same over HTTP.
+        let cookie = session_cookie(&app).await;
+        let (_, _, page) = fetch(&app, "GET", "/ui/", Some(&cookie), None).await;
+        let form = format!("csrf={}", csrf_of(&page));
+        let (status, _, _) = fetch(&app, "POST", "/ui/logout", Some(&cookie), Some(&form)).await;
+        assert_eq!(status, 303);
+        let (status, headers, _) = fetch(&app, "GET", "/ui/", Some(&cookie), None).await;
+        assert_eq!(
+            (status, headers["location"].to_str().unwrap()),
+            (303, "/ui/login")
+        );
+        app.stop().await;
+        return;
+    };
+    log_in(&browser, &app, TOKEN).await;
+    browser.wait_for("#videos-active").await;
+    assert_eq!(browser.path().await, "/ui/");
+    browser.click("#logout").await;
+    browser.wait_for("#token").await;
+    assert_eq!(browser.path().await, "/ui/login");
+    browser.goto(&format!("{}/ui/", app.base)).await;
+    assert_eq!(browser.path().await, "/ui/login");
+    browser.screenshot("console-logged-out").await;
+    browser.finish().await;
+    app.stop().await;
+}
+
+/// A state-changing form without its session's CSRF token, or with
+/// another's, is refused with 403 and changes nothing.
+#[tokio::test]
+async fn a_form_without_its_csrf_token_is_refused() {
+    let app = spawn_app().await;
+    let cookie = session_cookie(&app).await;
+    let other = session_cookie(&app).await;
+    let (status, _, page) = fetch(&app, "GET", "/ui/", Some(&cookie), None).await;
+    assert_eq!(status, 200);
+    let (_, _, other_page) = fetch(&app, "GET", "/ui/", Some(&other), None).await;
+    let other_csrf = csrf_of(&other_page);
+    assert_ne!(other_csrf, csrf_of(&page));
+    for form in [
+        String::new(),
+        "csrf=".to_owned(),
+        format!("csrf={other_csrf}"),
+    ] {
+        let (status, _, _) = fetch(&app, "POST", "/ui/logout", Some(&cookie), Some(&form)).await;
+        assert_eq!(status, 403, "{form:?}");
+        let (status, _, _) = fetch(&app, "GET", "/ui/", Some(&cookie), None).await;
+        assert_eq!(status, 200, "the session survives a refused form");
+    }
+    let form = format!("csrf={}", csrf_of(&page));
+    let (status, _, _) = fetch(&app, "POST", "/ui/logout", Some(&cookie), Some(&form)).await;
+    assert_eq!(status, 303);
+    app.stop().await;
+}
+
+/// `server.console = false`: nothing under `/ui/`. On, every page carries
+/// the strict headers.
+#[tokio::test]
+async fn the_console_can_be_turned_off_and_its_pages_carry_strict_headers() {
+    let off = spawn_app_with(|s| s.server.console = false).await;
+    for path in ["/ui/", "/ui/login", "/ui/assets/console.css"] {
+        let (status, _, _) = fetch(&off, "GET", path, None, None).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    let (status, _, _) = fetch(
+        &off,
+        "POST",
+        "/ui/login",
+        None,
+        Some(&format!("token={TOKEN}")),
+    )
+    .await;
+    assert_eq!(status, 404);
+    off.stop().await;
+
+    let on = spawn_app().await;
+    for (path, status) in [
+        ("/ui/login", 200),
+        ("/ui/assets/console.css", 200),
+        ("/ui/", 303),
+        ("/ui/nowhere", 404),
+    ] {
+        let (got, headers, _) = fetch(&on, "GET", path, None, None).await;
+        assert_eq!(got, status, "{path}");
+        assert_eq!(
+            headers["content-security-policy"], CONTENT_SECURITY_POLICY,
+            "{path}"
+        );
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["referrer-policy"], "no-referrer");
+        assert_eq!(headers["cache-control"], "no-store");
+    }
+    assert_eq!(
+        CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
+         frame-ancestors 'none'; base-uri 'none'"
+    );
+    on.stop().await;
+}
+
+/// Without a token there is no login: the overview opens directly (for a
+/// loopback host name only).
+#[tokio::test]
+async fn without_a_token_there_is_no_login() {
+    let app = spawn_app_with(|s| s.server.token = jogg_relay::config::SecretSetting(None)).await;
+    let (status, headers, page) = fetch(&app, "GET", "/ui/", None, None).await;
+    assert_eq!(status, 200);
+    assert!(headers["set-cookie"].to_str().unwrap().contains("HttpOnly"));
+    assert!(!page.contains("id=\"logout\""));
+    let (status, headers, _) = fetch(&app, "GET", "/ui/login", None, None).await;
+    assert_eq!(
+        (status, headers["location"].to_str().unwrap()),
+        (303, "/ui/")
+    );
+    let rebound = app
+        .client
+        .get(format!("{}/ui/", app.base))
+        .header("host", "attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    app.stop().await;
+}
+
+/// Hostile text from upstream (a status and an error message, which the
+/// relay records as they are) shows on the overview's recent transitions
+/// as text: no element is injected, no script runs, no attribute is broken.
+#[tokio::test]
+async fn hostile_upstream_text_renders_inert() {
+    let app = spawn_manual_app(|_| {}).await;
+    let status = "\"><img src=x onerror=alert(1) id=injected>";
+    let code = "javascript:alert(2)";
+    let message = "</td><script>alert(3)</script><a href=\"javascript:alert(4)\" id=injected>x</a>' onmouseover='alert(5)";
+    let answer = |status: &str, error: Option<Value>| {
+        let mut data = json!({"video_id": "xss-1", "status": status, "created_at": 1_700_000_000});
+        if let Some(error) = error {
+            data["error"] = error;
+        }
+        Fault::Body(json!({"code": 0, "msg": "Success", "data": data, "rid": "r"}).to_string())
+    };
+    app.sim.state.inject_for(
+        "xss-1",
+        [
+            answer(status, None),
+            answer("failed", Some(json!({"code": code, "message": message}))),
+        ],
+    );
+    assert_eq!(app.enqueue(json!({"video_id": "xss-1"})).await.status, 201);
+    app.step(Millis::now()).await;
+    // The unknown status keeps the video polled; its next poll is due
+    // within the configured interval.
+    app.step(Millis::now().plus(Duration::from_secs(3600)))
+        .await;
+    assert_eq!(app.video("xss-1").await.json["state"], "failed");
+
+    let Some(browser) = browser().await else {
+        app.stop().await;
+        return;
+    };
+    log_in(&browser, &app, TOKEN).await;
+    browser.wait_for("#videos-active").await;
+    assert_eq!(browser.path().await, "/ui/");
+    assert_eq!(browser.count("#recent tbody tr").await, 3);
+    assert_eq!(
+        browser
+            .count("#injected, #recent img, #recent script, #recent a")
+            .await,
+        0
+    );
+    assert!(
+        browser.client.get_alert_text().await.is_err(),
+        "no alert is open"
+    );
+    // The text is shown as it came, in the cell and in its title.
+    let first_status = browser
+        .client
+        .find(fantoccini::Locator::Css(
+            "#recent tbody tr:last-child td.to",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(first_status.text().await.unwrap(), status);
+    assert_eq!(
+        first_status.attr("title").await.unwrap().as_deref(),
+        Some(status)
+    );
+    let detail = browser.text("#recent tbody tr:first-child td.detail").await;
+    assert_eq!(detail, format!("{code} {message}"));
+    browser.screenshot("console-hostile-text").await;
+    browser.finish().await;
+    app.stop().await;
+}
