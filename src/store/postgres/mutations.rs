@@ -20,6 +20,31 @@
 //! - Text that came from outside (upstream's status and error strings, a
 //!   delivery's error) is stored with any U+0000 replaced (see
 //!   [`storable`]): PostgreSQL's TEXT cannot hold it.
+//!
+//! Plans that do not depend on statistics: every statement that changes
+//! rows it names (by id, by video id, or a batch of ids) finds them by
+//! that key, whatever the planner's statistics say. A new database has
+//! none yet, or ones taken before a large enqueue (or while nothing was
+//! active), and with those the planner reads a condition such as
+//! `state = 'active'` or a due time as "matches a handful of rows" and
+//! walks a whole index instead: the partial due index (every due or every
+//! active video, hashed against a batch of results), or `(state, id)`
+//! (every active video, filtered by video id). So, in those statements:
+//! - the state (and a due time) is tested inside `COALESCE(…, FALSE)`:
+//!   the same test (a NULL fails a `WHERE` just as FALSE does), but one no
+//!   index serves and that implies no partial index's predicate, and one
+//!   the planner, having no statistics for it, takes to hold for half the
+//!   rows: it stays a filter on the rows found by key, and does not make
+//!   them look like a single row that a whole batch may be compared with
+//!   in a loop (which `state || '' = 'active'`, guessed true for 0.5 % of
+//!   rows, did);
+//! - a batch joined from arrays names its ids once more as
+//!   `videos.id = ANY(…)`, which the primary key answers and which the
+//!   planner counts as about as many rows as the array holds, so the
+//!   batch is fetched by key and hashed against the arrays.
+//!
+//! The claims (`ORDER BY` due time `LIMIT`) keep the plain forms: they
+//! are what the due indexes serve.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -154,15 +179,11 @@ pub(crate) async fn cancel_video(
     video_id: &VideoId,
     now: Millis,
 ) -> Result<CancelOutcome, StoreError> {
-    let cancelled: Option<i64> = sqlx::query_scalar(
-        "UPDATE videos SET state = 'cancelled', next_poll_at = NULL, lease_until = NULL, \
-                           updated_at = $1 \
-         WHERE video_id = $2 AND state = 'active' RETURNING id",
-    )
-    .bind(now.0)
-    .bind(video_id.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
+    let cancelled: Option<i64> = sqlx::query_scalar(CANCEL_ACTIVE)
+        .bind(now.0)
+        .bind(video_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
     if let Some(rowid) = cancelled {
         insert_transition(conn, rowid, "state", Some("active"), "cancelled", now).await?;
         return Ok(CancelOutcome::Cancelled);
@@ -178,6 +199,13 @@ pub(crate) async fn cancel_video(
         Err(err) => return Err(StoreError::Database(sqlx::Error::Decode(Box::new(err)))),
     })
 }
+
+/// [`cancel_video`]'s change (`$1` now, `$2` the video id): the video is
+/// found by its id, the state only checked (see the module's
+/// documentation on plans).
+const CANCEL_ACTIVE: &str = "UPDATE videos SET state = 'cancelled', next_poll_at = NULL, \
+                                                lease_until = NULL, updated_at = $1 \
+                             WHERE video_id = $2 AND COALESCE(state = 'active', FALSE) RETURNING id";
 
 /// Appends one row to a video's transition log.
 pub(crate) async fn insert_transition(
@@ -357,23 +385,32 @@ pub(crate) async fn claim_due_ranked(
         return Ok(Vec::new());
     }
     // Returned in the chosen order: best ranked first.
-    let claimed = sqlx::query_as::<_, ClaimedVideoRow>(concat!(
-        "WITH leased AS (\
-           UPDATE videos SET next_poll_at = $1, lease_until = $1 \
-           FROM UNNEST($3::bigint[]) WITH ORDINALITY AS c (id, n) \
-           WHERE videos.id = c.id AND videos.state = 'active' AND videos.next_poll_at <= $2 \
-           RETURNING videos.*, c.n) \
-         SELECT ",
-        claimed_columns!(),
-        " FROM leased ORDER BY n"
-    ))
-    .bind(lease_until.0)
-    .bind(now.0)
-    .bind(&chosen)
-    .fetch_all(conn)
-    .await?;
+    let claimed = sqlx::query_as::<_, ClaimedVideoRow>(LEASE_RANKED)
+        .bind(lease_until.0)
+        .bind(now.0)
+        .bind(&chosen)
+        .fetch_all(conn)
+        .await?;
     Ok(claimed.into_iter().map(ClaimedVideo::from).collect())
 }
+
+/// The lease of [`claim_due_ranked`]'s chosen videos (`$3`, best first;
+/// `$1` the lease's end, `$2` now), returned in that order. The chosen
+/// ids are read by primary key whatever the statistics (see the module's
+/// documentation on plans): with ones taken before a burst of due videos,
+/// the plain `state = 'active' AND next_poll_at <= $2` made the planner
+/// hash the batch against a scan of every due video.
+const LEASE_RANKED: &str = concat!(
+    "WITH leased AS (\
+       UPDATE videos SET next_poll_at = $1, lease_until = $1 \
+       FROM UNNEST($3::bigint[]) WITH ORDINALITY AS c (id, n) \
+       WHERE videos.id = c.id AND videos.id = ANY($3::bigint[]) \
+         AND COALESCE(videos.state = 'active' AND videos.next_poll_at <= $2, FALSE) \
+       RETURNING videos.*, c.n) \
+     SELECT ",
+    claimed_columns!(),
+    " FROM leased ORDER BY n"
+);
 
 /// The arrays [`record_distinct_polls`] binds (`$1` to `$22`), expanded
 /// as `u`: one element per result.
@@ -392,17 +429,19 @@ macro_rules! unnest_polls {
     };
 }
 
-/// The join of [`record_polls`]: each element finds its video by id, and
-/// only a video still active under the same lease is changed. A row
-/// another transaction is changing is waited for and re-checked, so a
-/// lease lost meanwhile (a cancel, another claim's result) discards the
-/// result.
+/// The join of [`record_polls`]: each element finds its video by id (the
+/// ids named again as `ANY($1)`, the state tested in a `COALESCE`: see the
+/// module's documentation on plans), and only a video still active under
+/// the same lease is changed. A row another transaction is changing is
+/// waited for and re-checked, so a lease lost meanwhile (a cancel, another
+/// claim's result) discards the result.
 macro_rules! recorded_polls_from {
     () => {
         concat!(
             "FROM ",
             unnest_polls!(),
-            " WHERE videos.id = u.rowid AND videos.state = 'active' \
+            " WHERE videos.id = u.rowid AND videos.id = ANY($1::bigint[]) \
+               AND COALESCE(videos.state = 'active', FALSE) \
                AND videos.lease_until = u.lease_until"
         )
     };
@@ -631,6 +670,18 @@ impl<'a> PollColumns<'a> {
     }
 }
 
+/// The statement of [`record_distinct_polls`]: every result of the batch
+/// applied to its row, returning the ids of the rows it changed.
+const RECORD_POLLS: &str = concat!(
+    "UPDATE videos SET ",
+    poll_result_columns!(),
+    ", ",
+    schedule_columns!(),
+    " ",
+    recorded_polls_from!(),
+    " RETURNING videos.id"
+);
+
 /// [`record_polls`] for results of distinct videos.
 async fn record_distinct_polls(
     conn: &mut PgConnection,
@@ -645,20 +696,7 @@ async fn record_distinct_polls(
     for update in by_id {
         columns.push(update);
     }
-    let applied = columns
-        .apply(
-            conn,
-            concat!(
-                "UPDATE videos SET ",
-                poll_result_columns!(),
-                ", ",
-                schedule_columns!(),
-                " ",
-                recorded_polls_from!(),
-                " RETURNING videos.id"
-            ),
-        )
-        .await?;
+    let applied = columns.apply(conn, RECORD_POLLS).await?;
     let applied: HashSet<i64> = applied.into_iter().collect();
     let applied: Vec<bool> = updates
         .iter()
@@ -756,19 +794,12 @@ pub(crate) async fn hint(
         // statement; the result is at most `next_poll_at`, so it fits
         // BIGINT again. `next_poll_at IS NOT NULL` keeps SQLite's
         // `MIN(NULL, …)` = NULL (an active video always has one).
-        let due_at: Option<(Option<i64>,)> = sqlx::query_as(
-            "UPDATE videos SET hinted_at = GREATEST(COALESCE(hinted_at, $2), $2), \
-               next_poll_at = CASE WHEN lease_until IS NULL AND next_poll_at IS NOT NULL \
-                 THEN LEAST(next_poll_at::numeric, \
-                            GREATEST($2::numeric, COALESCE(polled_at::numeric + $3, $2)))::bigint \
-                 ELSE next_poll_at END \
-             WHERE video_id = $1 AND state = 'active' RETURNING next_poll_at",
-        )
-        .bind(hint.video_id.as_str())
-        .bind(at.0)
-        .bind(spacing)
-        .fetch_optional(&mut *conn)
-        .await?;
+        let due_at: Option<(Option<i64>,)> = sqlx::query_as(HINT_ACTIVE)
+            .bind(hint.video_id.as_str())
+            .bind(at.0)
+            .bind(spacing)
+            .fetch_optional(&mut *conn)
+            .await?;
         if let Some((due_at,)) = due_at {
             return Ok(HintOutcome::Hinted {
                 due_at: Millis(due_at.unwrap_or(at.0)),
@@ -808,19 +839,31 @@ pub(crate) async fn hint(
     Err(StoreError::Database(sqlx::Error::RowNotFound))
 }
 
+/// [`hint`]'s change of an active video (`$1` the video id, `$2` the
+/// push's time, `$3` `min_interval` in ms), found by its id (see the
+/// module's documentation on plans).
+const HINT_ACTIVE: &str = "UPDATE videos SET hinted_at = GREATEST(COALESCE(hinted_at, $2), $2), \
+       next_poll_at = CASE WHEN lease_until IS NULL AND next_poll_at IS NOT NULL \
+         THEN LEAST(next_poll_at::numeric, \
+                    GREATEST($2::numeric, COALESCE(polled_at::numeric + $3, $2)))::bigint \
+         ELSE next_poll_at END \
+     WHERE video_id = $1 AND COALESCE(state = 'active', FALSE) RETURNING next_poll_at";
+
 /// Hands a claimed video back unpolled, if the claim still holds its lease.
 pub(crate) async fn release(conn: &mut PgConnection, release: &Release) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE videos SET next_poll_at = $1, lease_until = NULL \
-         WHERE id = $2 AND state = 'active' AND lease_until = $3",
-    )
-    .bind(release.next_poll_at.0)
-    .bind(release.video_rowid)
-    .bind(release.lease.until.0)
-    .execute(conn)
-    .await?;
+    sqlx::query(RELEASE_VIDEO)
+        .bind(release.next_poll_at.0)
+        .bind(release.video_rowid)
+        .bind(release.lease.until.0)
+        .execute(conn)
+        .await?;
     Ok(())
 }
+
+/// [`release`]'s change (`$1` the next poll, `$2` the row id, `$3` the
+/// lease's end), by primary key (see the module's documentation on plans).
+const RELEASE_VIDEO: &str = "UPDATE videos SET next_poll_at = $1, lease_until = NULL \
+                             WHERE id = $2 AND COALESCE(state = 'active', FALSE) AND lease_until = $3";
 
 /// Leases up to `limit` due deliveries, most overdue first, with the event
 /// each carries. As for videos, the lease is also the next attempt time, so
@@ -879,23 +922,18 @@ pub(crate) async fn record_attempt(
         DeliveryNext::Retry(at) => ("pending", Some(at.0), None),
         DeliveryNext::Dead(reason) => ("dead", None, Some(reason.as_str())),
     };
-    let applied = sqlx::query(
-        "UPDATE deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2, \
-                lease_until = NULL, last_status = $3, last_error = $4, reason = $5, \
-                updated_at = $6 \
-         WHERE id = $7 AND state = 'pending' AND lease_until = $8",
-    )
-    .bind(state)
-    .bind(next_attempt_at)
-    .bind(attempt.status.map(i64::from))
-    .bind(attempt.error.as_deref().map(storable))
-    .bind(reason)
-    .bind(attempt.at.0)
-    .bind(attempt.delivery_id)
-    .bind(attempt.lease.until.0)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
+    let applied = sqlx::query(RECORD_ATTEMPT)
+        .bind(state)
+        .bind(next_attempt_at)
+        .bind(attempt.status.map(i64::from))
+        .bind(attempt.error.as_deref().map(storable))
+        .bind(reason)
+        .bind(attempt.at.0)
+        .bind(attempt.delivery_id)
+        .bind(attempt.lease.until.0)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
         == 1;
     if applied {
         sqlx::query(
@@ -912,6 +950,15 @@ pub(crate) async fn record_attempt(
     }
     Ok(applied)
 }
+
+/// [`record_attempt`]'s change of the delivery (`$1` its new state, `$2`
+/// the next attempt, `$3` to `$5` what came back, `$6` now, `$7` its id,
+/// `$8` the lease's end), by primary key (see the module's documentation
+/// on plans).
+const RECORD_ATTEMPT: &str = "UPDATE deliveries SET state = $1, attempts = attempts + 1, \
+            next_attempt_at = $2, lease_until = NULL, last_status = $3, last_error = $4, \
+            reason = $5, updated_at = $6 \
+     WHERE id = $7 AND COALESCE(state = 'pending', FALSE) AND lease_until = $8";
 
 /// Queues a terminal video's event again to its current targets (the
 /// `configured` URLs and its own `callback_url`): missing deliveries are
@@ -964,20 +1011,24 @@ pub(crate) async fn redeliver(
     .bind(now.0)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
-        "UPDATE deliveries SET next_attempt_at = $1, updated_at = $1 \
-         WHERE video_rowid = $2 AND state = 'pending' AND lease_until IS NULL \
-           AND next_attempt_at > $1",
-    )
-    .bind(now.0)
-    .bind(rowid)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(REDELIVER_NOW)
+        .bind(now.0)
+        .bind(rowid)
+        .execute(&mut *conn)
+        .await?;
     Ok(RedeliverOutcome::Queued {
         event_id,
         targets: targets.len(),
     })
 }
+
+/// [`redeliver`]'s move of a video's pending deliveries that wait for a
+/// later attempt (`$2` its row id) to now (`$1`): found by the video's row
+/// id (the `(video_rowid, url)` key), the state and the time only checked
+/// (see the module's documentation on plans).
+const REDELIVER_NOW: &str = "UPDATE deliveries SET next_attempt_at = $1, updated_at = $1 \
+     WHERE video_rowid = $2 AND lease_until IS NULL \
+       AND COALESCE(state = 'pending' AND next_attempt_at > $1, FALSE)";
 
 /// Hands a claimed delivery back unattempted, if the claim still holds its
 /// lease.
@@ -985,17 +1036,20 @@ pub(crate) async fn release_delivery(
     conn: &mut PgConnection,
     release: &DeliveryRelease,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE deliveries SET next_attempt_at = $1, lease_until = NULL \
-         WHERE id = $2 AND state = 'pending' AND lease_until = $3",
-    )
-    .bind(release.next_attempt_at.0)
-    .bind(release.delivery_id)
-    .bind(release.lease.until.0)
-    .execute(conn)
-    .await?;
+    sqlx::query(RELEASE_DELIVERY)
+        .bind(release.next_attempt_at.0)
+        .bind(release.delivery_id)
+        .bind(release.lease.until.0)
+        .execute(conn)
+        .await?;
     Ok(())
 }
+
+/// [`release_delivery`]'s change (`$1` the next attempt, `$2` its id, `$3`
+/// the lease's end), by primary key (see the module's documentation on
+/// plans).
+const RELEASE_DELIVERY: &str = "UPDATE deliveries SET next_attempt_at = $1, lease_until = NULL \
+     WHERE id = $2 AND COALESCE(state = 'pending', FALSE) AND lease_until = $3";
 
 /// The readiness probe's write: rewrites its one row in place, so that a
 /// ready answer is backed by a real commit. The row's `writes` counter
@@ -2750,5 +2804,279 @@ mod tests {
         assert_eq!(events, ["ex", "ey"]);
         drop(conn);
         db.drop_db().await;
+    }
+
+    /// How an `EXPLAIN (FORMAT JSON)` plan reads `table`, one entry per
+    /// scan of it (the changed table's own update node aside): the scan's
+    /// kind and the index it walks (a bitmap heap scan's, from its bitmap
+    /// index scans), e.g. `Index Scan using videos_pkey` or `Seq Scan`.
+    fn reads_of(plan: &serde_json::Value, table: &str, found: &mut Vec<String>) {
+        use serde_json::Value;
+        fn index_names(node: &Value, names: &mut Vec<String>) {
+            if let Some(name) = node.get("Index Name").and_then(Value::as_str) {
+                names.push(name.to_owned());
+            }
+            for child in node
+                .get("Plans")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                index_names(child, names);
+            }
+        }
+        if let Some(object) = plan.as_object() {
+            let kind = object
+                .get("Node Type")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if object.get("Relation Name").and_then(Value::as_str) == Some(table)
+                && kind != "ModifyTable"
+            {
+                let mut names = Vec::new();
+                index_names(plan, &mut names);
+                found.push(if names.is_empty() {
+                    kind.to_owned()
+                } else {
+                    format!("{kind} using {}", names.join(" + "))
+                });
+            }
+            object
+                .values()
+                .for_each(|value| reads_of(value, table, found));
+        } else if let Some(array) = plan.as_array() {
+            array.iter().for_each(|value| reads_of(value, table, found));
+        }
+    }
+
+    /// How PostgreSQL would run `statement` with the SQL literals `args` as
+    /// its parameters, on `conn` as it is now: the reads of `table` in its
+    /// plan. `generic`: the plan made without the parameters' values, the
+    /// one a prepared statement settles on after its first executions.
+    async fn reads_in_plan(
+        conn: &mut PgConnection,
+        statement: &str,
+        args: &str,
+        table: &str,
+        generic: bool,
+    ) -> Vec<String> {
+        let mode = if generic {
+            "force_generic_plan"
+        } else {
+            "force_custom_plan"
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PREPARE plan_check AS {statement}; SET plan_cache_mode = {mode}"
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (FORMAT JSON) EXECUTE plan_check({args})"
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        sqlx::raw_sql("DEALLOCATE plan_check; RESET plan_cache_mode")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let mut found = Vec::new();
+        reads_of(&plan, table, &mut found);
+        pairwise_joins(&plan, &mut found);
+        found
+    }
+
+    /// A nested loop that matches rows by comparing their ids in a join
+    /// filter (each row of one side against every row of the other,
+    /// quadratic in the batch) rather than through an index or a hash:
+    /// noted in `found`.
+    fn pairwise_joins(plan: &serde_json::Value, found: &mut Vec<String>) {
+        use serde_json::Value;
+        if let Some(object) = plan.as_object() {
+            let filter = object.get("Join Filter").and_then(Value::as_str);
+            if object.get("Node Type").and_then(Value::as_str) == Some("Nested Loop")
+                && filter.is_some_and(|filter| filter.contains(".id = "))
+            {
+                found.push(format!("Nested Loop comparing every pair: {filter:?}"));
+            }
+            object
+                .values()
+                .for_each(|value| pairwise_joins(value, found));
+        } else if let Some(array) = plan.as_array() {
+            array.iter().for_each(|value| pairwise_joins(value, found));
+        }
+    }
+
+    /// `statement` as it was written before its plan was made independent
+    /// of the statistics: the state and due time as plain (indexable)
+    /// conditions, and no `ANY` over the batch's ids. For the control: the
+    /// databases below do mislead the planner.
+    fn unshaped(statement: &str) -> String {
+        let plain = statement
+            .replace(
+                "COALESCE(videos.state = 'active' AND videos.next_poll_at <= $2, FALSE)",
+                "videos.state = 'active' AND videos.next_poll_at <= $2",
+            )
+            .replace(
+                "COALESCE(state = 'pending' AND next_attempt_at > $1, FALSE)",
+                "state = 'pending' AND next_attempt_at > $1",
+            )
+            .replace(
+                "COALESCE(videos.state = 'active', FALSE)",
+                "videos.state = 'active'",
+            )
+            .replace("COALESCE(state = 'active', FALSE)", "state = 'active'")
+            .replace("COALESCE(state = 'pending', FALSE)", "state = 'pending'")
+            .replace(" AND videos.id = ANY($1::bigint[])", "")
+            .replace(" AND videos.id = ANY($3::bigint[])", "");
+        assert_ne!(plain, statement, "nothing to undo in {statement}");
+        plain
+    }
+
+    /// The writer's statements that change rows they name find them by
+    /// key (the primary key, or the unique key they name) on a new
+    /// database whatever its statistics say, in the plan made for the
+    /// values and in the generic one, and a batch is never matched with
+    /// its rows pair by pair. The databases are the ones the bench
+    /// and a new deployment meet (PostgreSQL's own `EXPLAIN` is the
+    /// oracle): statistics taken before a burst of due videos (a backlog
+    /// due later, then four thousand due now), none at all yet, and ones
+    /// taken while nothing was active or pending. On each of them the
+    /// statements as they were written before walk a partial index or
+    /// `(state, id)` over every due or active row instead: the control.
+    #[tokio::test]
+    async fn the_writers_statements_find_their_rows_by_key_whatever_the_statistics() {
+        // (what the scenario is, the SQL that makes it)
+        let scenarios = [
+            (
+                "analyzed before the burst",
+                "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
+                 SELECT 'backlog-' || i, 0, 0, 36000000 FROM generate_series(1, 1000) AS i; \
+                 ANALYZE videos; \
+                 INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
+                 SELECT 'hot-' || i, 0, 0, 1 FROM generate_series(1, 10000) AS i; \
+                 INSERT INTO deliveries (video_rowid, event_id, url, next_attempt_at, \
+                                         created_at, updated_at) \
+                 SELECT id, 'e' || id, 'https://a.example/', 1, 0, 0 FROM videos",
+            ),
+            (
+                "never analyzed",
+                "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
+                 SELECT 'backlog-' || i, 0, 0, 36000000 FROM generate_series(1, 1000) AS i; \
+                 INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
+                 SELECT 'hot-' || i, 0, 0, 1 FROM generate_series(1, 10000) AS i; \
+                 INSERT INTO deliveries (video_rowid, event_id, url, next_attempt_at, \
+                                         created_at, updated_at) \
+                 SELECT id, 'e' || id, 'https://a.example/', 1, 0, 0 FROM videos",
+            ),
+            (
+                "analyzed while nothing was active or pending",
+                "INSERT INTO videos (video_id, state, event_id, enqueued_at, updated_at) \
+                 SELECT 'done-' || i, 'completed', 'e-' || i, 0, 0 \
+                 FROM generate_series(1, 10000) AS i; \
+                 INSERT INTO deliveries (video_rowid, event_id, url, state, created_at, \
+                                         updated_at) \
+                 SELECT id, event_id, 'https://a.example/', 'delivered', 0, 0 FROM videos; \
+                 ANALYZE videos; ANALYZE deliveries; \
+                 INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
+                 SELECT 'hot-' || i, 0, 0, 1 FROM generate_series(1, 10000) AS i; \
+                 INSERT INTO deliveries (video_rowid, event_id, url, next_attempt_at, \
+                                         created_at, updated_at) \
+                 SELECT id, 'e' || id, 'https://b.example/', 1, 0, 0 FROM videos \
+                 WHERE state = 'active'",
+            ),
+        ];
+        // (statement, its parameters, the table it changes, the key that
+        // must find the rows). Ids 1001..1016 are due, active and pending
+        // in every scenario.
+        let ids = "'{1001,1002,1003,1004,1005,1006,1007,1008,1009,1010,1011,1012,1013,1014,\
+                   1015,1016}'";
+        let lease_args = format!("500, 100, {ids}");
+        let poll_args = format!(
+            "{ids}, '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', \
+             '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', \
+             '{{}}', '{{}}'"
+        );
+        let statements: [(&str, &str, &str, &str); 8] = [
+            (LEASE_RANKED, &lease_args, "videos", "videos_pkey"),
+            (RECORD_POLLS, &poll_args, "videos", "videos_pkey"),
+            (
+                CANCEL_ACTIVE,
+                "200, 'hot-7'",
+                "videos",
+                "videos_video_id_key",
+            ),
+            (
+                HINT_ACTIVE,
+                "'hot-7', 200, 0",
+                "videos",
+                "videos_video_id_key",
+            ),
+            (RELEASE_VIDEO, "300, 1007, 500", "videos", "videos_pkey"),
+            (
+                RECORD_ATTEMPT,
+                "'delivered', NULL, 200, NULL, NULL, 200, 1007, 500",
+                "deliveries",
+                "deliveries_pkey",
+            ),
+            (
+                RELEASE_DELIVERY,
+                "300, 1007, 500",
+                "deliveries",
+                "deliveries_pkey",
+            ),
+            (
+                REDELIVER_NOW,
+                "0, 1007",
+                "deliveries",
+                "deliveries_video_rowid_url_key",
+            ),
+        ];
+        // Per statement: the scenarios where the old form missed its key.
+        let mut misled: Vec<Vec<(&str, Vec<String>)>> = vec![Vec::new(); statements.len()];
+        for (scenario, setup) in scenarios {
+            let Some(db) = TestDb::create("plans").await else {
+                return;
+            };
+            let mut conn = db.conn().await;
+            // Statistics exactly as the scenario says: no autovacuum
+            // analyzing the tables while the test looks.
+            exec(
+                &mut conn,
+                "ALTER TABLE videos SET (autovacuum_enabled = off); \
+                 ALTER TABLE deliveries SET (autovacuum_enabled = off)",
+            )
+            .await;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            for (i, (statement, args, table, key)) in statements.iter().enumerate() {
+                let by_key = [format!("Index Scan using {key}")];
+                let by_key_bitmap = [format!("Bitmap Heap Scan using {key}")];
+                for generic in [false, true] {
+                    let reads = reads_in_plan(&mut conn, statement, args, table, generic).await;
+                    assert!(
+                        reads == by_key || reads == by_key_bitmap,
+                        "{scenario}, {} plan: {reads:?} for {statement}",
+                        if generic { "generic" } else { "custom" },
+                    );
+                }
+                let old = unshaped(statement);
+                let reads = reads_in_plan(&mut conn, &old, args, table, false).await;
+                if reads != by_key && reads != by_key_bitmap {
+                    misled[i].push((scenario, reads));
+                }
+            }
+            drop(conn);
+            db.drop_db().await;
+        }
+        for ((statement, ..), misled) in statements.iter().zip(&misled) {
+            assert!(
+                !misled.is_empty(),
+                "no scenario misleads the planner on the old form of {statement}"
+            );
+        }
     }
 }
