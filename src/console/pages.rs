@@ -276,8 +276,8 @@ pub fn video(view: &VideoView, session: &Session, with_login: bool) -> Markup {
                         @if let Some(message) = &video.error_message { (message) }
                         @if video.error_code.is_none() && video.error_message.is_none() { span.muted { "—" } }
                     } }
-                    tr { th { "Video URL" } td.mono { (or_dash(video.video_url.as_deref())) } }
-                    tr { th { "Cover URL" } td.mono { (or_dash(video.cover_url.as_deref())) } }
+                    tr { th { "Video URL" } td.mono id="field-video-url" { (or_dash(video.video_url.as_deref())) } }
+                    tr { th { "Cover URL" } td.mono id="field-cover-url" { (or_dash(video.cover_url.as_deref())) } }
                     tr { th { "Duration" } td { (or_dash(video.duration.map(|d| format!("{d} s")))) } }
                     tr { th { "Created upstream" } td { (or_dash(video.created_at.map(|s| time(Millis(s.saturating_mul(1000)))))) } }
                     tr { th { "Enqueued" } td { time { (time(Millis(video.enqueued_at))) } } }

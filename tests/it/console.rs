@@ -822,7 +822,9 @@ async fn hostile_metadata_renders_inert_on_the_video_page() {
         "x\"><a id=injected href='javascript:alert(3)'>": "javascript:alert(4)",
         "quote": "' onmouseover='alert(5)"
     });
-    let video_url = "javascript:alert(6)//\"><script>alert(7)</script>";
+    // Absolute https URLs (the relay keeps no other kind) that break out
+    // of an element and of an attribute.
+    let video_url = "https://cdn.example/v.mp4?a=\"><script>alert(7)</script>";
     let answer = json!({"code": 0, "msg": "Success", "rid": "r", "data": {
         "video_id": "xss-page", "status": "failed", "created_at": 1_700_000_000,
         "video_url": video_url,
@@ -831,6 +833,20 @@ async fn hostile_metadata_renders_inert_on_the_video_page() {
     app.sim
         .state
         .inject_for("xss-page", [Fault::Body(answer.to_string())]);
+    // A completed video whose upstream URLs are hostile: shown as text,
+    // never as links.
+    let cover_url = "https://cdn.example/c.jpg?'onerror='alert(9)'<img/id=injected>";
+    let done = json!({"code": 0, "msg": "Success", "rid": "r", "data": {
+        "video_id": "xss-urls", "status": "completed", "created_at": 1_700_000_000,
+        "video_url": video_url, "cover_url": cover_url
+    }});
+    app.sim
+        .state
+        .inject_for("xss-urls", [Fault::Body(done.to_string())]);
+    assert_eq!(
+        app.enqueue(json!({"video_id": "xss-urls"})).await.status,
+        201
+    );
     assert_eq!(
         app.enqueue(json!({"video_id": "xss-page", "metadata": metadata}))
             .await
@@ -839,6 +855,11 @@ async fn hostile_metadata_renders_inert_on_the_video_page() {
     );
     app.step(Millis::now()).await;
     assert_eq!(app.video("xss-page").await.json["state"], "failed");
+    let urls = app.video("xss-urls").await.json;
+    assert_eq!(
+        (urls["state"].as_str(), urls["video_url"].as_str()),
+        (Some("completed"), Some(video_url))
+    );
 
     let Some(browser) = browser().await else {
         app.stop().await;
@@ -868,6 +889,19 @@ async fn hostile_metadata_renders_inert_on_the_video_page() {
         "<b id=injected> </td><script>alert(8)</script>"
     );
     browser.screenshot("console-video-hostile").await;
+    browser
+        .goto(&format!("{}/ui/videos/xss-urls", app.base))
+        .await;
+    browser.wait_for("#field-video-url").await;
+    assert_eq!(
+        browser
+            .count("#injected, main script, main img, main a")
+            .await,
+        0
+    );
+    assert_eq!(browser.text("#field-video-url").await, video_url);
+    assert_eq!(browser.text("#field-cover-url").await, cover_url);
+    assert!(browser.client.get_alert_text().await.is_err());
     browser.finish().await;
     app.stop().await;
 }
