@@ -422,6 +422,38 @@ pub async fn show(
     Ok(Json(VideoResource::detailed(details)))
 }
 
+/// Stops tracking `video_id`, as `DELETE /v1/videos/{id}` and the
+/// console's cancel button do: a real cancellation is counted and logged
+/// as a transition.
+#[instrument(skip(state), level = "debug")]
+pub async fn cancel_video(
+    state: &ApiState,
+    video_id: &VideoId,
+) -> Result<CancelOutcome, crate::store::StoreError> {
+    let outcome = state.writer.cancel(video_id.clone()).await?;
+    if matches!(outcome, CancelOutcome::Cancelled) {
+        state.metrics.transition(VideoState::Cancelled);
+        tracing::info!(video_id = %video_id, kind = "state", from = "active", to = "cancelled", "transition");
+    }
+    Ok(outcome)
+}
+
+/// Queues a terminal video's event again to the configured URLs and its
+/// own, as `POST /v1/videos/{id}/redeliver` and the console's redeliver
+/// button do, and wakes the delivery worker.
+#[instrument(skip(state), level = "debug")]
+pub async fn redeliver_video(
+    state: &ApiState,
+    video_id: &VideoId,
+) -> Result<RedeliverOutcome, crate::store::StoreError> {
+    let configured = state.callback_urls.as_ref().clone();
+    let outcome = state.writer.redeliver(video_id.clone(), configured).await?;
+    if matches!(outcome, RedeliverOutcome::Queued { .. }) {
+        state.wakeups.new_deliveries.notify_one();
+    }
+    Ok(outcome)
+}
+
 /// `DELETE /v1/videos/{id}`: stop tracking; `204`, idempotent.
 #[utoipa::path(
     delete,
@@ -446,12 +478,8 @@ pub async fn cancel(
     State(state): State<ApiState>,
     VideoIdPath(video_id): VideoIdPath,
 ) -> Result<StatusCode, ApiError> {
-    match state.writer.cancel(video_id.clone()).await? {
-        CancelOutcome::Cancelled => {
-            state.metrics.transition(VideoState::Cancelled);
-            tracing::info!(video_id = %video_id, kind = "state", from = "active", to = "cancelled", "transition");
-            Ok(StatusCode::NO_CONTENT)
-        }
+    match cancel_video(&state, &video_id).await? {
+        CancelOutcome::Cancelled => Ok(StatusCode::NO_CONTENT),
         CancelOutcome::AlreadyCancelled => Ok(StatusCode::NO_CONTENT),
         CancelOutcome::NotFound => Err(ApiError::video_not_found(video_id.as_str())),
         CancelOutcome::Terminal(state) => Err(ApiError::new(
@@ -487,10 +515,8 @@ pub async fn redeliver(
     State(state): State<ApiState>,
     VideoIdPath(video_id): VideoIdPath,
 ) -> Result<Response, ApiError> {
-    let configured = state.callback_urls.as_ref().clone();
-    match state.writer.redeliver(video_id.clone(), configured).await? {
+    match redeliver_video(&state, &video_id).await? {
         RedeliverOutcome::Queued { event_id, targets } => {
-            state.wakeups.new_deliveries.notify_one();
             let body = Redelivery {
                 video_id,
                 event_id,

@@ -7,6 +7,7 @@
 //! - [`auth`]: login, logout, and the session of a request;
 //! - [`pages`]: the HTML (maud; every value escaped);
 //! - [`overview`]: the overview page's figures;
+//! - [`videos`]: the videos list, one video's page and its buttons;
 //! - [`assets`]: the one stylesheet, embedded.
 //!
 //! Every response under `/ui` carries a strict Content-Security-Policy
@@ -20,6 +21,7 @@ pub mod limiter;
 pub mod overview;
 pub mod pages;
 pub mod session;
+pub mod videos;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -93,6 +95,10 @@ pub fn router(api: ApiState, console: Arc<Console>) -> Router {
     Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
         .route("/ui/", get(overview::show))
+        .route("/ui/videos", get(videos::list))
+        .route("/ui/videos/{video_id}", get(videos::show))
+        .route("/ui/videos/{video_id}/cancel", post(videos::cancel))
+        .route("/ui/videos/{video_id}/redeliver", post(videos::redeliver))
         .route("/ui/login", get(auth::form).post(auth::login))
         .route("/ui/logout", post(auth::logout))
         .route(assets::CSS_PATH, get(assets::css))

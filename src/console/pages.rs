@@ -7,7 +7,9 @@ use maud::{DOCTYPE, Markup, html};
 use super::assets::CSS_PATH;
 use super::csrf;
 use super::overview::Overview;
-use crate::domain::Millis;
+use super::session::Session;
+use super::videos::{VideoList, VideoView, list_href, video_href};
+use crate::domain::{Millis, VideoState};
 use crate::poller::gate::GlobalPause;
 
 /// A page: the header (with a logout button when `logout_csrf` is given:
@@ -25,7 +27,11 @@ pub fn layout(title: &str, logout_csrf: Option<&str>, body: Markup) -> Markup {
             body {
                 header {
                     h1 { "jogg-relay" }
-                    nav { a href="/ui/" { "Overview" } }
+                    nav {
+                        a href="/ui/" id="nav-overview" { "Overview" }
+                        " · "
+                        a href="/ui/videos" id="nav-videos" { "Videos" }
+                    }
                     @if let Some(token) = logout_csrf {
                         form method="post" action="/ui/logout" {
                             input type="hidden" name=(csrf::FIELD) value=(token);
@@ -155,6 +161,197 @@ pub fn overview(view: &Overview, logout_csrf: Option<&str>) -> Markup {
                                         @if let Some(code) = &row.error_code { code { (code) } " " }
                                         @if let Some(message) = &row.error_message { (message) }
                                         @if let Some(reason) = &row.reason { " (" (reason) ")" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// An optional value, or a muted dash.
+fn or_dash(value: Option<impl maud::Render>) -> Markup {
+    html! {
+        @if let Some(value) = value { (value) } @else { span.muted { "—" } }
+    }
+}
+
+/// An optional time in milliseconds, or a muted dash.
+fn time_or_dash(at: Option<i64>) -> Markup {
+    or_dash(at.map(|at| html! { time { (time(Millis(at))) } }))
+}
+
+/// The videos list (README, "Console").
+pub fn videos(view: &VideoList, logout_csrf: Option<&str>) -> Markup {
+    layout(
+        "Videos",
+        logout_csrf,
+        html! {
+            h2 { "Videos" }
+            form.filter id="filter" method="get" action="/ui/videos" {
+                label for="state" { "State " }
+                select id="state" name="state" {
+                    option value="" selected[view.state.is_none()] { "any" }
+                    @for state in VideoState::ALL {
+                        option value=(state.as_str()) selected[view.state == Some(state)] { (state.as_str()) }
+                    }
+                }
+                label for="q" { " Id or its beginning " }
+                input type="search" id="q" name="q" value=(view.search) maxlength="128" autocomplete="off";
+                " "
+                button type="submit" id="search" { "Show" }
+            }
+            @if view.rows.is_empty() {
+                p.muted id="no-videos" { "No video matches." }
+            } @else {
+                table id="videos" {
+                    thead { tr { th { "Video" } th { "State" } th { "Upstream status" } th { "Enqueued" } th { "Updated" } th.num { "Polls" } } }
+                    tbody {
+                        @for row in &view.rows {
+                            tr {
+                                td.mono { a.video href=(video_href(&row.video_id)) { (row.video_id) } }
+                                td { (row.state.as_str()) }
+                                td.mono { (or_dash(row.upstream_status.as_deref())) }
+                                td { time { (time(Millis(row.enqueued_at))) } }
+                                td { time { (time(Millis(row.updated_at))) } }
+                                td.num { (row.polls) }
+                            }
+                        }
+                    }
+                }
+            }
+            p.paging {
+                @if view.paged {
+                    a id="first" href=(list_href(view.state, &view.search, None)) { "First page" }
+                    " "
+                }
+                @if let Some(next) = &view.next {
+                    a id="next" href=(next) { "Next page" }
+                }
+            }
+        },
+    )
+}
+
+/// One video's page (README, "Console"): its fields, its buttons, its
+/// transitions in time order, its deliveries with every attempt. URLs
+/// from upstream or callers are shown as text, never as links.
+pub fn video(view: &VideoView, session: &Session, with_login: bool) -> Markup {
+    let video = &view.details.video;
+    let logout_csrf = with_login.then_some(session.csrf.as_str());
+    let button = |action: &str, id: &str, label: &str| {
+        html! {
+            form.action method="post" action=(format!("{}/{action}", video_href(&video.video_id))) {
+                input type="hidden" name=(csrf::FIELD) value=(session.csrf);
+                button type="submit" id=(id) { (label) }
+            }
+        }
+    };
+    layout(
+        &video.video_id,
+        logout_csrf,
+        html! {
+            h2 { "Video " span.mono id="video-id" { (video.video_id) } }
+            @if let Some(flash) = view.flash {
+                p.error[flash.is_error()].notice[!flash.is_error()] id="flash" { (flash.message()) }
+            }
+            div.actions {
+                @if video.state == VideoState::Active {
+                    (button("cancel", "cancel", "Cancel (stop tracking)"))
+                }
+                @if matches!(video.state, VideoState::Completed | VideoState::Failed | VideoState::Abandoned) {
+                    (button("redeliver", "redeliver", "Redeliver the callback"))
+                }
+            }
+            table.fields id="fields" {
+                tbody {
+                    tr { th { "State" } td id="field-state" { (video.state.as_str()) } }
+                    tr { th { "Upstream status" } td.mono { (or_dash(video.upstream_status.as_deref())) } }
+                    tr { th { "Reason" } td.mono { (or_dash(video.reason.as_deref())) } }
+                    tr { th { "Error" } td id="field-error" {
+                        @if let Some(code) = &video.error_code { code { (code) } " " }
+                        @if let Some(message) = &video.error_message { (message) }
+                        @if video.error_code.is_none() && video.error_message.is_none() { span.muted { "—" } }
+                    } }
+                    tr { th { "Video URL" } td.mono id="field-video-url" { (or_dash(video.video_url.as_deref())) } }
+                    tr { th { "Cover URL" } td.mono id="field-cover-url" { (or_dash(video.cover_url.as_deref())) } }
+                    tr { th { "Duration" } td { (or_dash(video.duration.map(|d| format!("{d} s")))) } }
+                    tr { th { "Created upstream" } td { (or_dash(video.created_at.map(|s| time(Millis(s.saturating_mul(1000)))))) } }
+                    tr { th { "Enqueued" } td { time { (time(Millis(video.enqueued_at))) } } }
+                    tr { th { "Updated" } td { time { (time(Millis(video.updated_at))) } } }
+                    tr { th { "Next poll" } td { (time_or_dash(video.next_poll_at)) } }
+                    tr { th { "Polls" } td { (video.polls) } }
+                    tr { th { "Callback URL" } td.mono { (or_dash(video.callback_url.as_deref())) } }
+                    tr { th { "Event id" } td.mono { (or_dash(video.event_id.as_deref())) } }
+                    tr { th { "Metadata" } td { @if let Some(metadata) = &video.metadata {
+                        pre.mono id="metadata" { (metadata) }
+                    } @else { span.muted { "—" } } } }
+                }
+            }
+            h2 { "Timeline" }
+            @if view.details.transitions.is_empty() {
+                p.muted id="no-transitions" { "No transition yet." }
+            } @else {
+                ol.timeline id="timeline" {
+                    @for transition in &view.details.transitions {
+                        li {
+                            time { (time(Millis(transition.at))) } " "
+                            span.kind { (transition.kind) } ": "
+                            span.mono { (or_dash(transition.from_value.as_deref())) }
+                            " → "
+                            span.mono.to { (transition.to_value) }
+                        }
+                    }
+                }
+            }
+            h2 { "Callback deliveries" }
+            @if view.details.deliveries.is_empty() {
+                p.muted id="no-deliveries" { "None." }
+            }
+            @for delivery in &view.details.deliveries {
+                @let attempts: Vec<&crate::store::DeliveryAttemptRecord> =
+                    view.attempts.iter().filter(|a| a.url == delivery.url).collect();
+                section.delivery {
+                    h3.mono { (delivery.url) }
+                    p {
+                        "State " strong.delivery-state { (delivery.state) }
+                        @if let Some(reason) = &delivery.reason { " (" code { (reason) } ")" }
+                        ", " (delivery.attempts) " attempts, event " code { (delivery.event_id) }
+                        @if delivery.state == "pending" {
+                            ", next attempt " (time_or_dash(delivery.next_attempt_at))
+                        }
+                        "."
+                    }
+                    @if attempts.is_empty() {
+                        p.muted { "No attempt yet." }
+                    } @else {
+                        table.attempts {
+                            thead { tr { th { "At" } th { "Answer" } th { "Next attempt" } } }
+                            tbody {
+                                @for (i, attempt) in attempts.iter().enumerate() {
+                                    tr {
+                                        td { time { (time(Millis(attempt.at))) } }
+                                        td.mono.answer {
+                                            @if let Some(status) = attempt.status { "HTTP " (status) }
+                                            @if let Some(error) = &attempt.error {
+                                                @if attempt.status.is_some() { " " }
+                                                (error)
+                                            }
+                                        }
+                                        td {
+                                            // The next attempt is the one after it, or, for the
+                                            // last, the one the delivery waits for.
+                                            @if let Some(next) = attempts.get(i + 1) {
+                                                time { (time(Millis(next.at))) }
+                                            } @else if delivery.state == "pending" {
+                                                (time_or_dash(delivery.next_attempt_at))
+                                            } @else {
+                                                span.muted { "—" }
+                                            }
+                                        }
                                     }
                                 }
                             }

@@ -21,8 +21,9 @@ use std::future::Future;
 use super::Gauges;
 use super::StoreError;
 use super::records::{
-    CancelOutcome, DeliveryCounts, EnqueueOutcome, FinishedRender, HintOutcome, NewVideo, PushHint,
-    RecentTransition, RedeliverOutcome, TrackedRender, VideoDetails, VideoRecord,
+    CancelOutcome, DeliveryAttemptRecord, DeliveryCounts, EnqueueOutcome, FinishedRender,
+    HintOutcome, NewVideo, PushHint, RecentTransition, RedeliverOutcome, TrackedRender,
+    VideoDetails, VideoRecord,
 };
 use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryRelease};
 use crate::domain::poll::{ClaimedVideo, PollUpdate, Ranker, Release};
@@ -176,6 +177,22 @@ pub(crate) trait Reads: Send + Sync {
         after: i64,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<VideoRecord>, StoreError>> + Send;
+
+    /// A page of videos newest first before row `before`, optionally of
+    /// one state, whose id starts with `prefix`.
+    fn browse_videos(
+        &self,
+        state: Option<VideoState>,
+        prefix: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<VideoRecord>, StoreError>> + Send;
+
+    /// Every delivery attempt of one video, in the order made.
+    fn delivery_attempts(
+        &self,
+        video_rowid: i64,
+    ) -> impl Future<Output = Result<Vec<DeliveryAttemptRecord>, StoreError>> + Send;
 
     /// Finished renders in the order they finished, after a cursor.
     fn finished_renders(

@@ -36,9 +36,9 @@ pub use sqlite::{file, lock};
 pub use health::Unready;
 pub use lock::{DatabaseLock, LockError};
 pub use records::{
-    CancelOutcome, ConflictingFields, DeliveryCounts, DeliveryRecord, EnqueueOutcome,
-    FinishedRender, HintOutcome, NewVideo, PushHint, RecentTransition, RedeliverOutcome,
-    TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
+    CancelOutcome, ConflictingFields, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord,
+    EnqueueOutcome, FinishedRender, HintOutcome, NewVideo, PushHint, RecentTransition,
+    RedeliverOutcome, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
 };
 pub use writer::Writer;
 
@@ -244,6 +244,35 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<VideoRecord>, StoreError> {
         on_engine!(self, db => db.list_videos(state, after, limit).await)
+    }
+
+    /// A page of videos newest first (row id descending) before row
+    /// `before` (`None`: from the newest), of one state when `state` is
+    /// given, whose JoggAI id starts with `prefix` (empty: any). The
+    /// console's list.
+    ///
+    /// The cursor is the row id, as for [`Store::list_videos`]: rows added
+    /// while an operator pages land before the first page, never inside
+    /// the walk, so each row is seen once.
+    #[instrument(skip(self), level = "debug")]
+    pub async fn browse_videos(
+        &self,
+        state: Option<VideoState>,
+        prefix: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<VideoRecord>, StoreError> {
+        on_engine!(self, db => db.browse_videos(state, prefix, before, limit).await)
+    }
+
+    /// Every delivery attempt of the video with row id `video_rowid`, in
+    /// the order made (the console's video page).
+    #[instrument(skip(self), level = "debug")]
+    pub async fn delivery_attempts(
+        &self,
+        video_rowid: i64,
+    ) -> Result<Vec<DeliveryAttemptRecord>, StoreError> {
+        on_engine!(self, db => db.delivery_attempts(video_rowid).await)
     }
 
     /// Finished renders (videos JoggAI reported completed or failed), in

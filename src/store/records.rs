@@ -31,6 +31,34 @@ pub(crate) const SELECT_VIDEOS_PAGE_BY_STATE: &str = concat!(
     " FROM videos WHERE state = ? AND id > ? ORDER BY id LIMIT ?"
 );
 
+/// Videos newest first (row id descending) before a rowid cursor, of one
+/// state when `?1` is not NULL, whose id starts with `?2` (compared as
+/// text, so `_` and `%` are no wildcards): the console's list.
+pub(crate) const SELECT_VIDEOS_NEWEST_FIRST: &str = concat!(
+    "SELECT ",
+    video_columns!(),
+    " FROM videos WHERE (?1 IS NULL OR state = ?1) \
+     AND substr(video_id, 1, length(?2)) = ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4"
+);
+
+/// Every delivery attempt of one video (by rowid), in the order made.
+pub(crate) const SELECT_DELIVERY_ATTEMPTS: &str = "SELECT d.url, a.at, a.status, a.error \
+     FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
+     WHERE d.video_rowid = ? ORDER BY a.id";
+
+/// One attempt to deliver a callback, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeliveryAttemptRecord {
+    /// The delivery's target URL.
+    pub url: String,
+    /// When the attempt was made.
+    pub at: i64,
+    /// The HTTP status, when the receiver answered.
+    pub status: Option<i64>,
+    /// The transport error or refusal, when it did not.
+    pub error: Option<String>,
+}
+
 /// A tracked video as stored.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct VideoRecord {

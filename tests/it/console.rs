@@ -444,3 +444,464 @@ async fn hostile_upstream_text_renders_inert() {
     browser.finish().await;
     app.stop().await;
 }
+
+/// The `href` of the element `css`.
+async fn href_of(browser: &Browser, css: &str) -> Option<String> {
+    let element = browser
+        .client
+        .find(fantoccini::Locator::Css(css))
+        .await
+        .ok()?;
+    element.attr("href").await.expect("its href")
+}
+
+/// The video ids listed on the videos page open in the browser, in order.
+async fn listed_ids(browser: &Browser) -> Vec<String> {
+    let mut ids = Vec::new();
+    for link in browser
+        .client
+        .find_all(fantoccini::Locator::Css("#videos a.video"))
+        .await
+        .expect("a search")
+    {
+        ids.push(link.text().await.expect("its text"));
+    }
+    ids
+}
+
+/// Every video id the API lists (`GET /v1/videos`, all pages), in
+/// insertion order.
+async fn api_ids(app: &TestApp, query: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = app
+            .send(
+                "GET",
+                &format!("/v1/videos?limit=7&cursor={cursor}{query}"),
+                None,
+            )
+            .await;
+        assert_eq!(page.status, 200);
+        for video in page.json["videos"].as_array().unwrap() {
+            ids.push(video["video_id"].as_str().unwrap().to_owned());
+        }
+        match page.json["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => return ids,
+        }
+        assert!(ids.len() < 10_000, "paging ends");
+    }
+}
+
+/// The videos page finds videos by the beginning of their id, newest
+/// first, as the API lists them; a state filter keeps only that state;
+/// each id leads to its page, which shows the video as the API does.
+#[tokio::test]
+async fn videos_are_found_by_id_prefix_and_open() {
+    let app = spawn_manual_app(|_| {}).await;
+    for id in [
+        "find-alpha-1",
+        "other-1",
+        "find-alpha-2",
+        "find-beta",
+        "find-alpha-3",
+    ] {
+        assert_eq!(app.enqueue(json!({"video_id": id})).await.status, 201);
+    }
+    assert_eq!(
+        app.send("DELETE", "/v1/videos/find-alpha-2", None)
+            .await
+            .status,
+        204
+    );
+    // The oracle: the API's list, filtered and reversed here.
+    let mut expected: Vec<String> = api_ids(&app, "")
+        .await
+        .into_iter()
+        .filter(|id| id.starts_with("find-alpha"))
+        .collect();
+    expected.reverse();
+    assert_eq!(expected, ["find-alpha-3", "find-alpha-2", "find-alpha-1"]);
+    let mut active: Vec<String> = api_ids(&app, "&state=active")
+        .await
+        .into_iter()
+        .filter(|id| id.starts_with("find-alpha"))
+        .collect();
+    active.reverse();
+
+    let Some(browser) = browser().await else {
+        app.stop().await;
+        return;
+    };
+    log_in(&browser, &app, TOKEN).await;
+    browser.wait_for("#videos-active").await;
+    browser.click("#nav-videos").await;
+    browser.wait_for("#filter").await;
+    assert_eq!(browser.path().await, "/ui/videos");
+    assert_eq!(listed_ids(&browser).await.len(), 5);
+    browser.fill("#q", "find-alpha").await;
+    browser.click("#search").await;
+    browser.wait_for("#q[value=\"find-alpha\"]").await;
+    assert_eq!(listed_ids(&browser).await, expected);
+    browser.screenshot("console-videos").await;
+
+    browser
+        .goto(&format!("{}/ui/videos?state=active&q=find-alpha", app.base))
+        .await;
+    assert_eq!(listed_ids(&browser).await, active);
+    assert_eq!(active, ["find-alpha-3", "find-alpha-1"]);
+
+    browser.click("#videos a.video").await;
+    browser.wait_for("#video-id").await;
+    assert_eq!(browser.path().await, "/ui/videos/find-alpha-3");
+    let api = app.video("find-alpha-3").await.json;
+    assert_eq!(browser.text("#video-id").await, "find-alpha-3");
+    assert_eq!(browser.text("#field-state").await, api["state"]);
+    assert_eq!(browser.count("#cancel").await, 1, "an active video");
+    assert_eq!(browser.count("#redeliver").await, 0);
+    browser.screenshot("console-video").await;
+    browser.finish().await;
+    app.stop().await;
+}
+
+/// The cancel button stops tracking an active video: the API then reports
+/// it cancelled, and the page says so and offers no button any more.
+#[tokio::test]
+async fn the_cancel_button_cancels_an_active_video() {
+    let app = spawn_manual_app(|_| {}).await;
+    assert_eq!(
+        app.enqueue(json!({"video_id": "cancel-me"})).await.status,
+        201
+    );
+    assert_eq!(app.video("cancel-me").await.json["state"], "active");
+    let Some(browser) = browser().await else {
+        app.stop().await;
+        return;
+    };
+    log_in(&browser, &app, TOKEN).await;
+    browser.wait_for("#videos-active").await;
+    browser
+        .goto(&format!("{}/ui/videos/cancel-me", app.base))
+        .await;
+    browser.click("#cancel").await;
+    browser.wait_for("#flash").await;
+    assert_eq!(app.video("cancel-me").await.json["state"], "cancelled");
+    assert_eq!(browser.path().await, "/ui/videos/cancel-me");
+    assert!(browser.text("#flash").await.contains("cancelled"));
+    assert_eq!(browser.text("#field-state").await, "cancelled");
+    assert_eq!(browser.count("#cancel, #redeliver").await, 0);
+    // The cancellation is on the timeline.
+    assert!(
+        browser
+            .text("#timeline li:last-child")
+            .await
+            .ends_with("state: active → cancelled"),
+    );
+    browser.screenshot("console-video-cancelled").await;
+    browser.finish().await;
+    app.stop().await;
+}
+
+/// The redeliver button sends a finished video's callback again: the
+/// receiver gets it a second time with the same `event_id`, and the page
+/// then lists both attempts with their HTTP status.
+#[tokio::test]
+async fn the_redeliver_button_sends_the_callback_again() {
+    let receiver = SimReceiver::start(None).await.unwrap();
+    let hook = receiver.url("hook");
+    let app = spawn_manual_app(|s| s.callbacks.urls = vec![hook.clone()]).await;
+    app.sim.state.script("again-1", Timeline::completes(0, 0));
+    assert_eq!(
+        app.enqueue(json!({"video_id": "again-1"})).await.status,
+        201
+    );
+    app.step_until_idle().await;
+    app.deliver(Millis::now()).await;
+    let first = receiver.state.received();
+    assert_eq!(first.len(), 1);
+    let event_id = first[0].event_id.clone().expect("an event id");
+
+    let Some(browser) = browser().await else {
+        app.stop().await;
+        return;
+    };
+    log_in(&browser, &app, TOKEN).await;
+    browser.wait_for("#videos-active").await;
+    browser
+        .goto(&format!("{}/ui/videos/again-1", app.base))
+        .await;
+    assert_eq!(browser.count("#cancel").await, 0, "a completed video");
+    assert_eq!(browser.count(".attempts tbody tr").await, 1);
+    browser.click("#redeliver").await;
+    browser.wait_for("#flash").await;
+    assert!(browser.text("#flash").await.contains("queued again"));
+    assert_eq!(
+        app.video("again-1").await.json["deliveries"][0]["state"],
+        "pending"
+    );
+    app.deliver(Millis::now()).await;
+    let received = receiver.state.received();
+    assert_eq!(received.len(), 2, "the callback came again");
+    assert_eq!(received[1].event_id.as_deref(), Some(event_id.as_str()));
+
+    browser
+        .goto(&format!("{}/ui/videos/again-1", app.base))
+        .await;
+    assert_eq!(browser.count(".attempts tbody tr").await, 2);
+    assert_eq!(
+        browser
+            .text(".attempts tbody tr:last-child td.answer")
+            .await,
+        "HTTP 200"
+    );
+    assert_eq!(browser.text(".delivery-state").await, "delivered");
+    browser.screenshot("console-video-redelivered").await;
+    browser.finish().await;
+    app.stop().await;
+}
+
+/// The video page's buttons need the session's CSRF token: without it, or
+/// with another session's, they are refused (403) and change nothing. With
+/// it, a refusal of the operation itself (cancelling a finished video,
+/// redelivering an active one) is a message on the page, not an error.
+#[tokio::test]
+async fn video_buttons_need_the_csrf_token_and_refusals_are_messages() {
+    let app = spawn_manual_app(|_| {}).await;
+    app.sim.state.script("done-1", Timeline::completes(0, 0));
+    for id in ["live-1", "done-1"] {
+        assert_eq!(app.enqueue(json!({"video_id": id})).await.status, 201);
+    }
+    app.step_until_idle().await;
+    assert_eq!(app.video("done-1").await.json["state"], "completed");
+    app.send("DELETE", "/v1/videos/live-1", None).await;
+    assert_eq!(app.enqueue(json!({"video_id": "live-2"})).await.status, 201);
+
+    let cookie = session_cookie(&app).await;
+    let other = session_cookie(&app).await;
+    let (status, _, page) = fetch(&app, "GET", "/ui/videos/live-2", Some(&cookie), None).await;
+    assert_eq!(status, 200);
+    let csrf = csrf_of(&page);
+    let (_, _, other_page) = fetch(&app, "GET", "/ui/videos/live-2", Some(&other), None).await;
+    let other_csrf = csrf_of(&other_page);
+    for form in [
+        String::new(),
+        "csrf=".to_owned(),
+        format!("csrf={other_csrf}"),
+    ] {
+        for action in ["cancel", "redeliver"] {
+            let path = format!("/ui/videos/live-2/{action}");
+            let (status, _, _) = fetch(&app, "POST", &path, Some(&cookie), Some(&form)).await;
+            assert_eq!(status, 403, "{action} {form:?}");
+        }
+    }
+    // Without a session at all: to the login form.
+    let (status, headers, _) = fetch(
+        &app,
+        "POST",
+        "/ui/videos/live-2/cancel",
+        None,
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(
+        (status, &headers["location"]),
+        (303, &"/ui/login".parse().unwrap())
+    );
+    assert_eq!(app.video("live-2").await.json["state"], "active");
+
+    let form = format!("csrf={csrf}");
+    for (path, flash, said) in [
+        (
+            "/ui/videos/done-1/cancel",
+            "already_terminal",
+            "terminal states never change",
+        ),
+        (
+            "/ui/videos/live-2/redeliver",
+            "no_event",
+            "only completed, failed and abandoned",
+        ),
+        (
+            "/ui/videos/live-1/cancel",
+            "already_cancelled",
+            "already cancelled",
+        ),
+    ] {
+        let (status, headers, _) = fetch(&app, "POST", path, Some(&cookie), Some(&form)).await;
+        let video = path.rsplit('/').nth(1).unwrap();
+        let back = format!("/ui/videos/{video}?flash={flash}");
+        assert_eq!(
+            (status, headers["location"].to_str().unwrap()),
+            (303, back.as_str())
+        );
+        let (status, _, page) = fetch(&app, "GET", &back, Some(&cookie), None).await;
+        assert_eq!(status, 200);
+        assert!(page.contains(said), "{page}");
+    }
+    assert_eq!(app.video("done-1").await.json["state"], "completed");
+    assert_eq!(app.video("live-2").await.json["state"], "active");
+    let (status, _, _) = fetch(
+        &app,
+        "POST",
+        "/ui/videos/nope/cancel",
+        Some(&cookie),
+        Some(&form),
+    )
+    .await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}
+
+/// Following the list's "next" links visits every video once, newest
+/// first, even when a video is added during the walk (it lands before the
+/// first page): the same set of ids as the API's list.
+#[tokio::test]
+async fn video_pages_visit_each_row_once() {
+    let app = spawn_manual_app(|_| {}).await;
+    let total = jogg_relay::console::videos::PAGE_SIZE as usize * 2 + 7;
+    let batch: Vec<Value> = (0..total)
+        .map(|i| json!({"video_id": format!("page-{i:03}")}))
+        .collect();
+    assert_eq!(
+        app.send("POST", "/v1/videos/batch", Some(&json!({"videos": batch})))
+            .await
+            .status,
+        200
+    );
+    let mut expected = api_ids(&app, "").await;
+    assert_eq!(expected.len(), total);
+    expected.reverse();
+
+    let Some(browser) = browser().await else {
+        app.stop().await;
+        return;
+    };
+    log_in(&browser, &app, TOKEN).await;
+    browser.wait_for("#videos-active").await;
+    browser.goto(&format!("{}/ui/videos", app.base)).await;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let ids = listed_ids(&browser).await;
+        seen.extend(ids);
+        pages += 1;
+        if pages == 1 {
+            browser.screenshot("console-videos-first-page").await;
+            assert_eq!(
+                app.enqueue(json!({"video_id": "page-late"})).await.status,
+                201
+            );
+        }
+        let Some(next) = href_of(&browser, "#next").await else {
+            break;
+        };
+        assert!(pages < 10, "paging ends");
+        browser.goto(&format!("{}{next}", app.base)).await;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, expected, "each row once, newest first");
+    browser.screenshot("console-videos-last-page").await;
+    // The first page now starts with the video added during the walk.
+    browser.click("#first").await;
+    browser
+        .wait_for("#videos a.video[href=\"/ui/videos/page-late\"]")
+        .await;
+    browser.finish().await;
+    app.stop().await;
+}
+
+/// Hostile metadata and upstream text shown on a video's page render
+/// inert: no element injected, no script run, no link made; the metadata
+/// comes out as the JSON that was sent.
+#[tokio::test]
+async fn hostile_metadata_renders_inert_on_the_video_page() {
+    let app = spawn_manual_app(|_| {}).await;
+    let metadata = json!({
+        "note": "</pre><script>alert(1)</script><img src=x onerror=alert(2) id=injected>",
+        "x\"><a id=injected href='javascript:alert(3)'>": "javascript:alert(4)",
+        "quote": "' onmouseover='alert(5)"
+    });
+    // Absolute https URLs (the relay keeps no other kind) that break out
+    // of an element and of an attribute.
+    let video_url = "https://cdn.example/v.mp4?a=\"><script>alert(7)</script>";
+    let answer = json!({"code": 0, "msg": "Success", "rid": "r", "data": {
+        "video_id": "xss-page", "status": "failed", "created_at": 1_700_000_000,
+        "video_url": video_url,
+        "error": {"code": "<b id=injected>", "message": "</td><script>alert(8)</script>"}
+    }});
+    app.sim
+        .state
+        .inject_for("xss-page", [Fault::Body(answer.to_string())]);
+    // A completed video whose upstream URLs are hostile: shown as text,
+    // never as links.
+    let cover_url = "https://cdn.example/c.jpg?'onerror='alert(9)'<img/id=injected>";
+    let done = json!({"code": 0, "msg": "Success", "rid": "r", "data": {
+        "video_id": "xss-urls", "status": "completed", "created_at": 1_700_000_000,
+        "video_url": video_url, "cover_url": cover_url
+    }});
+    app.sim
+        .state
+        .inject_for("xss-urls", [Fault::Body(done.to_string())]);
+    assert_eq!(
+        app.enqueue(json!({"video_id": "xss-urls"})).await.status,
+        201
+    );
+    assert_eq!(
+        app.enqueue(json!({"video_id": "xss-page", "metadata": metadata}))
+            .await
+            .status,
+        201
+    );
+    app.step(Millis::now()).await;
+    assert_eq!(app.video("xss-page").await.json["state"], "failed");
+    let urls = app.video("xss-urls").await.json;
+    assert_eq!(
+        (urls["state"].as_str(), urls["video_url"].as_str()),
+        (Some("completed"), Some(video_url))
+    );
+
+    let Some(browser) = browser().await else {
+        app.stop().await;
+        return;
+    };
+    log_in(&browser, &app, TOKEN).await;
+    browser.wait_for("#videos-active").await;
+    browser
+        .goto(&format!("{}/ui/videos/xss-page", app.base))
+        .await;
+    browser.wait_for("#metadata").await;
+    assert_eq!(
+        browser
+            .count("#injected, main script, main img, main b, main a")
+            .await,
+        0
+    );
+    assert!(
+        browser.client.get_alert_text().await.is_err(),
+        "no alert is open"
+    );
+    let shown: Value =
+        serde_json::from_str(&browser.text("#metadata").await).expect("the metadata shown is JSON");
+    assert_eq!(shown, metadata);
+    assert_eq!(
+        browser.text("#field-error").await,
+        "<b id=injected> </td><script>alert(8)</script>"
+    );
+    browser.screenshot("console-video-hostile").await;
+    browser
+        .goto(&format!("{}/ui/videos/xss-urls", app.base))
+        .await;
+    browser.wait_for("#field-video-url").await;
+    assert_eq!(
+        browser
+            .count("#injected, main script, main img, main a")
+            .await,
+        0
+    );
+    assert_eq!(browser.text("#field-video-url").await, video_url);
+    assert_eq!(browser.text("#field-cover-url").await, cover_url);
+    assert!(browser.client.get_alert_text().await.is_err());
+    browser.finish().await;
+    app.stop().await;
+}

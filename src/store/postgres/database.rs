@@ -11,7 +11,8 @@ use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::backend::{Dialect, Reads};
 use crate::store::health::Health;
 use crate::store::records::{
-    DeliveryCounts, FinishedRender, RecentTransition, TrackedRender, VideoDetails, VideoRecord,
+    DeliveryAttemptRecord, DeliveryCounts, FinishedRender, RecentTransition, TrackedRender,
+    VideoDetails, VideoRecord,
 };
 use crate::store::writer::WriterEngine;
 use crate::store::{Gauges, StoreError};
@@ -111,6 +112,34 @@ impl Reads for PostgresDatabase {
     ) -> Result<Vec<VideoRecord>, StoreError> {
         on_pooled(&self.pool, |conn| {
             Box::pin(reads::list_videos(conn, state, after, limit))
+        })
+        .await
+        .map_err(|err| self.read_error(err))
+    }
+
+    async fn browse_videos(
+        &self,
+        state: Option<VideoState>,
+        prefix: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<VideoRecord>, StoreError> {
+        // The closure's future may not borrow the caller's prefix.
+        let prefix = prefix.to_owned();
+        on_pooled(&self.pool, move |conn| {
+            let prefix = prefix.clone();
+            Box::pin(async move { reads::browse_videos(conn, state, &prefix, before, limit).await })
+        })
+        .await
+        .map_err(|err| self.read_error(err))
+    }
+
+    async fn delivery_attempts(
+        &self,
+        video_rowid: i64,
+    ) -> Result<Vec<DeliveryAttemptRecord>, StoreError> {
+        on_pooled(&self.pool, |conn| {
+            Box::pin(reads::delivery_attempts(conn, video_rowid))
         })
         .await
         .map_err(|err| self.read_error(err))

@@ -11,8 +11,8 @@ use tracing::instrument;
 
 use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::records::{
-    DeliveryCounts, DeliveryRecord, FinishedRender, RecentTransition, TrackedRender,
-    TransitionRecord, VideoDetails, VideoRecord,
+    DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord, FinishedRender, RecentTransition,
+    TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
 };
 use crate::store::{Gauges, StoreError};
 
@@ -157,6 +157,48 @@ pub(crate) async fn list_videos(
         }
     };
     Ok(rows)
+}
+
+/// A page of videos newest first (id descending) before row `before`, of
+/// one state when `state` is given, whose id starts with `prefix` (compared
+/// as text: `_` and `%` are no wildcards).
+#[instrument(skip(conn), level = "debug")]
+pub(crate) async fn browse_videos(
+    conn: &mut PgConnection,
+    state: Option<VideoState>,
+    prefix: &str,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<VideoRecord>, StoreError> {
+    Ok(sqlx::query_as::<_, VideoRecord>(concat!(
+        "SELECT ",
+        video_columns!(),
+        " FROM videos WHERE ($1::text IS NULL OR state = $1) \
+         AND left(video_id, length($2::text)) = $2 AND id < $3 ORDER BY id DESC LIMIT $4"
+    ))
+    .bind(state.map(VideoState::as_str))
+    .bind(prefix)
+    .bind(before.unwrap_or(i64::MAX))
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Every delivery attempt of the video with row id `video_rowid`, in the
+/// order made.
+#[instrument(skip(conn), level = "debug")]
+pub(crate) async fn delivery_attempts(
+    conn: &mut PgConnection,
+    video_rowid: i64,
+) -> Result<Vec<DeliveryAttemptRecord>, StoreError> {
+    Ok(sqlx::query_as::<_, DeliveryAttemptRecord>(
+        "SELECT d.url, a.at, a.status, a.error \
+         FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
+         WHERE d.video_rowid = $1 ORDER BY a.id",
+    )
+    .bind(video_rowid)
+    .fetch_all(&mut *conn)
+    .await?)
 }
 
 /// Finished renders (videos JoggAI reported completed or failed), in the

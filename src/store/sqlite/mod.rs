@@ -21,8 +21,8 @@ use tracing::instrument;
 use super::backend::{Dialect, Reads};
 use super::health::Health;
 use super::records::{
-    self, DeliveryCounts, DeliveryRecord, FinishedRender, RecentTransition, TrackedRender,
-    TransitionRecord, VideoDetails, VideoRecord,
+    self, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord, FinishedRender, RecentTransition,
+    TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
 };
 use super::{Gauges, StoreError};
 use crate::domain::{Millis, VideoId, VideoState};
@@ -270,6 +270,36 @@ impl Reads for SqliteDatabase {
                 .map_err(|err| self.read_error(err))?,
         };
         Ok(rows)
+    }
+
+    async fn browse_videos(
+        &self,
+        state: Option<VideoState>,
+        prefix: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<VideoRecord>, StoreError> {
+        self.health.check_file()?;
+        sqlx::query_as::<_, VideoRecord>(records::SELECT_VIDEOS_NEWEST_FIRST)
+            .bind(state.map(VideoState::as_str))
+            .bind(prefix)
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|err| self.read_error(err))
+    }
+
+    async fn delivery_attempts(
+        &self,
+        video_rowid: i64,
+    ) -> Result<Vec<DeliveryAttemptRecord>, StoreError> {
+        self.health.check_file()?;
+        sqlx::query_as::<_, DeliveryAttemptRecord>(records::SELECT_DELIVERY_ATTEMPTS)
+            .bind(video_rowid)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|err| self.read_error(err))
     }
 
     async fn finished_renders(

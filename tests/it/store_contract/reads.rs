@@ -467,3 +467,153 @@ pub(super) async fn case_delivery_counts_and_recent_transitions(store: &Store, w
     assert_eq!(store.recent_transitions(10).await.unwrap().len(), 4);
     assert!(store.recent_transitions(0).await.unwrap().is_empty());
 }
+
+/// The console's list: newest first (the reverse of insertion order)
+/// before a rowid cursor, optionally of one state, of ids starting with a
+/// prefix (`_` is an ordinary character there, not a wildcard); paging by
+/// the last row's id visits each row once, even while videos are added.
+pub(super) async fn case_browse_videos_newest_first_by_prefix_and_state(
+    store: &Store,
+    writer: &Writer,
+) {
+    finish(writer, video("br-done", 0), 500, VideoState::Completed, &[]).await;
+    let batch = ["br-1", "br-2", "brx3", "br_4", "other", "br-5"]
+        .into_iter()
+        .map(|raw| video(raw, 50_000))
+        .collect();
+    writer.enqueue(batch).await.unwrap();
+    writer.cancel(id("br-2")).await.unwrap();
+
+    let walk = |state: Option<VideoState>, prefix: &'static str, limit: u32| async move {
+        let mut pages = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store
+                .browse_videos(state, prefix, before, limit)
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            assert!(
+                page.iter().all(|v| before.is_none_or(|b| v.id < b)),
+                "before the cursor"
+            );
+            before = Some(last.id);
+            for row in &page {
+                assert_eq!(*row, details(store, &row.video_id).await.video);
+            }
+            pages.push(page.into_iter().map(|v| v.video_id).collect::<Vec<_>>());
+            assert!(pages.len() < 10, "paging ends");
+        }
+        pages
+    };
+    assert_eq!(
+        walk(None, "", 3).await,
+        [
+            vec!["br-5", "other", "br_4"],
+            vec!["brx3", "br-2", "br-1"],
+            vec!["br-done"],
+        ]
+    );
+    assert_eq!(
+        walk(None, "br-", 10).await,
+        [vec!["br-5", "br-2", "br-1", "br-done"]]
+    );
+    // `_` matches only itself.
+    assert_eq!(walk(None, "br_", 10).await, [vec!["br_4"]]);
+    assert_eq!(walk(None, "br-2", 10).await, [vec!["br-2"]]);
+    assert_eq!(walk(None, "BR-", 10).await, Vec::<Vec<String>>::new());
+    assert_eq!(
+        walk(Some(VideoState::Active), "br-", 1).await,
+        [vec!["br-5"], vec!["br-1"]]
+    );
+    assert_eq!(
+        walk(Some(VideoState::Cancelled), "", 10).await,
+        [vec!["br-2"]]
+    );
+    assert_eq!(walk(Some(VideoState::Failed), "", 10).await.len(), 0);
+
+    // A video added while an operator pages comes before the first page,
+    // not inside the walk.
+    let first = store.browse_videos(None, "br", None, 2).await.unwrap();
+    writer.enqueue(vec![video("br-6", 50_000)]).await.unwrap();
+    let rest = store
+        .browse_videos(None, "br", Some(first[1].id), 10)
+        .await
+        .unwrap();
+    let seen: Vec<_> = first
+        .iter()
+        .chain(&rest)
+        .map(|v| v.video_id.as_str())
+        .collect();
+    assert_eq!(seen, ["br-5", "br_4", "brx3", "br-2", "br-1", "br-done"]);
+    assert_eq!(
+        store.browse_videos(None, "br", None, 1).await.unwrap()[0].video_id,
+        "br-6"
+    );
+}
+
+/// Every attempt of a video's deliveries, in the order made, with its
+/// target, time, and status or error; another video's are not included.
+pub(super) async fn case_delivery_attempts_of_one_video(store: &Store, writer: &Writer) {
+    let rowid = finish(
+        writer,
+        video("da-1", 0),
+        1_000,
+        VideoState::Completed,
+        &[HOOK, HOOK_2],
+    )
+    .await;
+    finish(
+        writer,
+        video("da-2", 0),
+        1_000,
+        VideoState::Completed,
+        &[HOOK],
+    )
+    .await;
+    assert!(store.delivery_attempts(rowid).await.unwrap().is_empty());
+    let attempt = |at: i64, status: Option<u16>, error: Option<&str>, next| {
+        let error = error.map(str::to_owned);
+        async move {
+            let mut claimed = writer
+                .claim_deliveries(Millis(at), Millis(at + 1_000), 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 3, "two of da-1, one of da-2");
+            // Attempts recorded in delivery order (creation order).
+            claimed.sort_by_key(|d| d.id);
+            for delivery in claimed {
+                let done = AttemptRecord {
+                    delivery_id: delivery.id,
+                    lease: delivery.lease,
+                    at: Millis(at),
+                    status,
+                    error: error.clone(),
+                    duration_ms: 5,
+                    next: match &next {
+                        Some(retry) => DeliveryNext::Retry(Millis(*retry)),
+                        None => DeliveryNext::Delivered,
+                    },
+                };
+                assert!(writer.record_attempt(done).await.unwrap());
+            }
+        }
+    };
+    attempt(1_000, None, Some("connection refused"), Some(2_000)).await;
+    attempt(2_000, Some(200), None, None).await;
+    let attempts = store.delivery_attempts(rowid).await.unwrap();
+    let seen: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.url.as_str(), a.at, a.status, a.error.as_deref()))
+        .collect();
+    let refused = Some("connection refused");
+    assert_eq!(
+        seen,
+        [
+            (HOOK, 1_000, None, refused),
+            (HOOK_2, 1_000, None, refused),
+            (HOOK, 2_000, Some(200), None),
+            (HOOK_2, 2_000, Some(200), None),
+        ]
+    );
+}
