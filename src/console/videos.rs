@@ -295,6 +295,18 @@ fn form_session(
     Ok(session)
 }
 
+/// The video a button's request acts on, once its session and CSRF token
+/// are checked; `Err` is the answer instead.
+fn button_target(
+    state: &ConsoleState,
+    headers: &HeaderMap,
+    raw: &str,
+    body: &[u8],
+) -> Result<VideoId, Box<Response>> {
+    form_session(state, headers, body)?;
+    path_id(raw)
+}
+
 /// Back to the video's page with `flash` (`303`).
 fn back(video_id: &VideoId, flash: Flash) -> Response {
     Redirect::to(&format!(
@@ -313,10 +325,7 @@ pub async fn cancel(
     Path(raw): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(answer) = form_session(&state, &headers, &body) {
-        return *answer;
-    }
-    let video_id = match path_id(&raw) {
+    let video_id = match button_target(&state, &headers, &raw, &body) {
         Ok(id) => id,
         Err(answer) => return *answer,
     };
@@ -339,10 +348,7 @@ pub async fn redeliver(
     Path(raw): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(answer) = form_session(&state, &headers, &body) {
-        return *answer;
-    }
-    let video_id = match path_id(&raw) {
+    let video_id = match button_target(&state, &headers, &raw, &body) {
         Ok(id) => id,
         Err(answer) => return *answer,
     };
