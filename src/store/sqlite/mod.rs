@@ -21,8 +21,8 @@ use tracing::instrument;
 use super::backend::{Dialect, Reads};
 use super::health::Health;
 use super::records::{
-    self, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord, FinishedRender, RecentTransition,
-    TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
+    self, DeadDelivery, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord, FinishedRender,
+    PollingRecord, RecentTransition, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
 };
 use super::{Gauges, StoreError};
 use crate::domain::{Millis, VideoId, VideoState};
@@ -339,6 +339,31 @@ impl Reads for SqliteDatabase {
         sqlx::query_as::<_, RecentTransition>(records::SELECT_RECENT_TRANSITIONS)
             .bind(limit)
             .fetch_all(&self.pool)
+            .await
+            .map_err(|err| self.read_error(err))
+    }
+
+    async fn dead_deliveries(
+        &self,
+        before: Option<(i64, i64)>,
+        limit: u32,
+    ) -> Result<Vec<DeadDelivery>, StoreError> {
+        self.health.check_file()?;
+        let (at, id) = before.unwrap_or((i64::MAX, i64::MAX));
+        sqlx::query_as::<_, DeadDelivery>(records::SELECT_DEAD_DELIVERIES)
+            .bind(at)
+            .bind(id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|err| self.read_error(err))
+    }
+
+    async fn polling(&self, video_rowid: i64) -> Result<Option<PollingRecord>, StoreError> {
+        self.health.check_file()?;
+        sqlx::query_as::<_, PollingRecord>(records::SELECT_POLLING)
+            .bind(video_rowid)
+            .fetch_optional(&self.pool)
             .await
             .map_err(|err| self.read_error(err))
     }
