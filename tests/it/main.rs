@@ -7,6 +7,7 @@ mod api_list;
 mod cli;
 #[cfg(unix)]
 mod console;
+mod console_dead;
 mod delivery;
 mod helpers;
 mod hostile;
