@@ -88,3 +88,17 @@ fn lease(lease_until: Option<i64>, now: Millis) -> Markup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lease is live until its end, then expired; none is "No".
+    #[test]
+    fn leases_are_live_expired_or_absent() {
+        let text = |lease_until| lease(lease_until, Millis(2_000)).into_string();
+        assert!(text(Some(2_001)).starts_with("By a poller, lease until"));
+        assert!(text(Some(2_000)).starts_with("Lease expired at"));
+        assert!(text(None).contains("No"));
+    }
+}
