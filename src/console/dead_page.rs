@@ -4,11 +4,11 @@
 
 use maud::{Markup, html};
 
+use super::csrf;
 use super::deliveries::{DeadList, REDELIVER_PATH, VIDEO_FIELD, page_href};
 use super::pages::{layout, or_dash, time};
 use super::session::Session;
 use super::videos::video_href;
-use super::csrf;
 use crate::domain::Millis;
 
 /// A redeliver form for `videos`, with the session's CSRF token.

@@ -143,7 +143,10 @@ pub async fn list(
     };
     // A full page may have more after it; a short page is the last.
     let next = (rows.len() == PAGE_SIZE as usize)
-        .then(|| rows.last().map(|row| page_href(Some((row.died_at, row.id)))))
+        .then(|| {
+            rows.last()
+                .map(|row| page_href(Some((row.died_at, row.id))))
+        })
         .flatten();
     let view = DeadList {
         rows,

@@ -132,7 +132,10 @@ fn bad_query(message: &str) -> Response {
 }
 
 /// A page with the session's cookie, when it was just opened.
-pub(super) fn page_response(page: maud::Markup, cookie: Option<axum::http::HeaderValue>) -> Response {
+pub(super) fn page_response(
+    page: maud::Markup,
+    cookie: Option<axum::http::HeaderValue>,
+) -> Response {
     let mut response = html_response(StatusCode::OK, page);
     if let Some(cookie) = cookie {
         response.headers_mut().insert(header::SET_COOKIE, cookie);

@@ -22,7 +22,7 @@ use super::Gauges;
 use super::StoreError;
 use super::records::{
     CancelOutcome, DeadDelivery, DeliveryAttemptRecord, DeliveryCounts, EnqueueOutcome,
-    FinishedRender, HintOutcome, NewVideo, PushHint, PollingRecord, RecentTransition,
+    FinishedRender, HintOutcome, NewVideo, PollingRecord, PushHint, RecentTransition,
     RedeliverOutcome, TrackedRender, VideoDetails, VideoRecord,
 };
 use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryRelease};

@@ -37,9 +37,8 @@ pub use health::Unready;
 pub use lock::{DatabaseLock, LockError};
 pub use records::{
     CancelOutcome, ConflictingFields, DeadDelivery, DeliveryAttemptRecord, DeliveryCounts,
-    DeliveryRecord, EnqueueOutcome, FinishedRender, HintOutcome, NewVideo, PollingRecord,
-    PushHint, RecentTransition, RedeliverOutcome, TrackedRender, TransitionRecord, VideoDetails,
-    VideoRecord,
+    DeliveryRecord, EnqueueOutcome, FinishedRender, HintOutcome, NewVideo, PollingRecord, PushHint,
+    RecentTransition, RedeliverOutcome, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
 };
 pub use writer::Writer;
 

@@ -116,13 +116,20 @@ async fn dead_deliveries_are_listed_and_redelivered() {
 
     // One row's button: that video only, queued again.
     let one = first[3].clone();
-    browser.goto(&format!("{}/ui/deliveries/dead", app.base)).await;
+    browser
+        .goto(&format!("{}/ui/deliveries/dead", app.base))
+        .await;
     browser
         .click(&format!("#dead tr[data-video=\"{one}\"] button"))
         .await;
     browser.wait_for("#flash").await;
     assert_eq!(browser.path().await, "/ui/deliveries/dead");
-    assert!(browser.text("#flash").await.contains("Queued again: 1 video"));
+    assert!(
+        browser
+            .text("#flash")
+            .await
+            .contains("Queued again: 1 video")
+    );
     assert_eq!(delivery_state(&app, &one).await, "pending");
     let others: Vec<String> = ids.iter().filter(|id| **id != one).cloned().collect();
     assert_eq!(dead_per_api(&app, &others).await, others);
@@ -251,7 +258,8 @@ async fn dead_page_buttons_need_the_csrf_token() {
 #[tokio::test]
 async fn hostile_delivery_text_renders_inert_on_the_dead_page() {
     let (receiver, app, ids) = dead_videos(1).await;
-    let url = "javascript:alert(1)//\"><script>alert(2)</script><img src=x onerror=alert(3) id=injected>";
+    let url =
+        "javascript:alert(1)//\"><script>alert(2)</script><img src=x onerror=alert(3) id=injected>";
     let error = "</td><script>alert(4)</script><a id=injected href=\"javascript:alert(5)\">x</a>' onmouseover='alert(6)";
     let store = app.store().await;
     store
@@ -270,7 +278,9 @@ async fn hostile_delivery_text_renders_inert_on_the_dead_page() {
     };
     log_in(&browser, &app, TOKEN).await;
     browser.wait_for("#videos-active").await;
-    browser.goto(&format!("{}/ui/deliveries/dead", app.base)).await;
+    browser
+        .goto(&format!("{}/ui/deliveries/dead", app.base))
+        .await;
     browser.wait_for("#dead").await;
     assert_eq!(
         browser
@@ -336,7 +346,10 @@ async fn the_video_page_shows_its_polls() {
     assert_eq!(after["upstream_status"], "processing");
     browser.goto(&page).await;
     browser.wait_for("#polls").await;
-    assert_eq!(browser.text("#poll-count").await, after["polls"].to_string());
+    assert_eq!(
+        browser.text("#poll-count").await,
+        after["polls"].to_string()
+    );
     assert_eq!(
         browser.text("#poll-saw").await,
         "failed (1 failed poll(s) in a row; last status answered: processing)"

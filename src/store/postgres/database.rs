@@ -192,9 +192,11 @@ impl Reads for PostgresDatabase {
     }
 
     async fn polling(&self, video_rowid: i64) -> Result<Option<PollingRecord>, StoreError> {
-        on_pooled(&self.pool, |conn| Box::pin(reads::polling(conn, video_rowid)))
-            .await
-            .map_err(|err| self.read_error(err))
+        on_pooled(&self.pool, |conn| {
+            Box::pin(reads::polling(conn, video_rowid))
+        })
+        .await
+        .map_err(|err| self.read_error(err))
     }
 
     async fn close(&self) {

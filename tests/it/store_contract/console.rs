@@ -86,8 +86,26 @@ pub(super) async fn case_dead_deliveries_newest_death_first_by_cursor(
     };
     assert!(writer.record_attempt(killed).await.unwrap());
 
-    let c = ("dd-c", HOOK, "evt-dd-c", 2, None, Some("forbidden target"), "forbidden_target", 3_100);
-    let b = ("dd-b", HOOK, "evt-dd-b", 1, None, Some("connection refused"), "exhausted", 1_500);
+    let c = (
+        "dd-c",
+        HOOK,
+        "evt-dd-c",
+        2,
+        None,
+        Some("forbidden target"),
+        "forbidden_target",
+        3_100,
+    );
+    let b = (
+        "dd-b",
+        HOOK,
+        "evt-dd-b",
+        1,
+        None,
+        Some("connection refused"),
+        "exhausted",
+        1_500,
+    );
     let a = ("dd-a", HOOK, "evt-dd-a", 1, Some(410), None, "gone", 1_500);
     let all = store.dead_deliveries(None, 10).await.unwrap();
     assert_eq!(all.iter().map(dead).collect::<Vec<_>>(), [c, b, a]);
@@ -104,7 +122,10 @@ pub(super) async fn case_dead_deliveries_newest_death_first_by_cursor(
 
     // Redelivered, dd-b's row is pending again and no longer listed; the
     // others stay.
-    writer.redeliver(id("dd-b"), vec![HOOK.to_owned()]).await.unwrap();
+    writer
+        .redeliver(id("dd-b"), vec![HOOK.to_owned()])
+        .await
+        .unwrap();
     let after = store.dead_deliveries(None, 10).await.unwrap();
     assert_eq!(after.iter().map(dead).collect::<Vec<_>>(), [c, a]);
 }
