@@ -191,15 +191,10 @@ async fn a_backup_under_enqueue_load_restores_every_video_acknowledged_before_it
     assert_eq!(relay.wait().code(), Some(0));
     let (code, restored, stderr) = relay_command(&config, &["restore", copy.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
-    let kept = restored
-        .lines()
-        .find_map(|line| line.strip_prefix("the replaced database is kept as "))
-        .unwrap_or_else(|| panic!("{restored}"));
+    let kept = kept_path(&restored);
     assert_eq!(listed_ids(&config).len(), listed.len());
     let kept_dir = tempfile::tempdir().unwrap();
-    let kept_config = RelayConfig::new(kept_dir.path())
-        .database(Path::new(kept))
-        .write();
+    let kept_config = RelayConfig::new(kept_dir.path()).database(&kept).write();
     let kept_ids: HashSet<String> = listed_ids(&kept_config).into_iter().collect();
     assert_eq!(kept_ids.len(), acknowledged.len() + 1);
     assert!(acknowledged.iter().all(|(id, _)| kept_ids.contains(id)));
@@ -343,4 +338,40 @@ async fn restore_refuses_while_serve_runs() {
     assert_eq!(relay.get("/v1/videos/s-2").await.status, 200);
     let readyz = relay.send_as("GET", "/readyz", None, None).await;
     assert_eq!(readyz.status, 200, "{readyz:?}");
+}
+
+/// The lines of `restore`'s output name the kept database; its path.
+fn kept_path(restored: &str) -> PathBuf {
+    restored
+        .lines()
+        .find_map(|line| line.strip_prefix("the replaced database is kept as "))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{restored}"))
+}
+
+#[tokio::test]
+async fn restore_keeps_the_commits_a_killed_daemon_left_in_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = database_with(dir.path(), &["k-1"]);
+    let copy = dir.path().join("copy.db");
+    let (code, _, stderr) = relay_command(&config, &["backup", copy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+
+    let relay = RelayProcess::start(&config, &KEY);
+    let created = relay.post("/v1/videos", json!({"video_id": "k-2"})).await;
+    assert_eq!(created.status, 201);
+    relay.signal("KILL");
+    drop(relay);
+    // The acknowledged commit is in the log only: nothing checkpointed it.
+    let wal = dir.path().join("relay.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+
+    let (code, restored, stderr) = relay_command(&config, &["restore", copy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(listed_ids(&config), ["k-1"]);
+    assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+    let kept = kept_path(&restored);
+    let kept_dir = tempfile::tempdir().unwrap();
+    let kept_config = RelayConfig::new(kept_dir.path()).database(&kept).write();
+    assert_eq!(listed_ids(&kept_config), ["k-1", "k-2"]);
 }

@@ -327,6 +327,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_changed_or_unfinished_migration_is_an_incompatible_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        relay_database(&path).await;
+        for (n, (change, expected)) in [
+            (
+                "UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 2",
+                "migration 2 differs",
+            ),
+            (
+                "UPDATE _sqlx_migrations SET success = FALSE WHERE version = 3",
+                "migration 3 did not complete",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let copy = dir.path().join(format!("copy-{n}.db"));
+            std::fs::File::create(&copy).unwrap();
+            copy_into(&path, &copy).await.unwrap();
+            let mut conn = connect(&copy, false).await.unwrap();
+            sqlx::query(change).execute(&mut conn).await.unwrap();
+            conn.close().await.unwrap();
+            let err = inspect(&copy).await.unwrap_err();
+            assert!(matches!(err, CopyError::Incompatible { .. }), "{err}");
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_short_file_is_not_a_database() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("short");
