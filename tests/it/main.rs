@@ -4,6 +4,7 @@ mod adaptive;
 mod api_enqueue;
 mod api_errors;
 mod api_list;
+mod backup;
 mod cli;
 #[cfg(unix)]
 mod console;

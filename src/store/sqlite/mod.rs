@@ -3,6 +3,7 @@
 //! own connection. The SQL dialect is SQLite's own (`jsonb_each` for
 //! set-based batches, `INDEXED BY` to pin plans, `BEGIN IMMEDIATE`).
 
+pub mod backup;
 pub mod file;
 pub mod lock;
 pub(super) mod mutations;
@@ -41,6 +42,10 @@ const MAX_CONNECTIONS: u32 = 4;
 /// commit touches (index interiors, the newest leaves) are not read back
 /// from disk. Bounded, so memory does not grow with the database.
 const WRITER_CACHE_SIZE: &str = "-8192";
+
+/// The embedded migrations of the SQLite schema: applied at every open,
+/// and what `restore` compares a file's recorded migrations with.
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// SQLite's own words for a failed open, without sqlx's wrapping (which
 /// repeats them).
@@ -92,7 +97,7 @@ impl SqliteDatabase {
         let (pool, options) = Self::connect(path)
             .await
             .map_err(|err| open_error(sqlite_cause(&err)))?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        MIGRATOR.run(&pool).await?;
         // The pool's connection is open in WAL mode: `-wal` and `-shm`
         // exist, and keep their identity while a connection stays open
         // (the writer's, for the daemon's whole life).
