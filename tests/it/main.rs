@@ -5,6 +5,7 @@ mod api_enqueue;
 mod api_errors;
 mod api_list;
 mod cli;
+mod cli_docs;
 #[cfg(unix)]
 mod console;
 mod delivery;
