@@ -20,6 +20,8 @@ use crate::poller::policy::PollPolicy;
 use crate::store::{EnqueueOutcome, RedeliverOutcome, Store, Writer};
 use crate::{app, telemetry};
 
+pub mod docs;
+
 /// `println!` that never panics: a closed or broken standard output (the
 /// reader of `jogg-relay list | head` went away) loses the text instead of
 /// turning the exit code into a panic's 101.
@@ -208,6 +210,10 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// `completions` and `manpages`: the command line described from its
+    /// own definition (see [`docs`]).
+    #[command(flatten)]
+    Docs(docs::DocsCommand),
 }
 
 /// How a command failed, which decides the exit code.
@@ -295,6 +301,11 @@ fn error_chain(err: &anyhow::Error) -> String {
 
 /// Loads the configuration and runs the command on a Tokio runtime.
 pub fn run(cli: Cli) -> Result<(), CliError> {
+    // These describe the command line alone: no configuration is read, so
+    // they work where there is none (a package build, a fresh machine).
+    if let Command::Docs(docs) = &cli.command {
+        return docs.run();
+    }
     let settings = Settings::load(cli.config.as_deref(), environment()?)?;
     let config = settings.validate()?;
     // The demo prints its own story; the relay's info lines would repeat it.
@@ -386,6 +397,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::ExportRenders { output } => export_renders(&config, output.as_deref()).await,
             Command::Backup { file } => backup(&config, &file).await,
             Command::Restore { file } => restore(&config, &file).await,
+            Command::Docs(_) => unreachable!("answered before the configuration is loaded"),
             Command::CheckConfig => {
                 tell!("configuration is valid");
                 for warning in config.startup_warnings() {

@@ -6,6 +6,7 @@ mod api_errors;
 mod api_list;
 mod backup;
 mod cli;
+mod cli_docs;
 #[cfg(unix)]
 mod console;
 mod console_dead;
