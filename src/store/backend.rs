@@ -22,7 +22,7 @@ use super::Gauges;
 use super::StoreError;
 use super::records::{
     CancelOutcome, DeliveryAttemptRecord, DeliveryCounts, EnqueueOutcome, FinishedRender,
-    HintOutcome, NewVideo, PushHint, RecentTransition, RedeliverOutcome, TrackedRender,
+    HintOutcome, HourlyOutcomes, NewVideo, PushHint, RecentTransition, RedeliverOutcome, TrackedRender,
     VideoDetails, VideoRecord,
 };
 use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryRelease};
@@ -215,6 +215,13 @@ pub(crate) trait Reads: Send + Sync {
         &self,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<RecentTransition>, StoreError>> + Send;
+
+    /// Terminal transitions (to `completed`, to `failed`) counted per hour
+    /// since `since`, oldest hour first, empty hours left out.
+    fn hourly_outcomes(
+        &self,
+        since: Millis,
+    ) -> impl Future<Output = Result<Vec<HourlyOutcomes>, StoreError>> + Send;
 
     /// Closes the pool.
     fn close(&self) -> impl Future<Output = ()> + Send;

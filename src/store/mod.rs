@@ -37,7 +37,7 @@ pub use health::Unready;
 pub use lock::{DatabaseLock, LockError};
 pub use records::{
     CancelOutcome, ConflictingFields, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord,
-    EnqueueOutcome, FinishedRender, HintOutcome, NewVideo, PushHint, RecentTransition,
+    EnqueueOutcome, FinishedRender, HOUR_MILLIS, HintOutcome, HourlyOutcomes, NewVideo, PushHint, RecentTransition,
     RedeliverOutcome, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
 };
 pub use writer::Writer;
@@ -309,6 +309,13 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<RecentTransition>, StoreError> {
         on_engine!(self, db => db.recent_transitions(limit).await)
+    }
+
+    /// Videos completed and failed per hour (UTC) since `since`, oldest
+    /// hour first, hours with neither left out (the console's plot).
+    #[instrument(skip(self), level = "debug")]
+    pub async fn hourly_outcomes(&self, since: Millis) -> Result<Vec<HourlyOutcomes>, StoreError> {
+        on_engine!(self, db => db.hourly_outcomes(since).await)
     }
 
     /// The SQLite pool, for the store's unit tests and

@@ -11,8 +11,8 @@ use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::backend::{Dialect, Reads};
 use crate::store::health::Health;
 use crate::store::records::{
-    DeliveryAttemptRecord, DeliveryCounts, FinishedRender, RecentTransition, TrackedRender,
-    VideoDetails, VideoRecord,
+    DeliveryAttemptRecord, DeliveryCounts, FinishedRender, HourlyOutcomes, RecentTransition,
+    TrackedRender, VideoDetails, VideoRecord,
 };
 use crate::store::writer::WriterEngine;
 use crate::store::{Gauges, StoreError};
@@ -174,6 +174,14 @@ impl Reads for PostgresDatabase {
     async fn recent_transitions(&self, limit: u32) -> Result<Vec<RecentTransition>, StoreError> {
         on_pooled(&self.pool, |conn| {
             Box::pin(reads::recent_transitions(conn, limit))
+        })
+        .await
+        .map_err(|err| self.read_error(err))
+    }
+
+    async fn hourly_outcomes(&self, since: Millis) -> Result<Vec<HourlyOutcomes>, StoreError> {
+        on_pooled(&self.pool, |conn| {
+            Box::pin(reads::hourly_outcomes(conn, since))
         })
         .await
         .map_err(|err| self.read_error(err))

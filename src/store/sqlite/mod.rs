@@ -21,7 +21,8 @@ use tracing::instrument;
 use super::backend::{Dialect, Reads};
 use super::health::Health;
 use super::records::{
-    self, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord, FinishedRender, RecentTransition,
+    self, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord, FinishedRender, HourlyOutcomes,
+    RecentTransition,
     TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
 };
 use super::{Gauges, StoreError};
@@ -338,6 +339,14 @@ impl Reads for SqliteDatabase {
     async fn recent_transitions(&self, limit: u32) -> Result<Vec<RecentTransition>, StoreError> {
         sqlx::query_as::<_, RecentTransition>(records::SELECT_RECENT_TRANSITIONS)
             .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|err| self.read_error(err))
+    }
+
+    async fn hourly_outcomes(&self, since: Millis) -> Result<Vec<HourlyOutcomes>, StoreError> {
+        sqlx::query_as::<_, HourlyOutcomes>(records::SELECT_HOURLY_OUTCOMES)
+            .bind(since.0)
             .fetch_all(&self.pool)
             .await
             .map_err(|err| self.read_error(err))
