@@ -7,6 +7,7 @@
 //! - [`auth`]: login, logout, and the session of a request;
 //! - [`pages`]: the HTML (maud; every value escaped);
 //! - [`overview`]: the overview page's figures;
+//! - [`plots`]: the overview's plots, drawn as inline SVG;
 //! - [`videos`]: the videos list, one video's page and its buttons;
 //! - [`assets`]: the one stylesheet, embedded.
 //!
@@ -20,6 +21,7 @@ pub mod csrf;
 pub mod limiter;
 pub mod overview;
 pub mod pages;
+pub mod plots;
 pub mod session;
 pub mod videos;
 
