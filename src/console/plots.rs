@@ -103,11 +103,11 @@ fn y_axis(top: f64, step: f64, name: &str) -> Markup {
             @for i in 0..=ticks {
                 @let value = step * i as f64;
                 @let y = BASE_Y - bar_height(value, top);
-                line.grid x1=(n(LEFT)) x2=(n(LEFT + PLOT_W)) y1=(n(y)) y2=(n(y));
+                line.grid x1=(n(LEFT)) x2=(n(LEFT + PLOT_W)) y1=(n(y)) y2=(n(y)) {}
                 text.tick x=(n(LEFT - 6.0)) y=(n(y + 4.0)) text-anchor="end" { (tick_label(value)) }
             }
-            line x1=(n(LEFT)) x2=(n(LEFT)) y1=(n(TOP)) y2=(n(BASE_Y));
-            line x1=(n(LEFT)) x2=(n(LEFT + PLOT_W)) y1=(n(BASE_Y)) y2=(n(BASE_Y));
+            line x1=(n(LEFT)) x2=(n(LEFT)) y1=(n(TOP)) y2=(n(BASE_Y)) {}
+            line x1=(n(LEFT)) x2=(n(LEFT + PLOT_W)) y1=(n(BASE_Y)) y2=(n(BASE_Y)) {}
             text.name x="12" y=(n(TOP + PLOT_H / 2.0)) text-anchor="middle"
                 transform=(format!("rotate(-90 12 {})", n(TOP + PLOT_H / 2.0))) { (name) }
         }
@@ -172,12 +172,12 @@ pub fn outcomes_per_hour(hours: &[HourBar]) -> Markup {
                     @if hour.completed > 0 {
                         @let h = bar_height(hour.completed as f64, top);
                         rect.completed x=(n(x + slot * 0.1)) y=(n(BASE_Y - h)) width=(n(bar)) height=(n(h))
-                            data-count=(hour.completed);
+                            data-count=(hour.completed) {}
                     }
                     @if hour.failed > 0 {
                         @let h = bar_height(hour.failed as f64, top);
                         rect.failed x=(n(x + slot * 0.1 + bar)) y=(n(BASE_Y - h)) width=(n(bar)) height=(n(h))
-                            data-count=(hour.failed);
+                            data-count=(hour.failed) {}
                     }
                     // Every third hour is named under the axis.
                     @if (hours.len() - 1 - i) % 3 == 0 {
@@ -191,9 +191,9 @@ pub fn outcomes_per_hour(hours: &[HourBar]) -> Markup {
                 (empty_note("No video completed or failed in these hours."))
             }
             g.legend {
-                rect.completed.key x=(n(LEFT + PLOT_W - 170.0)) y="4" width="10" height="10";
+                rect.completed.key x=(n(LEFT + PLOT_W - 170.0)) y="4" width="10" height="10" {}
                 text.tick x=(n(LEFT + PLOT_W - 156.0)) y="13" { "completed" }
-                rect.failed.key x=(n(LEFT + PLOT_W - 80.0)) y="4" width="10" height="10";
+                rect.failed.key x=(n(LEFT + PLOT_W - 80.0)) y="4" width="10" height="10" {}
                 text.tick x=(n(LEFT + PLOT_W - 66.0)) y="13" { "failed" }
             }
         },
@@ -307,18 +307,18 @@ pub fn render_times(curve: &RenderTimeCurve) -> Markup {
             (y_axis(100.0, 25.0, "% done"))
             g.axis {
                 @for t in &ticks {
-                    line.grid x1=(n(x_of(*t))) x2=(n(x_of(*t))) y1=(n(TOP)) y2=(n(BASE_Y));
+                    line.grid x1=(n(x_of(*t))) x2=(n(x_of(*t))) y1=(n(TOP)) y2=(n(BASE_Y)) {}
                     text.tick x=(n(x_of(*t))) y=(n(BASE_Y + 16.0)) text-anchor="middle" { (duration_label(*t)) }
                 }
             }
-            polyline.cdf points=(path.join(" "));
+            polyline.cdf points=(path.join(" ")) {}
             @for (i, (p, seconds)) in curve.quantiles.iter().enumerate() {
                 @if let Some(seconds) = seconds {
                     @let x = x_of(*seconds);
                     g.quantile data-p=(p) data-seconds=(seconds) {
                         title { (quantile_name(*p)) ": " (duration_label(*seconds)) }
-                        line x1=(n(x)) x2=(n(x)) y1=(n(y_of(*p))) y2=(n(BASE_Y));
-                        circle cx=(n(x)) cy=(n(y_of(*p))) r="3";
+                        line x1=(n(x)) x2=(n(x)) y1=(n(y_of(*p))) y2=(n(BASE_Y)) {}
+                        circle cx=(n(x)) cy=(n(y_of(*p))) r="3" {}
                         @if (*p - 0.5).abs() < 1e-9 || (*p - 0.9).abs() < 1e-9 {
                             text.tick x=(n(x + 5.0)) y=(n(y_of(*p) + if i % 2 == 0 { 12.0 } else { -6.0 })) {
                                 (quantile_name(*p)) " " (duration_label(*seconds))
@@ -371,7 +371,7 @@ pub fn budget_use(minutes: &[MinuteCount], requests_per_second: f64) -> Markup {
                 }
             }
             line.budget x1=(n(LEFT)) x2=(n(LEFT + PLOT_W)) y1=(n(budget_y)) y2=(n(budget_y))
-                data-per-minute=(budget);
+                data-per-minute=(budget) {}
             text.tick x=(n(LEFT + PLOT_W - 4.0)) y=(n(budget_y - 5.0)) text-anchor="end" {
                 "budget " (tick_label(budget)) " / min"
             }
@@ -497,6 +497,15 @@ mod tests {
             assert!(svg.contains("><title>"), "{svg}");
             for banned in ["<script", "style=", "href", "url(", "<image", "<foreignObject"] {
                 assert!(!svg.contains(banned), "{banned} in {svg}");
+            }
+            // Inside `<svg>` an HTML parser honours no void elements: a
+            // shape left open would swallow every mark after it.
+            for shape in ["line", "rect", "circle", "polyline"] {
+                assert_eq!(
+                    svg.matches(&format!("<{shape} ")).count(),
+                    svg.matches(&format!("</{shape}>")).count(),
+                    "every <{shape}> closed in {svg}"
+                );
             }
         }
     }
