@@ -1,5 +1,8 @@
 //! `GET /ui/`: the overview (README, "Console"). Every figure comes from
-//! the same reads as the JSON API and `/metrics`.
+//! the same reads as the JSON API and `/metrics`; the plots' figures too
+//! (terminal transitions per hour, the learner's fit behind `/v1/stats`),
+//! but for the requests per minute, which only this process counts
+//! (`telemetry::request_rate`).
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};

@@ -180,7 +180,7 @@ pub fn outcomes_per_hour(hours: &[HourBar]) -> Markup {
                             data-count=(hour.failed) {}
                     }
                     // Every third hour is named under the axis.
-                    @if (hours.len() - 1 - i) % 3 == 0 {
+                    @if (hours.len() - 1 - i).is_multiple_of(3) {
                         text.tick x=(n(x + slot / 2.0)) y=(n(BASE_Y + 16.0)) text-anchor="middle" {
                             (hour_of_day(hour.hour))
                         }
@@ -222,9 +222,32 @@ pub fn duration_label(seconds: f64) -> String {
 
 /// Round render times the x axis may be labelled at, in seconds.
 const TIME_TICKS: [f64; 26] = [
-    0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
-    3600.0, 7200.0, 10_800.0, 21_600.0, 43_200.0, 86_400.0, 172_800.0, 432_000.0, 864_000.0,
-    2_592_000.0, 5_184_000.0, 10_000_000.0,
+    0.01,
+    0.1,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1200.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    10_800.0,
+    21_600.0,
+    43_200.0,
+    86_400.0,
+    172_800.0,
+    432_000.0,
+    864_000.0,
+    2_592_000.0,
+    5_184_000.0,
+    10_000_000.0,
 ];
 
 /// One learned render-time distribution, as drawn.
@@ -364,7 +387,7 @@ pub fn budget_use(minutes: &[MinuteCount], requests_per_second: f64) -> Markup {
                     }
                 }
                 @let ago = minutes.len() - 1 - i;
-                @if ago % 15 == 0 {
+                @if ago.is_multiple_of(15) {
                     text.tick x=(n(x + slot / 2.0)) y=(n(BASE_Y + 16.0)) text-anchor="middle" {
                         @if ago == 0 { "now" } @else { "−" (ago) " min" }
                     }
@@ -481,8 +504,14 @@ mod tests {
             points: vec![(1.0, 0.0), (10.0, 0.5), (100.0, 1.0)],
             quantiles: vec![(0.5, Some(10.0)), (0.99, None)],
         };
+        let hours = [HourBar {
+            hour: Millis(0),
+            completed: 2,
+            failed: 1,
+        }];
         for svg in [
             outcomes_per_hour(&[]),
+            outcomes_per_hour(&hours),
             budget_use(&minutes, 0.1),
             render_times(&curve),
             render_times(&RenderTimeCurve {
@@ -495,7 +524,14 @@ mod tests {
             assert!(svg.contains("role=\"img\" aria-label=\""), "{svg}");
             assert!(svg.contains("viewBox=\"0 0 640 220\""), "{svg}");
             assert!(svg.contains("><title>"), "{svg}");
-            for banned in ["<script", "style=", "href", "url(", "<image", "<foreignObject"] {
+            for banned in [
+                "<script",
+                "style=",
+                "href",
+                "url(",
+                "<image",
+                "<foreignObject",
+            ] {
                 assert!(!svg.contains(banned), "{banned} in {svg}");
             }
             // Inside `<svg>` an HTML parser honours no void elements: a
@@ -545,7 +581,10 @@ mod tests {
         let svg = budget_use(&idle, 2.0).into_string();
         assert!(svg.contains("data-empty=\"true\""));
         assert!(svg.contains("No upstream request"));
-        assert!(svg.contains("data-per-minute=\"120\""), "the budget line stays");
+        assert!(
+            svg.contains("data-per-minute=\"120\""),
+            "the budget line stays"
+        );
     }
 
     /// The budget line sits at rate × 60 per minute on the same scale as
@@ -591,13 +630,19 @@ mod tests {
             quantiles: vec![(0.1, Some(2.0)), (0.5, Some(10.0)), (0.99, None)],
         };
         let svg = render_times(&curve).into_string();
-        assert_eq!(attributes(&svg, "<g class=\"quantile\"", "data-p"), ["0.1", "0.5"]);
+        assert_eq!(
+            attributes(&svg, "<g class=\"quantile\"", "data-p"),
+            ["0.1", "0.5"]
+        );
         assert_eq!(
             attributes(&svg, "<g class=\"quantile\"", "data-seconds"),
             ["2", "10"]
         );
         // 10 s is half-way along the log axis from 1 s to 100 s.
-        assert!(svg.contains(&format!("cx=\"{}\"", n(LEFT + PLOT_W / 2.0))), "{svg}");
+        assert!(
+            svg.contains(&format!("cx=\"{}\"", n(LEFT + PLOT_W / 2.0))),
+            "{svg}"
+        );
         assert!(svg.contains("p50 10 s"));
         assert!(svg.contains("median 10 s"));
     }

@@ -22,8 +22,8 @@ use super::Gauges;
 use super::StoreError;
 use super::records::{
     CancelOutcome, DeliveryAttemptRecord, DeliveryCounts, EnqueueOutcome, FinishedRender,
-    HintOutcome, HourlyOutcomes, NewVideo, PushHint, RecentTransition, RedeliverOutcome, TrackedRender,
-    VideoDetails, VideoRecord,
+    HintOutcome, HourlyOutcomes, NewVideo, PushHint, RecentTransition, RedeliverOutcome,
+    TrackedRender, VideoDetails, VideoRecord,
 };
 use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryRelease};
 use crate::domain::poll::{ClaimedVideo, PollUpdate, Ranker, Release};

@@ -37,8 +37,8 @@ pub use health::Unready;
 pub use lock::{DatabaseLock, LockError};
 pub use records::{
     CancelOutcome, ConflictingFields, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord,
-    EnqueueOutcome, FinishedRender, HOUR_MILLIS, HintOutcome, HourlyOutcomes, NewVideo, PushHint, RecentTransition,
-    RedeliverOutcome, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
+    EnqueueOutcome, FinishedRender, HOUR_MILLIS, HintOutcome, HourlyOutcomes, NewVideo, PushHint,
+    RecentTransition, RedeliverOutcome, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
 };
 pub use writer::Writer;
 

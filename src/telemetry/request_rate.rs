@@ -106,9 +106,15 @@ mod tests {
         assert_eq!(total, 2, "minutes 1 and 5 remain: {later:?}");
         // Its slot is reused by the same minute-of-the-hour, counting anew.
         ring.record(Millis(t0 + 60 * M));
-        assert_eq!(ring.last_hour(Millis(t0 + 60 * M)).last().unwrap().requests, 1);
+        assert_eq!(
+            ring.last_hour(Millis(t0 + 60 * M)).last().unwrap().requests,
+            1
+        );
         // A request stamped an hour back (clock stepped) is dropped.
         ring.record(Millis(t0 + 5));
-        assert_eq!(ring.last_hour(Millis(t0 + 60 * M)).last().unwrap().requests, 1);
+        assert_eq!(
+            ring.last_hour(Millis(t0 + 60 * M)).last().unwrap().requests,
+            1
+        );
     }
 }

@@ -1049,8 +1049,12 @@ async fn overview_plots_agree_with_the_api_and_the_simulator() {
         bars
     );
     assert_eq!(
-        browser.count("svg#plot-outcomes > g.axis > text.tick").await,
-        browser.count("svg#plot-outcomes > g.axis > line.grid").await
+        browser
+            .count("svg#plot-outcomes > g.axis > text.tick")
+            .await,
+        browser
+            .count("svg#plot-outcomes > g.axis > line.grid")
+            .await
     );
 
     // The render-time quantiles: those of `/v1/stats`, model by model.
@@ -1083,7 +1087,10 @@ async fn overview_plots_agree_with_the_api_and_the_simulator() {
         assert_eq!(marked.len(), expected.len(), "{name}: {marked:?}");
         for ((p, drawn), (q, api)) in marked.iter().zip(&expected) {
             assert_eq!(p, q);
-            assert!((drawn - api).abs() <= 0.0005, "{name} {p}: {drawn} vs {api}");
+            assert!(
+                (drawn - api).abs() <= 0.0005,
+                "{name} {p}: {drawn} vs {api}"
+            );
         }
         assert_eq!(
             browser
@@ -1113,7 +1120,9 @@ async fn overview_plots_agree_with_the_api_and_the_simulator() {
         "one relay on SQLite: its requests are all the requests"
     );
     // The whole overview: what README shows as docs/console-overview.png.
-    browser.screenshot_tall("console-overview-plots", 2300).await;
+    browser
+        .screenshot_tall("console-overview-plots", 2300)
+        .await;
     browser.finish().await;
     app.stop().await;
 }

@@ -12,8 +12,7 @@ use tracing::instrument;
 use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::records::{
     DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord, FinishedRender, HourlyOutcomes,
-    RecentTransition,
-    TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
+    RecentTransition, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
 };
 use crate::store::{Gauges, StoreError};
 
@@ -270,6 +269,26 @@ pub(crate) async fn recent_transitions(
     .await?)
 }
 
+/// Terminal transitions per hour since `since`, oldest hour first: grouped
+/// here, over the partial index `transitions_terminal` (the `WHERE` repeats
+/// its predicate). `at` is never negative, so integer division floors.
+pub(crate) async fn hourly_outcomes(
+    conn: &mut PgConnection,
+    since: Millis,
+) -> Result<Vec<HourlyOutcomes>, StoreError> {
+    Ok(sqlx::query_as::<_, HourlyOutcomes>(
+        "SELECT (at / 3600000) * 3600000 AS hour, \
+                COUNT(*) FILTER (WHERE to_value = 'completed') AS completed, \
+                COUNT(*) FILTER (WHERE to_value = 'failed') AS failed \
+         FROM transitions \
+         WHERE kind = 'state' AND to_value IN ('completed', 'failed') AND at >= $1 \
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind(since.0)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,24 +514,4 @@ mod tests {
         drop(conn);
         db.drop_db().await;
     }
-}
-
-/// Terminal transitions per hour since `since`, oldest hour first: grouped
-/// here, over the partial index `transitions_terminal` (the `WHERE` repeats
-/// its predicate). `at` is never negative, so integer division floors.
-pub(crate) async fn hourly_outcomes(
-    conn: &mut PgConnection,
-    since: Millis,
-) -> Result<Vec<HourlyOutcomes>, StoreError> {
-    Ok(sqlx::query_as::<_, HourlyOutcomes>(
-        "SELECT (at / 3600000) * 3600000 AS hour, \
-                COUNT(*) FILTER (WHERE to_value = 'completed') AS completed, \
-                COUNT(*) FILTER (WHERE to_value = 'failed') AS failed \
-         FROM transitions \
-         WHERE kind = 'state' AND to_value IN ('completed', 'failed') AND at >= $1 \
-         GROUP BY 1 ORDER BY 1",
-    )
-    .bind(since.0)
-    .fetch_all(&mut *conn)
-    .await?)
 }

@@ -22,8 +22,7 @@ use super::backend::{Dialect, Reads};
 use super::health::Health;
 use super::records::{
     self, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord, FinishedRender, HourlyOutcomes,
-    RecentTransition,
-    TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
+    RecentTransition, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
 };
 use super::{Gauges, StoreError};
 use crate::domain::{Millis, VideoId, VideoState};

@@ -493,7 +493,10 @@ pub(super) async fn case_hourly_outcomes_count_terminal_transitions_per_hour(
         finish(writer, video(raw, 0), at, state, &[HOOK]).await;
     }
     // Cancelled on the wall clock, long after every hour above.
-    writer.enqueue(vec![video("ho-cancelled", 0)]).await.unwrap();
+    writer
+        .enqueue(vec![video("ho-cancelled", 0)])
+        .await
+        .unwrap();
     writer.cancel(id("ho-cancelled")).await.unwrap();
 
     let hour = |hour: i64, completed: i64, failed: i64| HourlyOutcomes {
@@ -503,7 +506,12 @@ pub(super) async fn case_hourly_outcomes_count_terminal_transitions_per_hour(
     };
     assert_eq!(
         store.hourly_outcomes(Millis(10 * H)).await.unwrap(),
-        [hour(10, 2, 0), hour(11, 0, 1), hour(12, 1, 1), hour(14, 0, 1)]
+        [
+            hour(10, 2, 0),
+            hour(11, 0, 1),
+            hour(12, 1, 1),
+            hour(14, 0, 1)
+        ]
     );
     assert_eq!(
         store.hourly_outcomes(Millis(0)).await.unwrap(),
