@@ -342,8 +342,13 @@ pub fn render_times(curve: &RenderTimeCurve) -> Markup {
                         title { (quantile_name(*p)) ": " (duration_label(*seconds)) }
                         line x1=(n(x)) x2=(n(x)) y1=(n(y_of(*p))) y2=(n(BASE_Y)) {}
                         circle cx=(n(x)) cy=(n(y_of(*p))) r="3" {}
+                        // Named left of the mark in the right part of the
+                        // plot, so that the name stays inside the canvas.
+                        @let right = x > LEFT + PLOT_W * 0.6;
                         @if (*p - 0.5).abs() < 1e-9 || (*p - 0.9).abs() < 1e-9 {
-                            text.tick x=(n(x + 5.0)) y=(n(y_of(*p) + if i % 2 == 0 { 12.0 } else { -6.0 })) {
+                            text.tick x=(n(if right { x - 6.0 } else { x + 6.0 }))
+                                y=(n(y_of(*p) + if i % 2 == 0 { 12.0 } else { -6.0 }))
+                                text-anchor=(if right { "end" } else { "start" }) {
                                 (quantile_name(*p)) " " (duration_label(*seconds))
                             }
                         }
