@@ -41,9 +41,19 @@ macro_rules! tell {
 /// Exit code for bad usage and invalid configuration (`EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
 
+/// What `--version` prints after the name: the crate's version and the
+/// source revision the binary was built from (`build.rs`: the short git
+/// hash, `-dirty` when tracked files had changes, or `unknown revision`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("JOGG_RELAY_BUILD_REVISION"),
+    ")"
+);
+
 /// jogg-relay: polls JoggAI for avatar video status and delivers signed callbacks.
 #[derive(Debug, Parser)]
-#[command(name = "jogg-relay", version, about)]
+#[command(name = "jogg-relay", version = VERSION, about)]
 pub struct Cli {
     /// Configuration file (TOML).
     #[arg(long, global = true, env = "JOGG_RELAY_CONFIG", value_name = "FILE")]
@@ -182,6 +192,21 @@ pub enum Command {
         /// output.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
+    },
+    /// Write a consistent copy of the SQLite database to FILE while the
+    /// daemon runs (never overwrites FILE; PostgreSQL: use pg_dump).
+    Backup {
+        /// The copy to create; it must not exist.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Replace the SQLite database with a copy made by `backup`, with the
+    /// daemon stopped; the database it replaces is kept beside it
+    /// (PostgreSQL: use pg_restore).
+    Restore {
+        /// The copy to restore.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
 }
 
@@ -359,6 +384,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::Redeliver { id } => redeliver(&config, &id).await,
             Command::Stats => stats(&config).await,
             Command::ExportRenders { output } => export_renders(&config, output.as_deref()).await,
+            Command::Backup { file } => backup(&config, &file).await,
+            Command::Restore { file } => restore(&config, &file).await,
             Command::CheckConfig => {
                 tell!("configuration is valid");
                 for warning in config.startup_warnings() {
@@ -736,6 +763,37 @@ async fn export_to_file(
             Err(err.context(format!("cannot export to {}", path.display())))
         }
     }
+}
+
+/// `backup`: see [`crate::backup::backup`]; prints what was written.
+async fn backup(config: &Config, file: &Path) -> Result<(), CliError> {
+    let written = crate::backup::backup(&config.database, file).await?;
+    say!(
+        "wrote {}: {} bytes, {} video(s), schema version {}",
+        written.path.display(),
+        written.bytes,
+        written.videos,
+        written.schema_version
+    );
+    Ok(())
+}
+
+/// `restore`: see [`crate::backup::restore`]; prints what was restored and
+/// where the replaced database was kept.
+async fn restore(config: &Config, file: &Path) -> Result<(), CliError> {
+    let restored = crate::backup::restore(&config.database, file).await?;
+    say!(
+        "restored {} into {}: {} video(s), schema version {}",
+        file.display(),
+        restored.database.display(),
+        restored.videos,
+        restored.schema_version
+    );
+    match &restored.kept {
+        Some(kept) => say!("the replaced database is kept as {}", kept.display()),
+        None => say!("there was no database to keep"),
+    }
+    Ok(())
 }
 
 /// Async worker threads for `serve`: half the cores, at least one.

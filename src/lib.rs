@@ -10,6 +10,7 @@
 //! - [`jogg`]: the upstream protocol (client, answer classification).
 //! - [`adaptive`]: the learned render-time distribution and the adaptive schedule.
 //! - [`export`]: the `export-renders` CSV of finished renders.
+//! - [`backup`]: the `backup` and `restore` commands (SQLite file copies).
 //! - [`poller`]: claiming due videos, the schedule policy, the rate limiter.
 //! - [`delivery`]: the outbox worker (signing, retries, the target guard).
 //! - [`api`]: the HTTP API (axum routes, authentication, JSON errors).
@@ -29,6 +30,7 @@
 pub mod adaptive;
 pub mod api;
 pub mod app;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -9,6 +9,9 @@
 //! - [`overview`]: the overview page's figures;
 //! - [`plots`]: the overview's plots, drawn as inline SVG;
 //! - [`videos`]: the videos list, one video's page and its buttons;
+//! - [`polls`]: the video page's account of its polling;
+//! - [`deliveries`]: the dead deliveries page and its redeliver buttons,
+//!   drawn by [`dead_page`];
 //! - [`assets`]: the one stylesheet, embedded.
 //!
 //! Every response under `/ui` carries a strict Content-Security-Policy
@@ -18,10 +21,13 @@
 pub mod assets;
 pub mod auth;
 pub mod csrf;
+pub mod dead_page;
+pub mod deliveries;
 pub mod limiter;
 pub mod overview;
 pub mod pages;
 pub mod plots;
+pub mod polls;
 pub mod session;
 pub mod videos;
 
@@ -101,6 +107,8 @@ pub fn router(api: ApiState, console: Arc<Console>) -> Router {
         .route("/ui/videos/{video_id}", get(videos::show))
         .route("/ui/videos/{video_id}/cancel", post(videos::cancel))
         .route("/ui/videos/{video_id}/redeliver", post(videos::redeliver))
+        .route(deliveries::PATH, get(deliveries::list))
+        .route(deliveries::REDELIVER_PATH, post(deliveries::redeliver))
         .route("/ui/login", get(auth::form).post(auth::login))
         .route("/ui/logout", post(auth::logout))
         .route(assets::CSS_PATH, get(assets::css))

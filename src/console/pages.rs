@@ -32,6 +32,8 @@ pub fn layout(title: &str, logout_csrf: Option<&str>, body: Markup) -> Markup {
                         a href="/ui/" id="nav-overview" { "Overview" }
                         " · "
                         a href="/ui/videos" id="nav-videos" { "Videos" }
+                        " · "
+                        a href=(super::deliveries::PATH) id="nav-dead" { "Dead deliveries" }
                     }
                     @if let Some(token) = logout_csrf {
                         form method="post" action="/ui/logout" {
@@ -79,7 +81,7 @@ pub fn message(title: &str, message: &str) -> Markup {
 }
 
 /// An RFC 3339 time.
-fn time(at: Millis) -> String {
+pub(super) fn time(at: Millis) -> String {
     at.to_rfc3339()
 }
 
@@ -211,14 +213,14 @@ pub fn overview(view: &Overview, logout_csrf: Option<&str>) -> Markup {
 }
 
 /// An optional value, or a muted dash.
-fn or_dash(value: Option<impl maud::Render>) -> Markup {
+pub(super) fn or_dash(value: Option<impl maud::Render>) -> Markup {
     html! {
         @if let Some(value) = value { (value) } @else { span.muted { "—" } }
     }
 }
 
 /// An optional time in milliseconds, or a muted dash.
-fn time_or_dash(at: Option<i64>) -> Markup {
+pub(super) fn time_or_dash(at: Option<i64>) -> Markup {
     or_dash(at.map(|at| html! { time { (time(Millis(at))) } }))
 }
 
@@ -275,7 +277,7 @@ pub fn videos(view: &VideoList, logout_csrf: Option<&str>) -> Markup {
 }
 
 /// One video's page (README, "Console"): its fields, its buttons, its
-/// transitions in time order, its deliveries with every attempt. URLs
+/// polls, its transitions in time order, its deliveries with every attempt. URLs
 /// from upstream or callers are shown as text, never as links.
 pub fn video(view: &VideoView, session: &Session, with_login: bool) -> Markup {
     let video = &view.details.video;
@@ -329,6 +331,7 @@ pub fn video(view: &VideoView, session: &Session, with_login: bool) -> Markup {
                     } @else { span.muted { "—" } } } }
                 }
             }
+            (super::polls::section(video, view.polling.as_ref(), view.now))
             h2 { "Timeline" }
             @if view.details.transitions.is_empty() {
                 p.muted id="no-transitions" { "No transition yet." }

@@ -11,9 +11,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use super::session::Session;
 use super::{ConsoleState, auth, csrf, html_response, pages, store_failed};
 use crate::api::videos::{cancel_video, redeliver_video};
-use crate::domain::{VideoId, VideoState};
+use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::{
-    CancelOutcome, DeliveryAttemptRecord, RedeliverOutcome, VideoDetails, VideoRecord,
+    CancelOutcome, DeliveryAttemptRecord, PollingRecord, RedeliverOutcome, VideoDetails,
+    VideoRecord,
 };
 
 /// Videos per page of the list.
@@ -44,6 +45,10 @@ pub struct VideoView {
     pub details: VideoDetails,
     /// Every delivery attempt, in the order made.
     pub attempts: Vec<DeliveryAttemptRecord>,
+    /// What is stored of its polling.
+    pub polling: Option<PollingRecord>,
+    /// When the page was drawn (whether a lease still holds).
+    pub now: Millis,
     /// The outcome of the button just pressed, if any.
     pub flash: Option<Flash>,
 }
@@ -114,7 +119,7 @@ impl Flash {
 }
 
 /// The query's `name` parameter (the first, when repeated).
-fn param(query: Option<&str>, name: &str) -> Option<String> {
+pub(super) fn param(query: Option<&str>, name: &str) -> Option<String> {
     csrf::form_field(query.unwrap_or_default().as_bytes(), name)
 }
 
@@ -127,7 +132,10 @@ fn bad_query(message: &str) -> Response {
 }
 
 /// A page with the session's cookie, when it was just opened.
-fn page_response(page: maud::Markup, cookie: Option<axum::http::HeaderValue>) -> Response {
+pub(super) fn page_response(
+    page: maud::Markup,
+    cookie: Option<axum::http::HeaderValue>,
+) -> Response {
     let mut response = html_response(StatusCode::OK, page);
     if let Some(cookie) = cookie {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
@@ -240,8 +248,8 @@ fn not_tracked() -> Response {
     )
 }
 
-/// `GET /ui/videos/{id}?flash=`: the video, its timeline, its deliveries
-/// with every attempt, and its buttons.
+/// `GET /ui/videos/{id}?flash=`: the video, its polls, its timeline, its
+/// deliveries with every attempt, and its buttons.
 pub async fn show(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
@@ -266,10 +274,16 @@ pub async fn show(
         Ok(attempts) => attempts,
         Err(err) => return store_failed(err),
     };
+    let polling = match store.polling(details.video.id).await {
+        Ok(polling) => polling,
+        Err(err) => return store_failed(err),
+    };
     let flash = param(query.as_deref(), "flash").and_then(|code| Flash::parse(&code));
     let view = VideoView {
         details,
         attempts,
+        polling,
+        now: Millis::now(),
         flash,
     };
     page_response(
@@ -280,7 +294,7 @@ pub async fn show(
 
 /// The session of a button's request, its CSRF token checked; `Err` is the
 /// answer instead (the login form, or a refusal).
-fn form_session(
+pub(super) fn form_session(
     state: &ConsoleState,
     headers: &HeaderMap,
     body: &[u8],

@@ -21,9 +21,9 @@ use std::future::Future;
 use super::Gauges;
 use super::StoreError;
 use super::records::{
-    CancelOutcome, DeliveryAttemptRecord, DeliveryCounts, EnqueueOutcome, FinishedRender,
-    HintOutcome, HourlyOutcomes, NewVideo, PushHint, RecentTransition, RedeliverOutcome,
-    TrackedRender, VideoDetails, VideoRecord,
+    CancelOutcome, DeadDelivery, DeliveryAttemptRecord, DeliveryCounts, EnqueueOutcome,
+    FinishedRender, HintOutcome, HourlyOutcomes, NewVideo, PollingRecord, PushHint,
+    RecentTransition, RedeliverOutcome, TrackedRender, VideoDetails, VideoRecord,
 };
 use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryRelease};
 use crate::domain::poll::{ClaimedVideo, PollUpdate, Ranker, Release};
@@ -215,6 +215,20 @@ pub(crate) trait Reads: Send + Sync {
         &self,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<RecentTransition>, StoreError>> + Send;
+
+    /// A page of dead deliveries, newest death first, before the
+    /// (`died_at`, delivery row id) cursor `before`.
+    fn dead_deliveries(
+        &self,
+        before: Option<(i64, i64)>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<DeadDelivery>, StoreError>> + Send;
+
+    /// What is stored of one video's polling, by row id.
+    fn polling(
+        &self,
+        video_rowid: i64,
+    ) -> impl Future<Output = Result<Option<PollingRecord>, StoreError>> + Send;
 
     /// Terminal transitions (to `completed`, to `failed`) counted per hour
     /// since `since`, oldest hour first, empty hours left out.

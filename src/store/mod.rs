@@ -36,9 +36,10 @@ pub use sqlite::{file, lock};
 pub use health::Unready;
 pub use lock::{DatabaseLock, LockError};
 pub use records::{
-    CancelOutcome, ConflictingFields, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord,
-    EnqueueOutcome, FinishedRender, HOUR_MILLIS, HintOutcome, HourlyOutcomes, NewVideo, PushHint,
-    RecentTransition, RedeliverOutcome, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
+    CancelOutcome, ConflictingFields, DeadDelivery, DeliveryAttemptRecord, DeliveryCounts,
+    DeliveryRecord, EnqueueOutcome, FinishedRender, HOUR_MILLIS, HintOutcome, HourlyOutcomes,
+    NewVideo, PollingRecord, PushHint, RecentTransition, RedeliverOutcome, TrackedRender,
+    TransitionRecord, VideoDetails, VideoRecord,
 };
 pub use writer::Writer;
 
@@ -309,6 +310,32 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<RecentTransition>, StoreError> {
         on_engine!(self, db => db.recent_transitions(limit).await)
+    }
+
+    /// A page of dead deliveries (each with its video's id), newest death
+    /// first, before the cursor `before`: the (`died_at`, `id`) of the
+    /// previous page's last row (`None`: from the newest). The console's
+    /// dead deliveries page.
+    ///
+    /// A row's key does not change while it stays dead, so a walk by this
+    /// cursor shows each row that stays dead throughout exactly once;
+    /// deliveries dying during the walk land before its first page, or
+    /// (when their fatal attempt started before the cursor's) once ahead
+    /// of it.
+    #[instrument(skip(self), level = "debug")]
+    pub async fn dead_deliveries(
+        &self,
+        before: Option<(i64, i64)>,
+        limit: u32,
+    ) -> Result<Vec<DeadDelivery>, StoreError> {
+        on_engine!(self, db => db.dead_deliveries(before, limit).await)
+    }
+
+    /// What is stored of the polling of the video with row id
+    /// `video_rowid` (the console's video page), or `None` without one.
+    #[instrument(skip(self), level = "debug")]
+    pub async fn polling(&self, video_rowid: i64) -> Result<Option<PollingRecord>, StoreError> {
+        on_engine!(self, db => db.polling(video_rowid).await)
     }
 
     /// Videos completed and failed per hour (UTC) since `since`, oldest

@@ -204,6 +204,65 @@ impl DeliveryCounts {
 pub(crate) const SELECT_DELIVERY_COUNTS: &str =
     "SELECT state, COUNT(*) FROM deliveries GROUP BY state";
 
+/// A dead callback delivery with its video's id, as the console's dead
+/// deliveries page lists it (README, "Console").
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeadDelivery {
+    /// The delivery's row id: with `died_at`, the page's cursor.
+    pub id: i64,
+    /// The video's JoggAI id.
+    pub video_id: String,
+    /// Target URL.
+    pub url: String,
+    /// The event that was not delivered.
+    pub event_id: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// HTTP status of the last attempt, when it got one.
+    pub last_status: Option<i64>,
+    /// Error of the last attempt, when it failed without one.
+    pub last_error: Option<String>,
+    /// Why it is dead (`gone`, `exhausted`, `forbidden_target`).
+    pub reason: Option<String>,
+    /// When it died: the row's last change, which for a dead delivery is
+    /// the attempt that killed it (nothing else writes a dead row).
+    pub died_at: i64,
+}
+
+/// Dead deliveries newest death first, before a (`died_at`, id) cursor.
+/// The `WHERE` repeats the partial index `deliveries_dead`'s predicate and
+/// its `ORDER BY` the index's columns, so a page is a short backward walk
+/// of the dead rows only, however large the outbox.
+pub(crate) const SELECT_DEAD_DELIVERIES: &str = "SELECT d.id, v.video_id, d.url, d.event_id, \
+     d.attempts, d.last_status, d.last_error, d.reason, d.updated_at AS died_at \
+     FROM deliveries d INDEXED BY deliveries_dead JOIN videos v ON v.id = d.video_rowid \
+     WHERE d.state = 'dead' AND (d.updated_at, d.id) < (?1, ?2) \
+     ORDER BY d.updated_at DESC, d.id DESC LIMIT ?3";
+
+/// What the store keeps of a video's polling beyond [`VideoRecord`]'s
+/// `polls`, `upstream_status` and `next_poll_at`: polls are counted, not
+/// logged one by one (README, "Console"), so this is all there is.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PollingRecord {
+    /// When the last poll was recorded (`None` before one).
+    pub polled_at: Option<i64>,
+    /// Answers in a row without a change of status (the interval grows
+    /// with it).
+    pub unchanged_polls: i64,
+    /// Failed polls in a row (transport or server errors, not found yet):
+    /// 0 when the last poll got an answer.
+    pub error_streak: i64,
+    /// While a poller holds the video: when its lease ends.
+    pub lease_until: Option<i64>,
+    /// While active: when a push not yet answered by a poll arrived; once
+    /// terminal: the push whose confirming poll ended the video.
+    pub hinted_at: Option<i64>,
+}
+
+/// One video's [`PollingRecord`], by row id.
+pub(crate) const SELECT_POLLING: &str = "SELECT polled_at, unchanged_polls, error_streak, \
+     lease_until, hinted_at FROM videos WHERE id = ?";
+
 /// One callback delivery (outbox row) as shown on the video resource.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DeliveryRecord {

@@ -258,6 +258,18 @@ impl Store {
         Ok(())
     }
 
+    /// Sets the last error of the deliveries to `url`, as a row written by
+    /// hand or by an older version (or a receiver's text the relay one day
+    /// records): what the console must show as text, whatever it holds.
+    pub async fn set_delivery_error(&self, url: &str, error: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE deliveries SET last_error = ?1 WHERE url = ?2")
+            .bind(error)
+            .bind(url)
+            .execute(self.sqlite_pool())
+            .await?;
+        Ok(())
+    }
+
     /// Makes every insert into the delivery outbox fail (`true`, with
     /// SQLite's `simulated failure`), or work again (`false`).
     pub async fn set_delivery_inserts_failing(&self, failing: bool) -> Result<(), StoreError> {

@@ -83,6 +83,43 @@ fn invalid_configuration_exits_64_naming_the_key() {
     }
 }
 
+/// `--version` names the version and the revision the binary was built
+/// from, as git itself names the checkout's HEAD (`-dirty` when tracked
+/// files had changes); without git, the packager's `JOGG_RELAY_REVISION`
+/// or `unknown revision`.
+#[test]
+fn version_names_the_source_revision() {
+    let (code, stdout, stderr) = run_binary(&["--version"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let line = stdout.trim();
+    let revision = line
+        .strip_prefix(&format!("jogg-relay {} (", env!("CARGO_PKG_VERSION")))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{line}"));
+    let root = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(["-C", root])
+            .args(args)
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let own_checkout = git(&["rev-parse", "--show-toplevel"])
+        .is_some_and(|top| std::fs::canonicalize(top).ok() == std::fs::canonicalize(root).ok());
+    match git(&["rev-parse", "--short", "HEAD"]).filter(|_| own_checkout) {
+        Some(hash) => assert!(
+            revision == hash || revision == format!("{hash}-dirty"),
+            "{revision:?} is not git's {hash:?}"
+        ),
+        None => assert_eq!(
+            revision,
+            option_env!("JOGG_RELAY_REVISION").unwrap_or("unknown revision")
+        ),
+    }
+}
+
 #[test]
 fn unreadable_config_file_and_bad_usage_exit_64() {
     let (code, _, stderr) = run_binary(

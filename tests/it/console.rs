@@ -13,14 +13,14 @@ use crate::helpers::browser::{Browser, browser};
 use crate::helpers::{TOKEN, TestApp, api_millis, spawn_app, spawn_app_with, spawn_manual_app};
 
 /// Logs in through the browser's form.
-async fn log_in(browser: &Browser, app: &TestApp, token: &str) {
+pub(crate) async fn log_in(browser: &Browser, app: &TestApp, token: &str) {
     browser.goto(&format!("{}/ui/login", app.base)).await;
     browser.fill("#token", token).await;
     browser.click("#login").await;
 }
 
 /// A response's status and headers, and its body as text.
-async fn fetch(
+pub(crate) async fn fetch(
     app: &TestApp,
     method: &str,
     path: &str,
@@ -45,7 +45,7 @@ async fn fetch(
 }
 
 /// Logs in over HTTP; the `name=value` of the session cookie.
-async fn session_cookie(app: &TestApp) -> String {
+pub(crate) async fn session_cookie(app: &TestApp) -> String {
     let (status, headers, _) = fetch(
         app,
         "POST",
@@ -60,7 +60,7 @@ async fn session_cookie(app: &TestApp) -> String {
 }
 
 /// The CSRF token in a page's logout form.
-fn csrf_of(page: &str) -> String {
+pub(crate) fn csrf_of(page: &str) -> String {
     let start = page.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
     page[start..].split('"').next().unwrap().to_owned()
 }
@@ -446,7 +446,7 @@ async fn hostile_upstream_text_renders_inert() {
 }
 
 /// The `href` of the element `css`.
-async fn href_of(browser: &Browser, css: &str) -> Option<String> {
+pub(crate) async fn href_of(browser: &Browser, css: &str) -> Option<String> {
     let element = browser
         .client
         .find(fantoccini::Locator::Css(css))

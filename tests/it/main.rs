@@ -4,9 +4,11 @@ mod adaptive;
 mod api_enqueue;
 mod api_errors;
 mod api_list;
+mod backup;
 mod cli;
 #[cfg(unix)]
 mod console;
+mod console_dead;
 mod delivery;
 mod helpers;
 mod hostile;

@@ -11,8 +11,8 @@ use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::backend::{Dialect, Reads};
 use crate::store::health::Health;
 use crate::store::records::{
-    DeliveryAttemptRecord, DeliveryCounts, FinishedRender, HourlyOutcomes, RecentTransition,
-    TrackedRender, VideoDetails, VideoRecord,
+    DeadDelivery, DeliveryAttemptRecord, DeliveryCounts, FinishedRender, HourlyOutcomes,
+    PollingRecord, RecentTransition, TrackedRender, VideoDetails, VideoRecord,
 };
 use crate::store::writer::WriterEngine;
 use crate::store::{Gauges, StoreError};
@@ -174,6 +174,26 @@ impl Reads for PostgresDatabase {
     async fn recent_transitions(&self, limit: u32) -> Result<Vec<RecentTransition>, StoreError> {
         on_pooled(&self.pool, |conn| {
             Box::pin(reads::recent_transitions(conn, limit))
+        })
+        .await
+        .map_err(|err| self.read_error(err))
+    }
+
+    async fn dead_deliveries(
+        &self,
+        before: Option<(i64, i64)>,
+        limit: u32,
+    ) -> Result<Vec<DeadDelivery>, StoreError> {
+        on_pooled(&self.pool, |conn| {
+            Box::pin(reads::dead_deliveries(conn, before, limit))
+        })
+        .await
+        .map_err(|err| self.read_error(err))
+    }
+
+    async fn polling(&self, video_rowid: i64) -> Result<Option<PollingRecord>, StoreError> {
+        on_pooled(&self.pool, |conn| {
+            Box::pin(reads::polling(conn, video_rowid))
         })
         .await
         .map_err(|err| self.read_error(err))

@@ -1249,6 +1249,46 @@ mod tests {
         claimed.iter().map(|v| v.video_id.as_str()).collect()
     }
 
+    /// Terminal event ids stay unique although only the rows that have one
+    /// are indexed (PostgreSQL itself is the judge): any number of videos
+    /// without one, a second video given an id already taken refused.
+    #[tokio::test]
+    async fn event_ids_stay_unique_and_unset_ones_cost_no_index_entry() {
+        let Some(db) = TestDb::create("event_ids").await else {
+            return;
+        };
+        let mut conn = db.conn().await;
+        exec(
+            &mut conn,
+            "INSERT INTO videos (video_id, enqueued_at, updated_at) \
+             VALUES ('a', 1, 1), ('b', 1, 1), ('c', 1, 1); \
+             UPDATE videos SET event_id = 'e1' WHERE video_id = 'a'",
+        )
+        .await;
+        let duplicate = sqlx::query("UPDATE videos SET event_id = 'e1' WHERE video_id = 'b'")
+            .execute(&mut *conn)
+            .await
+            .expect_err("a second video with the same event id");
+        let code = duplicate
+            .as_database_error()
+            .and_then(|err| err.code())
+            .map(|code| code.into_owned());
+        assert_eq!(code.as_deref(), Some("23505"), "{duplicate}");
+        let definition: String = sqlx::query_scalar(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'videos_event_id_key'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert!(
+            definition.starts_with("CREATE UNIQUE INDEX")
+                && definition.ends_with("WHERE (event_id IS NOT NULL)"),
+            "{definition}"
+        );
+        drop(conn);
+        db.drop_db().await;
+    }
+
     #[tokio::test]
     async fn enqueue_reports_repeats_and_conflicts_within_one_batch() {
         let Some(db) = TestDb::create("enqueue").await else {

@@ -11,8 +11,9 @@ use tracing::instrument;
 
 use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::records::{
-    DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord, FinishedRender, HourlyOutcomes,
-    RecentTransition, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
+    DeadDelivery, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord, FinishedRender,
+    HourlyOutcomes, PollingRecord, RecentTransition, TrackedRender, TransitionRecord, VideoDetails,
+    VideoRecord,
 };
 use crate::store::{Gauges, StoreError};
 
@@ -269,9 +270,49 @@ pub(crate) async fn recent_transitions(
     .await?)
 }
 
+/// Dead deliveries newest death first before the (`died_at`, id) cursor
+/// `before`: a backward walk of the partial index `deliveries_dead`
+/// (`updated_at`, `id`), whose predicate the `WHERE` repeats.
+#[instrument(skip(conn), level = "debug")]
+pub(crate) async fn dead_deliveries(
+    conn: &mut PgConnection,
+    before: Option<(i64, i64)>,
+    limit: u32,
+) -> Result<Vec<DeadDelivery>, StoreError> {
+    let (at, id) = before.unwrap_or((i64::MAX, i64::MAX));
+    Ok(sqlx::query_as::<_, DeadDelivery>(
+        "SELECT d.id, v.video_id, d.url, d.event_id, d.attempts, d.last_status, d.last_error, \
+                d.reason, d.updated_at AS died_at \
+         FROM deliveries d JOIN videos v ON v.id = d.video_rowid \
+         WHERE d.state = 'dead' AND (d.updated_at, d.id) < ($1, $2) \
+         ORDER BY d.updated_at DESC, d.id DESC LIMIT $3",
+    )
+    .bind(at)
+    .bind(id)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// What is stored of one video's polling, by row id.
+#[instrument(skip(conn), level = "debug")]
+pub(crate) async fn polling(
+    conn: &mut PgConnection,
+    video_rowid: i64,
+) -> Result<Option<PollingRecord>, StoreError> {
+    Ok(sqlx::query_as::<_, PollingRecord>(
+        "SELECT polled_at, unchanged_polls, error_streak, lease_until, hinted_at \
+         FROM videos WHERE id = $1",
+    )
+    .bind(video_rowid)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
 /// Terminal transitions per hour since `since`, oldest hour first: grouped
 /// here, over the partial index `transitions_terminal` (the `WHERE` repeats
 /// its predicate). `at` is never negative, so integer division floors.
+#[instrument(skip(conn), level = "debug")]
 pub(crate) async fn hourly_outcomes(
     conn: &mut PgConnection,
     since: Millis,

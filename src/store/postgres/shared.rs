@@ -281,6 +281,7 @@ pub async fn still_there(listener: &mut PgListener) -> Result<(), StoreError> {
 mod tests {
     use super::*;
     use crate::store::postgres::test_db::TestDb;
+    use crate::worker::MAX_IDLE_WAIT;
 
     const SECOND: Duration = Duration::from_secs(1);
 
@@ -455,10 +456,12 @@ mod tests {
         db.drop_db().await;
     }
 
-    /// Every relay's enqueues and pushes are announced on the videos
-    /// channel with the earliest due time, and queued callbacks on the
-    /// deliveries channel; a claim, which changes nothing anybody waits
-    /// for, announces nothing.
+    /// Every relay's enqueues of work due within an idle look
+    /// ([`MAX_IDLE_WAIT`] after their enqueue) and its pushes are
+    /// announced on the videos channel with the earliest due time, and
+    /// queued callbacks on the deliveries channel. Work due later, which an
+    /// idle relay finds by looking before it is due, and a claim, which
+    /// changes nothing anybody waits for, announce nothing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn new_work_is_announced_to_listeners() {
         let Some(db) = TestDb::create("new_work_is_announced").await else {
@@ -475,15 +478,36 @@ mod tests {
                     .unwrap()
             };
         }
+        let horizon = i64::try_from(MAX_IDLE_WAIT.as_millis()).unwrap();
+        let insert = |id: &'static str, enqueued_at: i64, due: i64| {
+            sqlx::query(
+                "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
+                 VALUES ($1, $2, $2, $3)",
+            )
+            .bind(id)
+            .bind(enqueued_at)
+            .bind(due)
+            .execute(&db.pool)
+        };
+        // Due just beyond the horizon: found by looking, not announced.
+        insert("late", 1_000, 1_000 + horizon + 1).await.unwrap();
         sqlx::query(
             "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
-             VALUES ('a', 1, 1, 7000), ('b', 1, 1, 5000)",
+             VALUES ('a', 1000, 1000, 7000), ('b', 1000, 1000, 1500)",
         )
         .execute(&db.pool)
         .await
         .unwrap();
+        // The first notification is this one: the insert before it sent none.
         let note = next!();
-        assert_eq!((note.channel(), note.payload()), (VIDEOS_CHANNEL, "5000"));
+        assert_eq!((note.channel(), note.payload()), (VIDEOS_CHANNEL, "1500"));
+        // Due exactly at the horizon: announced.
+        insert("edge", 2_000, 2_000 + horizon).await.unwrap();
+        let note = next!();
+        assert_eq!(
+            (note.channel(), note.payload()),
+            (VIDEOS_CHANNEL, (2_000 + horizon).to_string().as_str())
+        );
         // A claim-like update of the due time: nothing.
         sqlx::query("UPDATE videos SET next_poll_at = 9000, lease_until = 9000")
             .execute(&db.pool)

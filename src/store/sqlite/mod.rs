@@ -3,6 +3,7 @@
 //! own connection. The SQL dialect is SQLite's own (`jsonb_each` for
 //! set-based batches, `INDEXED BY` to pin plans, `BEGIN IMMEDIATE`).
 
+pub mod backup;
 pub mod file;
 pub mod lock;
 pub(super) mod mutations;
@@ -21,8 +22,9 @@ use tracing::instrument;
 use super::backend::{Dialect, Reads};
 use super::health::Health;
 use super::records::{
-    self, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord, FinishedRender, HourlyOutcomes,
-    RecentTransition, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
+    self, DeadDelivery, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord, FinishedRender,
+    HourlyOutcomes, PollingRecord, RecentTransition, TrackedRender, TransitionRecord, VideoDetails,
+    VideoRecord,
 };
 use super::{Gauges, StoreError};
 use crate::domain::{Millis, VideoId, VideoState};
@@ -41,6 +43,10 @@ const MAX_CONNECTIONS: u32 = 4;
 /// commit touches (index interiors, the newest leaves) are not read back
 /// from disk. Bounded, so memory does not grow with the database.
 const WRITER_CACHE_SIZE: &str = "-8192";
+
+/// The embedded migrations of the SQLite schema: applied at every open,
+/// and what `restore` compares a file's recorded migrations with.
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// SQLite's own words for a failed open, without sqlx's wrapping (which
 /// repeats them).
@@ -92,7 +98,7 @@ impl SqliteDatabase {
         let (pool, options) = Self::connect(path)
             .await
             .map_err(|err| open_error(sqlite_cause(&err)))?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        MIGRATOR.run(&pool).await?;
         // The pool's connection is open in WAL mode: `-wal` and `-shm`
         // exist, and keep their identity while a connection stays open
         // (the writer's, for the daemon's whole life).
@@ -343,7 +349,33 @@ impl Reads for SqliteDatabase {
             .map_err(|err| self.read_error(err))
     }
 
+    async fn dead_deliveries(
+        &self,
+        before: Option<(i64, i64)>,
+        limit: u32,
+    ) -> Result<Vec<DeadDelivery>, StoreError> {
+        self.health.check_file()?;
+        let (at, id) = before.unwrap_or((i64::MAX, i64::MAX));
+        sqlx::query_as::<_, DeadDelivery>(records::SELECT_DEAD_DELIVERIES)
+            .bind(at)
+            .bind(id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|err| self.read_error(err))
+    }
+
+    async fn polling(&self, video_rowid: i64) -> Result<Option<PollingRecord>, StoreError> {
+        self.health.check_file()?;
+        sqlx::query_as::<_, PollingRecord>(records::SELECT_POLLING)
+            .bind(video_rowid)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|err| self.read_error(err))
+    }
+
     async fn hourly_outcomes(&self, since: Millis) -> Result<Vec<HourlyOutcomes>, StoreError> {
+        self.health.check_file()?;
         sqlx::query_as::<_, HourlyOutcomes>(records::SELECT_HOURLY_OUTCOMES)
             .bind(since.0)
             .fetch_all(&self.pool)

@@ -10,13 +10,15 @@
 //!
 //! Every case is an `async fn case_…(store, writer)` in [`queue`] (enqueue,
 //! cancel, claims, releases), [`polls`] (poll results, pushes), [`outbox`]
-//! (callback deliveries) or [`reads`] (the read queries and readiness); the
+//! (callback deliveries), [`reads`] (the read queries and readiness) or
+//! [`console`] (the console's dead deliveries and polls); the
 //! `contract_cases!` list below instantiates each one per backend:
 //! `store_contract::sqlite::case_…` on a database file of its own, and
 //! `store_contract::postgres::case_…` on a database of its own on the
 //! throwaway PostgreSQL cluster, or skipped (loudly) without PostgreSQL's
 //! server binaries.
 
+mod console;
 mod outbox;
 mod polls;
 mod queue;
@@ -146,6 +148,8 @@ contract_cases!(
     reads::case_browse_videos_newest_first_by_prefix_and_state,
     reads::case_delivery_attempts_of_one_video,
     reads::case_readiness_succeeds_on_a_healthy_store,
+    console::case_dead_deliveries_newest_death_first_by_cursor,
+    console::case_polling_as_the_row_keeps_it,
 );
 
 // ---------------------------------------------------------------------------
