@@ -447,7 +447,8 @@ impl Learner {
 }
 
 impl Schedule {
-    fn model(&self, phase: Phase) -> &RenderTimes {
+    /// The distribution fitted for `phase` (the console draws its CDF).
+    pub fn model(&self, phase: Phase) -> &RenderTimes {
         match phase {
             Phase::FromStart => &self.from_start,
             Phase::FromRendering => &self.from_rendering,

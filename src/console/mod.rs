@@ -7,6 +7,7 @@
 //! - [`auth`]: login, logout, and the session of a request;
 //! - [`pages`]: the HTML (maud; every value escaped);
 //! - [`overview`]: the overview page's figures;
+//! - [`plots`]: the overview's plots, drawn as inline SVG;
 //! - [`videos`]: the videos list, one video's page and its buttons;
 //! - [`polls`]: the video page's account of its polling;
 //! - [`deliveries`]: the dead deliveries page and its redeliver buttons,
@@ -25,6 +26,7 @@ pub mod deliveries;
 pub mod limiter;
 pub mod overview;
 pub mod pages;
+pub mod plots;
 pub mod polls;
 pub mod session;
 pub mod videos;

@@ -6,7 +6,8 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::assets::CSS_PATH;
 use super::csrf;
-use super::overview::Overview;
+use super::overview::{HOURS_PLOTTED, Overview};
+use super::plots;
 use super::session::Session;
 use super::videos::{VideoList, VideoView, list_href, video_href};
 use crate::domain::{Millis, VideoState};
@@ -123,6 +124,12 @@ pub fn overview(view: &Overview, logout_csrf: Option<&str>) -> Markup {
                 }
             }
             p.muted { "Most overdue poll: " (format!("{:.1}", view.poll_lag_seconds)) " s late." }
+            h2 { "Completions and failures per hour" }
+            figure.plot {
+                (plots::outcomes_per_hour(&view.hours))
+                figcaption.muted { "Videos that completed or failed in each of the last "
+                    (HOURS_PLOTTED) " hours (UTC), from their recorded transitions; the last bar is the hour under way." }
+            }
             h2 { "Callback deliveries" }
             div.cards {
                 (card("deliveries-pending", "backlog (pending)", view.deliveries.pending, false))
@@ -137,6 +144,37 @@ pub fn overview(view: &Overview, logout_csrf: Option<&str>) -> Markup {
             }
             @if view.pause.is_none() {
                 p.muted id="no-pause" { "Polling is not paused." }
+            }
+            figure.plot {
+                (plots::budget_use(&view.requests, view.rate))
+                figcaption.muted id="budget-scope" {
+                    "Requests this relay sent to JoggAI per minute (counted in memory since it started), "
+                    "against the budget of " code { "jogg.requests_per_second" } " × 60."
+                    @if view.shared_budget {
+                        " On PostgreSQL the budget is shared by every relay on the database: "
+                        "the other relays' requests are not counted here."
+                    }
+                }
+            }
+            h2 { "Learned render times" }
+            div.plots {
+                @for curve in &view.render_times {
+                    figure.plot {
+                        (plots::render_times(curve))
+                        figcaption.muted {
+                            "Fraction of renders done by each time, " (curve.measures) " ("
+                            code { (curve.model) } ", " (curve.observations) " finished videos)"
+                            @if !curve.quantiles.is_empty() { ": " }
+                            @for (i, (p, seconds)) in curve.quantiles.iter().enumerate() {
+                                @if i > 0 { ", " }
+                                "p" ((p * 100.0).round() as u32) " "
+                                @if let Some(seconds) = seconds { (plots::duration_label(*seconds)) }
+                                @else { "unknown (beyond the longest render seen finished)" }
+                            }
+                            "."
+                        }
+                    }
+                }
             }
             h2 { "Recent transitions" }
             @if view.recent.is_empty() {

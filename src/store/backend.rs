@@ -22,8 +22,8 @@ use super::Gauges;
 use super::StoreError;
 use super::records::{
     CancelOutcome, DeadDelivery, DeliveryAttemptRecord, DeliveryCounts, EnqueueOutcome,
-    FinishedRender, HintOutcome, NewVideo, PollingRecord, PushHint, RecentTransition,
-    RedeliverOutcome, TrackedRender, VideoDetails, VideoRecord,
+    FinishedRender, HintOutcome, HourlyOutcomes, NewVideo, PollingRecord, PushHint,
+    RecentTransition, RedeliverOutcome, TrackedRender, VideoDetails, VideoRecord,
 };
 use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryRelease};
 use crate::domain::poll::{ClaimedVideo, PollUpdate, Ranker, Release};
@@ -229,6 +229,13 @@ pub(crate) trait Reads: Send + Sync {
         &self,
         video_rowid: i64,
     ) -> impl Future<Output = Result<Option<PollingRecord>, StoreError>> + Send;
+
+    /// Terminal transitions (to `completed`, to `failed`) counted per hour
+    /// since `since`, oldest hour first, empty hours left out.
+    fn hourly_outcomes(
+        &self,
+        since: Millis,
+    ) -> impl Future<Output = Result<Vec<HourlyOutcomes>, StoreError>> + Send;
 
     /// Closes the pool.
     fn close(&self) -> impl Future<Output = ()> + Send;

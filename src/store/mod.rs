@@ -37,8 +37,9 @@ pub use health::Unready;
 pub use lock::{DatabaseLock, LockError};
 pub use records::{
     CancelOutcome, ConflictingFields, DeadDelivery, DeliveryAttemptRecord, DeliveryCounts,
-    DeliveryRecord, EnqueueOutcome, FinishedRender, HintOutcome, NewVideo, PollingRecord, PushHint,
-    RecentTransition, RedeliverOutcome, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
+    DeliveryRecord, EnqueueOutcome, FinishedRender, HOUR_MILLIS, HintOutcome, HourlyOutcomes,
+    NewVideo, PollingRecord, PushHint, RecentTransition, RedeliverOutcome, TrackedRender,
+    TransitionRecord, VideoDetails, VideoRecord,
 };
 pub use writer::Writer;
 
@@ -335,6 +336,13 @@ impl Store {
     #[instrument(skip(self), level = "debug")]
     pub async fn polling(&self, video_rowid: i64) -> Result<Option<PollingRecord>, StoreError> {
         on_engine!(self, db => db.polling(video_rowid).await)
+    }
+
+    /// Videos completed and failed per hour (UTC) since `since`, oldest
+    /// hour first, hours with neither left out (the console's plot).
+    #[instrument(skip(self), level = "debug")]
+    pub async fn hourly_outcomes(&self, since: Millis) -> Result<Vec<HourlyOutcomes>, StoreError> {
+        on_engine!(self, db => db.hourly_outcomes(since).await)
     }
 
     /// The SQLite pool, for the store's unit tests and

@@ -143,6 +143,34 @@ pub(crate) const SELECT_RECENT_TRANSITIONS: &str = "SELECT v.video_id, t.kind, t
      FROM transitions t JOIN videos v ON v.id = t.video_rowid \
      ORDER BY t.id DESC LIMIT ?";
 
+/// Milliseconds in one hour: the width of [`HourlyOutcomes`]' buckets.
+pub const HOUR_MILLIS: i64 = 3_600_000;
+
+/// How many videos completed and failed in one hour (UTC), as counted from
+/// their terminal `state` transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct HourlyOutcomes {
+    /// The hour's start (milliseconds since the Unix epoch, a multiple of
+    /// [`HOUR_MILLIS`]).
+    pub hour: i64,
+    /// Transitions to `completed` in it.
+    pub completed: i64,
+    /// Transitions to `failed` in it.
+    pub failed: i64,
+}
+
+/// Terminal transitions per hour since `?` (inclusive), oldest hour first,
+/// hours without one left out. Grouped by the database, over the partial
+/// index `transitions_terminal` (whose predicate the `WHERE` repeats), so
+/// the overview's cost does not grow with the transitions kept. `at` is
+/// never negative, so integer division floors.
+pub(crate) const SELECT_HOURLY_OUTCOMES: &str = "SELECT (at / 3600000) * 3600000 AS hour, \
+     COUNT(*) FILTER (WHERE to_value = 'completed') AS completed, \
+     COUNT(*) FILTER (WHERE to_value = 'failed') AS failed \
+     FROM transitions INDEXED BY transitions_terminal \
+     WHERE kind = 'state' AND to_value IN ('completed', 'failed') AND at >= ? \
+     GROUP BY hour ORDER BY hour";
+
 /// Callback deliveries per state, over every video.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeliveryCounts {

@@ -11,7 +11,8 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-use crate::domain::VideoState;
+use super::request_rate::{MinuteCount, RequestsPerMinute};
+use crate::domain::{Millis, VideoState};
 use crate::jogg::PauseReason;
 use crate::store::Gauges;
 
@@ -123,6 +124,9 @@ pub struct RelayMetrics {
     /// Handles of the series updated on every poll and delivery, registered
     /// once: registering builds and hashes a key each time.
     hot: HotSeries,
+    /// Upstream requests per minute over the last hour (the console's
+    /// poll-budget plot).
+    requests: RequestsPerMinute,
 }
 
 /// Registered handles, by label value.
@@ -327,6 +331,7 @@ impl RelayMetrics {
             recorder,
             handle,
             hot,
+            requests: RequestsPerMinute::default(),
         }
     }
 
@@ -346,9 +351,16 @@ impl RelayMetrics {
         self.hot.completed_without_video_url.increment(1);
     }
 
-    /// One upstream request took `seconds`.
+    /// One upstream request took `seconds` (and was sent this minute).
     pub fn upstream_request(&self, seconds: f64) {
         self.hot.upstream_duration.record(seconds);
+        self.requests.record(Millis::now());
+    }
+
+    /// Upstream requests this process sent per minute, the last hour up
+    /// to `now`'s minute, oldest first.
+    pub fn upstream_requests_per_minute(&self, now: Millis) -> Vec<MinuteCount> {
+        self.requests.last_hour(now)
     }
 
     /// A poll waited `seconds` for the rate limiter.

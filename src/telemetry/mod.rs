@@ -12,6 +12,7 @@
 
 pub mod metrics;
 pub mod process;
+pub mod request_rate;
 
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,7 +10,7 @@ use jogg_relay::sim::{Ending, Fault, SimReceiver, Timeline};
 use serde_json::{Value, json};
 
 use crate::helpers::browser::{Browser, browser};
-use crate::helpers::{TOKEN, TestApp, spawn_app, spawn_app_with, spawn_manual_app};
+use crate::helpers::{TOKEN, TestApp, api_millis, spawn_app, spawn_app_with, spawn_manual_app};
 
 /// Logs in through the browser's form.
 pub(crate) async fn log_in(browser: &Browser, app: &TestApp, token: &str) {
@@ -902,6 +902,229 @@ async fn hostile_metadata_renders_inert_on_the_video_page() {
     assert_eq!(browser.text("#field-video-url").await, video_url);
     assert_eq!(browser.text("#field-cover-url").await, cover_url);
     assert!(browser.client.get_alert_text().await.is_err());
+    browser.finish().await;
+    app.stop().await;
+}
+
+/// Runs every active video to its end on the poller's clock from `at`:
+/// each step at the next due time, so that their transitions are
+/// recorded then (hours ago, for these plots), not at the wall clock.
+async fn run_from(app: &TestApp, at: Millis) {
+    let store = app.store().await;
+    for _ in 0..1_000 {
+        let Some(due) = store.next_poll_due().await.expect("next due time") else {
+            return;
+        };
+        app.step(due.max(at)).await;
+    }
+    panic!("videos still active after 1 000 steps");
+}
+
+/// The overview's plots show what the API and the simulator record:
+/// completions and failures per hour equal the terminal transitions that
+/// `GET /v1/videos/{id}` reports, counted per UTC hour (videos finished
+/// five and two hours ago and now); the render-time quantiles marked are
+/// those of `GET /v1/stats`; the requests drawn per minute add up to the
+/// requests the JoggAI simulator received, under the configured budget.
+#[tokio::test]
+async fn overview_plots_agree_with_the_api_and_the_simulator() {
+    let app = spawn_manual_app(|s| {
+        s.jogg.requests_per_second = 5.0;
+        s.jogg.burst = 5;
+    })
+    .await;
+    let sim = &app.sim.state;
+    let store = app.store().await;
+    let now = Millis::now();
+    const HOUR: i64 = 3_600_000;
+    // (ids, how long ago they ran): these answer `pending` (and some
+    // `processing`) before their end, so the learned render times spread.
+    let groups: [(&[&str], i64); 2] = [
+        (&["h5-ok-1", "h5-ok-2", "h5-bad-1"], 5 * HOUR),
+        (&["h2-ok-1", "h2-bad-1", "h2-bad-2", "h2-ok-2"], 2 * HOUR),
+    ];
+    for (ids, ago) in groups {
+        for (i, id) in ids.iter().enumerate() {
+            let processing = i as u32 % 3;
+            sim.script(
+                id,
+                if id.contains("bad") {
+                    Timeline::fails(1, processing)
+                } else {
+                    Timeline::completes(1, processing)
+                },
+            );
+            assert_eq!(app.enqueue(json!({"video_id": id})).await.status, 201);
+        }
+        let at = Millis(now.0 - ago);
+        store
+            .set_enqueue_times(ids, Millis(at.0 - 90_000), at)
+            .await
+            .expect("move the enqueue back");
+        run_from(&app, at).await;
+    }
+    for id in ["now-ok-1", "now-ok-2", "now-bad-1"] {
+        let timeline = if id.contains("bad") {
+            Timeline::fails(0, 0)
+        } else {
+            Timeline::completes(0, 0)
+        };
+        sim.script(id, timeline);
+        assert_eq!(app.enqueue(json!({"video_id": id})).await.status, 201);
+    }
+    app.step_until_idle().await;
+
+    // The oracle: each video's terminal transition as the API reports it,
+    // counted per UTC hour.
+    let mut per_hour = std::collections::BTreeMap::<i64, (u64, u64)>::new();
+    let ids = groups
+        .iter()
+        .flat_map(|(ids, _)| ids.iter().copied())
+        .chain(["now-ok-1", "now-ok-2", "now-bad-1"]);
+    for id in ids {
+        let video = app.video(id).await.json;
+        let ends: Vec<&Value> = video["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["kind"] == "state" && (t["to"] == "completed" || t["to"] == "failed"))
+            .collect();
+        assert_eq!(ends.len(), 1, "{id} ended once: {video}");
+        let hour = api_millis(&ends[0]["at"]).0.div_euclid(HOUR) * HOUR;
+        let counts = per_hour.entry(hour).or_default();
+        if ends[0]["to"] == "completed" {
+            counts.0 += 1;
+        } else {
+            counts.1 += 1;
+        }
+    }
+    let (completed, failed) = per_hour
+        .values()
+        .fold((0, 0), |(c, f), (dc, df)| (c + dc, f + df));
+    assert_eq!((completed, failed), (6, 4), "as the simulator was scripted");
+    assert!(per_hour.len() >= 3, "three hours at least: {per_hour:?}");
+    let stats = app.send("GET", "/v1/stats", None).await.json;
+    let requests = sim.request_count();
+
+    let Some(browser) = browser().await else {
+        app.stop().await;
+        return;
+    };
+    let hour_before = Millis::now().0.div_euclid(HOUR) * HOUR;
+    log_in(&browser, &app, TOKEN).await;
+    browser.wait_for("#plot-outcomes").await;
+    let hour_after = Millis::now().0.div_euclid(HOUR) * HOUR;
+    let drawn = browser
+        .attributes(
+            "svg#plot-outcomes > g.hour",
+            &["data-hour", "data-completed", "data-failed"],
+        )
+        .await;
+    assert_eq!(drawn.len(), 24, "the last 24 hours");
+    let last = api_millis(&json!(drawn[23][0])).0;
+    assert!(
+        last == hour_before || last == hour_after,
+        "the current hour last: {last}"
+    );
+    let drawn: std::collections::BTreeMap<i64, (u64, u64)> = drawn
+        .iter()
+        .map(|row| {
+            (
+                api_millis(&json!(row[0])).0,
+                (row[1].parse().unwrap(), row[2].parse().unwrap()),
+            )
+        })
+        .filter(|(_, counts)| *counts != (0, 0))
+        .collect();
+    assert_eq!(drawn, per_hour);
+    // One bar per non-zero count, each where the markup put it in the
+    // tree the browser parsed (a shape left open would nest the rest).
+    let bars = per_hour
+        .values()
+        .map(|(c, f)| usize::from(*c > 0) + usize::from(*f > 0))
+        .sum::<usize>();
+    assert_eq!(
+        browser
+            .count("svg#plot-outcomes > g.hour > rect[data-count]")
+            .await,
+        bars
+    );
+    assert_eq!(
+        browser
+            .count("svg#plot-outcomes > g.axis > text.tick")
+            .await,
+        browser
+            .count("svg#plot-outcomes > g.axis > line.grid")
+            .await
+    );
+
+    // The render-time quantiles: those of `/v1/stats`, model by model.
+    for model in stats["render_times"]["models"].as_array().unwrap() {
+        let name = model["model"].as_str().unwrap();
+        let marked = browser
+            .attributes(
+                &format!("svg#plot-render-{name} > g.quantile"),
+                &["data-p", "data-seconds"],
+            )
+            .await;
+        let expected: Vec<(String, f64)> = model["quantiles_seconds"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter_map(|(p, s)| Some((p.clone(), s.as_f64()?)))
+            .collect();
+        assert!(!expected.is_empty(), "{name} learned: {stats}");
+        let mut marked: Vec<(String, f64)> = marked
+            .iter()
+            .map(|row| {
+                let p: f64 = row[0].parse().unwrap();
+                (
+                    format!("p{}", (p * 100.0).round() as u32),
+                    row[1].parse().unwrap(),
+                )
+            })
+            .collect();
+        marked.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(marked.len(), expected.len(), "{name}: {marked:?}");
+        for ((p, drawn), (q, api)) in marked.iter().zip(&expected) {
+            assert_eq!(p, q);
+            assert!(
+                // The API rounds to the millisecond.
+                (drawn - api).abs() <= 0.000_51,
+                "{name} {p}: {drawn} vs {api}"
+            );
+        }
+        assert_eq!(
+            browser
+                .count(&format!("svg#plot-render-{name} polyline.cdf"))
+                .await,
+            1
+        );
+    }
+
+    // The requests drawn are those the simulator received (all within
+    // this minute or the few before), under a budget of 5/s.
+    let minutes = browser
+        .attributes("svg#plot-budget > g.minute", &["data-requests"])
+        .await;
+    assert_eq!(minutes.len(), 60);
+    let drawn: usize = minutes.iter().map(|m| m[0].parse::<usize>().unwrap()).sum();
+    assert_eq!(drawn, requests);
+    assert!(requests >= 3 * 2 + 4 * 2 + 3, "{requests}");
+    assert_eq!(
+        browser
+            .attributes("svg#plot-budget > line.budget", &["data-per-minute"])
+            .await,
+        [vec!["300".to_owned()]]
+    );
+    assert!(
+        !browser.text("#budget-scope").await.contains("PostgreSQL"),
+        "one relay on SQLite: its requests are all the requests"
+    );
+    // The whole overview: what README shows as docs/console-overview.png.
+    browser
+        .screenshot_tall("console-overview-plots", 2300)
+        .await;
     browser.finish().await;
     app.stop().await;
 }

@@ -11,8 +11,8 @@ use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::backend::{Dialect, Reads};
 use crate::store::health::Health;
 use crate::store::records::{
-    DeadDelivery, DeliveryAttemptRecord, DeliveryCounts, FinishedRender, PollingRecord,
-    RecentTransition, TrackedRender, VideoDetails, VideoRecord,
+    DeadDelivery, DeliveryAttemptRecord, DeliveryCounts, FinishedRender, HourlyOutcomes,
+    PollingRecord, RecentTransition, TrackedRender, VideoDetails, VideoRecord,
 };
 use crate::store::writer::WriterEngine;
 use crate::store::{Gauges, StoreError};
@@ -194,6 +194,14 @@ impl Reads for PostgresDatabase {
     async fn polling(&self, video_rowid: i64) -> Result<Option<PollingRecord>, StoreError> {
         on_pooled(&self.pool, |conn| {
             Box::pin(reads::polling(conn, video_rowid))
+        })
+        .await
+        .map_err(|err| self.read_error(err))
+    }
+
+    async fn hourly_outcomes(&self, since: Millis) -> Result<Vec<HourlyOutcomes>, StoreError> {
+        on_pooled(&self.pool, |conn| {
+            Box::pin(reads::hourly_outcomes(conn, since))
         })
         .await
         .map_err(|err| self.read_error(err))

@@ -12,7 +12,8 @@ use tracing::instrument;
 use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::records::{
     DeadDelivery, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord, FinishedRender,
-    PollingRecord, RecentTransition, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
+    HourlyOutcomes, PollingRecord, RecentTransition, TrackedRender, TransitionRecord, VideoDetails,
+    VideoRecord,
 };
 use crate::store::{Gauges, StoreError};
 
@@ -305,6 +306,27 @@ pub(crate) async fn polling(
     )
     .bind(video_rowid)
     .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// Terminal transitions per hour since `since`, oldest hour first: grouped
+/// here, over the partial index `transitions_terminal` (the `WHERE` repeats
+/// its predicate). `at` is never negative, so integer division floors.
+#[instrument(skip(conn), level = "debug")]
+pub(crate) async fn hourly_outcomes(
+    conn: &mut PgConnection,
+    since: Millis,
+) -> Result<Vec<HourlyOutcomes>, StoreError> {
+    Ok(sqlx::query_as::<_, HourlyOutcomes>(
+        "SELECT (at / 3600000) * 3600000 AS hour, \
+                COUNT(*) FILTER (WHERE to_value = 'completed') AS completed, \
+                COUNT(*) FILTER (WHERE to_value = 'failed') AS failed \
+         FROM transitions \
+         WHERE kind = 'state' AND to_value IN ('completed', 'failed') AND at >= $1 \
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind(since.0)
+    .fetch_all(&mut *conn)
     .await?)
 }
 

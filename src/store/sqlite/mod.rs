@@ -23,7 +23,8 @@ use super::backend::{Dialect, Reads};
 use super::health::Health;
 use super::records::{
     self, DeadDelivery, DeliveryAttemptRecord, DeliveryCounts, DeliveryRecord, FinishedRender,
-    PollingRecord, RecentTransition, TrackedRender, TransitionRecord, VideoDetails, VideoRecord,
+    HourlyOutcomes, PollingRecord, RecentTransition, TrackedRender, TransitionRecord, VideoDetails,
+    VideoRecord,
 };
 use super::{Gauges, StoreError};
 use crate::domain::{Millis, VideoId, VideoState};
@@ -369,6 +370,15 @@ impl Reads for SqliteDatabase {
         sqlx::query_as::<_, PollingRecord>(records::SELECT_POLLING)
             .bind(video_rowid)
             .fetch_optional(&self.pool)
+            .await
+            .map_err(|err| self.read_error(err))
+    }
+
+    async fn hourly_outcomes(&self, since: Millis) -> Result<Vec<HourlyOutcomes>, StoreError> {
+        self.health.check_file()?;
+        sqlx::query_as::<_, HourlyOutcomes>(records::SELECT_HOURLY_OUTCOMES)
+            .bind(since.0)
+            .fetch_all(&self.pool)
             .await
             .map_err(|err| self.read_error(err))
     }

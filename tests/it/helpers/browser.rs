@@ -204,6 +204,26 @@ impl Browser {
             .len()
     }
 
+    /// The attributes `names` of every element matching `css`, in
+    /// document order (`""` for one an element lacks).
+    pub async fn attributes(&self, css: &str, names: &[&str]) -> Vec<Vec<String>> {
+        let mut rows = Vec::new();
+        for element in self
+            .client
+            .find_all(Locator::Css(css))
+            .await
+            .expect("a search")
+        {
+            let mut row = Vec::new();
+            for name in names {
+                let value = element.attr(name).await.expect("an attribute read");
+                row.push(value.unwrap_or_default());
+            }
+            rows.push(row);
+        }
+        rows
+    }
+
     /// Types `text` into the field `css`.
     pub async fn fill(&self, css: &str, text: &str) {
         self.client
@@ -234,6 +254,16 @@ impl Browser {
         std::fs::write(&path, png).expect("write the screenshot");
         println!("screenshot: {}", path.display());
         path
+    }
+
+    /// [`Browser::screenshot`] in a window `height` pixels tall, for a page
+    /// longer than the usual window (the window keeps that height).
+    pub async fn screenshot_tall(&self, name: &str, height: u32) -> PathBuf {
+        self.client
+            .set_window_size(1280, height)
+            .await
+            .expect("the window resized");
+        self.screenshot(name).await
     }
 
     /// Ends the session (the browser quits) and the driver.

@@ -144,6 +144,7 @@ contract_cases!(
     reads::case_finished_renders_in_finish_order_with_a_cursor,
     reads::case_newest_renders_oldest_first,
     reads::case_delivery_counts_and_recent_transitions,
+    reads::case_hourly_outcomes_count_terminal_transitions_per_hour,
     reads::case_browse_videos_newest_first_by_prefix_and_state,
     reads::case_delivery_attempts_of_one_video,
     reads::case_readiness_succeeds_on_a_healthy_store,

@@ -7,8 +7,8 @@ use jogg_relay::domain::delivery::{AttemptRecord, DeliveryNext};
 use jogg_relay::domain::poll::{PollUpdate, UpstreamFields};
 use jogg_relay::domain::{Millis, VideoState};
 use jogg_relay::store::{
-    DeliveryCounts, FinishedRender, Gauges, PushHint, RecentTransition, Store, TrackedRender,
-    Writer,
+    DeliveryCounts, FinishedRender, Gauges, HOUR_MILLIS, HourlyOutcomes, PushHint,
+    RecentTransition, Store, TrackedRender, Writer,
 };
 
 use super::{HOOK, HOOK_2, OWN, details, ending, finish, id, names, ongoing, video};
@@ -466,6 +466,79 @@ pub(super) async fn case_delivery_counts_and_recent_transitions(store: &Store, w
     );
     assert_eq!(store.recent_transitions(10).await.unwrap().len(), 4);
     assert!(store.recent_transitions(0).await.unwrap().is_empty());
+}
+
+/// The console's plot of completions and failures per hour: terminal
+/// `state` transitions counted per UTC hour since a time (inclusive),
+/// oldest hour first, empty hours left out; the status transitions that
+/// come with them, abandonments and cancellations are not counted. The
+/// expectation is worked out by hand from the times chosen.
+pub(super) async fn case_hourly_outcomes_count_terminal_transitions_per_hour(
+    store: &Store,
+    writer: &Writer,
+) {
+    const H: i64 = HOUR_MILLIS;
+    assert!(store.hourly_outcomes(Millis(0)).await.unwrap().is_empty());
+    let finished = [
+        ("ho-before", 10 * H - 1, VideoState::Completed),
+        ("ho-c1", 10 * H + 5, VideoState::Completed),
+        ("ho-c2", 11 * H - 1, VideoState::Completed),
+        ("ho-f1", 11 * H, VideoState::Failed),
+        ("ho-a1", 11 * H + 5, VideoState::Abandoned),
+        ("ho-c3", 12 * H + 100, VideoState::Completed),
+        ("ho-f2", 12 * H + 200, VideoState::Failed),
+        ("ho-f3", 14 * H + 7, VideoState::Failed),
+    ];
+    for (raw, at, state) in finished {
+        finish(writer, video(raw, 0), at, state, &[HOOK]).await;
+    }
+    // Cancelled on the wall clock, long after every hour above.
+    writer
+        .enqueue(vec![video("ho-cancelled", 0)])
+        .await
+        .unwrap();
+    writer.cancel(id("ho-cancelled")).await.unwrap();
+
+    let hour = |hour: i64, completed: i64, failed: i64| HourlyOutcomes {
+        hour: hour * H,
+        completed,
+        failed,
+    };
+    assert_eq!(
+        store.hourly_outcomes(Millis(10 * H)).await.unwrap(),
+        [
+            hour(10, 2, 0),
+            hour(11, 0, 1),
+            hour(12, 1, 1),
+            hour(14, 0, 1)
+        ]
+    );
+    assert_eq!(
+        store.hourly_outcomes(Millis(0)).await.unwrap(),
+        [
+            hour(9, 1, 0),
+            hour(10, 2, 0),
+            hour(11, 0, 1),
+            hour(12, 1, 1),
+            hour(14, 0, 1)
+        ]
+    );
+    // `since` is inclusive, to the millisecond.
+    assert_eq!(
+        store.hourly_outcomes(Millis(11 * H)).await.unwrap(),
+        [hour(11, 0, 1), hour(12, 1, 1), hour(14, 0, 1)]
+    );
+    assert_eq!(
+        store.hourly_outcomes(Millis(11 * H + 1)).await.unwrap(),
+        [hour(12, 1, 1), hour(14, 0, 1)]
+    );
+    assert!(
+        store
+            .hourly_outcomes(Millis(14 * H + 8))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// The console's list: newest first (the reverse of insertion order)
