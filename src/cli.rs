@@ -397,7 +397,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::ExportRenders { output } => export_renders(&config, output.as_deref()).await,
             Command::Backup { file } => backup(&config, &file).await,
             Command::Restore { file } => restore(&config, &file).await,
-            Command::Docs(_) => unreachable!("answered before the configuration is loaded"),
+            // Answered before the configuration is loaded (above); answering
+            // again here keeps the match total without a panic path.
+            Command::Docs(docs) => docs.run(),
             Command::CheckConfig => {
                 tell!("configuration is valid");
                 for warning in config.startup_warnings() {
