@@ -19,6 +19,23 @@ pub(crate) async fn log_in(browser: &Browser, app: &TestApp, token: &str) {
     browser.click("#login").await;
 }
 
+/// A browser logged in to `app`'s console with the right token, on the
+/// overview; `None` where no browser is installed (`browser` has said so,
+/// loudly), and the test then ends.
+pub(crate) async fn logged_in(app: &TestApp) -> Option<Browser> {
+    let browser = browser().await?;
+    log_in(&browser, app, TOKEN).await;
+    browser.wait_for("#videos-active").await;
+    Some(browser)
+}
+
+/// [`logged_in`], then on the console page `path`.
+pub(crate) async fn logged_in_at(app: &TestApp, path: &str) -> Option<Browser> {
+    let browser = logged_in(app).await?;
+    browser.goto(&format!("{}{path}", app.base)).await;
+    Some(browser)
+}
+
 /// A response's status and headers, and its body as text.
 pub(crate) async fn fetch(
     app: &TestApp,
@@ -213,12 +230,10 @@ async fn overview_counts_equal_the_api() {
             .into();
     assert_eq!(api_deliveries, expected);
 
-    let Some(browser) = browser().await else {
+    let Some(browser) = logged_in(&app).await else {
         app.stop().await;
         return;
     };
-    log_in(&browser, &app, TOKEN).await;
-    browser.wait_for("#videos-active").await;
     assert_eq!(browser.path().await, "/ui/");
     for (state, count) in &api_states {
         assert_eq!(
@@ -407,12 +422,10 @@ async fn hostile_upstream_text_renders_inert() {
         .await;
     assert_eq!(app.video("xss-1").await.json["state"], "failed");
 
-    let Some(browser) = browser().await else {
+    let Some(browser) = logged_in(&app).await else {
         app.stop().await;
         return;
     };
-    log_in(&browser, &app, TOKEN).await;
-    browser.wait_for("#videos-active").await;
     assert_eq!(browser.path().await, "/ui/");
     assert_eq!(browser.count("#recent tbody tr").await, 3);
     assert_eq!(
@@ -530,12 +543,10 @@ async fn videos_are_found_by_id_prefix_and_open() {
         .collect();
     active.reverse();
 
-    let Some(browser) = browser().await else {
+    let Some(browser) = logged_in(&app).await else {
         app.stop().await;
         return;
     };
-    log_in(&browser, &app, TOKEN).await;
-    browser.wait_for("#videos-active").await;
     browser.click("#nav-videos").await;
     browser.wait_for("#filter").await;
     assert_eq!(browser.path().await, "/ui/videos");
@@ -575,15 +586,10 @@ async fn the_cancel_button_cancels_an_active_video() {
         201
     );
     assert_eq!(app.video("cancel-me").await.json["state"], "active");
-    let Some(browser) = browser().await else {
+    let Some(browser) = logged_in_at(&app, "/ui/videos/cancel-me").await else {
         app.stop().await;
         return;
     };
-    log_in(&browser, &app, TOKEN).await;
-    browser.wait_for("#videos-active").await;
-    browser
-        .goto(&format!("{}/ui/videos/cancel-me", app.base))
-        .await;
     browser.click("#cancel").await;
     browser.wait_for("#flash").await;
     assert_eq!(app.video("cancel-me").await.json["state"], "cancelled");
@@ -622,15 +628,10 @@ async fn the_redeliver_button_sends_the_callback_again() {
     assert_eq!(first.len(), 1);
     let event_id = first[0].event_id.clone().expect("an event id");
 
-    let Some(browser) = browser().await else {
+    let Some(browser) = logged_in_at(&app, "/ui/videos/again-1").await else {
         app.stop().await;
         return;
     };
-    log_in(&browser, &app, TOKEN).await;
-    browser.wait_for("#videos-active").await;
-    browser
-        .goto(&format!("{}/ui/videos/again-1", app.base))
-        .await;
     assert_eq!(browser.count("#cancel").await, 0, "a completed video");
     assert_eq!(browser.count(".attempts tbody tr").await, 1);
     browser.click("#redeliver").await;
@@ -773,13 +774,10 @@ async fn video_pages_visit_each_row_once() {
     assert_eq!(expected.len(), total);
     expected.reverse();
 
-    let Some(browser) = browser().await else {
+    let Some(browser) = logged_in_at(&app, "/ui/videos").await else {
         app.stop().await;
         return;
     };
-    log_in(&browser, &app, TOKEN).await;
-    browser.wait_for("#videos-active").await;
-    browser.goto(&format!("{}/ui/videos", app.base)).await;
     let mut seen = Vec::new();
     let mut pages = 0;
     loop {
@@ -861,15 +859,10 @@ async fn hostile_metadata_renders_inert_on_the_video_page() {
         (Some("completed"), Some(video_url))
     );
 
-    let Some(browser) = browser().await else {
+    let Some(browser) = logged_in_at(&app, "/ui/videos/xss-page").await else {
         app.stop().await;
         return;
     };
-    log_in(&browser, &app, TOKEN).await;
-    browser.wait_for("#videos-active").await;
-    browser
-        .goto(&format!("{}/ui/videos/xss-page", app.base))
-        .await;
     browser.wait_for("#metadata").await;
     assert_eq!(
         browser

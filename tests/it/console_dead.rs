@@ -9,9 +9,9 @@ use jogg_relay::domain::Millis;
 use jogg_relay::sim::{Ending, Fault, Received, SimReceiver, Timeline};
 use serde_json::{Value, json};
 
-use crate::console::{csrf_of, fetch, href_of, log_in, session_cookie};
-use crate::helpers::browser::{Browser, browser};
-use crate::helpers::{TOKEN, TestApp, api_millis, spawn_manual_app};
+use crate::console::{csrf_of, fetch, href_of, logged_in, logged_in_at, session_cookie};
+use crate::helpers::browser::Browser;
+use crate::helpers::{TestApp, api_millis, spawn_manual_app};
 
 /// The state of the one delivery of video `id`, as the API shows it.
 async fn delivery_state(app: &TestApp, id: &str) -> String {
@@ -89,12 +89,10 @@ async fn dead_videos(count: usize) -> (SimReceiver, TestApp, Vec<String>) {
 async fn dead_deliveries_are_listed_and_redelivered() {
     let total = PAGE_SIZE as usize + 3;
     let (receiver, app, ids) = dead_videos(total).await;
-    let Some(browser) = browser().await else {
+    let Some(browser) = logged_in(&app).await else {
         app.stop().await;
         return;
     };
-    log_in(&browser, &app, TOKEN).await;
-    browser.wait_for("#videos-active").await;
     browser.click("#nav-dead").await;
     browser.wait_for("#dead").await;
     assert_eq!(browser.path().await, "/ui/deliveries/dead");
@@ -272,15 +270,10 @@ async fn hostile_delivery_text_renders_inert_on_the_dead_page() {
     assert_eq!(video["deliveries"][0]["url"], url);
     assert_eq!(video["deliveries"][0]["last_error"], error);
 
-    let Some(browser) = browser().await else {
+    let Some(browser) = logged_in_at(&app, "/ui/deliveries/dead").await else {
         app.stop().await;
         return;
     };
-    log_in(&browser, &app, TOKEN).await;
-    browser.wait_for("#videos-active").await;
-    browser
-        .goto(&format!("{}/ui/deliveries/dead", app.base))
-        .await;
     browser.wait_for("#dead").await;
     assert_eq!(
         browser
@@ -320,12 +313,10 @@ async fn the_video_page_shows_its_polls() {
     app.step(Millis::now()).await;
     let api = app.video("polled-1").await.json;
     assert_eq!(api["upstream_status"], "processing");
-    let Some(browser) = browser().await else {
+    let Some(browser) = logged_in(&app).await else {
         app.stop().await;
         return;
     };
-    log_in(&browser, &app, TOKEN).await;
-    browser.wait_for("#videos-active").await;
     let page = format!("{}/ui/videos/polled-1", app.base);
     browser.goto(&page).await;
     browser.wait_for("#polls").await;
