@@ -56,11 +56,50 @@ use crate::domain::delivery::{AttemptRecord, ClaimedDelivery, DeliveryNext, Deli
 use crate::domain::poll::{ClaimedVideo, DueVideo, PollUpdate, RANKED_WINDOW, Ranker, Release};
 use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::StoreError;
+use crate::store::postgres::shared::VIDEOS_CHANNEL;
 use crate::store::records::{
     CancelOutcome, ConflictingFields, EnqueueOutcome, HintOutcome, NewVideo, PushHint,
     RedeliverOutcome,
 };
 use crate::store::rows::{ClaimedDeliveryRow, ClaimedVideoRow, DueVideoRow};
+use crate::worker::MAX_IDLE_WAIT;
+
+/// Tells every listening relay (itself included) when the earliest of the
+/// videos this call stored is due, if that is within an idle look
+/// ([`MAX_IDLE_WAIT`]) of `now`: another relay then takes it at once
+/// rather than at the end of its idle wait. Work due later is not
+/// announced: an idle relay looks at the database at least that often, so
+/// it finds that work before it is due, and a notification costs every
+/// listener's server process a wake-up (ARCHITECTURE.md, "The storage
+/// seam"). The usual enqueue (`polling.first_after` 10 s) sends nothing,
+/// and no trigger runs for it.
+///
+/// Inside a transaction the notification goes out at its commit; after an
+/// enqueue batch that committed alone, it follows that commit. Either way a
+/// listener that hears it finds the rows.
+async fn announce_if_due_soon(
+    conn: &mut PgConnection,
+    stored: &[&NewVideo],
+    inserted: &HashSet<String>,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let earliest = stored
+        .iter()
+        .filter(|video| inserted.contains(video.video_id.as_str()))
+        .map(|video| video.first_poll_at)
+        .min();
+    match earliest {
+        Some(due) if due <= now.plus(MAX_IDLE_WAIT) => {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(VIDEOS_CHANNEL)
+                .bind(due.0.to_string())
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Inserts `videos` in one statement; an id already tracked (or repeated
 /// earlier in the same call) is left as it is. Returns, in order, what
@@ -112,6 +151,7 @@ pub(crate) async fn insert_videos(
     .fetch_all(&mut *conn)
     .await?;
     let inserted: HashSet<String> = inserted.into_iter().collect();
+    announce_if_due_soon(conn, &unique, &inserted, now).await?;
     // The ids tracked already: usually none, and then no look-up at all.
     let skipped: Vec<&str> = ids
         .iter()

@@ -280,7 +280,10 @@ pub async fn still_there(listener: &mut PgListener) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::VideoId;
+    use crate::store::postgres::mutations::insert_videos;
     use crate::store::postgres::test_db::TestDb;
+    use crate::store::records::NewVideo;
     use crate::worker::MAX_IDLE_WAIT;
 
     const SECOND: Duration = Duration::from_secs(1);
@@ -457,7 +460,8 @@ mod tests {
     }
 
     /// Every relay's enqueues of work due within an idle look
-    /// ([`MAX_IDLE_WAIT`] after their enqueue) and its pushes are
+    /// ([`MAX_IDLE_WAIT`] after their enqueue; announced by the writer's
+    /// statements) and its pushes (a trigger) are
     /// announced on the videos channel with the earliest due time, and
     /// queued callbacks on the deliveries channel. Work due later, which an
     /// idle relay finds by looking before it is due, and a claim, which
@@ -479,35 +483,37 @@ mod tests {
             };
         }
         let horizon = i64::try_from(MAX_IDLE_WAIT.as_millis()).unwrap();
-        let insert = |id: &'static str, enqueued_at: i64, due: i64| {
-            sqlx::query(
-                "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
-                 VALUES ($1, $2, $2, $3)",
-            )
-            .bind(id)
-            .bind(enqueued_at)
-            .bind(due)
-            .execute(&db.pool)
-        };
+        let mut conn = db.pool.acquire().await.unwrap();
+        // Enqueues as the writer stores them: (id, first poll) at `now`.
+        async fn enqueue(conn: &mut sqlx::PgConnection, videos: &[(&str, i64)], now: i64) {
+            let videos: Vec<NewVideo> = videos
+                .iter()
+                .map(|(id, due)| NewVideo {
+                    video_id: VideoId::parse(id).unwrap(),
+                    callback_url: None,
+                    metadata: None,
+                    first_poll_at: Millis(*due),
+                })
+                .collect();
+            let videos: Vec<&NewVideo> = videos.iter().collect();
+            insert_videos(conn, &videos, Millis(now)).await.unwrap();
+        }
         // Due just beyond the horizon: found by looking, not announced.
-        insert("late", 1_000, 1_000 + horizon + 1).await.unwrap();
-        sqlx::query(
-            "INSERT INTO videos (video_id, enqueued_at, updated_at, next_poll_at) \
-             VALUES ('a', 1000, 1000, 7000), ('b', 1000, 1000, 1500)",
-        )
-        .execute(&db.pool)
-        .await
-        .unwrap();
-        // The first notification is this one: the insert before it sent none.
+        enqueue(&mut conn, &[("late", 1_000 + horizon + 1)], 1_000).await;
+        enqueue(&mut conn, &[("a", 7_000), ("b", 1_500)], 1_000).await;
+        // The first notification is this one: the enqueue before it sent none.
         let note = next!();
         assert_eq!((note.channel(), note.payload()), (VIDEOS_CHANNEL, "1500"));
-        // Due exactly at the horizon: announced.
-        insert("edge", 2_000, 2_000 + horizon).await.unwrap();
+        // Repeated: nothing stored, nothing announced.
+        enqueue(&mut conn, &[("b", 1_000)], 1_000).await;
+        // Due exactly at the horizon: announced (and the next notification).
+        enqueue(&mut conn, &[("edge", 2_000 + horizon)], 2_000).await;
         let note = next!();
         assert_eq!(
             (note.channel(), note.payload()),
             (VIDEOS_CHANNEL, (2_000 + horizon).to_string().as_str())
         );
+        drop(conn);
         // A claim-like update of the due time: nothing.
         sqlx::query("UPDATE videos SET next_poll_at = 9000, lease_until = 9000")
             .execute(&db.pool)
