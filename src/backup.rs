@@ -9,10 +9,12 @@
 //!   which is the atomic "never overwrite"), while the daemon keeps running
 //!   and without its lock.
 //! - `restore` takes the daemon's lock (so it refuses while `serve` runs,
-//!   and no `serve` starts halfway through), keeps the database it replaces
-//!   as `<database>.before-restore-<UTC time>` (with its write-ahead log, if
-//!   any, so nothing committed in it is lost), and renames the copy over the
-//!   database.
+//!   and no `serve` starts halfway through), folds the write-ahead log of
+//!   the database it replaces into its file (so nothing committed in it is
+//!   lost), links that file to `<database>.before-restore-<UTC time>`, and
+//!   renames the copy over the database: at every moment the database's
+//!   name holds a whole database. A database too damaged to fold is moved
+//!   to that name with its log instead.
 //!
 //! PostgreSQL databases are refused with a pointer to PostgreSQL's own
 //! tools, which do this job better than the relay could.
@@ -298,7 +300,15 @@ pub async fn restore(database: &DatabaseConfig, file: &Path) -> Result<Restored,
     copy::copy_into(file, &partial.path).await?;
     let summary = copy::finish_copy(&partial.path).await?;
     partial.sync()?;
-    let kept = keep_replaced(&target)?;
+    // Folded into one file, the replaced database is kept by a second name
+    // and the copy renamed over the first: at every moment the database's
+    // name holds a whole database. One too damaged to fold is moved aside
+    // with its log instead (a crash between the two renames would leave
+    // the name empty for a moment, which is no worse than what it held).
+    let kept = match copy::fold_log(&target).await {
+        Ok(()) => keep_by_link(&target)?,
+        Err(_) => keep_replaced(&target)?,
+    };
     std::fs::rename(&partial.path, &target).map_err(|source| BackupError::Io {
         action: "rename the restored copy to",
         path: target.clone(),
@@ -312,6 +322,43 @@ pub async fn restore(database: &DatabaseConfig, file: &Path) -> Result<Restored,
         videos: summary.videos,
         schema_version: summary.schema_version,
     })
+}
+
+/// Links the database at `target` (its log folded into it, held under the
+/// lock) to `<target>.before-restore-<UTC time>`, and removes its emptied
+/// log and its index, which the restored copy must not find beside it. An
+/// empty file (the one the lock creates when there was no database) is not
+/// worth keeping.
+fn keep_by_link(target: &Path) -> Result<Option<PathBuf>, BackupError> {
+    let io_error = |action, path: &Path| {
+        let path = path.to_owned();
+        move |source| BackupError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let empty = std::fs::metadata(target)
+        .map_err(io_error("examine", target))?
+        .len()
+        == 0;
+    let kept = if empty {
+        None
+    } else {
+        let kept = free_name(target);
+        std::fs::hard_link(target, &kept).map_err(io_error("keep", target))?;
+        sync_folder(folder_of(target))?;
+        Some(kept)
+    };
+    for companion in [suffixed(target, "-wal"), suffixed(target, "-shm")] {
+        match std::fs::remove_file(&companion) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                return Err(io_error("remove", &companion)(err));
+            }
+            _ => {}
+        }
+    }
+    Ok(kept)
 }
 
 /// Moves the database at `target` (held under the lock, so no connection

@@ -371,7 +371,30 @@ async fn restore_keeps_the_commits_a_killed_daemon_left_in_its_log() {
     assert_eq!(listed_ids(&config), ["k-1"]);
     assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
     let kept = kept_path(&restored);
+    // The log was folded into the kept file, which holds every commit
+    // alone: no log beside it.
+    let mut kept_log = kept.clone().into_os_string();
+    kept_log.push("-wal");
+    assert!(!std::path::Path::new(&kept_log).exists(), "{kept_log:?}");
     let kept_dir = tempfile::tempdir().unwrap();
     let kept_config = RelayConfig::new(kept_dir.path()).database(&kept).write();
     assert_eq!(listed_ids(&kept_config), ["k-1", "k-2"]);
+}
+
+/// A database too damaged to open is replaced too (restoring is what a
+/// damaged database is for), and kept as it was.
+#[tokio::test]
+async fn restore_replaces_a_damaged_database_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = database_with(dir.path(), &["d-1"]);
+    let copy = dir.path().join("copy.db");
+    let (code, _, stderr) = relay_command(&config, &["backup", copy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let damaged = b"SQLite format 3\0 and then nothing a database holds".repeat(64);
+    std::fs::write(dir.path().join("relay.db"), &damaged).unwrap();
+
+    let (code, restored, stderr) = relay_command(&config, &["restore", copy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(listed_ids(&config), ["d-1"]);
+    assert_eq!(std::fs::read(kept_path(&restored)).unwrap(), damaged);
 }

@@ -123,6 +123,27 @@ async fn connect(path: &Path, read_only: bool) -> Result<SqliteConnection, CopyE
         .map_err(sqlite_error(path))
 }
 
+/// Folds the write-ahead log of the database at `path` into the file and
+/// empties it (`wal_checkpoint(TRUNCATE)`), so that the file alone holds
+/// every commit and can be given another name without its log. Fails on a
+/// database too damaged to open or checkpoint, or one another connection
+/// keeps busy.
+pub async fn fold_log(path: &Path) -> Result<(), CopyError> {
+    let mut conn = connect(path, false).await?;
+    let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(sqlite_error(path))?;
+    conn.close().await.map_err(sqlite_error(path))?;
+    if busy != 0 {
+        return Err(CopyError::Sqlite {
+            path: path.to_owned(),
+            cause: "its write-ahead log could not be checkpointed: a connection is busy".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Whether `path` starts with SQLite's header; a file too short to hold
 /// one is not a database either.
 fn check_header(path: &Path) -> Result<(), CopyError> {
