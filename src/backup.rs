@@ -324,20 +324,30 @@ pub async fn restore(database: &DatabaseConfig, file: &Path) -> Result<Restored,
     })
 }
 
+/// The failure of `action` on `path`, for `map_err`.
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BackupError {
+    let path = path.to_owned();
+    move |source| BackupError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Removes `path` if it is there.
+fn remove_if_present(path: &Path) -> Result<(), BackupError> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(io_error("remove", path)(err)),
+        _ => Ok(()),
+    }
+}
+
 /// Links the database at `target` (its log folded into it, held under the
 /// lock) to `<target>.before-restore-<UTC time>`, and removes its emptied
 /// log and its index, which the restored copy must not find beside it. An
 /// empty file (the one the lock creates when there was no database) is not
 /// worth keeping.
 fn keep_by_link(target: &Path) -> Result<Option<PathBuf>, BackupError> {
-    let io_error = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| BackupError::Io {
-            action,
-            path,
-            source,
-        }
-    };
     let empty = std::fs::metadata(target)
         .map_err(io_error("examine", target))?
         .len()
@@ -350,14 +360,8 @@ fn keep_by_link(target: &Path) -> Result<Option<PathBuf>, BackupError> {
         sync_folder(folder_of(target))?;
         Some(kept)
     };
-    for companion in [suffixed(target, "-wal"), suffixed(target, "-shm")] {
-        match std::fs::remove_file(&companion) {
-            Err(err) if err.kind() != io::ErrorKind::NotFound => {
-                return Err(io_error("remove", &companion)(err));
-            }
-            _ => {}
-        }
-    }
+    remove_if_present(&suffixed(target, "-wal"))?;
+    remove_if_present(&suffixed(target, "-shm"))?;
     Ok(kept)
 }
 
@@ -368,14 +372,6 @@ fn keep_by_link(target: &Path) -> Result<Option<PathBuf>, BackupError> {
 /// `-shm` (an index SQLite rebuilds from the log). An empty file (the one
 /// the lock creates when there was no database) is not worth keeping.
 fn keep_replaced(target: &Path) -> Result<Option<PathBuf>, BackupError> {
-    let io_error = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| BackupError::Io {
-            action,
-            path,
-            source,
-        }
-    };
     let wal = suffixed(target, "-wal");
     let shm = suffixed(target, "-shm");
     let empty = std::fs::metadata(target)
@@ -397,12 +393,7 @@ fn keep_replaced(target: &Path) -> Result<Option<PathBuf>, BackupError> {
     if std::fs::metadata(&wal).is_ok_and(|wal| wal.len() == 0) {
         std::fs::remove_file(&wal).map_err(io_error("remove", &wal))?;
     }
-    match std::fs::remove_file(&shm) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => {
-            return Err(io_error("remove", &shm)(err));
-        }
-        _ => {}
-    }
+    remove_if_present(&shm)?;
     Ok(kept)
 }
 
