@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::adaptive::{Learner, SharedLearner};
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiShared, ApiState};
 use crate::config::Config;
 use crate::delivery::{ClientBuildError, Deliverer};
 use crate::jogg::{ClientError, JoggClient};
@@ -196,7 +196,7 @@ impl App {
     /// The API's shared state for this relay; `shutdown` marks it as
     /// shutting down (enqueues 503, `/readyz` 503).
     pub fn api_state(&self, shutdown: CancellationToken) -> ApiState {
-        ApiState {
+        ApiState::new(ApiShared {
             store: self.store.clone(),
             writer: self.writer.clone(),
             token: self.config.server.token.clone().map(Arc::new),
@@ -219,7 +219,7 @@ impl App {
             strategy: self.config.polling.strategy,
             shutdown,
             console: crate::console::Console::new(&self.config),
-        }
+        })
     }
 
     /// Takes the delivery worker out, like [`App::take_poller`].

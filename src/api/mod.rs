@@ -45,9 +45,33 @@ pub const SINGLE_BODY_LIMIT: usize = 64 * 1024;
 /// Largest body accepted by the batch endpoint.
 pub const BATCH_BODY_LIMIT: usize = 1024 * 1024;
 
-/// Everything the handlers share.
+/// The handlers' shared state: one reference-counted [`ApiShared`].
+///
+/// axum clones the state for every request, once per handler and once per
+/// `from_fn_with_state` layer it passes. Cloning the fields themselves was
+/// a dozen reference counts (and a lock, for the cancellation token) per
+/// clone, each touched by both worker threads: 15 % of a relay's CPU under
+/// single enqueues (BENCHMARKS.md, "One reference count per request").
 #[derive(Clone)]
-pub struct ApiState {
+pub struct ApiState(Arc<ApiShared>);
+
+impl ApiState {
+    /// Wraps `shared` for the routers.
+    pub fn new(shared: ApiShared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiShared;
+
+    fn deref(&self) -> &ApiShared {
+        &self.0
+    }
+}
+
+/// Everything the handlers share, behind [`ApiState`].
+pub struct ApiShared {
     /// Reads.
     pub store: Store,
     /// Writes (group commit).
