@@ -132,15 +132,17 @@ pub(crate) async fn list_videos(
     after: i64,
     limit: u32,
 ) -> Result<Vec<VideoRecord>, StoreError> {
+    let horizon = settled_horizon(conn).await?;
     let rows = match state {
         Some(state) => {
             sqlx::query_as::<_, VideoRecord>(concat!(
                 "SELECT ",
                 video_columns!(),
-                " FROM videos WHERE state = $1 AND id > $2 ORDER BY id LIMIT $3"
+                " FROM videos WHERE state = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4"
             ))
             .bind(state.as_str())
             .bind(after)
+            .bind(horizon)
             .bind(i64::from(limit))
             .fetch_all(&mut *conn)
             .await?
@@ -149,15 +151,56 @@ pub(crate) async fn list_videos(
             sqlx::query_as::<_, VideoRecord>(concat!(
                 "SELECT ",
                 video_columns!(),
-                " FROM videos WHERE id > $1 ORDER BY id LIMIT $2"
+                " FROM videos WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3"
             ))
             .bind(after)
+            .bind(horizon)
             .bind(i64::from(limit))
             .fetch_all(&mut *conn)
             .await?
         }
     };
     Ok(rows)
+}
+
+/// The key of the advisory lock that every INSERT into `videos` holds
+/// shared from before it draws a row id until it commits (the trigger of
+/// `migrations/postgres/0007_inserts_ordered_for_list_pages.sql`, which
+/// names the same number: the bytes of "joggvids").
+pub(crate) const VIDEO_INSERTS_LOCK: i64 = i64::from_be_bytes(*b"joggvids");
+
+/// How long a page waits for the inserts in flight to commit before it is
+/// refused (`55P03`, storage busy). They take milliseconds; a transaction
+/// left open by a frozen relay would otherwise hold the page, and every
+/// insert queued behind its request, for as long as it stays open.
+const HORIZON_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
+
+/// The highest row id up to which every row of `videos` is settled: no
+/// row with an id at or below it can still appear.
+///
+/// Ids are drawn when an INSERT runs and rows appear when it commits, so
+/// with several relays inserting, id 7 can appear after id 8 was listed,
+/// and a cursor past 8 would never show it. Taking the inserts' advisory
+/// lock exclusively waits for the inserts in flight and holds new ones
+/// back for the two statements below; once it is granted, every id drawn
+/// so far belongs to a finished transaction, and later ones will be
+/// higher than the highest id seen here. A page listed up to it then
+/// skips nothing a later page could not show.
+#[instrument(skip(conn), level = "debug")]
+pub(crate) async fn settled_horizon(conn: &mut PgConnection) -> Result<i64, StoreError> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    sqlx::query(HORIZON_LOCK_TIMEOUT).execute(&mut *tx).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(VIDEO_INSERTS_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    // A statement of its own: its snapshot is taken after the lock was
+    // granted, so it sees every insert that held the lock before.
+    let horizon: i64 = sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM videos")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(horizon)
 }
 
 /// A page of videos newest first (id descending) before row `before`, of
@@ -171,6 +214,13 @@ pub(crate) async fn browse_videos(
     before: Option<i64>,
     limit: u32,
 ) -> Result<Vec<VideoRecord>, StoreError> {
+    // The first page starts at the settled horizon: a row above it may
+    // still have a lower neighbour in flight, which would then appear
+    // inside the walk, above its cursor, and be skipped.
+    let before = match before {
+        Some(before) => before,
+        None => settled_horizon(conn).await?.saturating_add(1),
+    };
     Ok(sqlx::query_as::<_, VideoRecord>(concat!(
         "SELECT ",
         video_columns!(),
@@ -179,7 +229,7 @@ pub(crate) async fn browse_videos(
     ))
     .bind(state.map(VideoState::as_str))
     .bind(prefix)
-    .bind(before.unwrap_or(i64::MAX))
+    .bind(before)
     .bind(i64::from(limit))
     .fetch_all(&mut *conn)
     .await?)
@@ -553,6 +603,108 @@ mod tests {
         assert_eq!(states, ["cancelled", "abandoned"]);
         assert_eq!(newest[1].terminal_at, Some(100));
         drop(conn);
+        db.drop_db().await;
+    }
+
+    /// Ids of a page of records.
+    fn ids(rows: &[VideoRecord]) -> Vec<&str> {
+        rows.iter().map(|row| row.video_id.as_str()).collect()
+    }
+
+    /// Enqueues `id` on `conn` the way the writer does.
+    async fn enqueue(conn: &mut PgConnection, id: &str) {
+        let video = crate::store::records::NewVideo {
+            video_id: VideoId::parse(id).unwrap(),
+            callback_url: None,
+            metadata: None,
+            first_poll_at: Millis(1),
+        };
+        crate::store::postgres::mutations::insert_videos(conn, &[&video], Millis(1))
+            .await
+            .unwrap();
+    }
+
+    /// How many advisory lock requests wait, by PostgreSQL's own lock table.
+    async fn waiting_for_advisory_locks(conn: &mut PgConnection) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(conn)
+        .await
+        .unwrap()
+    }
+
+    /// Waits (polling PostgreSQL's lock table, at most 10 s) until `count`
+    /// advisory lock requests wait.
+    async fn until_waiting(conn: &mut PgConnection, count: i64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while waiting_for_advisory_locks(conn).await != count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{count} lock requests never waited"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Two relays insert at once: the one that drew the lower id commits
+    /// last. A page read in between waits for it rather than listing the
+    /// higher id alone, after which a cursor past it would never show the
+    /// lower one; the console's first page waits the same way.
+    #[tokio::test]
+    async fn pages_wait_for_lower_ids_still_being_inserted() {
+        let Some(db) = TestDb::create("settled_horizon").await else {
+            return;
+        };
+        let (mut first, mut second, mut watcher) =
+            (db.conn().await, db.conn().await, db.conn().await);
+        let mut slow = sqlx::Connection::begin(&mut *first).await.unwrap();
+        enqueue(&mut slow, "drawn-first").await;
+        // The other relay's insert is not held up by the one in flight.
+        enqueue(&mut second, "drawn-second").await;
+        let (mut for_list, mut for_browse) = (db.conn().await, db.conn().await);
+        let list = tokio::spawn(async move { list_videos(&mut for_list, None, 0, 100).await });
+        let browse =
+            tokio::spawn(async move { browse_videos(&mut for_browse, None, "", None, 100).await });
+        until_waiting(&mut watcher, 2).await;
+        assert!(!list.is_finished() && !browse.is_finished());
+        slow.commit().await.unwrap();
+        let listed = list.await.unwrap().unwrap();
+        assert_eq!(ids(&listed), ["drawn-first", "drawn-second"]);
+        let browsed = browse.await.unwrap().unwrap();
+        assert_eq!(ids(&browsed), ["drawn-second", "drawn-first"]);
+        // The next insert draws a higher id and is listed after them.
+        enqueue(&mut second, "drawn-third").await;
+        let after = listed.last().unwrap().id;
+        let next = list_videos(&mut second, None, after, 100).await.unwrap();
+        assert_eq!(ids(&next), ["drawn-third"]);
+        drop((first, second, watcher));
+        db.drop_db().await;
+    }
+
+    /// An insert left open (a relay frozen mid-transaction) costs a page a
+    /// refusal after the lock timeout, a contention error, not a hang; the
+    /// inserts queued behind the page's request go on once it gives up.
+    #[tokio::test]
+    async fn a_page_behind_an_insert_left_open_is_refused_and_others_go_on() {
+        let Some(db) = TestDb::create("settled_horizon_timeout").await else {
+            return;
+        };
+        let (mut first, mut second) = (db.conn().await, db.conn().await);
+        let mut frozen = sqlx::Connection::begin(&mut *first).await.unwrap();
+        enqueue(&mut frozen, "left-open").await;
+        let started = std::time::Instant::now();
+        let refused = list_videos(&mut second, None, 0, 100).await.unwrap_err();
+        let StoreError::Database(sqlx::Error::Database(cause)) = &refused else {
+            panic!("not a database error: {refused:?}");
+        };
+        assert_eq!(cause.code().as_deref(), Some("55P03"), "{refused}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        enqueue(&mut second, "goes-on").await;
+        frozen.rollback().await.unwrap();
+        let listed = list_videos(&mut second, None, 0, 100).await.unwrap();
+        assert_eq!(ids(&listed), ["goes-on"]);
+        drop((first, second));
         db.drop_db().await;
     }
 }
