@@ -14,6 +14,7 @@
 //!   strategy, on the reference workload.
 
 mod backend;
+mod load;
 mod relay;
 mod scale;
 mod schedule;

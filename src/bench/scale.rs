@@ -3,7 +3,8 @@
 //! database, and one table.
 //!
 //! Phases per scale, each on fresh relay processes over the same database:
-//! 1. enqueue: single requests (keep-alive, concurrent clients), then
+//! 1. enqueue: single requests (keep-alive, concurrent clients, each a bare
+//!    HTTP/1.1 connection: `load`), then
 //!    batches, until `scale` videos are tracked (never due: they are the
 //!    backlog the later phases run beside);
 //! 2. polls: a hot set of videos polled five times each with no budget;
@@ -20,6 +21,7 @@
 //! memory each relay's own (the table shows the largest; a second table
 //! shows every relay's CPU time per phase and peak RSS).
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -29,6 +31,7 @@ use secrecy::SecretString;
 use serde_json::json;
 
 use super::backend::{BenchBackend, Databases};
+use super::load;
 use super::relay::Fleet;
 use super::{SECRET, cell, enqueue_batches, percentile, script_videos, wait_until, write_config};
 use crate::config::WebhookSecret;
@@ -318,21 +321,27 @@ async fn run_scale(
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..CLIENTS {
-        let (client, next, bases) = (client.clone(), next.clone(), bases.clone());
+        let (next, bases) = (next.clone(), bases.clone());
         workers.push(tokio::spawn(async move {
+            // A keep-alive connection to each relay, opened on first use.
+            let mut connections: Vec<Option<load::Connection>> =
+                (0..bases.len()).map(|_| None).collect();
+            let mut body = String::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= singles {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let base = &bases[i % bases.len()];
-                let response = client
-                    .post(format!("{base}/v1/videos"))
-                    .json(&json!({"video_id": format!("backlog-{i}")}))
-                    .send()
-                    .await?;
-                if response.status() != 201 {
-                    bail!("enqueue answered {}", response.status());
+                let relay = i % bases.len();
+                let connection = match &mut connections[relay] {
+                    Some(connection) => connection,
+                    empty => empty.insert(load::Connection::open(&bases[relay]).await?),
+                };
+                body.clear();
+                write!(body, r#"{{"video_id":"backlog-{i}"}}"#)?;
+                let status = connection.post_json("/v1/videos", body.as_bytes()).await?;
+                if status != 201 {
+                    bail!("enqueue answered {status}");
                 }
             }
         }));
