@@ -146,6 +146,16 @@ mod tests {
         assert!(parse_head("HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").is_err());
     }
 
+    /// Reads from `socket` into `seen` until `marker` has arrived.
+    async fn read_until(socket: &mut TcpStream, seen: &mut Vec<u8>, marker: &[u8]) {
+        let mut chunk = [0u8; 1024];
+        while find(seen, marker).is_none() {
+            let read = socket.read(&mut chunk).await.unwrap();
+            assert!(read > 0, "the client closed the connection");
+            seen.extend_from_slice(&chunk[..read]);
+        }
+    }
+
     /// Answers split across reads, and two answers in one read, are each
     /// read whole: checked against a hand-written server on loopback.
     #[tokio::test]
@@ -155,12 +165,8 @@ mod tests {
         let server = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut seen = Vec::new();
-            let mut chunk = [0u8; 1024];
             // The first request, answered in two pieces.
-            while find(&seen, b"{\"a\":1}").is_none() {
-                let read = socket.read(&mut chunk).await.unwrap();
-                seen.extend_from_slice(&chunk[..read]);
-            }
+            read_until(&mut socket, &mut seen, b"{\"a\":1}").await;
             socket
                 .write_all(b"HTTP/1.1 201 Created\r\ncontent-le")
                 .await
@@ -169,10 +175,7 @@ mod tests {
             tokio::task::yield_now().await;
             socket.write_all(b"ngth: 5\r\n\r\nhello").await.unwrap();
             // The second, answered together with a third's answer.
-            while find(&seen, b"{\"b\":2}").is_none() {
-                let read = socket.read(&mut chunk).await.unwrap();
-                seen.extend_from_slice(&chunk[..read]);
-            }
+            read_until(&mut socket, &mut seen, b"{\"b\":2}").await;
             socket
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 409 Conflict\r\ncontent-length: 0\r\n\r\n")
                 .await
