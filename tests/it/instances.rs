@@ -11,6 +11,9 @@
 //! - the receiver's record: every acknowledged video's callback arrived,
 //!   signed, and every copy of it carries the same event id.
 //!
+//! The one exception, the list's paging while relays insert, is judged
+//! against the same list read again once nothing is being written.
+//!
 //! Each test skips loudly without PostgreSQL's server binaries (and fails
 //! under `JOGG_RELAY_REQUIRE_POSTGRES=1`). The kill test's seed comes from
 //! `JOGG_RELAY_TEST_SEED` (random, printed).
@@ -805,4 +808,124 @@ async fn a_database_that_falls_silent_is_given_up_on_and_its_replacement_used() 
         "silent for 30 s after SIGTERM without exiting; its last lines: {last_lines:#?}"
     );
     assert_eq!(relay.wait().code(), Some(0), "a clean shutdown");
+}
+
+/// A walk of `GET /v1/videos` through `relay`, `limit` a page, from
+/// `start` (a cursor) until `next_cursor` is null: the ids in the order
+/// listed, and the last cursor received with the id of the row it follows
+/// (the last of that full page), from which a later walk resumes.
+async fn walk_list(
+    relay: &RelayProcess,
+    limit: usize,
+    start: Option<&(String, String)>,
+) -> (Vec<String>, Option<(String, String)>) {
+    let mut ids = Vec::new();
+    let mut resume = start.cloned();
+    loop {
+        let path = match &resume {
+            Some((cursor, _)) => format!("/v1/videos?limit={limit}&cursor={cursor}"),
+            None => format!("/v1/videos?limit={limit}"),
+        };
+        let reply = relay.get(&path).await;
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        for video in reply.json["videos"].as_array().expect("videos") {
+            ids.push(video["video_id"].as_str().expect("video_id").to_owned());
+        }
+        match reply.json["next_cursor"].as_str() {
+            Some(next) => {
+                resume = Some((next.to_owned(), ids.last().expect("a full page").clone()))
+            }
+            None => return (ids, resume),
+        }
+    }
+}
+
+/// Three relays take single enqueues at once while a client walks the
+/// list's pages through each relay in turn, each walk resuming from the
+/// last cursor the one before received: near the newest rows, where a row
+/// still being inserted can have a lower id than one already committed
+/// (several writers draw ids in one order and commit in another). Judged
+/// against the settled list once the enqueues are over: each walk lists,
+/// once and in order, every video the settled list has between its start
+/// and its last id (rows added later may be missing, never rows passed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_walks_skip_nothing_while_three_relays_enqueue() {
+    const PER_RELAY: usize = 600;
+    const PAGE: usize = 20;
+    let Some(cluster) = scratch_postgres() else {
+        return;
+    };
+    let database = cluster.create_database().await.unwrap();
+    let sim = SimUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing is polled while the list is walked: the first poll is an
+    // hour away.
+    let config = RelayConfig::new(dir.path())
+        .extra(&format!(
+            "[jogg]\nbase_url = \"{}\"\napi_key = \"{SIM_API_KEY}\"\n\
+             [polling]\nfirst_after = \"1h\"\n",
+            sim.base_url
+        ))
+        .write();
+    let relays: Vec<RelayProcess> = (0..3).map(|_| start(&config, &database, &sim)).collect();
+    let count = relays.len();
+    let writing = std::sync::atomic::AtomicUsize::new(2 * count);
+    // Two clients per relay, so that each relay's commits carry several.
+    let writers = futures_util::future::join_all((0..2 * count).map(|client| {
+        let (relay, writing) = (&relays[client % count], &writing);
+        async move {
+            for i in (client / count..PER_RELAY).step_by(2) {
+                let id = format!("r{}-{i:04}", client % count);
+                let reply = relay.post("/v1/videos", json!({"video_id": id})).await;
+                assert_eq!(reply.status, 201, "{id}: {reply:?}");
+            }
+            writing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }));
+    let walker = async {
+        // (the id the walk resumed after, if any; the ids it listed)
+        let mut walks: Vec<(Option<String>, Vec<String>)> = Vec::new();
+        let mut resume: Option<(String, String)> = None;
+        while writing.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            let relay = &relays[walks.len() % count];
+            let (ids, last_full) = walk_list(relay, PAGE, resume.as_ref()).await;
+            walks.push((resume.as_ref().map(|(_, id)| id.clone()), ids));
+            resume = last_full.or(resume);
+        }
+        walks
+    };
+    let (_, walks) = tokio::join!(writers, walker);
+
+    let (settled, _) = walk_list(&relays[0], 100, None).await;
+    assert_eq!(settled.len(), count * PER_RELAY);
+    let position: HashMap<&str, usize> = settled
+        .iter()
+        .enumerate()
+        .map(|(at, id)| (id.as_str(), at))
+        .collect();
+    let mut rows_checked = 0;
+    for (n, (after, walk)) in walks.iter().enumerate() {
+        let from = after.as_ref().map_or(0, |id| position[id.as_str()] + 1);
+        let places: Vec<usize> = walk.iter().map(|id| position[id.as_str()]).collect();
+        assert!(
+            places.windows(2).all(|pair| pair[0] < pair[1]),
+            "walk {n} is not in the list's order, or lists a row twice: {walk:?}"
+        );
+        let Some(&last) = places.last() else {
+            continue;
+        };
+        assert!(places[0] >= from, "walk {n} went back before its cursor");
+        let listed: HashSet<&str> = walk.iter().map(String::as_str).collect();
+        let skipped: Vec<&String> = settled[from..last]
+            .iter()
+            .filter(|id| !listed.contains(id.as_str()))
+            .collect();
+        assert!(skipped.is_empty(), "walk {n} skipped {skipped:?}");
+        rows_checked += walk.len();
+    }
+    println!(
+        "{} walks beside the enqueues listed {rows_checked} rows",
+        walks.len()
+    );
+    assert!(walks.len() > 10, "too few walks ran beside the enqueues");
 }
