@@ -167,7 +167,7 @@ pub(crate) async fn list_videos(
 /// shared from before it draws a row id until it commits (the trigger of
 /// `migrations/postgres/0007_inserts_ordered_for_list_pages.sql`, which
 /// names the same number: the bytes of "joggvids").
-pub(crate) const VIDEO_INSERTS_LOCK: i64 = i64::from_be_bytes(*b"joggvids");
+const VIDEO_INSERTS_LOCK: i64 = i64::from_be_bytes(*b"joggvids");
 
 /// How long a page waits for the inserts in flight to commit before it is
 /// refused (`55P03`, storage busy). They take milliseconds; a transaction
@@ -187,7 +187,7 @@ const HORIZON_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
 /// higher than the highest id seen here. A page listed up to it then
 /// skips nothing a later page could not show.
 #[instrument(skip(conn), level = "debug")]
-pub(crate) async fn settled_horizon(conn: &mut PgConnection) -> Result<i64, StoreError> {
+async fn settled_horizon(conn: &mut PgConnection) -> Result<i64, StoreError> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     sqlx::query(HORIZON_LOCK_TIMEOUT).execute(&mut *tx).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
