@@ -602,10 +602,7 @@ pub async fn list(
             })?,
     };
     let rows = state.store.list_videos(filter, after, limit).await?;
-    // A full page may have more after it; a short page is the last.
-    let next_cursor = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|row| row.id.to_string()))
-        .flatten();
+    let next_cursor = next_page(&rows, limit, |row| row.id.to_string());
     let videos: Vec<VideoResource> = rows.into_iter().map(VideoResource::summary).collect();
     Ok(Json(VideoPage {
         videos,
@@ -617,4 +614,13 @@ fn first_poll_at(state: &ApiState) -> Millis {
     state
         .policy
         .first_poll_at(Millis::now(), fastrand::f64() * 2.0 - 1.0)
+}
+
+/// The cursor of the page after `rows`, made from its last row by
+/// `cursor`: a full page (`limit` rows) may have more after it, a short
+/// page is the last. The API's list and the console's lists page alike.
+pub(crate) fn next_page<T, C>(rows: &[T], limit: u32, cursor: impl FnOnce(&T) -> C) -> Option<C> {
+    rows.last()
+        .filter(|_| rows.len() == limit as usize)
+        .map(cursor)
 }

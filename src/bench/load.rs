@@ -10,6 +10,8 @@
 //! per request is the same either way: it parses a complete request and
 //! writes a complete answer.
 
+use std::io::Write as _;
+
 use anyhow::{Context as _, bail};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -52,15 +54,13 @@ impl Connection {
     /// the whole answer is read.
     pub(super) async fn post_json(&mut self, path: &str, body: &[u8]) -> anyhow::Result<u16> {
         self.request.clear();
-        self.request.extend_from_slice(
-            format!(
-                "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\n\r\n",
-                self.host,
-                body.len()
-            )
-            .as_bytes(),
-        );
+        write!(
+            self.request,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        )?;
         self.request.extend_from_slice(body);
         self.stream.write_all(&self.request).await?;
         self.read_answer().await

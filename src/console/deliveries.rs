@@ -12,12 +12,12 @@
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::videos::{form_session, page_response, param};
-use super::{ConsoleState, auth, dead_page, html_response, pages, store_failed};
-use crate::api::videos::redeliver_video;
+use super::videos::{bad_request, form_session, page_response, param};
+use super::{ConsoleState, auth, dead_page, store_failed};
+use crate::api::videos::{next_page, redeliver_video};
 use crate::domain::{MAX_VIDEO_ID_LEN, VideoId};
 use crate::store::{DeadDelivery, RedeliverOutcome};
 
@@ -109,14 +109,6 @@ fn parse_cursor(raw: &str) -> Option<(i64, i64)> {
     Some((at.parse().ok()?, id.parse().ok()?))
 }
 
-/// `400` with a page saying what was wrong.
-fn bad_request(message: &str) -> Response {
-    html_response(
-        StatusCode::BAD_REQUEST,
-        pages::message("Bad request", message),
-    )
-}
-
 /// `GET /ui/deliveries/dead?before=&redelivered=&skipped=`: dead
 /// deliveries newest death first; `before` is the previous page's last row
 /// (the "next" link carries it).
@@ -141,13 +133,9 @@ pub async fn list(
         Ok(rows) => rows,
         Err(err) => return store_failed(err),
     };
-    // A full page may have more after it; a short page is the last.
-    let next = (rows.len() == PAGE_SIZE as usize)
-        .then(|| {
-            rows.last()
-                .map(|row| page_href(Some((row.died_at, row.id))))
-        })
-        .flatten();
+    let next = next_page(&rows, PAGE_SIZE, |row| {
+        page_href(Some((row.died_at, row.id)))
+    });
     let view = DeadList {
         rows,
         next,

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::session::Session;
 use super::{ConsoleState, auth, csrf, html_response, pages, store_failed};
-use crate::api::videos::{cancel_video, redeliver_video};
+use crate::api::videos::{cancel_video, next_page, redeliver_video};
 use crate::domain::{Millis, VideoId, VideoState};
 use crate::store::{
     CancelOutcome, DeliveryAttemptRecord, PollingRecord, RedeliverOutcome, VideoDetails,
@@ -123,8 +123,8 @@ pub(super) fn param(query: Option<&str>, name: &str) -> Option<String> {
     csrf::form_field(query.unwrap_or_default().as_bytes(), name)
 }
 
-/// `400` with a page saying what was wrong in the query.
-fn bad_query(message: &str) -> Response {
+/// `400` with a page saying what was wrong in the query or the form.
+pub(super) fn bad_request(message: &str) -> Response {
     html_response(
         StatusCode::BAD_REQUEST,
         pages::message("Bad request", message),
@@ -185,7 +185,7 @@ pub async fn list(
         None | Some("") => None,
         Some(raw) => match raw.parse::<VideoState>() {
             Ok(filter) => Some(filter),
-            Err(err) => return bad_query(&err.to_string()),
+            Err(err) => return bad_request(&err.to_string()),
         },
     };
     let search = param(query, "q").unwrap_or_default().trim().to_owned();
@@ -195,7 +195,7 @@ pub async fn list(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
-        return bad_query(
+        return bad_request(
             "Search by a video id or its beginning: up to 128 letters, digits, '_' and '-'.",
         );
     }
@@ -203,7 +203,7 @@ pub async fn list(
         None | Some("") => None,
         Some(raw) => match raw.parse::<i64>() {
             Ok(before) if before > 0 => Some(before),
-            _ => return bad_query("'before' must be the row number of a \"next\" link."),
+            _ => return bad_request("'before' must be the row number of a \"next\" link."),
         },
     };
     let rows = match state
@@ -215,13 +215,9 @@ pub async fn list(
         Ok(rows) => rows,
         Err(err) => return store_failed(err),
     };
-    // A full page may have more after it; a short page is the last.
-    let next = (rows.len() == PAGE_SIZE as usize)
-        .then(|| {
-            rows.last()
-                .map(|row| list_href(filter, &search, Some(row.id)))
-        })
-        .flatten();
+    let next = next_page(&rows, PAGE_SIZE, |row| {
+        list_href(filter, &search, Some(row.id))
+    });
     let view = VideoList {
         state: filter,
         search,
