@@ -29,7 +29,7 @@ use crate::cli::CliError;
 use crate::config::{DatabaseBackend, DatabaseConfig};
 use crate::domain::Millis;
 use crate::store::sqlite::backup::{self as copy, CopyError};
-use crate::store::sqlite::file::create_private;
+use crate::store::sqlite::file::{companion, create_private};
 use crate::store::{DatabaseLock, LockError};
 
 /// Why `backup` or `restore` failed.
@@ -133,13 +133,6 @@ fn sqlite_path<'a>(
     }
 }
 
-/// `<path><suffix>`.
-fn suffixed(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
 /// The folder `path` is in (`.` for a bare file name).
 fn folder_of(path: &Path) -> &Path {
     path.parent()
@@ -162,15 +155,11 @@ struct Partial {
 impl Partial {
     /// Creates `<path>.partial-<pid>-<random>`.
     fn beside(path: &Path) -> Result<Self, BackupError> {
-        let partial = suffixed(
+        let partial = companion(
             path,
             &format!(".partial-{}-{:08x}", std::process::id(), fastrand::u32(..)),
         );
-        create_private(&partial).map_err(|source| BackupError::Io {
-            action: "create",
-            path: partial.clone(),
-            source,
-        })?;
+        create_private(&partial).map_err(io_error("create", &partial))?;
         Ok(Self {
             path: partial,
             keep: false,
@@ -181,11 +170,7 @@ impl Partial {
     fn sync(&self) -> Result<(), BackupError> {
         File::open(&self.path)
             .and_then(|file| file.sync_all())
-            .map_err(|source| BackupError::Io {
-                action: "sync",
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(io_error("sync", &self.path))
     }
 }
 
@@ -194,7 +179,7 @@ impl Drop for Partial {
         if !self.keep {
             let _ = std::fs::remove_file(&self.path);
             // A copy interrupted while changing its journal mode.
-            let _ = std::fs::remove_file(suffixed(&self.path, "-journal"));
+            let _ = std::fs::remove_file(companion(&self.path, "-journal"));
         }
     }
 }
@@ -211,11 +196,7 @@ fn sync_folder(folder: &Path) -> Result<(), BackupError> {
             tracing::debug!(error = %err, "cannot sync the folder");
             Ok(())
         }
-        Err(source) => Err(BackupError::Io {
-            action: "sync the folder",
-            path: folder.to_owned(),
-            source,
-        }),
+        Err(source) => Err(io_error("sync the folder", folder)(source)),
     }
 }
 
@@ -247,21 +228,13 @@ pub async fn backup(database: &DatabaseConfig, file: &Path) -> Result<Written, B
                 path: file.to_owned(),
             }
         } else {
-            BackupError::Io {
-                action: "create",
-                path: file.to_owned(),
-                source,
-            }
+            io_error("create", file)(source)
         }
     })?;
     drop(partial);
     sync_folder(folder_of(file))?;
     let bytes = std::fs::metadata(file)
-        .map_err(|source| BackupError::Io {
-            action: "examine",
-            path: file.to_owned(),
-            source,
-        })?
+        .map_err(io_error("examine", file))?
         .len();
     Ok(Written {
         path: file.to_owned(),
@@ -286,11 +259,7 @@ pub async fn restore(database: &DatabaseConfig, file: &Path) -> Result<Restored,
     // The lock created the file if it was missing, so it has a real path;
     // renaming over a symbolic link would replace the link, not the
     // database.
-    let target = std::fs::canonicalize(target).map_err(|source| BackupError::Io {
-        action: "resolve",
-        path: target.to_owned(),
-        source,
-    })?;
+    let target = std::fs::canonicalize(target).map_err(io_error("resolve", target))?;
     if std::fs::canonicalize(file).is_ok_and(|file| file == target) {
         return Err(BackupError::SameFile {
             path: file.to_owned(),
@@ -309,11 +278,8 @@ pub async fn restore(database: &DatabaseConfig, file: &Path) -> Result<Restored,
         Ok(()) => keep_by_link(&target)?,
         Err(_) => keep_replaced(&target)?,
     };
-    std::fs::rename(&partial.path, &target).map_err(|source| BackupError::Io {
-        action: "rename the restored copy to",
-        path: target.clone(),
-        source,
-    })?;
+    std::fs::rename(&partial.path, &target)
+        .map_err(io_error("rename the restored copy to", &target))?;
     partial.keep = true;
     sync_folder(folder_of(&target))?;
     Ok(Restored {
@@ -334,6 +300,15 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Back
     }
 }
 
+/// Whether the file at `path` is empty (the one the lock creates when
+/// there was no database is, and is not worth keeping).
+fn is_empty(path: &Path) -> Result<bool, BackupError> {
+    Ok(std::fs::metadata(path)
+        .map_err(io_error("examine", path))?
+        .len()
+        == 0)
+}
+
 /// Removes `path` if it is there.
 fn remove_if_present(path: &Path) -> Result<(), BackupError> {
     match std::fs::remove_file(path) {
@@ -348,11 +323,7 @@ fn remove_if_present(path: &Path) -> Result<(), BackupError> {
 /// empty file (the one the lock creates when there was no database) is not
 /// worth keeping.
 fn keep_by_link(target: &Path) -> Result<Option<PathBuf>, BackupError> {
-    let empty = std::fs::metadata(target)
-        .map_err(io_error("examine", target))?
-        .len()
-        == 0;
-    let kept = if empty {
+    let kept = if is_empty(target)? {
         None
     } else {
         let kept = free_name(target);
@@ -360,8 +331,8 @@ fn keep_by_link(target: &Path) -> Result<Option<PathBuf>, BackupError> {
         sync_folder(folder_of(target))?;
         Some(kept)
     };
-    remove_if_present(&suffixed(target, "-wal"))?;
-    remove_if_present(&suffixed(target, "-shm"))?;
+    remove_if_present(&companion(target, "-wal"))?;
+    remove_if_present(&companion(target, "-shm"))?;
     Ok(kept)
 }
 
@@ -372,26 +343,23 @@ fn keep_by_link(target: &Path) -> Result<Option<PathBuf>, BackupError> {
 /// `-shm` (an index SQLite rebuilds from the log). An empty file (the one
 /// the lock creates when there was no database) is not worth keeping.
 fn keep_replaced(target: &Path) -> Result<Option<PathBuf>, BackupError> {
-    let wal = suffixed(target, "-wal");
-    let shm = suffixed(target, "-shm");
-    let empty = std::fs::metadata(target)
-        .map_err(io_error("examine", target))?
-        .len()
-        == 0;
+    let wal = companion(target, "-wal");
+    let shm = companion(target, "-shm");
     let wal_empty = std::fs::metadata(&wal).map_or(true, |wal| wal.len() == 0);
-    let kept = if empty && wal_empty {
+    let kept = if is_empty(target)? && wal_empty {
         None
     } else {
         let kept = free_name(target);
         std::fs::rename(target, &kept).map_err(io_error("keep", target))?;
         if !wal_empty {
-            std::fs::rename(&wal, suffixed(&kept, "-wal")).map_err(io_error("keep", &wal))?;
+            std::fs::rename(&wal, companion(&kept, "-wal")).map_err(io_error("keep", &wal))?;
         }
         Some(kept)
     };
-    // An empty log holds nothing; it goes with the index.
-    if std::fs::metadata(&wal).is_ok_and(|wal| wal.len() == 0) {
-        std::fs::remove_file(&wal).map_err(io_error("remove", &wal))?;
+    // An empty log holds nothing; it goes with the index (a log that held
+    // something was moved to the kept name above).
+    if wal_empty {
+        remove_if_present(&wal)?;
     }
     remove_if_present(&shm)?;
     Ok(kept)
@@ -408,13 +376,13 @@ fn free_name(target: &Path) -> PathBuf {
         .chars()
         .filter(|c| c.is_ascii_digit() || *c == 'T')
         .collect();
-    let base = suffixed(target, &format!(".before-restore-{stamp}Z"));
-    let taken = |path: &Path| occupied(path) || occupied(&suffixed(path, "-wal"));
+    let base = companion(target, &format!(".before-restore-{stamp}Z"));
+    let taken = |path: &Path| occupied(path) || occupied(&companion(path, "-wal"));
     if !taken(&base) {
         return base;
     }
     (2..)
-        .map(|n| suffixed(&base, &format!("-{n}")))
+        .map(|n| companion(&base, &format!("-{n}")))
         .find(|candidate| !taken(candidate))
         .expect("an unused name")
 }

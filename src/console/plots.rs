@@ -13,6 +13,7 @@
 use maud::{Markup, html};
 
 use crate::domain::Millis;
+use crate::store::HOUR_MILLIS;
 use crate::telemetry::request_rate::MinuteCount;
 
 /// The `viewBox` width: every plot is drawn on a 640 × 220 canvas.
@@ -33,9 +34,6 @@ const PLOT_W: f64 = WIDTH - LEFT - RIGHT;
 const PLOT_H: f64 = HEIGHT - TOP - BOTTOM;
 /// The y of the x axis (the baseline of bars).
 const BASE_Y: f64 = TOP + PLOT_H;
-
-/// Milliseconds in one hour.
-const HOUR_MILLIS: i64 = 3_600_000;
 
 /// A coordinate as written into the SVG: one decimal is finer than any
 /// screen shows the 640-wide canvas.
@@ -146,15 +144,16 @@ pub fn outcomes_per_hour(hours: &[HourBar]) -> Markup {
         .map(|h| h.completed.max(h.failed))
         .max()
         .unwrap_or(0);
-    let total: u64 = hours.iter().map(|h| h.completed + h.failed).sum();
+    let completed: u64 = hours.iter().map(|h| h.completed).sum();
+    let failed: u64 = hours.iter().map(|h| h.failed).sum();
+    let total = completed + failed;
     let (top, step) = nice_axis(max as f64, true);
     let slot = PLOT_W / hours.len().max(1) as f64;
     let bar = slot * 0.38;
     let label = format!(
-        "Videos completed and failed per hour (UTC), the last {} hours: {} completed, {} failed",
+        "Videos completed and failed per hour (UTC), the last {} hours: {completed} completed, \
+         {failed} failed",
         hours.len(),
-        hours.iter().map(|h| h.completed).sum::<u64>(),
-        hours.iter().map(|h| h.failed).sum::<u64>(),
     );
     canvas(
         "plot-outcomes",

@@ -174,8 +174,9 @@ impl Watched {
     }
 }
 
-/// `<database><suffix>`, the name SQLite gives a companion file.
-fn companion(database: &Path, suffix: &str) -> PathBuf {
+/// `<database><suffix>`, the name SQLite gives a companion file (and the
+/// relay its lock file and backup names).
+pub(crate) fn companion(database: &Path, suffix: &str) -> PathBuf {
     let mut name = OsString::from(database.as_os_str());
     name.push(suffix);
     PathBuf::from(name)

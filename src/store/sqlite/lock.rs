@@ -24,7 +24,6 @@
 //! crashed daemon never leaves a stale lock behind; the file itself stays
 //! (removing it would let two processes lock two different files).
 
-use std::ffi::OsString;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -76,9 +75,7 @@ pub struct DatabaseLock {
 /// The lock file of the database at the canonical path `database`: that
 /// path with `.lock` appended.
 pub fn lock_path(database: &Path) -> PathBuf {
-    let mut name = OsString::from(database.as_os_str());
-    name.push(".lock");
-    PathBuf::from(name)
+    super::file::companion(database, ".lock")
 }
 
 impl DatabaseLock {
