@@ -129,6 +129,11 @@ pub enum Command {
         /// Single enqueue requests per scale.
         #[arg(long, default_value_t = 20_000)]
         single_requests: usize,
+        /// Concurrent clients sending the single enqueue requests, each
+        /// waiting for its answer before the next (with several instances,
+        /// spread over them in turn).
+        #[arg(long, default_value_t = crate::bench::DEFAULT_CLIENTS, conflicts_with = "schedule")]
+        clients: usize,
         /// Videos in the poll phase (five polls each).
         #[arg(long, default_value_t = 4_000)]
         hot_videos: usize,
@@ -359,6 +364,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Command::Bench {
                 scales,
                 single_requests,
+                clients,
                 hot_videos,
                 delivery_videos,
                 budget_seconds,
@@ -369,6 +375,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 let options = crate::bench::BenchOptions {
                     scales,
                     single_requests,
+                    clients,
                     hot_videos,
                     delivery_videos,
                     budget_window: std::time::Duration::from_secs(budget_seconds),

@@ -20,7 +20,7 @@ mod scale;
 mod schedule;
 
 pub use backend::BenchBackend;
-pub use scale::{BenchOptions, run};
+pub use scale::{BenchOptions, DEFAULT_CLIENTS, run};
 pub use schedule::{ScheduleOptions, StrategyChoice, run_schedule};
 
 use std::path::{Path, PathBuf};

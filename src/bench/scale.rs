@@ -37,8 +37,8 @@ use super::{SECRET, cell, enqueue_batches, percentile, script_videos, wait_until
 use crate::config::WebhookSecret;
 use crate::sim::{SimReceiver, SimUpstream, Timeline};
 
-/// Concurrent clients for single enqueues.
-const CLIENTS: usize = 64;
+/// Concurrent clients for single enqueues, unless `--clients` says.
+pub const DEFAULT_CLIENTS: usize = 64;
 /// Budget of the compliance phase.
 const BUDGET_RATE: f64 = 200.0;
 const BUDGET_BURST: u32 = 20;
@@ -54,6 +54,9 @@ pub struct BenchOptions {
     pub scales: Vec<usize>,
     /// Single enqueue requests per scale (at most the scale).
     pub single_requests: usize,
+    /// Concurrent clients sending the single requests, each waiting for
+    /// its answer before it sends the next (spread over the relays).
+    pub clients: usize,
     /// Videos in the poll phase.
     pub hot_videos: usize,
     /// Videos in the delivery phase.
@@ -79,6 +82,9 @@ impl BenchOptions {
                  (its lock file), so several cannot share it",
                 self.instances
             ));
+        }
+        if self.clients == 0 {
+            return Err("--clients must be at least 1".into());
         }
         if self.instances > MAX_INSTANCES {
             return Err(format!(
@@ -303,7 +309,7 @@ async fn run_scale(
         WebhookSecret::parse(SecretString::from(SECRET), "callbacks.secret").expect("valid");
     let receiver = SimReceiver::start(Some(secret)).await?;
     let client = crate::outbound::client_builder()
-        .pool_max_idle_per_host(CLIENTS)
+        .pool_max_idle_per_host(DEFAULT_CLIENTS)
         .build()?;
     let mut row = Row {
         scale,
@@ -320,7 +326,7 @@ async fn run_scale(
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..CLIENTS {
+    for _ in 0..options.clients {
         let (next, bases) = (next.clone(), bases.clone());
         workers.push(tokio::spawn(async move {
             // A keep-alive connection to each relay, opened on first use.
@@ -588,10 +594,11 @@ mod tests {
     }
 
     #[test]
-    fn several_instances_need_postgres() {
+    fn options_out_of_range_are_refused_naming_their_flag() {
         let options = |backend, instances| BenchOptions {
             scales: vec![1],
             single_requests: 1,
+            clients: 1,
             hot_videos: 1,
             delivery_videos: 1,
             budget_window: Duration::from_secs(1),
@@ -607,6 +614,15 @@ mod tests {
         let problem = options(BenchBackend::Sqlite, 3).check().unwrap_err();
         assert!(
             problem.contains("--instances 3 needs --backend postgres"),
+            "{problem}"
+        );
+        let no_clients = BenchOptions {
+            clients: 0,
+            ..options(BenchBackend::Sqlite, 1)
+        };
+        let problem = no_clients.check().unwrap_err();
+        assert!(
+            problem.contains("--clients must be at least 1"),
             "{problem}"
         );
         for backend in [BenchBackend::Sqlite, BenchBackend::Postgres] {

@@ -492,6 +492,8 @@ fn a_tiny_benchmark_runs() {
             "300",
             "--single-requests",
             "100",
+            "--clients",
+            "3",
             "--hot-videos",
             "100",
             "--delivery-videos",
@@ -506,6 +508,8 @@ fn a_tiny_benchmark_runs() {
         .lines()
         .find(|l| l.starts_with("| 300 |"))
         .unwrap_or_else(|| panic!("{stdout}"));
+    let single_per_s = row.split('|').nth(2).map(str::trim).unwrap_or_default();
+    assert!(single_per_s.parse::<f64>().is_ok(), "{row}");
     // Budget violations are a correctness figure, not a speed one.
     assert_eq!(row.split('|').nth(8).map(str::trim), Some("0"), "{row}");
 }
@@ -659,6 +663,9 @@ fn scale_benchmark_options_are_checked() {
         stderr.contains("--instances must be at least 1"),
         "{stderr}"
     );
+    let (code, _, stderr) = run_binary(&["bench", "--clients", "0"], &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--clients must be at least 1"), "{stderr}");
     let (code, _, stderr) = run_binary(
         &["bench", "--backend", "postgres", "--instances", "13"],
         &[],
