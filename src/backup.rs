@@ -326,7 +326,7 @@ fn keep_by_link(target: &Path) -> Result<Option<PathBuf>, BackupError> {
     let kept = if is_empty(target)? {
         None
     } else {
-        let kept = free_name(target);
+        let kept = free_name(target, Millis::now());
         std::fs::hard_link(target, &kept).map_err(io_error("keep", target))?;
         sync_folder(folder_of(target))?;
         Some(kept)
@@ -349,7 +349,7 @@ fn keep_replaced(target: &Path) -> Result<Option<PathBuf>, BackupError> {
     let kept = if is_empty(target)? && wal_empty {
         None
     } else {
-        let kept = free_name(target);
+        let kept = free_name(target, Millis::now());
         std::fs::rename(target, &kept).map_err(io_error("keep", target))?;
         if !wal_empty {
             std::fs::rename(&wal, companion(&kept, "-wal")).map_err(io_error("keep", &wal))?;
@@ -365,10 +365,11 @@ fn keep_replaced(target: &Path) -> Result<Option<PathBuf>, BackupError> {
     Ok(kept)
 }
 
-/// `<target>.before-restore-<YYYYMMDDTHHMMSSZ>`, with `-2`, `-3`, … when
-/// restores within one second already took the name.
-fn free_name(target: &Path) -> PathBuf {
-    let stamp: String = Millis::now()
+/// `<target>.before-restore-<YYYYMMDDTHHMMSSZ>` for the UTC second of
+/// `now`, with `-2`, `-3`, … when restores within one second already took
+/// the name (or its log's).
+fn free_name(target: &Path, now: Millis) -> PathBuf {
+    let stamp: String = now
         .to_rfc3339()
         .split('.')
         .next()
@@ -385,4 +386,105 @@ fn free_name(target: &Path) -> PathBuf {
         .map(|n| companion(&base, &format!("-{n}")))
         .find(|candidate| !taken(candidate))
         .expect("an unused name")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_folder_of_a_bare_file_name_is_the_current_one() {
+        assert_eq!(folder_of(Path::new("relay.db")), Path::new("."));
+        assert_eq!(folder_of(Path::new("data/relay.db")), Path::new("data"));
+        assert_eq!(
+            folder_of(Path::new("/var/lib/jogg-relay/relay.db")),
+            Path::new("/var/lib/jogg-relay")
+        );
+    }
+
+    /// The name is stamped with the UTC second (1,000,000,000 s after the
+    /// epoch is 2001-09-09 01:46:40 UTC), and a name is taken when it or
+    /// its log exists: a kept database must never meet a stranger's log.
+    #[test]
+    fn a_kept_name_carries_the_utc_second_and_skips_names_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("relay.db");
+        let now = Millis(1_000_000_000_123);
+        let first = dir.path().join("relay.db.before-restore-20010909T014640Z");
+        assert_eq!(free_name(&target, now), first);
+
+        std::fs::write(&first, b"kept").unwrap();
+        let second = dir
+            .path()
+            .join("relay.db.before-restore-20010909T014640Z-2");
+        assert_eq!(free_name(&target, now), second);
+
+        std::fs::write(
+            dir.path()
+                .join("relay.db.before-restore-20010909T014640Z-2-wal"),
+            b"log",
+        )
+        .unwrap();
+        let third = dir
+            .path()
+            .join("relay.db.before-restore-20010909T014640Z-3");
+        assert_eq!(free_name(&target, now), third);
+
+        std::fs::remove_file(&first).unwrap();
+        std::fs::write(
+            dir.path()
+                .join("relay.db.before-restore-20010909T014640Z-wal"),
+            b"log",
+        )
+        .unwrap();
+        assert_eq!(free_name(&target, now), third, "a log alone takes its name");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_partial_copy_is_private_and_gone_unless_kept() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("copy.db");
+        let partial = Partial::beside(&target).unwrap();
+        let mode = std::fs::metadata(&partial.path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let journal = companion(&partial.path, "-journal");
+        std::fs::write(&journal, b"journal").unwrap();
+        drop(partial);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        let mut partial = Partial::beside(&target).unwrap();
+        partial.keep = true;
+        let path = partial.path.clone();
+        drop(partial);
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn remove_if_present_ignores_only_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relay.db-shm");
+        remove_if_present(&file).unwrap();
+        std::fs::write(&file, b"index").unwrap();
+        remove_if_present(&file).unwrap();
+        assert!(!file.exists());
+        // Below a regular file: not "missing", a failure to report.
+        let under_a_file = dir.path().join("plain");
+        std::fs::write(&under_a_file, b"").unwrap();
+        let err = remove_if_present(&under_a_file.join("x")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BackupError::Io {
+                    action: "remove",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
 }

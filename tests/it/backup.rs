@@ -366,10 +366,15 @@ async fn restore_keeps_the_commits_a_killed_daemon_left_in_its_log() {
     let wal = dir.path().join("relay.db-wal");
     assert!(std::fs::metadata(&wal).unwrap().len() > 0);
 
+    let shm = dir.path().join("relay.db-shm");
+    assert!(shm.exists());
     let (code, restored, stderr) = relay_command(&config, &["restore", copy.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
+    // The replaced database's log and index are gone: the restored copy
+    // must not be opened with them.
+    assert!(!wal.exists(), "log left beside the restored copy");
+    assert!(!shm.exists(), "index left beside the restored copy");
     assert_eq!(listed_ids(&config), ["k-1"]);
-    assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
     let kept = kept_path(&restored);
     // The log was folded into the kept file, which holds every commit
     // alone: no log beside it.
@@ -392,9 +397,29 @@ async fn restore_replaces_a_damaged_database_and_keeps_it() {
     assert_eq!(code, 0, "{stderr}");
     let damaged = b"SQLite format 3\0 and then nothing a database holds".repeat(64);
     std::fs::write(dir.path().join("relay.db"), &damaged).unwrap();
+    // Its log may hold what a repair needs: it goes with the database.
+    let log = b"a log no one could fold".repeat(64);
+    let (wal, shm) = (
+        dir.path().join("relay.db-wal"),
+        dir.path().join("relay.db-shm"),
+    );
+    std::fs::write(&wal, &log).unwrap();
+    std::fs::write(&shm, b"an index").unwrap();
 
     let (code, restored, stderr) = relay_command(&config, &["restore", copy.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !wal.exists(),
+        "the damaged log left beside the restored copy"
+    );
+    assert!(
+        !shm.exists(),
+        "the damaged index left beside the restored copy"
+    );
+    let kept = kept_path(&restored);
+    assert_eq!(std::fs::read(&kept).unwrap(), damaged);
+    let mut kept_log = kept.into_os_string();
+    kept_log.push("-wal");
+    assert_eq!(std::fs::read(&kept_log).unwrap(), log, "{kept_log:?}");
     assert_eq!(listed_ids(&config), ["d-1"]);
-    assert_eq!(std::fs::read(kept_path(&restored)).unwrap(), damaged);
 }

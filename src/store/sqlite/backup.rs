@@ -113,11 +113,21 @@ fn sqlite_error(path: &Path) -> impl Fn(sqlx::Error) -> CopyError + '_ {
 
 /// Opens `path`, never creating it; read-only when `read_only`.
 async fn connect(path: &Path, read_only: bool) -> Result<SqliteConnection, CopyError> {
+    connect_waiting(path, read_only, BUSY_TIMEOUT).await
+}
+
+/// [`connect`], waiting at most `patience` for a lock another connection
+/// holds.
+async fn connect_waiting(
+    path: &Path,
+    read_only: bool,
+    patience: Duration,
+) -> Result<SqliteConnection, CopyError> {
     SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(false)
         .read_only(read_only)
-        .busy_timeout(BUSY_TIMEOUT)
+        .busy_timeout(patience)
         .connect()
         .await
         .map_err(sqlite_error(path))
@@ -129,7 +139,12 @@ async fn connect(path: &Path, read_only: bool) -> Result<SqliteConnection, CopyE
 /// database too damaged to open or checkpoint, or one another connection
 /// keeps busy.
 pub async fn fold_log(path: &Path) -> Result<(), CopyError> {
-    let mut conn = connect(path, false).await?;
+    fold_log_waiting(path, BUSY_TIMEOUT).await
+}
+
+/// [`fold_log`], waiting at most `patience` for busy connections.
+async fn fold_log_waiting(path: &Path, patience: Duration) -> Result<(), CopyError> {
+    let mut conn = connect_waiting(path, false, patience).await?;
     let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
         .fetch_one(&mut conn)
         .await
@@ -375,6 +390,64 @@ mod tests {
             assert!(matches!(err, CopyError::Incompatible { .. }), "{err}");
             assert!(err.to_string().contains(expected), "{err}");
         }
+    }
+
+    /// A log that a reader still needs cannot be emptied: the fold must
+    /// say so (restore then keeps the log beside the replaced database)
+    /// rather than let the log be thrown away with commits in it.
+    #[tokio::test]
+    async fn a_log_a_reader_still_needs_is_not_reported_folded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        relay_database(&path).await;
+        let mut writer = connect(&path, false).await.unwrap();
+        sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(&mut writer)
+            .await
+            .unwrap();
+        sqlx::query("PRAGMA wal_autocheckpoint = 0")
+            .execute(&mut writer)
+            .await
+            .unwrap();
+        let mut reader = connect(&path, true).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
+        let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM videos")
+            .fetch_one(&mut reader)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE later (x)")
+            .execute(&mut writer)
+            .await
+            .unwrap();
+        let wal = dir.path().join("relay.db-wal");
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+
+        let err = fold_log_waiting(&path, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("a connection is busy"), "{err}");
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0, "log emptied");
+
+        sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
+        reader.close().await.unwrap();
+        writer.close().await.unwrap();
+        fold_log(&path).await.unwrap();
+        assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
+    }
+
+    /// An empty file (what the daemon's lock leaves where no database was)
+    /// is no database at all, though SQLite would open it as an empty one.
+    #[tokio::test]
+    async fn an_empty_file_is_not_a_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        std::fs::write(&path, b"").unwrap();
+        let err = inspect(&path).await.unwrap_err();
+        assert!(matches!(err, CopyError::NotSqlite { .. }), "{err}");
+        let copy = dir.path().join("copy.db");
+        std::fs::write(&copy, b"").unwrap();
+        let err = copy_into(&path, &copy).await.unwrap_err();
+        assert!(matches!(err, CopyError::NotSqlite { .. }), "{err}");
     }
 
     #[tokio::test]
