@@ -92,16 +92,29 @@ pub struct ServerSettings {
 }
 
 /// `[database]` as written.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
     /// `sqlite://path/to/file.db` or `postgres://user:password@host/db`;
     /// shown (by `check-config`, in logs) with any password redacted.
-    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
     /// File holding the URL (it may carry a password), instead of `url`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub url_file: Option<PathBuf>,
+}
+
+/// As `check-config` shows it: the URL with any password redacted, or,
+/// when the URL comes from a file, only that file (`url` then holds a
+/// default the relay does not use).
+impl Serialize for DatabaseSettings {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut section = serializer.serialize_struct("DatabaseSettings", 1)?;
+        match &self.url_file {
+            Some(file) => section.serialize_field("url_file", file)?,
+            None => section.serialize_field("url", &redact_database_url(&self.url))?,
+        }
+        section.end()
+    }
 }
 
 impl fmt::Debug for DatabaseSettings {
@@ -111,13 +124,6 @@ impl fmt::Debug for DatabaseSettings {
             .field("url_file", &self.url_file)
             .finish()
     }
-}
-
-fn serialize_redacted_url<S: serde::Serializer>(
-    url: &str,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&redact_database_url(url))
 }
 
 /// `url` with its password (in the authority, or a `password` query

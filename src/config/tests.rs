@@ -1060,7 +1060,18 @@ fn the_database_url_can_come_from_a_file() {
         url.expose_secret(),
         "postgres://relay:s3cret-pw@localhost/relay"
     );
-    assert!(!settings.to_redacted_toml().contains("s3cret"));
+    // The file is shown, not the default `url` it stands in for.
+    let shown = settings.to_redacted_toml();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    let database: toml::Table = toml::from_str::<toml::Table>(&shown).unwrap()["database"]
+        .as_table()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        database.get("url_file").and_then(toml::Value::as_str),
+        Some(file.to_str().unwrap())
+    );
+    assert!(!database.contains_key("url"), "{shown}");
 
     std::fs::write(
         &file,
