@@ -435,6 +435,34 @@ mod tests {
         assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
     }
 
+    /// Another program built on the same migration tool numbers its first
+    /// migration 1 too: a version alone does not make a relay database.
+    #[tokio::test]
+    async fn another_programs_migrations_are_not_the_relays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.db");
+        let mut conn = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .connect()
+            .await
+            .unwrap();
+        for statement in [
+            "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+             installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL, \
+             checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)",
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (1, 'create notes', TRUE, x'0badc0de', 1)",
+            "CREATE TABLE notes (body TEXT)",
+        ] {
+            sqlx::query(statement).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+        let err = inspect(&path).await.unwrap_err();
+        assert!(matches!(err, CopyError::NotRelay { .. }), "{err}");
+        assert!(err.to_string().contains("another program"), "{err}");
+    }
+
     /// An empty file (what the daemon's lock leaves where no database was)
     /// is no database at all, though SQLite would open it as an empty one.
     #[tokio::test]
