@@ -401,14 +401,9 @@ mod tests {
         let path = dir.path().join("relay.db");
         relay_database(&path).await;
         let mut writer = connect(&path, false).await.unwrap();
-        sqlx::query("PRAGMA journal_mode = WAL")
-            .execute(&mut writer)
-            .await
-            .unwrap();
-        sqlx::query("PRAGMA wal_autocheckpoint = 0")
-            .execute(&mut writer)
-            .await
-            .unwrap();
+        for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA wal_autocheckpoint = 0"] {
+            sqlx::query(pragma).execute(&mut writer).await.unwrap();
+        }
         let mut reader = connect(&path, true).await.unwrap();
         sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
         let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM videos")
