@@ -473,6 +473,16 @@ mod tests {
         assert!(matches!(err, CopyError::NotSqlite { .. }), "{err}");
     }
 
+    /// A path that cannot be read is reported with the system's reason,
+    /// not as a file of the wrong kind.
+    #[tokio::test]
+    async fn an_unreadable_path_is_reported_with_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = inspect(dir.path()).await.unwrap_err();
+        assert!(matches!(err, CopyError::Sqlite { .. }), "{err}");
+        assert!(err.to_string().contains("directory"), "{err}");
+    }
+
     #[tokio::test]
     async fn a_short_file_is_not_a_database() {
         let dir = tempfile::tempdir().unwrap();
