@@ -651,6 +651,98 @@ mod tests {
         assert!(svg.contains("median 10 s"));
     }
 
+    /// Every number of the attribute `name` in `svg`.
+    fn numbers(svg: &str, name: &str) -> Vec<f64> {
+        svg.match_indices(&format!(" {name}=\""))
+            .map(|(i, found)| {
+                let value = &svg[i + found.len()..];
+                value[..value.find('"').unwrap()].parse().unwrap()
+            })
+            .collect()
+    }
+
+    /// Every mark, label and axis lies on the 640 × 220 canvas the viewBox
+    /// declares, at full scale (the tallest bar, the budget line, the
+    /// slowest render, the last hour and minute): nothing is drawn off it
+    /// and no size is negative.
+    #[test]
+    fn everything_is_drawn_on_the_canvas() {
+        let hours: Vec<HourBar> = (0..24)
+            .map(|i| HourBar {
+                hour: Millis(HOUR_MILLIS * (1000 + i)),
+                completed: (i as u64 * 7) % 50,
+                failed: (i as u64 * 3) % 11,
+            })
+            .collect();
+        let minutes: Vec<MinuteCount> = (0..60)
+            .map(|i| MinuteCount {
+                minute: Millis(60_000 * i),
+                requests: ((i * 37) % 900) as u32,
+            })
+            .collect();
+        let curve = RenderTimeCurve {
+            model: "from_start",
+            measures: "from the start",
+            observations: 500,
+            points: (0..=30)
+                .map(|i| (10f64.powf(f64::from(i) / 10.0), f64::from(i) / 30.0))
+                .collect(),
+            quantiles: vec![(0.1, Some(2.0)), (0.5, Some(30.0)), (0.99, Some(900.0))],
+        };
+        for svg in [
+            outcomes_per_hour(&hours),
+            budget_use(&minutes, 10.0),
+            budget_use(&minutes, 20.0),
+            render_times(&curve),
+        ] {
+            let svg = svg.into_string();
+            assert!(svg.contains("viewBox=\"0 0 640 220\""), "{svg}");
+            for (name, limit) in [
+                ("x", 640.0),
+                ("x1", 640.0),
+                ("x2", 640.0),
+                ("cx", 640.0),
+                ("width", 640.0),
+                ("y", 220.0),
+                ("y1", 220.0),
+                ("y2", 220.0),
+                ("cy", 220.0),
+                ("height", 220.0),
+            ] {
+                for value in numbers(&svg, name) {
+                    assert!((0.0..=limit).contains(&value), "{name}={value} in {svg}");
+                }
+            }
+            for rect in ["completed", "failed", "requests"] {
+                let open = format!("<rect class=\"{rect}\"");
+                let (xs, widths) = (
+                    floats(attributes(&svg, &open, "x")),
+                    floats(attributes(&svg, &open, "width")),
+                );
+                let (ys, heights) = (
+                    floats(attributes(&svg, &open, "y")),
+                    floats(attributes(&svg, &open, "height")),
+                );
+                for (x, width) in xs.iter().zip(&widths) {
+                    assert!(x + width <= 640.05, "{rect} ends at {}", x + width);
+                }
+                for (y, height) in ys.iter().zip(&heights) {
+                    assert!(y + height <= 220.05, "{rect} ends at {}", y + height);
+                }
+            }
+            for points in attributes(&svg, "<polyline", "points") {
+                for point in points.split(' ') {
+                    let (x, y) = point.split_once(',').unwrap();
+                    let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+                    assert!(
+                        (0.0..=640.0).contains(&x) && (0.0..=220.0).contains(&y),
+                        "{point}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn durations_read_in_their_unit() {
         assert_eq!(duration_label(0.25), "250 ms");

@@ -236,6 +236,36 @@ async fn dead_page_buttons_need_the_csrf_token() {
         .await;
         assert_eq!(status, 400, "{cursor}");
     }
+    // More than a page at once is refused; a page's worth is not (these
+    // ids are not tracked: each is skipped).
+    let page_of = |count: usize| -> String {
+        (0..count).fold(format!("csrf={csrf}"), |form, i| {
+            form + &format!("&video=not-tracked-{i}")
+        })
+    };
+    let (status, _, body) = fetch(
+        &app,
+        "POST",
+        path,
+        Some(&cookie),
+        Some(&page_of(PAGE_SIZE as usize + 1)),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("At most one page"), "{body}");
+    let (status, headers, _) = fetch(
+        &app,
+        "POST",
+        path,
+        Some(&cookie),
+        Some(&page_of(PAGE_SIZE as usize)),
+    )
+    .await;
+    let skipped = format!("/ui/deliveries/dead?redelivered=0&skipped={PAGE_SIZE}");
+    assert_eq!(
+        (status, headers["location"].to_str().unwrap()),
+        (303, skipped.as_str())
+    );
     assert_eq!(dead_per_api(&app, &ids).await, ids, "nothing was queued");
 
     // With the token: both queued, an unknown video skipped.
