@@ -565,6 +565,18 @@ mod tests {
         assert!(svg.contains("No video completed or failed"));
         assert!(!svg.contains("<rect class=\"completed\" x"), "no bar");
         assert_eq!(attributes(&svg, "<g class=\"hour\"", "data-hour").len(), 24);
+        // One kind of outcome alone is not "nothing".
+        for (completed, failed) in [(4, 0), (0, 4)] {
+            let mut hours = none.clone();
+            hours[5] = HourBar {
+                completed,
+                failed,
+                ..hours[5]
+            };
+            let svg = outcomes_per_hour(&hours).into_string();
+            assert!(svg.contains("data-empty=\"false\""), "{completed}/{failed}");
+            assert!(!svg.contains("No video completed or failed"));
+        }
 
         let curve = RenderTimeCurve {
             model: "from_rendering",
@@ -670,7 +682,7 @@ mod tests {
         let hours: Vec<HourBar> = (0..24)
             .map(|i| HourBar {
                 hour: Millis(HOUR_MILLIS * (1000 + i)),
-                completed: (i as u64 * 7) % 50,
+                completed: (i as u64 * 7) % 50 + 1,
                 failed: (i as u64 * 3) % 11,
             })
             .collect();
@@ -689,11 +701,37 @@ mod tests {
                 .collect(),
             quantiles: vec![(0.1, Some(2.0)), (0.5, Some(30.0)), (0.99, Some(900.0))],
         };
+        // Every render seen took the same time: a curve with no width.
+        let instant = RenderTimeCurve {
+            points: vec![(5.0, 0.0), (5.0, 1.0)],
+            quantiles: vec![(0.5, Some(5.0))],
+            ..curve.clone()
+        };
+        // The 24 hours span the plot: the first hour's bar starts at its
+        // left edge, the last one's ends at its right (LEFT, RIGHT).
+        let svg = outcomes_per_hour(&hours).into_string();
+        let starts = floats(attributes(&svg, "<rect class=\"completed\" x", "x"));
+        let ends: Vec<f64> = floats(attributes(&svg, "<rect class=\"failed\" x", "x"))
+            .iter()
+            .zip(floats(attributes(
+                &svg,
+                "<rect class=\"failed\" x",
+                "width",
+            )))
+            .map(|(x, width)| x + width)
+            .collect();
+        assert!(starts[0] < 52.0 + 10.0, "{starts:?}");
+        assert!(*ends.last().unwrap() > 640.0 - 14.0 - 10.0, "{ends:?}");
+        // The labelled hours: every third, the last one (hour 1023 since
+        // the epoch, 15:00 UTC) among them.
+        assert!(svg.contains(">15:00</text>"), "{svg}");
+        assert!(svg.contains(">12:00</text>") && !svg.contains(">14:00</text>"));
         for svg in [
             outcomes_per_hour(&hours),
             budget_use(&minutes, 10.0),
             budget_use(&minutes, 20.0),
             render_times(&curve),
+            render_times(&instant),
         ] {
             let svg = svg.into_string();
             assert!(svg.contains("viewBox=\"0 0 640 220\""), "{svg}");
@@ -745,6 +783,11 @@ mod tests {
 
     #[test]
     fn durations_read_in_their_unit() {
+        // Each unit from its first whole value on.
+        assert_eq!(duration_label(1.0), "1 s");
+        assert_eq!(duration_label(60.0), "1 min");
+        assert_eq!(duration_label(3600.0), "1 h");
+        assert_eq!(duration_label(86_400.0), "1 d");
         assert_eq!(duration_label(0.25), "250 ms");
         assert_eq!(duration_label(42.0), "42 s");
         assert_eq!(duration_label(90.0), "1.5 min");
