@@ -781,6 +781,56 @@ mod tests {
         }
     }
 
+    /// The texts of the labels under the x axis, left to right.
+    fn x_labels(svg: &str) -> Vec<String> {
+        let open = "text-anchor=\"middle\">";
+        svg.match_indices(open)
+            .map(|(i, _)| {
+                let text = &svg[i + open.len()..];
+                text[..text.find('<').unwrap()].to_owned()
+            })
+            .collect()
+    }
+
+    /// The time axis is labelled at the round values within the curve's
+    /// range, every other one when there are more than six; with fewer
+    /// than two in range, at the curve's ends.
+    #[test]
+    fn the_time_axis_is_labelled_at_round_values_in_range() {
+        let curve = |first: f64, last: f64| RenderTimeCurve {
+            model: "from_start",
+            measures: "from the start",
+            observations: 10,
+            points: vec![(first, 0.0), ((first * last).sqrt(), 0.5), (last, 1.0)],
+            quantiles: Vec::new(),
+        };
+        let labels = |first, last| x_labels(&render_times(&curve(first, last)).into_string());
+        // 5, 10, 30, 60, 120, 300 and 600 s are in range: every other one.
+        assert_eq!(labels(5.0, 1000.0), ["5 s", "30 s", "2 min", "10 min"]);
+        assert_eq!(labels(0.9, 2.5), ["1 s", "2 s"]);
+        assert_eq!(labels(5.0, 8.0), ["5 s", "8 s"]);
+    }
+
+    /// The request axis reaches above the budget line, so that the line
+    /// and its label sit inside the plot (600 a minute: the axis goes to
+    /// 800), and the minutes span the plot's width (LEFT to RIGHT).
+    #[test]
+    fn the_budget_plot_has_room_above_the_line_and_spans_its_width() {
+        let minutes: Vec<MinuteCount> = (0..60)
+            .map(|i| MinuteCount {
+                minute: Millis(60_000 * i),
+                requests: 30,
+            })
+            .collect();
+        let svg = budget_use(&minutes, 10.0).into_string();
+        assert!(svg.contains(">800</text>"), "{svg}");
+        let xs = floats(attributes(&svg, "<rect class=\"requests\"", "x"));
+        let widths = floats(attributes(&svg, "<rect class=\"requests\"", "width"));
+        assert!(xs[0] < 52.0 + 5.0, "{xs:?}");
+        assert!(xs[59] + widths[59] > 640.0 - 14.0 - 5.0, "{xs:?}");
+        assert_eq!(x_labels(&svg), ["−45 min", "−30 min", "−15 min", "now"]);
+    }
+
     #[test]
     fn durations_read_in_their_unit() {
         // Each unit from its first whole value on.
