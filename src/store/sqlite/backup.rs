@@ -458,21 +458,6 @@ mod tests {
         assert!(err.to_string().contains("another program"), "{err}");
     }
 
-    /// An empty file (what the daemon's lock leaves where no database was)
-    /// is no database at all, though SQLite would open it as an empty one.
-    #[tokio::test]
-    async fn an_empty_file_is_not_a_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("relay.db");
-        std::fs::write(&path, b"").unwrap();
-        let err = inspect(&path).await.unwrap_err();
-        assert!(matches!(err, CopyError::NotSqlite { .. }), "{err}");
-        let copy = dir.path().join("copy.db");
-        std::fs::write(&copy, b"").unwrap();
-        let err = copy_into(&path, &copy).await.unwrap_err();
-        assert!(matches!(err, CopyError::NotSqlite { .. }), "{err}");
-    }
-
     /// A path that cannot be read is reported with the system's reason,
     /// not as a file of the wrong kind.
     #[tokio::test]
@@ -483,14 +468,22 @@ mod tests {
         assert!(err.to_string().contains("directory"), "{err}");
     }
 
+    /// A file too short for SQLite's header is no database: an empty one
+    /// (what the daemon's lock leaves where no database was, which SQLite
+    /// would open as an empty database) or a cut one. Both as the source
+    /// of a copy and as a file to restore.
     #[tokio::test]
-    async fn a_short_file_is_not_a_database() {
+    async fn an_empty_or_short_file_is_not_a_database() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("short");
-        std::fs::write(&path, b"SQLite").unwrap();
-        assert!(matches!(
-            inspect(&path).await,
-            Err(CopyError::NotSqlite { .. })
-        ));
+        for (name, content) in [("empty.db", &b""[..]), ("short.db", b"SQLite")] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            let err = inspect(&path).await.unwrap_err();
+            assert!(matches!(err, CopyError::NotSqlite { .. }), "{name}: {err}");
+            let copy = dir.path().join(format!("copy-{name}"));
+            std::fs::write(&copy, b"").unwrap();
+            let err = copy_into(&path, &copy).await.unwrap_err();
+            assert!(matches!(err, CopyError::NotSqlite { .. }), "{name}: {err}");
+        }
     }
 }
