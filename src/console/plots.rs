@@ -809,6 +809,17 @@ mod tests {
         assert_eq!(labels(5.0, 1000.0), ["5 s", "30 s", "2 min", "10 min"]);
         assert_eq!(labels(0.9, 2.5), ["1 s", "2 s"]);
         assert_eq!(labels(5.0, 8.0), ["5 s", "8 s"]);
+        // The curve runs from the plot area's bottom left (52, 188) to its
+        // top right (626, 18): the fastest render at 0 %, the slowest at
+        // 100 %.
+        let svg = render_times(&curve(5.0, 1000.0)).into_string();
+        let points = &attributes(&svg, "<polyline", "points")[0];
+        let ends: Vec<&str> = points.split(' ').collect();
+        assert_eq!(
+            (ends[0], ends[ends.len() - 1]),
+            ("52.0,188.0", "626.0,18.0"),
+            "{points}"
+        );
     }
 
     /// The request axis reaches above the budget line, so that the line
