@@ -840,6 +840,20 @@ mod tests {
         assert!(xs[0] < 52.0 + 5.0, "{xs:?}");
         assert!(xs[59] + widths[59] > 640.0 - 14.0 - 5.0, "{xs:?}");
         assert_eq!(x_labels(&svg), ["−45 min", "−30 min", "−15 min", "now"]);
+        // At any budget the axis' top is at least 5 % above the line.
+        for rate in [1.0, 2.0, 10.0, 16.0, 20.0, 100.0] {
+            let svg = budget_use(&minutes, rate).into_string();
+            let open = "text-anchor=\"end\">";
+            // The y axis' labels (the budget line's own is words).
+            let top = svg
+                .match_indices(open)
+                .filter_map(|(i, _)| {
+                    let text = &svg[i + open.len()..];
+                    text[..text.find('<').unwrap()].parse::<f64>().ok()
+                })
+                .fold(0.0, f64::max);
+            assert!(top >= rate * 60.0 * 1.05, "{rate}/s: axis to {top}");
+        }
     }
 
     #[test]
