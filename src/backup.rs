@@ -410,34 +410,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("relay.db");
         let now = Millis(1_000_000_000_123);
-        let first = dir.path().join("relay.db.before-restore-20010909T014640Z");
-        assert_eq!(free_name(&target, now), first);
-
-        std::fs::write(&first, b"kept").unwrap();
-        let second = dir
-            .path()
-            .join("relay.db.before-restore-20010909T014640Z-2");
-        assert_eq!(free_name(&target, now), second);
-
-        std::fs::write(
+        let named = |suffix: &str| {
             dir.path()
-                .join("relay.db.before-restore-20010909T014640Z-2-wal"),
-            b"log",
-        )
-        .unwrap();
-        let third = dir
-            .path()
-            .join("relay.db.before-restore-20010909T014640Z-3");
-        assert_eq!(free_name(&target, now), third);
+                .join(format!("relay.db.before-restore-20010909T014640Z{suffix}"))
+        };
+        assert_eq!(free_name(&target, now), named(""));
 
-        std::fs::remove_file(&first).unwrap();
-        std::fs::write(
-            dir.path()
-                .join("relay.db.before-restore-20010909T014640Z-wal"),
-            b"log",
-        )
-        .unwrap();
-        assert_eq!(free_name(&target, now), third, "a log alone takes its name");
+        std::fs::write(named(""), b"kept").unwrap();
+        assert_eq!(free_name(&target, now), named("-2"));
+
+        std::fs::write(named("-2-wal"), b"log").unwrap();
+        assert_eq!(free_name(&target, now), named("-3"));
+
+        std::fs::remove_file(named("")).unwrap();
+        std::fs::write(named("-wal"), b"log").unwrap();
+        assert_eq!(
+            free_name(&target, now),
+            named("-3"),
+            "a log alone takes its name"
+        );
     }
 
     #[cfg(unix)]

@@ -39,6 +39,8 @@ use crate::sim::{SimReceiver, SimUpstream, Timeline};
 
 /// Concurrent clients for single enqueues, unless `--clients` says.
 pub const DEFAULT_CLIENTS: usize = 64;
+/// Clients sending batches to each relay at once.
+const BATCH_CLIENTS_PER_RELAY: usize = 4;
 /// Budget of the compliance phase.
 const BUDGET_RATE: f64 = 200.0;
 const BUDGET_BURST: u32 = 20;
@@ -309,7 +311,7 @@ async fn run_scale(
         WebhookSecret::parse(SecretString::from(SECRET), "callbacks.secret").expect("valid");
     let receiver = SimReceiver::start(Some(secret)).await?;
     let client = crate::outbound::client_builder()
-        .pool_max_idle_per_host(DEFAULT_CLIENTS)
+        .pool_max_idle_per_host(BATCH_CLIENTS_PER_RELAY)
         .build()?;
     let mut row = Row {
         scale,
@@ -378,7 +380,7 @@ async fn run_scale(
     let batch_ids = scale - singles;
     let batches = Arc::new(std::sync::Mutex::new(batches));
     let mut workers = Vec::new();
-    for _ in 0..4 * bases.len() {
+    for _ in 0..BATCH_CLIENTS_PER_RELAY * bases.len() {
         let (client, batches) = (client.clone(), batches.clone());
         workers.push(tokio::spawn(async move {
             loop {
